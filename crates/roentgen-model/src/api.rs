@@ -1,0 +1,255 @@
+//! Request and response shapes of the X-Ray REST-JSON API, named exactly as AWS names them.
+//!
+//! Optional members are `Option` and accept `null`, because the SDKs send `{"NextToken": null}`.
+//! Members that the model marks required are `Option` too, so the server can answer their absence
+//! with an `InvalidRequestException` that names them instead of a generic decoding error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutTraceSegmentsRequest {
+    pub trace_segment_documents: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutTraceSegmentsResponse {
+    pub unprocessed_trace_segments: Vec<UnprocessedTraceSegment>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct UnprocessedTraceSegment {
+    pub id: Option<String>,
+    pub error_code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchGetTracesRequest {
+    pub trace_ids: Option<Vec<String>>,
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchGetTracesResponse {
+    pub traces: Vec<Trace>,
+    pub unprocessed_trace_ids: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Trace {
+    pub id: String,
+    pub duration: f64,
+    pub limit_exceeded: bool,
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Segment {
+    pub id: String,
+    pub document: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetTraceSummariesRequest {
+    pub start_time: Option<f64>,
+    pub end_time: Option<f64>,
+    pub time_range_type: Option<String>,
+    pub sampling: Option<bool>,
+    pub sampling_strategy: Option<SamplingStrategy>,
+    pub filter_expression: Option<String>,
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SamplingStrategy {
+    pub name: Option<String>,
+    pub value: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetTraceSummariesResponse {
+    pub trace_summaries: Vec<TraceSummary>,
+    pub approximate_time: f64,
+    pub traces_processed_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TraceSummary {
+    pub id: String,
+    pub start_time: f64,
+    pub duration: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_time: Option<f64>,
+    pub has_fault: bool,
+    pub has_error: bool,
+    pub has_throttle: bool,
+    pub is_partial: bool,
+    pub http: Http,
+    pub annotations: BTreeMap<String, Vec<ValueWithServiceIds>>,
+    pub users: Vec<TraceUser>,
+    pub service_ids: Vec<ServiceId>,
+    #[serde(rename = "ResourceARNs")]
+    pub resource_arns: Vec<ResourceArnDetail>,
+    pub instance_ids: Vec<InstanceIdDetail>,
+    pub availability_zones: Vec<AvailabilityZoneDetail>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_point: Option<ServiceId>,
+    pub revision: u32,
+    pub matched_event_time: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Http {
+    #[serde(rename = "HttpURL", skip_serializing_if = "Option::is_none")]
+    pub http_url: Option<String>,
+    #[serde(rename = "HttpStatus", skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(rename = "HttpMethod", skip_serializing_if = "Option::is_none")]
+    pub http_method: Option<String>,
+    #[serde(rename = "UserAgent", skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(rename = "ClientIp", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ValueWithServiceIds {
+    pub annotation_value: AnnotationValue,
+    pub service_ids: Vec<ServiceId>,
+}
+
+/// A union: exactly one member is set.
+#[derive(Debug, Serialize)]
+pub enum AnnotationValue {
+    NumberValue(f64),
+    BooleanValue(bool),
+    StringValue(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceId {
+    pub name: String,
+    pub names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(rename = "Type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TraceUser {
+    pub user_name: String,
+    pub service_ids: Vec<ServiceId>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResourceArnDetail {
+    #[serde(rename = "ARN")]
+    pub arn: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceIdDetail {
+    pub id: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AvailabilityZoneDetail {
+    pub name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutTelemetryRecordsRequest {
+    pub telemetry_records: Option<Vec<TelemetryRecord>>,
+    #[serde(rename = "EC2InstanceId")]
+    pub ec2_instance_id: Option<String>,
+    pub hostname: Option<String>,
+    #[serde(rename = "ResourceARN")]
+    pub resource_arn: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TelemetryRecord {
+    pub timestamp: Option<f64>,
+    pub segments_received_count: Option<u64>,
+    pub segments_sent_count: Option<u64>,
+    pub segments_spillover_count: Option<u64>,
+    pub segments_rejected_count: Option<u64>,
+    pub backend_connection_errors: Option<BackendConnectionErrors>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BackendConnectionErrors {
+    pub timeout_count: Option<u64>,
+    pub connection_refused_count: Option<u64>,
+    #[serde(rename = "HTTPCode4XXCount")]
+    pub http_code_4xx_count: Option<u64>,
+    #[serde(rename = "HTTPCode5XXCount")]
+    pub http_code_5xx_count: Option<u64>,
+    pub unknown_host_count: Option<u64>,
+    pub other_count: Option<u64>,
+}
+
+/// The body of every error response; botocore reads `message`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub message: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_match_the_aws_model() {
+        let summary = TraceSummary {
+            resource_arns: vec![ResourceArnDetail { arn: "arn:x".into() }],
+            http: Http { http_url: Some("u".into()), http_status: Some(200), ..Http::default() },
+            ..TraceSummary::default()
+        };
+        let json = serde_json::to_value(&summary).unwrap();
+        assert_eq!(json["ResourceARNs"][0]["ARN"], "arn:x");
+        assert_eq!(json["Http"]["HttpURL"], "u");
+        assert_eq!(json["Http"]["HttpStatus"], 200);
+        assert!(json.get("ResponseTime").is_none());
+        let value = serde_json::to_value(AnnotationValue::StringValue("a".into())).unwrap();
+        assert_eq!(value, serde_json::json!({"StringValue": "a"}));
+    }
+
+    #[test]
+    fn requests_accept_null_members() {
+        let req: BatchGetTracesRequest = serde_json::from_str(r#"{"TraceIds":["a"],"NextToken":null}"#).unwrap();
+        assert!(req.next_token.is_none());
+        let req: PutTelemetryRecordsRequest = serde_json::from_str(
+            r#"{"TelemetryRecords":[{"Timestamp":1.5,"BackendConnectionErrors":{"HTTPCode4XXCount":2}}],"EC2InstanceId":"i-1"}"#,
+        )
+        .unwrap();
+        let record = &req.telemetry_records.unwrap()[0];
+        assert_eq!(record.backend_connection_errors.as_ref().unwrap().http_code_4xx_count, Some(2));
+    }
+}

@@ -1,0 +1,690 @@
+//! Segment documents: parsing, validation with X-Ray's error codes, and the parsed entity tree.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{SegmentId, TraceId};
+use crate::wire::{Scalar, WireEntity};
+
+/// X-Ray's limit on one segment document.
+pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+/// X-Ray's limit on a segment name.
+pub const MAX_NAME_CHARS: usize = 200;
+const MAX_ANNOTATION_KEY_CHARS: usize = 500;
+const MAX_ANNOTATION_VALUE_CHARS: usize = 1000;
+
+/// The `ErrorCode` of an entry in `UnprocessedTraceSegments`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DocumentErrorCode {
+    /// Not JSON, or not a JSON object at all.
+    InvalidSegment,
+    SegmentTooLarge,
+    MissingId,
+    InvalidId,
+    MissingTraceId,
+    InvalidTraceId,
+    MissingName,
+    InvalidName,
+    MissingStartTime,
+    InvalidStartTime,
+    MissingEndTime,
+    InvalidEndTime,
+    MissingParentId,
+    InvalidParentId,
+    InvalidType,
+}
+
+impl DocumentErrorCode {
+    pub const ALL: [DocumentErrorCode; 15] = [
+        Self::InvalidSegment,
+        Self::SegmentTooLarge,
+        Self::MissingId,
+        Self::InvalidId,
+        Self::MissingTraceId,
+        Self::InvalidTraceId,
+        Self::MissingName,
+        Self::InvalidName,
+        Self::MissingStartTime,
+        Self::InvalidStartTime,
+        Self::MissingEndTime,
+        Self::InvalidEndTime,
+        Self::MissingParentId,
+        Self::InvalidParentId,
+        Self::InvalidType,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSegment => "InvalidSegment",
+            Self::SegmentTooLarge => "SegmentTooLarge",
+            Self::MissingId => "MissingId",
+            Self::InvalidId => "InvalidId",
+            Self::MissingTraceId => "MissingTraceId",
+            Self::InvalidTraceId => "InvalidTraceId",
+            Self::MissingName => "MissingName",
+            Self::InvalidName => "InvalidName",
+            Self::MissingStartTime => "MissingStartTime",
+            Self::InvalidStartTime => "InvalidStartTime",
+            Self::MissingEndTime => "MissingEndTime",
+            Self::InvalidEndTime => "InvalidEndTime",
+            Self::MissingParentId => "MissingParentId",
+            Self::InvalidParentId => "InvalidParentId",
+            Self::InvalidType => "InvalidType",
+        }
+    }
+}
+
+impl fmt::Display for DocumentErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected document: what `UnprocessedTraceSegments` reports about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct DocumentError {
+    pub code: DocumentErrorCode,
+    /// The top-level document's `id` when it could be read, as X-Ray reports it.
+    pub id: Option<String>,
+    /// True when the offending entity is a subsegment embedded in the document.
+    pub in_subsegment: bool,
+    pub detail: String,
+}
+
+impl DocumentError {
+    /// X-Ray's message shape, with the cause filled in so a user can act on it.
+    pub fn message(&self) -> String {
+        let kind = if self.in_subsegment { "subsegment" } else { "segment" };
+        format!("Invalid {kind}. ErrorCode: {}, Cause: {}", self.code, self.detail)
+    }
+}
+
+/// A typed annotation value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AnnotationValue {
+    String(String),
+    Number(f64),
+    Bool(bool),
+}
+
+impl Eq for AnnotationValue {}
+
+impl std::hash::Hash for AnnotationValue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Self::String(s) => (0u8, s).hash(state),
+            Self::Number(n) => (1u8, n.to_bits()).hash(state),
+            Self::Bool(b) => (2u8, b).hash(state),
+        }
+    }
+}
+
+/// The `http` block: only what is indexed or summarised.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Http {
+    pub method: Option<String>,
+    pub url: Option<String>,
+    pub user_agent: Option<String>,
+    pub client_ip: Option<String>,
+    pub status: Option<u16>,
+    pub traced: bool,
+}
+
+/// The `aws` block: only what is indexed or summarised.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aws {
+    pub account_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub operation: Option<String>,
+    pub table_name: Option<String>,
+    pub queue_url: Option<String>,
+}
+
+/// A segment or subsegment, reduced to the fields roentgen indexes; the original document is kept
+/// byte for byte beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entity {
+    pub id: SegmentId,
+    pub name: String,
+    pub start_time: f64,
+    pub end_time: Option<f64>,
+    pub in_progress: bool,
+    pub error: bool,
+    pub fault: bool,
+    pub throttle: bool,
+    pub namespace: Option<String>,
+    pub origin: Option<String>,
+    pub user: Option<String>,
+    pub resource_arn: Option<String>,
+    pub http: Option<Http>,
+    pub aws: Option<Aws>,
+    pub annotations: Vec<(String, AnnotationValue)>,
+    pub subsegments: Vec<Entity>,
+}
+
+impl Entity {
+    /// The latest time this entity is known to cover: its end, or its start while in progress.
+    pub fn last_time(&self) -> f64 {
+        self.end_time.unwrap_or(self.start_time)
+    }
+
+    /// Calls `f` on this entity and every nested subsegment, depth first.
+    pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Entity)) {
+        f(self);
+        for sub in &self.subsegments {
+            sub.walk(f);
+        }
+    }
+}
+
+/// Whether a document is a segment or an independent subsegment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DocumentKind {
+    Segment,
+    Subsegment,
+}
+
+/// A validated segment document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParsedDocument {
+    pub trace_id: TraceId,
+    pub parent_id: Option<SegmentId>,
+    pub kind: DocumentKind,
+    pub entity: Entity,
+    /// Annotations dropped because of their key or value, as X-Ray drops them silently.
+    pub dropped_annotations: u32,
+}
+
+impl ParsedDocument {
+    pub fn id(&self) -> SegmentId {
+        self.entity.id
+    }
+
+    /// True when this document or any subsegment in it is still in progress.
+    pub fn any_in_progress(&self) -> bool {
+        let mut any = false;
+        self.entity.walk(&mut |e| any |= e.in_progress);
+        any
+    }
+}
+
+/// Parses and validates one segment document.
+pub fn parse_document(bytes: &[u8], max_bytes: usize) -> Result<ParsedDocument, DocumentError> {
+    if bytes.len() > max_bytes {
+        return Err(DocumentError {
+            code: DocumentErrorCode::SegmentTooLarge,
+            id: sniff_id(bytes),
+            in_subsegment: false,
+            detail: format!("document is {} bytes, over the limit of {max_bytes}", bytes.len()),
+        });
+    }
+    let invalid = |detail: String| DocumentError {
+        code: DocumentErrorCode::InvalidSegment,
+        id: None,
+        in_subsegment: false,
+        detail,
+    };
+    let value: crate::wire::MapOr<WireEntity> =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let Some(wire) = value.0 else {
+        return Err(DocumentError {
+            code: DocumentErrorCode::MissingId,
+            id: None,
+            in_subsegment: false,
+            detail: "document is not a JSON object".to_owned(),
+        });
+    };
+    Validator::default().document(wire)
+}
+
+/// Best effort at the `id` of a document too large to parse, so the client can tell which it was.
+fn sniff_id(bytes: &[u8]) -> Option<String> {
+    let key = b"\"id\"";
+    let at = bytes.windows(key.len()).position(|w| w == key)?;
+    let rest = &bytes[at + key.len()..];
+    let rest = rest.trim_ascii_start().strip_prefix(b":")?.trim_ascii_start().strip_prefix(b"\"")?;
+    let id = rest.get(..16)?;
+    let id = std::str::from_utf8(id).ok()?;
+    SegmentId::parse(id).map(|_| id.to_owned())
+}
+
+#[derive(Default)]
+struct Validator {
+    top_id: Option<String>,
+    dropped_annotations: u32,
+}
+
+impl Validator {
+    fn document(mut self, mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
+        self.top_id = wire.id.as_str().map(str::to_owned);
+        let trace_id = match std::mem::take(&mut wire.trace_id) {
+            s if s.is_missing() => {
+                return Err(self.fail(DocumentErrorCode::MissingTraceId, false, "trace_id is missing".into()));
+            }
+            Scalar::Str(s) => {
+                TraceId::parse(&s).map_err(|e| self.fail(DocumentErrorCode::InvalidTraceId, false, e.to_string()))?
+            }
+            other => {
+                return Err(self.fail(
+                    DocumentErrorCode::InvalidTraceId,
+                    false,
+                    format!("trace_id must be a string, not {}", describe(&other)),
+                ));
+            }
+        };
+        let kind = match &wire.kind {
+            s if s.is_missing() => DocumentKind::Segment,
+            Scalar::Str(s) if s == "subsegment" => DocumentKind::Subsegment,
+            other => {
+                return Err(self.fail(
+                    DocumentErrorCode::InvalidType,
+                    false,
+                    format!("type must be \"subsegment\" or absent, not {}", describe(other)),
+                ));
+            }
+        };
+        let parent_id = match std::mem::take(&mut wire.parent_id) {
+            s if s.is_missing() => None,
+            Scalar::Str(s) => Some(SegmentId::parse(&s).ok_or_else(|| {
+                self.fail(DocumentErrorCode::InvalidParentId, false, format!("parent_id {s:?} is not 16 hex digits"))
+            })?),
+            other => {
+                return Err(self.fail(
+                    DocumentErrorCode::InvalidParentId,
+                    false,
+                    format!("parent_id must be a string, not {}", describe(&other)),
+                ));
+            }
+        };
+        if kind == DocumentKind::Subsegment && parent_id.is_none() {
+            return Err(self.fail(
+                DocumentErrorCode::MissingParentId,
+                false,
+                "an independent subsegment needs a parent_id".into(),
+            ));
+        }
+        let entity = self.entity(wire, false)?;
+        Ok(ParsedDocument { trace_id, parent_id, kind, entity, dropped_annotations: self.dropped_annotations })
+    }
+
+    fn fail(&self, code: DocumentErrorCode, in_subsegment: bool, detail: String) -> DocumentError {
+        DocumentError { code, id: self.top_id.clone(), in_subsegment, detail }
+    }
+
+    fn entity(&mut self, wire: WireEntity, sub: bool) -> Result<Entity, DocumentError> {
+        let id = match &wire.id {
+            s if s.is_missing() => return Err(self.fail(DocumentErrorCode::MissingId, sub, "id is missing".into())),
+            Scalar::Str(s) => SegmentId::parse(s).ok_or_else(|| {
+                self.fail(DocumentErrorCode::InvalidId, sub, format!("id {s:?} is not 16 hex digits"))
+            })?,
+            other => {
+                return Err(self.fail(
+                    DocumentErrorCode::InvalidId,
+                    sub,
+                    format!("id must be a string, not {}", describe(other)),
+                ));
+            }
+        };
+        let name = match wire.name {
+            s if s.is_missing() => {
+                return Err(self.fail(DocumentErrorCode::MissingName, sub, "name is missing".into()));
+            }
+            Scalar::Str(s) => {
+                if let Some(problem) = name_problem(&s) {
+                    return Err(self.fail(DocumentErrorCode::InvalidName, sub, problem));
+                }
+                s
+            }
+            other => {
+                return Err(self.fail(
+                    DocumentErrorCode::InvalidName,
+                    sub,
+                    format!("name must be a string, not {}", describe(&other)),
+                ));
+            }
+        };
+        let start_time = match &wire.start_time {
+            s if s.is_missing() => {
+                return Err(self.fail(DocumentErrorCode::MissingStartTime, sub, "start_time is missing".into()));
+            }
+            Scalar::Num(n) if n.is_finite() && *n >= 0.0 => *n,
+            other => {
+                return Err(self.fail(
+                    DocumentErrorCode::InvalidStartTime,
+                    sub,
+                    format!("start_time must be epoch seconds as a non-negative number, not {}", describe(other)),
+                ));
+            }
+        };
+        let in_progress = wire.in_progress.truthy();
+        let end_time = match &wire.end_time {
+            s if s.is_missing() => {
+                if !in_progress {
+                    return Err(self.fail(
+                        DocumentErrorCode::MissingEndTime,
+                        sub,
+                        "end_time is missing and in_progress is not true".into(),
+                    ));
+                }
+                None
+            }
+            Scalar::Num(n) if n.is_finite() && *n >= 0.0 => Some(*n),
+            other => {
+                return Err(self.fail(
+                    DocumentErrorCode::InvalidEndTime,
+                    sub,
+                    format!("end_time must be epoch seconds as a non-negative number, not {}", describe(other)),
+                ));
+            }
+        };
+        let mut subsegments = Vec::with_capacity(wire.subsegments.0.len());
+        for item in wire.subsegments.0 {
+            let Some(child) = item else {
+                return Err(self.fail(DocumentErrorCode::MissingId, true, "a subsegment is not a JSON object".into()));
+            };
+            subsegments.push(self.entity(child, true)?);
+        }
+        let annotations = self.annotations(wire.annotations.0);
+        Ok(Entity {
+            id,
+            name,
+            start_time,
+            end_time,
+            in_progress: in_progress && end_time.is_none(),
+            error: wire.error.truthy(),
+            fault: wire.fault.truthy(),
+            throttle: wire.throttle.truthy(),
+            namespace: wire.namespace.into_string(),
+            origin: wire.origin.into_string(),
+            user: wire.user.into_string(),
+            resource_arn: wire.resource_arn.into_string(),
+            http: wire.http.0.map(|h| {
+                let req = h.request.0.unwrap_or_default();
+                let status = h.response.0.and_then(|r| r.status.as_number());
+                Http {
+                    method: req.method.into_string(),
+                    url: req.url.into_string(),
+                    user_agent: req.user_agent.into_string(),
+                    client_ip: req.client_ip.into_string(),
+                    status: status.filter(|s| (0.0..=999.0).contains(s)).map(|s| s as u16),
+                    traced: req.traced.truthy(),
+                }
+            }),
+            aws: wire.aws.0.map(|a| {
+                let ec2 = a.ec2.0.unwrap_or_default();
+                Aws {
+                    account_id: a.account_id.into_string(),
+                    instance_id: ec2.instance_id.into_string(),
+                    availability_zone: ec2.availability_zone.into_string(),
+                    operation: a.operation.into_string(),
+                    table_name: a.table_name.into_string(),
+                    queue_url: a.queue_url.into_string(),
+                }
+            }),
+            annotations,
+            subsegments,
+        })
+    }
+
+    fn annotations(&mut self, entries: Vec<(String, Scalar)>) -> Vec<(String, AnnotationValue)> {
+        let mut out: Vec<(String, AnnotationValue)> = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let value = match value {
+                Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationValue::String(s),
+                Scalar::Num(n) => AnnotationValue::Number(n),
+                Scalar::Bool(b) => AnnotationValue::Bool(b),
+                _ => {
+                    self.dropped_annotations += 1;
+                    continue;
+                }
+            };
+            if !valid_annotation_key(&key) {
+                self.dropped_annotations += 1;
+                continue;
+            }
+            match out.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => out.push((key, value)),
+            }
+        }
+        out
+    }
+}
+
+/// Keys must be alphanumeric or underscore to work in filters; dots are accepted since 2024.
+fn valid_annotation_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_ANNOTATION_KEY_CHARS
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+/// X-Ray's name rule: 1 to 200 of Unicode letters, numbers, separators and `_ . : / % & # = + \ - @`.
+fn name_problem(name: &str) -> Option<String> {
+    let count = name.chars().count();
+    if count == 0 {
+        return Some("name is empty".into());
+    }
+    if count > MAX_NAME_CHARS {
+        return Some(format!("name is {count} characters, over the limit of {MAX_NAME_CHARS}"));
+    }
+    let bad = name.chars().find(|&c| !valid_name_char(c))?;
+    Some(format!("name {name:?} contains {bad:?}; allowed are letters, numbers, spaces and _ . : / % & # = + \\ - @"))
+}
+
+fn valid_name_char(c: char) -> bool {
+    c.is_alphanumeric() || is_unicode_separator(c) || "_.:/%&#=+\\-@".contains(c)
+}
+
+/// Unicode general category Z (space, line and paragraph separators).
+fn is_unicode_separator(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}' | '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
+    )
+}
+
+fn describe(value: &Scalar) -> String {
+    match value {
+        Scalar::Absent => "nothing".into(),
+        Scalar::Null => "null".into(),
+        Scalar::Str(s) if s.len() > 40 => format!("the string {:?}…", s.chars().take(40).collect::<String>()),
+        Scalar::Str(s) => format!("the string {s:?}"),
+        Scalar::Num(n) => format!("the number {n}"),
+        Scalar::Bool(b) => format!("{b}"),
+        Scalar::Other => "an object or array".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TRACE: &str = "1-581cf771-a006649127e371903a2de979";
+
+    fn parse(json: &str) -> Result<ParsedDocument, DocumentError> {
+        parse_document(json.as_bytes(), MAX_DOCUMENT_BYTES)
+    }
+
+    fn code(json: &str) -> DocumentErrorCode {
+        parse(json).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_minimal_documented_segment() {
+        let doc = parse(r#"{"name":"example.com","id":"70de5b6f19ff9a0a","start_time":1.478293361271E9,"trace_id":"1-581cf771-a006649127e371903a2de979","end_time":1.478293361449E9}"#).unwrap();
+        assert_eq!(doc.trace_id.to_string(), TRACE);
+        assert_eq!(doc.entity.name, "example.com");
+        assert_eq!(doc.kind, DocumentKind::Segment);
+        assert!((doc.entity.end_time.unwrap() - 1_478_293_361.449).abs() < 1e-6);
+    }
+
+    #[test]
+    fn parses_rich_segment() {
+        let doc = parse(&format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"api","start_time":10,"end_time":11,
+            "fault":true,"user":"alice","origin":"AWS::EC2::Instance",
+            "http":{{"request":{{"method":"GET","url":"http://x/y","client_ip":"1.2.3.4"}},"response":{{"status":"503","content_length":"12"}}}},
+            "aws":{{"account_id":"123456789012","ec2":{{"instance_id":"i-1","availability_zone":"us-east-1a"}}}},
+            "annotations":{{"tenant":"acme","n":3,"ok":false,"bad key":1,"obj":{{}}}},
+            "metadata":{{"default":{{"deep":[1,2,{{"x":null}}]}}}},
+            "subsegments":[{{"id":"70de5b6f19ff9a0b","name":"DynamoDB","start_time":10.1,"end_time":10.2,"namespace":"aws",
+               "aws":{{"operation":"GetItem","table_name":"users"}},"throttle":true,"error":true}}]}}"#
+        ))
+        .unwrap();
+        let e = &doc.entity;
+        assert!(e.fault);
+        assert_eq!(e.http.as_ref().unwrap().status, Some(503));
+        assert_eq!(e.aws.as_ref().unwrap().instance_id.as_deref(), Some("i-1"));
+        assert_eq!(e.annotations.len(), 3);
+        assert_eq!(doc.dropped_annotations, 2);
+        assert_eq!(e.subsegments[0].aws.as_ref().unwrap().table_name.as_deref(), Some("users"));
+        assert!(e.subsegments[0].throttle);
+    }
+
+    #[test]
+    fn error_codes() {
+        let t = TRACE;
+        assert_eq!(code("not json"), DocumentErrorCode::InvalidSegment);
+        assert_eq!(code("[]"), DocumentErrorCode::MissingId);
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","name":"a","start_time":1,"end_time":2}}"#)),
+            DocumentErrorCode::MissingId
+        );
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","id":"xyz","name":"a","start_time":1,"end_time":2}}"#)),
+            DocumentErrorCode::InvalidId
+        );
+        assert_eq!(
+            code(r#"{"id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2}"#),
+            DocumentErrorCode::MissingTraceId
+        );
+        assert_eq!(
+            code(r#"{"trace_id":"1-abc","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2}"#),
+            DocumentErrorCode::InvalidTraceId
+        );
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","start_time":1,"end_time":2}}"#)),
+            DocumentErrorCode::MissingName
+        );
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a,b","start_time":1,"end_time":2}}"#)),
+            DocumentErrorCode::InvalidName
+        );
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","end_time":2}}"#)),
+            DocumentErrorCode::MissingStartTime
+        );
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":"x","end_time":2}}"#)),
+            DocumentErrorCode::InvalidStartTime
+        );
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":1}}"#)),
+            DocumentErrorCode::MissingEndTime
+        );
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":true}}"#)),
+            DocumentErrorCode::InvalidEndTime
+        );
+        assert_eq!(
+            code(&format!(
+                r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"type":"subsegment"}}"#
+            )),
+            DocumentErrorCode::MissingParentId
+        );
+        assert_eq!(
+            code(&format!(
+                r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"parent_id":"q"}}"#
+            )),
+            DocumentErrorCode::InvalidParentId
+        );
+        assert_eq!(
+            code(&format!(
+                r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"type":"span"}}"#
+            )),
+            DocumentErrorCode::InvalidType
+        );
+        assert_eq!(code(r#"{"start_time":1e400}"#), DocumentErrorCode::InvalidSegment);
+    }
+
+    #[test]
+    fn subsegment_errors_name_the_top_level_id() {
+        let err = parse(&format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,
+            "subsegments":[{{"id":"70de5b6f19ff9a0b","name":"b","start_time":1}}]}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(err.code, DocumentErrorCode::MissingEndTime);
+        assert_eq!(err.id.as_deref(), Some("70de5b6f19ff9a0a"));
+        assert!(err.message().starts_with("Invalid subsegment. ErrorCode: MissingEndTime, Cause: "));
+    }
+
+    #[test]
+    fn in_progress_and_independent_subsegments() {
+        let doc = parse(&format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"in_progress":true}}"#
+        ))
+        .unwrap();
+        assert!(doc.entity.in_progress && doc.any_in_progress());
+        let doc = parse(&format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0c","name":"b","start_time":1,"end_time":2,"type":"subsegment","parent_id":"70de5b6f19ff9a0a"}}"#
+        ))
+        .unwrap();
+        assert_eq!(doc.kind, DocumentKind::Subsegment);
+        assert_eq!(doc.parent_id.unwrap().to_string(), "70de5b6f19ff9a0a");
+    }
+
+    #[test]
+    fn oversized_document_reports_its_id() {
+        let padding = "x".repeat(MAX_DOCUMENT_BYTES);
+        let json = format!(r#"{{"id": "70de5b6f19ff9a0a","trace_id":"{TRACE}","pad":"{padding}"}}"#);
+        let err = parse(&json).unwrap_err();
+        assert_eq!(err.code, DocumentErrorCode::SegmentTooLarge);
+        assert_eq!(err.id.as_deref(), Some("70de5b6f19ff9a0a"));
+    }
+
+    #[test]
+    fn deep_nesting_is_handled_without_recursion() {
+        let json = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+        assert_eq!(code(&json), DocumentErrorCode::MissingId);
+        let deep = format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"metadata":{}1{}}}"#,
+            r#"{"a":"#.repeat(5_000),
+            "}".repeat(5_000)
+        );
+        assert!(parse(&deep).is_ok());
+        let deep_subsegments = format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"subsegments":{}{}}}"#,
+            r#"[{"subsegments":"#.repeat(1_000),
+            "}]".repeat(1_000)
+        );
+        assert_eq!(code(&deep_subsegments), DocumentErrorCode::InvalidSegment);
+    }
+
+    #[test]
+    fn names() {
+        assert!(name_problem("my-service.example.com:8080/a@b").is_none());
+        assert!(name_problem("Überdienst 日本").is_none());
+        assert!(name_problem("## handler").is_none());
+        assert!(name_problem("a,b").is_some());
+        assert!(name_problem(&"a".repeat(201)).is_some());
+        assert!(name_problem("").is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_document(&bytes, MAX_DOCUMENT_BYTES);
+        }
+
+        #[test]
+        fn parser_never_panics_on_json_like_text(text in r#"[\{\}\[\]":,0-9a-z_ .e\-]{0,200}"#) {
+            let _ = parse_document(text.as_bytes(), MAX_DOCUMENT_BYTES);
+        }
+    }
+}

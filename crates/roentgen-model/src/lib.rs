@@ -1,0 +1,17 @@
+//! The X-Ray data model as roentgen receives it: trace and segment ids, segment documents with
+//! their validation rules and error codes, and the wire shapes of the X-Ray API.
+//!
+//! This crate does no I/O. Documents are parsed leniently (a field of the wrong type never aborts
+//! the parse) and then validated field by field, so every rejection carries the `ErrorCode` that
+//! X-Ray's `UnprocessedTraceSegments` would carry.
+
+pub mod api;
+mod document;
+mod ids;
+mod wire;
+
+pub use document::{
+    AnnotationValue, Aws, DocumentError, DocumentErrorCode, DocumentKind, Entity, Http, MAX_DOCUMENT_BYTES,
+    MAX_NAME_CHARS, ParsedDocument, parse_document,
+};
+pub use ids::{InvalidTraceId, SegmentId, TraceId};

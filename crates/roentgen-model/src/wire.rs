@@ -1,0 +1,293 @@
+//! Lenient serde shapes for segment documents.
+//!
+//! Every leaf is a [`Scalar`] and every object a [`MapOr`], so a value of the wrong type never
+//! aborts the parse: validation then decides, per field, whether that is an error code
+//! (`InvalidStartTime`) or a value to ignore, as the X-Ray service does.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
+
+/// Visitor methods that answer every non-container JSON value with `$value`.
+macro_rules! ignore_leaves {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// Any JSON value, reduced to what a leaf field can be.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) enum Scalar {
+    #[default]
+    Absent,
+    Null,
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    /// An object or an array where a leaf was expected.
+    Other,
+}
+
+impl Scalar {
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            Scalar::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn into_string(self) -> Option<String> {
+        match self {
+            Scalar::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_missing(&self) -> bool {
+        matches!(self, Scalar::Absent | Scalar::Null)
+    }
+
+    pub(crate) fn truthy(&self) -> bool {
+        matches!(self, Scalar::Bool(true))
+    }
+
+    /// Numbers, and numbers sent as strings (`"content_length": "86"` happens in the wild).
+    pub(crate) fn as_number(&self) -> Option<f64> {
+        match self {
+            Scalar::Num(n) => Some(*n),
+            Scalar::Str(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Num(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v))
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An object decoded as `T`, or `None` when the value is anything but an object.
+#[derive(Debug)]
+pub(crate) struct MapOr<T>(pub Option<T>);
+
+impl<T> Default for MapOr<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOr<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = MapOr<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(|v| MapOr(Some(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MapOr(None))
+            }
+            ignore_leaves!(MapOr(None));
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// The entries of an object in document order, or an empty list for anything but an object.
+#[derive(Debug)]
+pub(crate) struct Entries(pub Vec<(String, Scalar)>);
+
+impl Default for Entries {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Scalar>()? {
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Entries::default())
+            }
+            ignore_leaves!(Entries::default());
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Array elements, each `None` when it is not an object; a non-array gives an empty list.
+#[derive(Debug)]
+pub(crate) struct Items<T>(pub Vec<Option<T>>);
+
+impl<T> Default for Items<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Items<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Items<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(MapOr(item)) = seq.next_element::<MapOr<T>>()? {
+                    out.push(item);
+                }
+                Ok(Items(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Items::default())
+            }
+            ignore_leaves!(Items::default());
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// One segment or subsegment as it arrives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireEntity {
+    pub id: Scalar,
+    pub name: Scalar,
+    pub trace_id: Scalar,
+    pub parent_id: Scalar,
+    #[serde(rename = "type")]
+    pub kind: Scalar,
+    pub start_time: Scalar,
+    pub end_time: Scalar,
+    pub in_progress: Scalar,
+    pub error: Scalar,
+    pub fault: Scalar,
+    pub throttle: Scalar,
+    pub namespace: Scalar,
+    pub origin: Scalar,
+    pub user: Scalar,
+    pub resource_arn: Scalar,
+    pub http: MapOr<WireHttp>,
+    pub aws: MapOr<WireAws>,
+    pub annotations: Entries,
+    pub subsegments: Items<WireEntity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireHttp {
+    pub request: MapOr<WireHttpRequest>,
+    pub response: MapOr<WireHttpResponse>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireHttpRequest {
+    pub method: Scalar,
+    pub url: Scalar,
+    pub user_agent: Scalar,
+    pub client_ip: Scalar,
+    pub traced: Scalar,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireHttpResponse {
+    pub status: Scalar,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireAws {
+    pub account_id: Scalar,
+    pub ec2: MapOr<WireEc2>,
+    pub operation: Scalar,
+    pub table_name: Scalar,
+    pub queue_url: Scalar,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireEc2 {
+    pub instance_id: Scalar,
+    pub availability_zone: Scalar,
+}
