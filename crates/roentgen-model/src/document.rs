@@ -227,8 +227,11 @@ pub fn parse_document(bytes: &[u8], max_bytes: usize) -> Result<ParsedDocument, 
         in_subsegment: false,
         detail,
     };
+    // Documents are returned inside JSON strings, so they must be UTF-8 throughout, not only in
+    // the parts serde reads.
+    let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("not valid UTF-8: {e}")))?;
     let value: crate::wire::MapOr<WireEntity> =
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     let Some(wire) = value.0 else {
         return Err(DocumentError {
             code: DocumentErrorCode::MissingId,
@@ -664,6 +667,16 @@ mod tests {
             "}]".repeat(1_000)
         );
         assert_eq!(code(&deep_subsegments), DocumentErrorCode::InvalidSegment);
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected() {
+        let mut bytes = format!(r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"metadata":{{"x":"?"}}}}"#).into_bytes();
+        let at = bytes.iter().position(|&b| b == b'?').unwrap();
+        bytes[at] = 0xff;
+        let err = parse_document(&bytes, MAX_DOCUMENT_BYTES).unwrap_err();
+        assert_eq!(err.code, DocumentErrorCode::InvalidSegment);
+        assert!(err.detail.contains("UTF-8"));
     }
 
     #[test]

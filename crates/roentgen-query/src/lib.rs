@@ -1,1 +1,12 @@
+//! Questions asked of traces: assembling a trace's documents into the summary that
+//! `GetTraceSummaries` returns and filters on, and the nodes inferred for uninstrumented calls.
+//!
+//! Pure and synchronous: it sees parsed documents, never storage.
 
+mod inferred;
+mod summary;
+
+pub use inferred::inferred_service;
+pub use summary::{
+    AnnotationSummary, MAX_INDEXED_ANNOTATIONS, ServiceKey, TimeRangeType, TraceSummary, UserSummary, summarize,
+};

@@ -1,1 +1,21 @@
+//! Durable embedded trace storage.
+//!
+//! Documents are appended to a checksummed write-ahead log (group commit, fsync before the
+//! append returns), assembled into live traces in memory, and written out as immutable blocks
+//! on an object store once a trace goes idle. See `docs/architecture.md` for the layout and the
+//! crash-safety argument.
 
+mod block;
+mod config;
+mod error;
+mod live;
+mod stats;
+mod store;
+mod wal;
+
+pub use config::StoreConfig;
+pub use error::StoreError;
+pub use live::StoredDocument;
+pub use stats::StoreStats;
+pub use store::{Store, SummaryCursor, SummaryPage, SummaryQuery};
+pub use wal::Source;

@@ -1,0 +1,401 @@
+//! Trace summaries: what `GetTraceSummaries` returns and filters on, derived from a trace's
+//! documents. The rules follow the field definitions of X-Ray's API model; where the model is
+//! silent the choice is written beside the code and in `docs/api.md`.
+
+use std::collections::HashMap;
+
+use roentgen_model::{AnnotationValue, DocumentKind, Entity, Http, ParsedDocument, SegmentId, TraceId};
+use serde::{Deserialize, Serialize};
+
+use crate::inferred::inferred_service;
+
+/// X-Ray indexes at most 50 annotation keys per trace; later keys are kept in the documents only.
+pub const MAX_INDEXED_ANNOTATIONS: usize = 50;
+
+/// A service-graph node identity: (name, type, account).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub name: String,
+    pub kind: Option<String>,
+    pub account_id: Option<String>,
+}
+
+impl ServiceKey {
+    fn of_segment(entity: &Entity) -> Self {
+        ServiceKey {
+            name: entity.name.clone(),
+            kind: entity.origin.clone(),
+            account_id: entity.aws.as_ref().and_then(|a| a.account_id.clone()),
+        }
+    }
+}
+
+/// One annotation key with each distinct value and the services (indexes into
+/// [`TraceSummary::services`]) that recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationSummary {
+    pub key: String,
+    pub values: Vec<(AnnotationValue, Vec<u32>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub name: String,
+    pub services: Vec<u32>,
+}
+
+/// The indexed view of one trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    pub trace_id: TraceId,
+    /// Earliest start of any entity.
+    pub start_time: f64,
+    /// Latest end of any entity (its start while in progress).
+    pub end_time: f64,
+    /// The root segment's end minus start; `None` while the root is in progress or unknown.
+    pub response_time: Option<f64>,
+    pub has_fault: bool,
+    pub has_error: bool,
+    pub has_throttle: bool,
+    pub is_partial: bool,
+    pub http: Option<Http>,
+    pub services: Vec<ServiceKey>,
+    pub entry_point: Option<u32>,
+    pub annotations: Vec<AnnotationSummary>,
+    pub users: Vec<UserSummary>,
+    pub resource_arns: Vec<String>,
+    pub instance_ids: Vec<String>,
+    pub availability_zones: Vec<String>,
+    pub revision: u32,
+    /// End times of the top-level segments, for `TimeRangeType: Service`.
+    pub segment_end_times: Vec<f64>,
+    pub document_count: u32,
+}
+
+impl TraceSummary {
+    pub fn duration(&self) -> f64 {
+        (self.end_time - self.start_time).max(0.0)
+    }
+
+    /// The time that places this trace in `[start, end)` for the given range type, if it is in it.
+    pub fn matched_time(&self, range: TimeRangeType, start: f64, end: f64) -> Option<f64> {
+        let inside = |t: f64| t >= start && t < end;
+        match range {
+            TimeRangeType::TraceId => {
+                let t = f64::from(self.trace_id.epoch());
+                inside(t).then_some(self.start_time.max(t))
+            }
+            TimeRangeType::Event => inside(self.end_time).then_some(self.end_time),
+            TimeRangeType::Service => self.segment_end_times.iter().copied().filter(|&t| inside(t)).reduce(f64::max),
+        }
+    }
+
+    /// The key a page of results is ordered by, newest first.
+    pub fn sort_time(&self, range: TimeRangeType) -> f64 {
+        match range {
+            TimeRangeType::TraceId => f64::from(self.trace_id.epoch()),
+            TimeRangeType::Event => self.end_time,
+            TimeRangeType::Service => self.segment_end_times.iter().copied().fold(self.start_time, f64::max),
+        }
+    }
+}
+
+/// Which timestamp of a trace `GetTraceSummaries` compares with its time range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeRangeType {
+    /// The epoch carried in the trace id: when the trace started.
+    #[default]
+    TraceId,
+    /// When the trace was last updated: its latest end time.
+    Event,
+    /// When one of its segments ended.
+    Service,
+}
+
+impl TimeRangeType {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "TraceId" => Some(Self::TraceId),
+            "Event" => Some(Self::Event),
+            "Service" => Some(Self::Service),
+            _ => None,
+        }
+    }
+}
+
+/// Derives the summary of one trace from all its stored documents.
+///
+/// `docs` may come in any order; the result does not depend on it.
+pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> TraceSummary {
+    let mut docs: Vec<&ParsedDocument> = docs.to_vec();
+    docs.sort_by(|a, b| a.entity.start_time.total_cmp(&b.entity.start_time).then(a.id().cmp(&b.id())));
+
+    let mut services = Services::default();
+    // Which service each entity id belongs to: a segment's subsegments belong to its service.
+    let mut owner: HashMap<SegmentId, u32> = HashMap::new();
+    let mut doc_owner: Vec<Option<u32>> = vec![None; docs.len()];
+    for (i, doc) in docs.iter().enumerate() {
+        if doc.kind == DocumentKind::Segment {
+            let service = services.index(ServiceKey::of_segment(&doc.entity));
+            doc_owner[i] = Some(service);
+            doc.entity.walk(&mut |e| {
+                owner.insert(e.id, service);
+            });
+        }
+    }
+    // Independent subsegments may hang off other independent subsegments: resolve until stable.
+    loop {
+        let mut progressed = false;
+        for (i, doc) in docs.iter().enumerate() {
+            if doc_owner[i].is_some() {
+                continue;
+            }
+            if let Some(&service) = doc.parent_id.and_then(|p| owner.get(&p)) {
+                doc_owner[i] = Some(service);
+                doc.entity.walk(&mut |e| {
+                    owner.insert(e.id, service);
+                });
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+
+    let root = docs
+        .iter()
+        .filter(|d| d.kind == DocumentKind::Segment)
+        .find(|d| d.parent_id.is_none_or(|p| !owner.contains_key(&p)));
+
+    let called_by_segment: std::collections::HashSet<SegmentId> =
+        docs.iter().filter(|d| d.kind == DocumentKind::Segment).filter_map(|d| d.parent_id).collect();
+
+    let mut start_time = f64::INFINITY;
+    let mut end_time = f64::NEG_INFINITY;
+    let mut has_throttle = false;
+    let mut is_partial = false;
+    let mut annotations: Vec<AnnotationSummary> = Vec::new();
+    let mut users: Vec<UserSummary> = Vec::new();
+    let mut resource_arns = Vec::new();
+    let mut instance_ids = Vec::new();
+    let mut availability_zones = Vec::new();
+    let mut segment_end_times = Vec::new();
+
+    for (i, doc) in docs.iter().enumerate() {
+        let service = doc_owner[i];
+        if doc.kind == DocumentKind::Segment && segment_end_times.len() < 64 {
+            segment_end_times.push(doc.entity.last_time());
+        }
+        let top = &doc.entity;
+        top.walk(&mut |e| {
+            start_time = start_time.min(e.start_time);
+            end_time = end_time.max(e.last_time());
+            has_throttle |= e.throttle;
+            is_partial |= e.in_progress;
+            if !std::ptr::eq(e, top) && !called_by_segment.contains(&e.id) {
+                if let Some(key) = inferred_service(e) {
+                    services.index(key);
+                }
+            }
+            for (key, value) in &e.annotations {
+                add_annotation(&mut annotations, key, value, service);
+            }
+            if let Some(user) = &e.user {
+                add_user(&mut users, user, service);
+            }
+            if let Some(arn) = &e.resource_arn {
+                push_unique(&mut resource_arns, arn);
+            }
+            if let Some(aws) = &e.aws {
+                if let Some(id) = &aws.instance_id {
+                    push_unique(&mut instance_ids, id);
+                }
+                if let Some(az) = &aws.availability_zone {
+                    push_unique(&mut availability_zones, az);
+                }
+            }
+        });
+    }
+    if !start_time.is_finite() {
+        start_time = f64::from(trace_id.epoch());
+        end_time = start_time;
+    }
+
+    let root_entity = root.map(|d| &d.entity);
+    TraceSummary {
+        trace_id,
+        start_time,
+        end_time,
+        response_time: root_entity.and_then(|r| r.end_time.map(|end| (end - r.start_time).max(0.0))),
+        has_fault: root_entity.is_some_and(|r| r.fault),
+        has_error: root_entity.is_some_and(|r| r.error),
+        has_throttle,
+        is_partial,
+        http: root_entity.and_then(|r| r.http.clone()),
+        entry_point: root_entity.map(|r| services.index(ServiceKey::of_segment(r))),
+        services: services.keys,
+        annotations,
+        users,
+        resource_arns,
+        instance_ids,
+        availability_zones,
+        revision,
+        segment_end_times,
+        document_count: docs.len() as u32,
+    }
+}
+
+#[derive(Default)]
+struct Services {
+    keys: Vec<ServiceKey>,
+}
+
+impl Services {
+    fn index(&mut self, key: ServiceKey) -> u32 {
+        match self.keys.iter().position(|k| *k == key) {
+            Some(i) => i as u32,
+            None => {
+                self.keys.push(key);
+                (self.keys.len() - 1) as u32
+            }
+        }
+    }
+}
+
+fn add_annotation(out: &mut Vec<AnnotationSummary>, key: &str, value: &AnnotationValue, service: Option<u32>) {
+    let entry = match out.iter_mut().position(|a| a.key == key) {
+        Some(i) => &mut out[i],
+        None if out.len() < MAX_INDEXED_ANNOTATIONS => {
+            out.push(AnnotationSummary { key: key.to_owned(), values: Vec::new() });
+            out.last_mut().expect("just pushed")
+        }
+        None => return,
+    };
+    let slot = match entry.values.iter_mut().position(|(v, _)| v == value) {
+        Some(i) => &mut entry.values[i],
+        None => {
+            entry.values.push((value.clone(), Vec::new()));
+            entry.values.last_mut().expect("just pushed")
+        }
+    };
+    if let Some(s) = service.filter(|s| !slot.1.contains(s)) {
+        slot.1.push(s);
+    }
+}
+
+fn add_user(out: &mut Vec<UserSummary>, name: &str, service: Option<u32>) {
+    let entry = match out.iter_mut().position(|u| u.name == name) {
+        Some(i) => &mut out[i],
+        None => {
+            out.push(UserSummary { name: name.to_owned(), services: Vec::new() });
+            out.last_mut().expect("just pushed")
+        }
+    };
+    if let Some(s) = service.filter(|s| !entry.services.contains(s)) {
+        entry.services.push(s);
+    }
+}
+
+fn push_unique(out: &mut Vec<String>, value: &str) {
+    if !out.iter().any(|v| v == value) {
+        out.push(value.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roentgen_model::{MAX_DOCUMENT_BYTES, parse_document};
+
+    const TRACE: &str = "1-5759e988-bd862e3fe1be46a994272793";
+
+    fn doc(json: &str) -> ParsedDocument {
+        parse_document(json.as_bytes(), MAX_DOCUMENT_BYTES).unwrap()
+    }
+
+    fn trace() -> Vec<ParsedDocument> {
+        vec![
+            doc(&format!(
+                r#"{{"trace_id":"{TRACE}","id":"0000000000000001","name":"api","origin":"AWS::EC2::Instance",
+                "start_time":100,"end_time":103,"error":true,"user":"alice","resource_arn":"arn:aws:ec2:i-1",
+                "aws":{{"account_id":"123456789012","ec2":{{"instance_id":"i-1","availability_zone":"us-east-1a"}}}},
+                "http":{{"request":{{"method":"GET","url":"http://api/x"}},"response":{{"status":429}}}},
+                "annotations":{{"tenant":"acme","n":1}},
+                "subsegments":[
+                  {{"id":"0000000000000002","name":"auth","start_time":100.1,"end_time":101,"namespace":"remote",
+                    "http":{{"request":{{"traced":true}}}}}},
+                  {{"id":"0000000000000003","name":"DynamoDB","start_time":101,"end_time":102,"namespace":"aws",
+                    "throttle":true,"aws":{{"table_name":"users","operation":"GetItem"}}}}]}}"#
+            )),
+            doc(&format!(
+                r#"{{"trace_id":"{TRACE}","id":"0000000000000004","name":"auth","parent_id":"0000000000000002",
+                "start_time":100.2,"end_time":100.9,"annotations":{{"tenant":"acme"}},"user":"alice"}}"#
+            )),
+            doc(&format!(
+                r#"{{"trace_id":"{TRACE}","id":"0000000000000005","name":"late","type":"subsegment",
+                "parent_id":"0000000000000004","start_time":100.3,"in_progress":true,"annotations":{{"tenant":"beta"}}}}"#
+            )),
+        ]
+    }
+
+    #[test]
+    fn summarizes_a_multi_service_trace() {
+        let docs = trace();
+        let refs: Vec<&ParsedDocument> = docs.iter().rev().collect();
+        let s = summarize(TraceId::parse(TRACE).unwrap(), &refs, 2);
+        assert_eq!(s.start_time, 100.0);
+        assert_eq!(s.end_time, 103.0);
+        assert_eq!(s.response_time, Some(3.0));
+        assert!(s.has_error && !s.has_fault && s.has_throttle && s.is_partial);
+        assert_eq!(s.http.as_ref().unwrap().status, Some(429));
+        let names: Vec<&str> = s.services.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["api", "auth", "users"], "auth is instrumented, so no inferred remote node");
+        assert_eq!(s.services[2].kind.as_deref(), Some("AWS::DynamoDB::Table"));
+        assert_eq!(s.entry_point, Some(0));
+        let tenant = &s.annotations[0];
+        assert_eq!(tenant.key, "tenant");
+        assert_eq!(tenant.values[0], (AnnotationValue::String("acme".into()), vec![0, 1]));
+        assert_eq!(tenant.values[1], (AnnotationValue::String("beta".into()), vec![1]));
+        assert_eq!(s.users.len(), 1);
+        assert_eq!(s.users[0].services, vec![0, 1]);
+        assert_eq!(s.instance_ids, ["i-1"]);
+        assert_eq!(s.availability_zones, ["us-east-1a"]);
+        assert_eq!(s.resource_arns, ["arn:aws:ec2:i-1"]);
+        assert_eq!(s.revision, 2);
+        assert_eq!(s.document_count, 3);
+    }
+
+    #[test]
+    fn order_of_documents_does_not_matter() {
+        let docs = trace();
+        let forward: Vec<&ParsedDocument> = docs.iter().collect();
+        let backward: Vec<&ParsedDocument> = docs.iter().rev().collect();
+        let id = TraceId::parse(TRACE).unwrap();
+        assert_eq!(summarize(id, &forward, 1), summarize(id, &backward, 1));
+    }
+
+    #[test]
+    fn time_range_types() {
+        let docs = trace();
+        let refs: Vec<&ParsedDocument> = docs.iter().collect();
+        let s = summarize(TraceId::parse(TRACE).unwrap(), &refs, 1);
+        let epoch = f64::from(0x5759e988u32);
+        assert!(s.matched_time(TimeRangeType::TraceId, epoch, epoch + 1.0).is_some());
+        assert!(s.matched_time(TimeRangeType::TraceId, epoch + 1.0, epoch + 2.0).is_none());
+        assert_eq!(s.matched_time(TimeRangeType::Event, 102.0, 104.0), Some(103.0));
+        assert_eq!(s.matched_time(TimeRangeType::Service, 100.0, 101.0), Some(100.9));
+        assert!(s.matched_time(TimeRangeType::Service, 101.0, 102.0).is_none());
+    }
+
+    #[test]
+    fn caps_indexed_annotations() {
+        let annotations: Vec<String> = (0..60).map(|i| format!("\"k{i}\":{i}")).collect();
+        let d = doc(&format!(
+            r#"{{"trace_id":"{TRACE}","id":"0000000000000001","name":"a","start_time":1,"end_time":2,"annotations":{{{}}}}}"#,
+            annotations.join(",")
+        ));
+        let s = summarize(d.trace_id, &[&d], 1);
+        assert_eq!(s.annotations.len(), MAX_INDEXED_ANNOTATIONS);
+    }
+}

@@ -1,0 +1,435 @@
+//! Immutable blocks: a trace-sorted data file plus a `meta.json` that commits it.
+//!
+//! `blocks/<id>/data` (format version 1, all integers little endian):
+//!
+//! ```text
+//! "RGNBLK01"
+//! chunks      zstd frames; each holds whole traces, a trace being its documents as u32 length + bytes
+//! index       one 32-byte entry per trace, sorted: trace id u128, chunk u32, offset u32, length u32, count u32
+//! fences      the trace id of every FENCE_EVERY-th index entry, so a lookup reads one index page
+//! chunk table per chunk: offset u64, length u32
+//! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id
+//! bloom       the trace ids' bloom filter, u64 words
+//! ```
+//!
+//! `meta.json` names the section ranges, the time range, the counts, and the WAL generation whose
+//! checkpoint makes the block valid. It is written last: a block without it does not exist.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::path::Path as ObjectPath;
+use roentgen_model::TraceId;
+use roentgen_query::TraceSummary;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+pub(crate) const BLOCK_MAGIC: &[u8; 8] = b"RGNBLK01";
+pub(crate) const FORMAT_VERSION: u32 = 1;
+const INDEX_ENTRY: usize = 32;
+const FENCE_EVERY: usize = 128;
+const BLOOM_BITS_PER_KEY: usize = 10;
+const BLOOM_HASHES: u32 = 7;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Superseded {
+    pub block: String,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Sections {
+    pub index: Range<u64>,
+    pub fences: Range<u64>,
+    pub chunks: Range<u64>,
+    pub summaries: Range<u64>,
+    pub bloom: Range<u64>,
+}
+
+/// The content of `meta.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BlockMeta {
+    pub format_version: u32,
+    pub id: String,
+    pub created_at: f64,
+    pub wal_generation: u64,
+    pub trace_count: u64,
+    pub document_count: u64,
+    pub data_bytes: u64,
+    pub raw_document_bytes: u64,
+    /// Range of the epochs carried in the trace ids.
+    pub min_epoch: u32,
+    pub max_epoch: u32,
+    /// Range of the times the documents cover.
+    pub min_time: f64,
+    pub max_time: f64,
+    pub bloom_hashes: u32,
+    pub sections: Sections,
+    /// Earlier revisions of traces that this block holds a newer revision of.
+    pub supersedes: Vec<Superseded>,
+}
+
+/// One trace going into a block.
+#[derive(Debug)]
+pub(crate) struct BlockTrace<'a> {
+    pub trace_id: TraceId,
+    pub docs: Vec<&'a str>,
+    pub summary: TraceSummary,
+}
+
+pub(crate) struct BuildOptions {
+    pub id: String,
+    pub created_at: f64,
+    pub wal_generation: u64,
+    pub chunk_bytes: usize,
+    pub level: i32,
+    pub supersedes: Vec<Superseded>,
+}
+
+/// Encodes a block; `traces` must be sorted by trace id with no duplicates.
+pub(crate) fn build(traces: &[BlockTrace<'_>], options: BuildOptions) -> Result<(Vec<u8>, BlockMeta), StoreError> {
+    debug_assert!(traces.windows(2).all(|w| w[0].trace_id < w[1].trace_id));
+    let mut data = BLOCK_MAGIC.to_vec();
+    let mut index = Vec::with_capacity(traces.len() * INDEX_ENTRY);
+    let mut chunk_table: Vec<(u64, u32)> = Vec::new();
+    let mut pending: Vec<u8> = Vec::with_capacity(options.chunk_bytes + 4096);
+    let mut document_count = 0u64;
+    let mut raw_document_bytes = 0u64;
+    let compress_err =
+        |e: std::io::Error| StoreError::CorruptBlock { block: options.id.clone(), reason: format!("compression failed: {e}") };
+
+    let flush_chunk = |pending: &mut Vec<u8>, data: &mut Vec<u8>, table: &mut Vec<(u64, u32)>| {
+        let frame = zstd::bulk::compress(pending, options.level).map_err(compress_err)?;
+        table.push((data.len() as u64, frame.len() as u32));
+        data.extend_from_slice(&frame);
+        pending.clear();
+        Ok::<(), StoreError>(())
+    };
+
+    for trace in traces {
+        let region: usize = trace.docs.iter().map(|d| 4 + d.len()).sum();
+        if !pending.is_empty() && pending.len() + region > options.chunk_bytes {
+            flush_chunk(&mut pending, &mut data, &mut chunk_table)?;
+        }
+        index.extend_from_slice(&trace.trace_id.as_u128().to_le_bytes());
+        index.extend_from_slice(&(chunk_table.len() as u32).to_le_bytes());
+        index.extend_from_slice(&(pending.len() as u32).to_le_bytes());
+        index.extend_from_slice(&(region as u32).to_le_bytes());
+        index.extend_from_slice(&(trace.docs.len() as u32).to_le_bytes());
+        for doc in &trace.docs {
+            pending.extend_from_slice(&(doc.len() as u32).to_le_bytes());
+            pending.extend_from_slice(doc.as_bytes());
+            raw_document_bytes += doc.len() as u64;
+        }
+        document_count += trace.docs.len() as u64;
+    }
+    if !pending.is_empty() {
+        flush_chunk(&mut pending, &mut data, &mut chunk_table)?;
+    }
+
+    let section = |data: &mut Vec<u8>, bytes: &[u8]| {
+        let start = data.len() as u64;
+        data.extend_from_slice(bytes);
+        start..data.len() as u64
+    };
+    let index_range = section(&mut data, &index);
+    let fences: Vec<u8> =
+        traces.iter().step_by(FENCE_EVERY).flat_map(|t| t.trace_id.as_u128().to_le_bytes()).collect();
+    let fences_range = section(&mut data, &fences);
+    let table: Vec<u8> = chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
+    let chunks_range = section(&mut data, &table);
+    let summaries: Vec<&TraceSummary> = traces.iter().map(|t| &t.summary).collect();
+    let encoded = postcard::to_stdvec(&summaries)
+        .map_err(|e| StoreError::CorruptBlock { block: options.id.clone(), reason: format!("summary encoding: {e}") })?;
+    let encoded = zstd::bulk::compress(&encoded, options.level)
+        .map_err(|e| StoreError::CorruptBlock { block: options.id.clone(), reason: format!("compression failed: {e}") })?;
+    let summaries_range = section(&mut data, &encoded);
+    let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
+    let bloom_range = section(&mut data, &bloom.to_bytes());
+
+    let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
+    let max_time = traces.iter().map(|t| t.summary.end_time).fold(f64::NEG_INFINITY, f64::max);
+    let meta = BlockMeta {
+        format_version: FORMAT_VERSION,
+        id: options.id,
+        created_at: options.created_at,
+        wal_generation: options.wal_generation,
+        trace_count: traces.len() as u64,
+        document_count,
+        data_bytes: data.len() as u64,
+        raw_document_bytes,
+        min_epoch: traces.iter().map(|t| t.trace_id.epoch()).min().unwrap_or(0),
+        max_epoch: traces.iter().map(|t| t.trace_id.epoch()).max().unwrap_or(0),
+        min_time: if min_time.is_finite() { min_time } else { 0.0 },
+        max_time: if max_time.is_finite() { max_time } else { 0.0 },
+        bloom_hashes: BLOOM_HASHES,
+        sections: Sections {
+            index: index_range,
+            fences: fences_range,
+            chunks: chunks_range,
+            summaries: summaries_range,
+            bloom: bloom_range,
+        },
+        supersedes: options.supersedes,
+    };
+    Ok((data, meta))
+}
+
+/// A bloom filter over trace ids; the ids' random bits are the hash.
+#[derive(Debug, Clone)]
+pub(crate) struct Bloom {
+    words: Vec<u64>,
+}
+
+impl Bloom {
+    fn build(ids: impl Iterator<Item = TraceId>, count: usize) -> Self {
+        let bits = (count * BLOOM_BITS_PER_KEY).max(64).next_multiple_of(64);
+        let mut bloom = Self { words: vec![0; bits / 64] };
+        for id in ids {
+            for bit in bloom.bits(id) {
+                bloom.words[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        bloom
+    }
+
+    fn bits(&self, id: TraceId) -> impl Iterator<Item = usize> + use<> {
+        let m = (self.words.len() * 64) as u64;
+        let r = id.random() ^ (u128::from(id.epoch()) << 64);
+        let h1 = r as u64;
+        let h2 = ((r >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..u64::from(BLOOM_HASHES)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+    }
+
+    pub fn may_contain(&self, id: TraceId) -> bool {
+        self.bits(id).all(|bit| self.words[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.is_empty() || bytes.len() % 8 != 0 {
+            return None;
+        }
+        Some(Self { words: bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect() })
+    }
+}
+
+/// A block as kept in memory: its meta, bloom filter, fences and chunk table.
+#[derive(Debug)]
+pub(crate) struct BlockHandle {
+    pub meta: BlockMeta,
+    data_path: ObjectPath,
+    bloom: Bloom,
+    fences: Vec<u128>,
+    chunks: Vec<(u64, u32)>,
+}
+
+pub(crate) fn meta_path(id: &str) -> ObjectPath {
+    ObjectPath::from_iter([id, "meta.json"])
+}
+
+pub(crate) fn data_path(id: &str) -> ObjectPath {
+    ObjectPath::from_iter([id, "data"])
+}
+
+impl BlockHandle {
+    pub async fn open(store: &dyn ObjectStore, meta: BlockMeta) -> Result<Self, StoreError> {
+        let corrupt = |reason: &str| StoreError::CorruptBlock { block: meta.id.clone(), reason: reason.to_owned() };
+        if meta.format_version != FORMAT_VERSION {
+            return Err(corrupt(&format!("format version {} is not supported", meta.format_version)));
+        }
+        let data_path = data_path(&meta.id);
+        let s = &meta.sections;
+        let ranges = [s.fences.clone(), s.chunks.clone(), s.bloom.clone()];
+        let parts = store.get_ranges(&data_path, &ranges).await?;
+        let [fences, chunks, bloom] = <[Bytes; 3]>::try_from(parts).map_err(|_| corrupt("short read"))?;
+        if fences.len() % 16 != 0 || chunks.len() % 12 != 0 {
+            return Err(corrupt("fence or chunk table has a partial entry"));
+        }
+        let fences = fences.chunks_exact(16).map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))).collect();
+        let chunks = chunks
+            .chunks_exact(12)
+            .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u32::from_le_bytes(c[8..].try_into().expect("4"))))
+            .collect();
+        let bloom = Bloom::from_bytes(&bloom).ok_or_else(|| corrupt("empty bloom filter"))?;
+        Ok(Self { meta, data_path, bloom, fences, chunks })
+    }
+
+    pub fn may_contain(&self, id: TraceId) -> bool {
+        let epoch = id.epoch();
+        epoch >= self.meta.min_epoch && epoch <= self.meta.max_epoch && self.bloom.may_contain(id)
+    }
+
+    /// The documents of one trace, or `None` when the block does not hold it.
+    pub async fn get(&self, store: &dyn ObjectStore, id: TraceId) -> Result<Option<Vec<String>>, StoreError> {
+        if !self.may_contain(id) {
+            return Ok(None);
+        }
+        let corrupt = |reason: &str| StoreError::CorruptBlock { block: self.meta.id.clone(), reason: reason.to_owned() };
+        let key = id.as_u128();
+        let page = self.fences.partition_point(|&f| f <= key);
+        if page == 0 {
+            return Ok(None);
+        }
+        let total = self.meta.trace_count as usize;
+        let first = (page - 1) * FENCE_EVERY;
+        let last = (first + FENCE_EVERY).min(total);
+        let base = self.meta.sections.index.start;
+        let range = base + (first * INDEX_ENTRY) as u64..base + (last * INDEX_ENTRY) as u64;
+        let entries = store.get_range(&self.data_path, range).await?;
+        let entry = entries
+            .chunks_exact(INDEX_ENTRY)
+            .find(|e| u128::from_le_bytes(e[..16].try_into().expect("16 bytes")) == key);
+        let Some(entry) = entry else { return Ok(None) };
+        let field = |at: usize| u32::from_le_bytes(entry[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let (chunk, offset, length, count) = (field(16), field(20), field(24), field(28));
+        let &(chunk_offset, chunk_len) = self.chunks.get(chunk).ok_or_else(|| corrupt("chunk number out of range"))?;
+        let frame = store.get_range(&self.data_path, chunk_offset..chunk_offset + u64::from(chunk_len)).await?;
+        let plain = decompress(&frame).map_err(|e| corrupt(&format!("chunk {chunk}: {e}")))?;
+        let region = plain.get(offset..offset + length).ok_or_else(|| corrupt("trace region out of range"))?;
+        let docs = split_documents(region, count).ok_or_else(|| corrupt("damaged document framing"))?;
+        Ok(Some(docs))
+    }
+
+    pub async fn summaries(&self, store: &dyn ObjectStore) -> Result<Vec<TraceSummary>, StoreError> {
+        let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
+        let s = &self.meta.sections.summaries;
+        let frame = store.get_range(&self.data_path, s.start..s.end).await?;
+        let plain = decompress(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
+        postcard::from_bytes(&plain).map_err(|e| corrupt(format!("summaries: {e}")))
+    }
+}
+
+/// Decompresses one zstd frame, refusing to expand beyond what a block can legitimately hold.
+fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    const LIMIT: usize = 1 << 30;
+    let size = zstd::zstd_safe::get_frame_content_size(frame).ok().flatten().unwrap_or(LIMIT as u64);
+    zstd::bulk::decompress(frame, (size as usize).min(LIMIT))
+}
+
+fn split_documents(mut region: &[u8], count: usize) -> Option<Vec<String>> {
+    let mut docs = Vec::with_capacity(count);
+    while !region.is_empty() {
+        let len = u32::from_le_bytes(region.get(..4)?.try_into().ok()?) as usize;
+        let doc = region.get(4..4 + len)?;
+        docs.push(String::from_utf8(doc.to_vec()).ok()?);
+        region = &region[4 + len..];
+    }
+    (docs.len() == count).then_some(docs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+    use roentgen_model::{MAX_DOCUMENT_BYTES, ParsedDocument, parse_document};
+    use roentgen_query::summarize;
+
+    fn trace_doc(trace: TraceId, n: u64) -> String {
+        format!(
+            r#"{{"trace_id":"{trace}","id":"{n:016x}","name":"svc-{}","start_time":{}.5,"end_time":{}.75,"annotations":{{"k":"v{n}"}}}}"#,
+            n % 7,
+            trace.epoch(),
+            trace.epoch()
+        )
+    }
+
+    fn sample(count: u64) -> Vec<(TraceId, Vec<String>)> {
+        let mut traces: Vec<(TraceId, Vec<String>)> = (0..count)
+            .map(|i| {
+                let id = TraceId::from_parts(1_700_000_000 + (i % 50) as u32, u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c));
+                let docs = (0..(i % 3 + 1)).map(|n| trace_doc(id, i * 10 + n)).collect();
+                (id, docs)
+            })
+            .collect();
+        traces.sort_by_key(|(id, _)| *id);
+        traces
+    }
+
+    async fn write(store: &InMemory, traces: &[(TraceId, Vec<String>)], chunk: usize) -> BlockHandle {
+        let parsed: Vec<Vec<ParsedDocument>> = traces
+            .iter()
+            .map(|(_, docs)| docs.iter().map(|d| parse_document(d.as_bytes(), MAX_DOCUMENT_BYTES).unwrap()).collect())
+            .collect();
+        let input: Vec<BlockTrace<'_>> = traces
+            .iter()
+            .zip(&parsed)
+            .map(|((id, docs), parsed)| BlockTrace {
+                trace_id: *id,
+                docs: docs.iter().map(String::as_str).collect(),
+                summary: summarize(*id, &parsed.iter().collect::<Vec<_>>(), 1),
+            })
+            .collect();
+        let options = BuildOptions {
+            id: "b1".into(),
+            created_at: 1.0,
+            wal_generation: 3,
+            chunk_bytes: chunk,
+            level: 3,
+            supersedes: vec![],
+        };
+        let (data, meta) = build(&input, options).unwrap();
+        store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();
+        BlockHandle::open(store, meta).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_trace_is_found_and_others_are_not() {
+        let store = InMemory::new();
+        let traces = sample(1000);
+        let block = write(&store, &traces, 4096).await;
+        assert!(block.chunks.len() > 10, "small chunks force many frames");
+        for (id, docs) in &traces {
+            assert_eq!(block.get(&store, *id).await.unwrap().as_ref(), Some(docs));
+        }
+        let mut false_positives = 0;
+        for i in 0..1000u128 {
+            let other = TraceId::from_parts(1_700_000_010, i.wrapping_mul(0x1234_5678_9abc_def1) ^ 0x5555);
+            if traces.iter().any(|(id, _)| *id == other) {
+                continue;
+            }
+            false_positives += usize::from(block.may_contain(other));
+            assert_eq!(block.get(&store, other).await.unwrap(), None);
+        }
+        assert!(false_positives < 50, "bloom false positive rate too high: {false_positives}/1000");
+        let summaries = block.summaries(&store).await.unwrap();
+        assert_eq!(summaries.len(), 1000);
+        assert!(summaries.windows(2).all(|w| w[0].trace_id < w[1].trace_id));
+        assert_eq!(block.meta.trace_count, 1000);
+        assert_eq!(block.meta.min_epoch, 1_700_000_000);
+        assert_eq!(block.meta.max_epoch, 1_700_000_049);
+    }
+
+    /// Format version 1, frozen: a block written by the first release must always be readable.
+    #[tokio::test]
+    async fn frozen_fixture_v1() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/block-v1");
+        let meta: BlockMeta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+        let store = InMemory::new();
+        let data = std::fs::read(dir.join("data")).unwrap();
+        assert_eq!(&data[..8], BLOCK_MAGIC);
+        store.put(&data_path(&meta.id), PutPayload::from(data)).await.unwrap();
+        let block = BlockHandle::open(&store, meta).await.unwrap();
+        let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
+        let docs = block.get(&store, id).await.unwrap().unwrap();
+        assert_eq!(docs.len(), 2);
+        assert!(docs[0].contains("\"fixture\""));
+        let summaries = block.summaries(&store).await.unwrap();
+        assert_eq!(summaries[0].trace_id, id);
+        assert_eq!(summaries[0].services[0].name, "fixture");
+    }
+
+    #[test]
+    fn damaged_framing_is_detected() {
+        assert_eq!(split_documents(&[3, 0, 0, 0, b'a'], 1), None);
+        assert_eq!(split_documents(&[1, 0, 0, 0, b'a'], 2), None);
+        assert_eq!(split_documents(&[1, 0, 0, 0, b'a'], 1), Some(vec!["a".to_owned()]));
+    }
+}

@@ -1,0 +1,75 @@
+//! Storage settings, part of roentgen's one typed configuration tree.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How the store keeps traces: where, for how long, and when live traces become blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Local directory for the write-ahead log, the lock file and (by default) the blocks.
+    pub data_dir: PathBuf,
+    /// Where blocks go: a local directory path or `file:///path`. Empty means `<data_dir>/blocks`.
+    pub storage: String,
+    /// Blocks older than this are deleted.
+    pub retention_days: f64,
+    /// A trace with no new segment for this long is written into the next block.
+    pub trace_idle_seconds: f64,
+    /// A trace that keeps receiving segments is written out after this long anyway; later
+    /// segments then make a new revision of it.
+    pub trace_max_live_seconds: f64,
+    /// How often the flusher looks for traces to write into a block.
+    pub flush_interval_seconds: f64,
+    /// Live data above this many bytes is flushed at the next check, oldest traces first.
+    pub max_live_bytes: u64,
+    /// Uncompressed size of one compressed chunk of documents in a block.
+    pub block_chunk_bytes: u32,
+    /// zstd level for block chunks.
+    pub compression_level: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./roentgen-data"),
+            storage: String::new(),
+            retention_days: 30.0,
+            trace_idle_seconds: 10.0,
+            trace_max_live_seconds: 300.0,
+            flush_interval_seconds: 5.0,
+            max_live_bytes: 512 * 1024 * 1024,
+            block_chunk_bytes: 256 * 1024,
+            compression_level: 3,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub(crate) fn duration(seconds: f64) -> Duration {
+        Duration::from_secs_f64(seconds.max(0.0))
+    }
+
+    /// Checks the values that serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("retention_days", self.retention_days),
+            ("trace_idle_seconds", self.trace_idle_seconds),
+            ("trace_max_live_seconds", self.trace_max_live_seconds),
+            ("flush_interval_seconds", self.flush_interval_seconds),
+        ];
+        for (name, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("storage.{name} must be a positive number, not {value}"));
+            }
+        }
+        if self.block_chunk_bytes < 4096 {
+            return Err("storage.block_chunk_bytes must be at least 4096".into());
+        }
+        if !(1..=22).contains(&self.compression_level) {
+            return Err("storage.compression_level must be between 1 and 22".into());
+        }
+        Ok(())
+    }
+}

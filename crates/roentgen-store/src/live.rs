@@ -1,0 +1,192 @@
+//! Traces still being assembled in memory, before they are written into a block.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use roentgen_model::{ParsedDocument, SegmentId, TraceId};
+use roentgen_query::{TraceSummary, summarize};
+
+use crate::wal::Source;
+
+/// A stored document: the bytes exactly as received, and their parsed form.
+#[derive(Debug)]
+pub struct StoredDocument {
+    pub raw: Box<str>,
+    pub parsed: ParsedDocument,
+    pub source: Source,
+}
+
+impl StoredDocument {
+    pub fn id(&self) -> SegmentId {
+        self.parsed.id()
+    }
+}
+
+/// Merges `incoming` into `docs`, keyed by document id: a complete document replaces an in-progress
+/// one; an in-progress document never replaces a complete one; otherwise the later arrival wins.
+/// Returns false when `incoming` was ignored.
+pub(crate) fn upsert(docs: &mut Vec<Arc<StoredDocument>>, incoming: Arc<StoredDocument>) -> bool {
+    match docs.iter_mut().find(|d| d.id() == incoming.id()) {
+        Some(existing) => {
+            if incoming.parsed.entity.in_progress && !existing.parsed.entity.in_progress {
+                return false;
+            }
+            *existing = incoming;
+            true
+        }
+        None => {
+            docs.push(incoming);
+            true
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct LiveTrace {
+    pub docs: Vec<Arc<StoredDocument>>,
+    pub first_seen: Instant,
+    pub last_update: Instant,
+    pub bytes: u64,
+    /// True when a block may already hold an earlier revision of this trace.
+    pub maybe_in_blocks: bool,
+    summary: std::sync::Mutex<Option<Arc<TraceSummary>>>,
+}
+
+impl LiveTrace {
+    fn new(now: Instant, maybe_in_blocks: bool) -> Self {
+        Self { docs: Vec::new(), first_seen: now, last_update: now, bytes: 0, maybe_in_blocks, summary: Default::default() }
+    }
+
+    /// The summary of the documents held here, cached until the next change.
+    pub fn summary(&self, trace_id: TraceId, revision: u32) -> Arc<TraceSummary> {
+        let mut cached = self.summary.lock().expect("summary cache lock");
+        if let Some(s) = cached.as_ref().filter(|s| s.revision == revision) {
+            return s.clone();
+        }
+        let parsed: Vec<&ParsedDocument> = self.docs.iter().map(|d| &d.parsed).collect();
+        let summary = Arc::new(summarize(trace_id, &parsed, revision));
+        *cached = Some(summary.clone());
+        summary
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LiveState {
+    pub traces: HashMap<TraceId, LiveTrace>,
+    /// Traces taken out by a flush that is still writing their block; readers still see them.
+    pub flushing: HashMap<TraceId, LiveTrace>,
+    pub bytes: u64,
+    pub documents: u64,
+}
+
+impl LiveState {
+    /// Adds one document; `maybe_in_blocks` is asked only for a trace not yet live.
+    pub fn apply(&mut self, doc: Arc<StoredDocument>, now: Instant, maybe_in_blocks: impl FnOnce(TraceId) -> bool) {
+        let trace_id = doc.parsed.trace_id;
+        let size = doc.raw.len() as u64;
+        let trace = self.traces.entry(trace_id).or_insert_with(|| {
+            let earlier = self.flushing.contains_key(&trace_id) || maybe_in_blocks(trace_id);
+            LiveTrace::new(now, earlier)
+        });
+        let before = trace.docs.len();
+        let replaced_bytes = trace.docs.iter().find(|d| d.id() == doc.id()).map(|d| d.raw.len() as u64);
+        if upsert(&mut trace.docs, doc) {
+            *trace.summary.get_mut().expect("summary cache lock") = None;
+            trace.last_update = now;
+            trace.bytes = trace.bytes + size - replaced_bytes.unwrap_or(0);
+            self.bytes = self.bytes + size - replaced_bytes.unwrap_or(0);
+            self.documents += (trace.docs.len() - before) as u64;
+        }
+    }
+
+    /// Moves the traces due for a block into `flushing` and returns their ids.
+    pub fn take_due(&mut self, now: Instant, idle: std::time::Duration, max_live: std::time::Duration, max_bytes: u64) -> Vec<TraceId> {
+        let mut due: Vec<TraceId> = self
+            .traces
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.last_update) >= idle || now.duration_since(t.first_seen) >= max_live)
+            .map(|(id, _)| *id)
+            .collect();
+        let due_bytes: u64 = due.iter().map(|id| self.traces[id].bytes).sum();
+        if self.bytes.saturating_sub(due_bytes) > max_bytes {
+            // Over the memory budget: flush the oldest of the rest until under it.
+            let mut rest: Vec<(Instant, TraceId, u64)> = self
+                .traces
+                .iter()
+                .filter(|(id, _)| !due.contains(id))
+                .map(|(id, t)| (t.first_seen, *id, t.bytes))
+                .collect();
+            rest.sort_unstable_by_key(|(seen, id, _)| (*seen, *id));
+            let mut remaining = self.bytes - due_bytes;
+            for (_, id, bytes) in rest {
+                if remaining <= max_bytes / 2 {
+                    break;
+                }
+                remaining -= bytes;
+                due.push(id);
+            }
+        }
+        for id in &due {
+            if let Some(trace) = self.traces.remove(id) {
+                self.bytes -= trace.bytes;
+                self.documents -= trace.docs.len() as u64;
+                self.flushing.insert(*id, trace);
+            }
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roentgen_model::{MAX_DOCUMENT_BYTES, parse_document};
+    use std::time::Duration;
+
+    fn doc(id: &str, extra: &str) -> Arc<StoredDocument> {
+        let raw = format!(
+            r#"{{"trace_id":"1-5759e988-bd862e3fe1be46a994272793","id":"{id}","name":"a","start_time":1,{extra}}}"#
+        );
+        let parsed = parse_document(raw.as_bytes(), MAX_DOCUMENT_BYTES).unwrap();
+        Arc::new(StoredDocument { raw: raw.into(), parsed, source: Source::Api })
+    }
+
+    #[test]
+    fn complete_replaces_in_progress_but_not_the_reverse() {
+        let mut docs = Vec::new();
+        assert!(upsert(&mut docs, doc("0000000000000001", r#""in_progress":true"#)));
+        assert!(upsert(&mut docs, doc("0000000000000001", r#""end_time":2"#)));
+        assert!(!upsert(&mut docs, doc("0000000000000001", r#""in_progress":true"#)));
+        assert!(upsert(&mut docs, doc("0000000000000001", r#""end_time":3"#)));
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].parsed.entity.end_time, Some(3.0));
+    }
+
+    #[test]
+    fn accounting_and_flush_selection() {
+        let mut live = LiveState::default();
+        let t0 = Instant::now();
+        live.apply(doc("0000000000000001", r#""in_progress":true"#), t0, |_| false);
+        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, |_| false);
+        live.apply(doc("0000000000000002", r#""end_time":2"#), t0, |_| false);
+        assert_eq!(live.documents, 2);
+        let expected: u64 = live.traces.values().flat_map(|t| &t.docs).map(|d| d.raw.len() as u64).sum();
+        assert_eq!(live.bytes, expected);
+        let idle = Duration::from_secs(10);
+        assert!(live.take_due(t0 + Duration::from_secs(1), idle, Duration::from_secs(60), u64::MAX).is_empty());
+        let due = live.take_due(t0 + Duration::from_secs(11), idle, Duration::from_secs(60), u64::MAX);
+        assert_eq!(due.len(), 1);
+        assert_eq!((live.bytes, live.documents), (0, 0));
+        assert_eq!(live.flushing.len(), 1);
+    }
+
+    #[test]
+    fn memory_budget_forces_a_flush() {
+        let mut live = LiveState::default();
+        let t0 = Instant::now();
+        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, |_| false);
+        let due = live.take_due(t0, Duration::from_secs(10), Duration::from_secs(60), 10);
+        assert_eq!(due.len(), 1);
+    }
+}

@@ -1,0 +1,30 @@
+//! Counters and gauges of the store, read by the server's `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+/// The store's own telemetry. Counters only grow; gauges are set to the current value.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub documents_appended: AtomicU64,
+    pub documents_replayed: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub wal_syncs: AtomicU64,
+    pub wal_torn_bytes: AtomicU64,
+    pub wal_unreadable_records: AtomicU64,
+    /// Gauge: the WAL generation being appended to.
+    pub wal_generation: AtomicU64,
+    pub blocks_written: AtomicU64,
+    pub block_documents_written: AtomicU64,
+    pub blocks_expired: AtomicU64,
+    pub corrupt_blocks: AtomicU64,
+    pub trace_revisions: AtomicU64,
+    pub summary_queries: AtomicU64,
+    /// Gauges.
+    pub blocks: AtomicU64,
+    pub block_bytes: AtomicU64,
+    pub block_documents: AtomicU64,
+    pub block_traces: AtomicU64,
+    pub live_traces: AtomicU64,
+    pub live_documents: AtomicU64,
+    pub live_bytes: AtomicU64,
+}

@@ -1,0 +1,808 @@
+//! The store: durable appends, trace lookup, summary scans, and the background work that turns
+//! live traces into blocks and deletes expired ones.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use roentgen_model::{ParsedDocument, TraceId, parse_document};
+use roentgen_query::{TimeRangeType, TraceSummary, summarize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::block::{self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, Superseded};
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+use crate::live::{LiveState, StoredDocument, upsert};
+use crate::stats::StoreStats;
+use crate::wal::{self, Record, Source, WalFile};
+
+/// Commands to the WAL writer thread, which alone appends to the log and applies to live state.
+enum Command {
+    Append { docs: Vec<Arc<StoredDocument>>, ack: Option<oneshot::Sender<Result<(), StoreError>>> },
+    Rotate { generation: u64, ack: oneshot::Sender<Result<(), StoreError>> },
+    Sync { ack: oneshot::Sender<Result<(), StoreError>> },
+    Shutdown { ack: oneshot::Sender<Result<(), StoreError>> },
+}
+
+/// How many commands may wait for the writer before senders are made to wait.
+const WRITER_QUEUE: usize = 4096;
+/// The writer commits at most this many bytes of records in one group.
+const GROUP_COMMIT_BYTES: usize = 8 << 20;
+const SUMMARY_CACHE_BLOCKS: usize = 512;
+
+/// A page of `GetTraceSummaries` results.
+#[derive(Debug, Default)]
+pub struct SummaryPage {
+    /// Each matching summary with its matched event time, newest first.
+    pub summaries: Vec<(Arc<TraceSummary>, f64)>,
+    /// Traces looked at, matching or not.
+    pub scanned: u64,
+    /// Where the next page starts, when there is one.
+    pub next: Option<SummaryCursor>,
+}
+
+/// A position in the newest-first order of summaries: strictly older entries come next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SummaryCursor {
+    pub time: f64,
+    pub trace_id: TraceId,
+}
+
+/// What `GetTraceSummaries` asks for.
+#[derive(Debug, Clone)]
+pub struct SummaryQuery {
+    pub start: f64,
+    pub end: f64,
+    pub range: TimeRangeType,
+    pub after: Option<SummaryCursor>,
+    pub limit: usize,
+    /// Keep only this fraction of the matching traces, chosen by trace id so pages agree.
+    pub sample_rate: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct Catalog {
+    /// Oldest first.
+    blocks: Vec<Arc<BlockHandle>>,
+    superseded: HashSet<(String, TraceId)>,
+}
+
+impl Catalog {
+    fn add(&mut self, handle: Arc<BlockHandle>) {
+        for s in &handle.meta.supersedes {
+            if let Ok(id) = TraceId::parse(&s.trace_id) {
+                self.superseded.insert((s.block.clone(), id));
+            }
+        }
+        let at = self.blocks.partition_point(|b| b.meta.id < handle.meta.id);
+        self.blocks.insert(at, handle);
+    }
+
+    fn candidates(&self, id: TraceId) -> Vec<Arc<BlockHandle>> {
+        self.blocks.iter().rev().filter(|b| b.may_contain(id)).cloned().collect()
+    }
+}
+
+struct Inner {
+    config: StoreConfig,
+    wal_dir: PathBuf,
+    objects: Arc<dyn ObjectStore>,
+    /// The blocks' directory when they are on local disk, to fsync what object_store writes.
+    local_blocks: Option<PathBuf>,
+    live: RwLock<LiveState>,
+    catalog: RwLock<Catalog>,
+    summary_cache: Mutex<HashMap<String, Arc<Vec<TraceSummary>>>>,
+    writer: mpsc::Sender<Command>,
+    flush_lock: tokio::sync::Mutex<()>,
+    stats: Arc<StoreStats>,
+    /// Held while the store is open; released by `close`.
+    lock: Mutex<Option<File>>,
+}
+
+/// Durable embedded trace storage.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    writer_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("data_dir", &self.inner.config.data_dir).finish_non_exhaustive()
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn new_block_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    // Time-ordered, with the low bits of a per-process counter against same-nanosecond flushes.
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("{nanos:024x}{:04x}", COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff)
+}
+
+fn parse_stored(raw: String, source: Source) -> Option<Arc<StoredDocument>> {
+    let parsed = parse_document(raw.as_bytes(), usize::MAX).ok()?;
+    Some(Arc::new(StoredDocument { raw: raw.into_boxed_str(), parsed, source }))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.data_dir`: takes the directory lock, loads the
+    /// blocks, replays the WAL, and starts the writer and the background tasks.
+    pub async fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(StoreError::io(&data_dir))?;
+        let lock_path = data_dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked { path: data_dir });
+        }
+        let wal_dir = data_dir.join("wal");
+        std::fs::create_dir_all(&wal_dir).map_err(StoreError::io(&wal_dir))?;
+        let blocks_dir = match config.storage.as_str() {
+            "" => data_dir.join("blocks"),
+            s => {
+                let path = s.strip_prefix("file://").unwrap_or(s);
+                if path.contains("://") || path.is_empty() {
+                    return Err(StoreError::UnsupportedStorage(s.to_owned()));
+                }
+                PathBuf::from(path)
+            }
+        };
+        std::fs::create_dir_all(&blocks_dir).map_err(StoreError::io(&blocks_dir))?;
+        let objects: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&blocks_dir)?);
+        let stats = Arc::new(StoreStats::default());
+
+        let (generation, replay) = recover_wal(&wal_dir, &stats)?;
+        let catalog = load_catalog(objects.as_ref(), generation, &stats).await?;
+
+        let mut live = LiveState::default();
+        let started = Instant::now();
+        for (source, bytes) in replay {
+            let Some(doc) = String::from_utf8(bytes).ok().and_then(|raw| parse_stored(raw, source)) else {
+                stats.wal_unreadable_records.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            live.apply(doc, started, |id| !catalog.candidates(id).is_empty());
+            stats.documents_replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        let wal_file = WalFile::reopen(&wal_dir, generation.0, generation.1)?;
+        stats.wal_generation.store(generation.0, Ordering::Relaxed);
+
+        let (writer, commands) = mpsc::channel(WRITER_QUEUE);
+        let inner = Arc::new(Inner {
+            config,
+            wal_dir,
+            objects,
+            local_blocks: Some(blocks_dir),
+            live: RwLock::new(live),
+            catalog: RwLock::new(catalog),
+            summary_cache: Mutex::new(HashMap::new()),
+            writer,
+            flush_lock: tokio::sync::Mutex::new(()),
+            stats,
+            lock: Mutex::new(Some(lock)),
+        });
+        inner.publish_gauges();
+        let writer_inner = inner.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("roentgen-wal".into())
+            .spawn(move || run_writer(writer_inner, commands, wal_file))
+            .map_err(StoreError::io(&data_dir))?;
+        let store = Self {
+            inner,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+            writer_thread: Arc::new(Mutex::new(Some(writer_thread))),
+        };
+        store.start_background();
+        Ok(store)
+    }
+
+    fn start_background(&self) {
+        let flusher = {
+            let store = self.clone();
+            let every = StoreConfig::duration(self.inner.config.flush_interval_seconds);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = store.flush_due(false).await {
+                        tracing::error!(error = %e, "flushing live traces into a block failed; will retry");
+                    }
+                }
+            })
+        };
+        let retention = {
+            let store = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = store.apply_retention(now_seconds()).await {
+                        tracing::error!(error = %e, "applying retention failed; will retry");
+                    }
+                }
+            })
+        };
+        self.tasks.lock().expect("task list lock").extend([flusher, retention]);
+    }
+
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.inner.stats.clone()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Appends documents and returns once they are fsync'd to the WAL and visible to readers.
+    pub async fn append(&self, docs: Vec<Arc<StoredDocument>>) -> Result<(), StoreError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let (ack, done) = oneshot::channel();
+        self.inner.writer.send(Command::Append { docs, ack: Some(ack) }).await.map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends documents without waiting for them to be durable (UDP, which has no reply).
+    pub async fn submit(&self, docs: Vec<Arc<StoredDocument>>) -> Result<(), StoreError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        self.inner.writer.send(Command::Append { docs, ack: None }).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits until everything sent so far is durable and visible.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.inner.writer.send(Command::Sync { ack }).await.map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes every live trace into a block now, whatever its age.
+    pub async fn flush_all(&self) -> Result<(), StoreError> {
+        self.sync().await?;
+        self.flush_due(true).await
+    }
+
+    /// Stops the background tasks, makes everything received durable, stops the writer and
+    /// releases the data directory. Appends after this fail with [`StoreError::Closed`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        for task in self.tasks.lock().expect("task list lock").drain(..) {
+            task.abort();
+        }
+        let _flushing = self.inner.flush_lock.lock().await;
+        let (ack, done) = oneshot::channel();
+        let result = match self.inner.writer.send(Command::Shutdown { ack }).await {
+            Ok(()) => done.await.unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
+        let thread = self.writer_thread.lock().expect("writer handle lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.inner.lock.lock().expect("lock file lock").take();
+        result
+    }
+
+    /// All documents of a trace, merged across blocks and live state; `None` if unknown.
+    pub async fn get_trace(&self, id: TraceId) -> Result<Option<Vec<Arc<StoredDocument>>>, StoreError> {
+        let (from_live, in_blocks) = {
+            let live = self.inner.live.read().expect("live lock");
+            let mut docs: Vec<Arc<StoredDocument>> = Vec::new();
+            let mut seen = false;
+            for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
+                seen = true;
+                for doc in &trace.docs {
+                    upsert(&mut docs, doc.clone());
+                }
+            }
+            let maybe = [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten().any(|t| t.maybe_in_blocks);
+            (seen.then_some(docs), !seen || maybe)
+        };
+        let mut docs = Vec::new();
+        if in_blocks {
+            if let Some((stored, _)) = self.from_blocks(id).await? {
+                docs = stored;
+            }
+        }
+        match from_live {
+            Some(live_docs) => {
+                for doc in live_docs {
+                    upsert(&mut docs, doc);
+                }
+                Ok(Some(docs))
+            }
+            None if docs.is_empty() => Ok(None),
+            None => Ok(Some(docs)),
+        }
+    }
+
+    /// The newest block revision of a trace and how many blocks hold a revision of it.
+    async fn from_blocks(&self, id: TraceId) -> Result<Option<(Vec<Arc<StoredDocument>>, u32)>, StoreError> {
+        let candidates = self.inner.catalog.read().expect("catalog lock").candidates(id);
+        let mut newest = None;
+        let mut revisions = 0u32;
+        for block in candidates {
+            if let Some(raw) = block.get(self.inner.objects.as_ref(), id).await? {
+                revisions += 1;
+                if newest.is_none() {
+                    newest = Some(raw);
+                }
+            }
+        }
+        Ok(newest.map(|raw| {
+            let docs = raw.into_iter().filter_map(|r| parse_stored(r, Source::Api)).collect();
+            (docs, revisions)
+        }))
+    }
+
+    /// One page of trace summaries in `[start, end)`, newest first.
+    pub async fn summaries(&self, query: &SummaryQuery) -> Result<SummaryPage, StoreError> {
+        let mut candidates: Vec<(f64, TraceId, Arc<TraceSummary>, f64)> = Vec::new();
+        let mut scanned = 0u64;
+        let mut consider = |summary: Arc<TraceSummary>, candidates: &mut Vec<_>| {
+            let Some(matched) = summary.matched_time(query.range, query.start, query.end) else { return };
+            scanned += 1;
+            if let Some(rate) = query.sample_rate {
+                if sample_fraction(summary.trace_id) >= rate {
+                    return;
+                }
+            }
+            let key = summary.sort_time(query.range);
+            if let Some(after) = query.after {
+                if (key, summary.trace_id) >= (after.time, after.trace_id) {
+                    return;
+                }
+            }
+            candidates.push((key, summary.trace_id, summary, matched));
+        };
+
+        // Live traces first; those that may have an earlier revision in a block are merged below.
+        let mut live_ids = HashSet::new();
+        let mut merge_later = Vec::new();
+        {
+            let live = self.inner.live.read().expect("live lock");
+            for (id, trace) in live.flushing.iter().chain(live.traces.iter()) {
+                if !live_ids.insert(*id) {
+                    merge_later.push(*id);
+                    continue;
+                }
+                if trace.maybe_in_blocks {
+                    merge_later.push(*id);
+                    continue;
+                }
+                consider(trace.summary(*id, 1), &mut candidates);
+            }
+        }
+        merge_later.sort_unstable();
+        merge_later.dedup();
+        for id in merge_later {
+            let (docs, revisions) = match self.get_trace(id).await? {
+                Some(docs) => (docs, self.from_blocks(id).await?.map_or(0, |(_, r)| r)),
+                None => continue,
+            };
+            let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
+            consider(Arc::new(summarize(id, &parsed, revisions + 1)), &mut candidates);
+        }
+
+        let blocks: Vec<Arc<BlockHandle>> = {
+            let catalog = self.inner.catalog.read().expect("catalog lock");
+            catalog.blocks.iter().filter(|b| block_overlaps(&b.meta, query)).cloned().collect()
+        };
+        for block in blocks {
+            let summaries = self.block_summaries(&block).await?;
+            let superseded: Vec<TraceId> = {
+                let catalog = self.inner.catalog.read().expect("catalog lock");
+                summaries
+                    .iter()
+                    .filter(|s| catalog.superseded.contains(&(block.meta.id.clone(), s.trace_id)))
+                    .map(|s| s.trace_id)
+                    .collect()
+            };
+            for summary in summaries.iter() {
+                if live_ids.contains(&summary.trace_id) || superseded.contains(&summary.trace_id) {
+                    continue;
+                }
+                consider(Arc::new(summary.clone()), &mut candidates);
+            }
+        }
+
+        candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        let more = candidates.len() > query.limit;
+        candidates.truncate(query.limit);
+        let next = if more {
+            candidates.last().map(|(time, trace_id, _, _)| SummaryCursor { time: *time, trace_id: *trace_id })
+        } else {
+            None
+        };
+        self.inner.stats.summary_queries.fetch_add(1, Ordering::Relaxed);
+        Ok(SummaryPage { summaries: candidates.into_iter().map(|(_, _, s, m)| (s, m)).collect(), scanned, next })
+    }
+
+    async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<Vec<TraceSummary>>, StoreError> {
+        if let Some(hit) = self.inner.summary_cache.lock().expect("cache lock").get(&block.meta.id) {
+            return Ok(hit.clone());
+        }
+        let loaded = Arc::new(block.summaries(self.inner.objects.as_ref()).await?);
+        let mut cache = self.inner.summary_cache.lock().expect("cache lock");
+        if cache.len() >= SUMMARY_CACHE_BLOCKS {
+            if let Some(evict) = cache.keys().next().cloned() {
+                cache.remove(&evict);
+            }
+        }
+        cache.insert(block.meta.id.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Writes the traces that are due (or all live traces) into one new block.
+    async fn flush_due(&self, everything: bool) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let _guard = inner.flush_lock.lock().await;
+        let config = &inner.config;
+        let idle = if everything { Duration::ZERO } else { StoreConfig::duration(config.trace_idle_seconds) };
+        let max_live = StoreConfig::duration(config.trace_max_live_seconds);
+        // Traces left in `flushing` by a failed attempt go into this one.
+        let due: Vec<(TraceId, Vec<Arc<StoredDocument>>, bool)> = {
+            let mut live = inner.live.write().expect("live lock");
+            live.take_due(Instant::now(), idle, max_live, config.max_live_bytes);
+            live.flushing.iter().map(|(id, t)| (*id, t.docs.clone(), t.maybe_in_blocks)).collect()
+        };
+        inner.publish_gauges();
+        if due.is_empty() {
+            return Ok(());
+        }
+
+        let mut supersedes = Vec::new();
+        let mut merged: Vec<(TraceId, Vec<Arc<StoredDocument>>, u32)> = Vec::with_capacity(due.len());
+        for (id, docs, maybe_in_blocks) in due {
+            let mut revision = 1;
+            let mut all = Vec::new();
+            if maybe_in_blocks {
+                if let Some((earlier, revisions)) = self.from_blocks(id).await? {
+                    let newest = inner.catalog.read().expect("catalog lock").candidates(id);
+                    for block in newest {
+                        supersedes.push(Superseded { block: block.meta.id.clone(), trace_id: id.to_string() });
+                    }
+                    all = earlier;
+                    revision = revisions + 1;
+                    inner.stats.trace_revisions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            for doc in docs {
+                upsert(&mut all, doc);
+            }
+            merged.push((id, all, revision));
+        }
+        merged.sort_unstable_by_key(|(id, _, _)| *id);
+
+        let generation = inner.stats.wal_generation.load(Ordering::Relaxed) + 1;
+        let options = BuildOptions {
+            id: new_block_id(),
+            created_at: now_seconds(),
+            wal_generation: generation,
+            chunk_bytes: config.block_chunk_bytes as usize,
+            level: config.compression_level,
+            supersedes,
+        };
+        let (data, meta) = tokio::task::spawn_blocking(move || {
+            let traces: Vec<BlockTrace<'_>> = merged
+                .iter()
+                .map(|(id, docs, revision)| {
+                    let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
+                    BlockTrace {
+                        trace_id: *id,
+                        docs: docs.iter().map(|d| &*d.raw).collect(),
+                        summary: summarize(*id, &parsed, *revision),
+                    }
+                })
+                .collect();
+            block::build(&traces, options)
+        })
+        .await
+        .map_err(|e| StoreError::CorruptBlock { block: "new".into(), reason: format!("block builder failed: {e}") })??;
+
+        self.write_block(&data, &meta).await?;
+        let handle = Arc::new(BlockHandle::open(inner.objects.as_ref(), meta).await?);
+        let stats = &inner.stats;
+        stats.blocks_written.fetch_add(1, Ordering::Relaxed);
+        stats.block_documents_written.fetch_add(handle.meta.document_count, Ordering::Relaxed);
+        inner.catalog.write().expect("catalog lock").add(handle);
+
+        // The block is durable: start a WAL generation that carries only what is still live.
+        let (ack, done) = oneshot::channel();
+        inner.writer.send(Command::Rotate { generation, ack }).await.map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)??;
+        inner.live.write().expect("live lock").flushing.clear();
+        inner.publish_gauges();
+        Ok(())
+    }
+
+    async fn write_block(&self, data: &[u8], meta: &BlockMeta) -> Result<(), StoreError> {
+        let objects = self.inner.objects.as_ref();
+        objects.put(&block::data_path(&meta.id), PutPayload::from(data.to_vec())).await?;
+        let meta_json = serde_json::to_vec_pretty(meta)
+            .map_err(|e| StoreError::CorruptBlock { block: meta.id.clone(), reason: e.to_string() })?;
+        if let Some(root) = &self.inner.local_blocks {
+            let dir = root.join(&meta.id);
+            fsync_file(&dir.join("data"))?;
+            objects.put(&block::meta_path(&meta.id), PutPayload::from(meta_json)).await?;
+            fsync_file(&dir.join("meta.json"))?;
+            wal::sync_dir(&dir)?;
+            wal::sync_dir(root)?;
+        } else {
+            objects.put(&block::meta_path(&meta.id), PutPayload::from(meta_json)).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes blocks whose newest data is older than the retention period.
+    pub async fn apply_retention(&self, now: f64) -> Result<usize, StoreError> {
+        let cutoff = now - self.inner.config.retention_days * 86_400.0;
+        let expired: Vec<Arc<BlockHandle>> = {
+            let catalog = self.inner.catalog.read().expect("catalog lock");
+            catalog.blocks.iter().filter(|b| b.meta.max_time < cutoff).cloned().collect()
+        };
+        for block in &expired {
+                // Without its meta the block no longer exists, even if deleting the data fails.
+            delete_quietly(self.inner.objects.as_ref(), &block::meta_path(&block.meta.id)).await?;
+            delete_quietly(self.inner.objects.as_ref(), &block::data_path(&block.meta.id)).await?;
+            if let Some(root) = &self.inner.local_blocks {
+                // object_store leaves the emptied directory behind.
+                let _ = std::fs::remove_dir(root.join(&block.meta.id));
+            }
+            let mut catalog = self.inner.catalog.write().expect("catalog lock");
+            catalog.blocks.retain(|b| b.meta.id != block.meta.id);
+            catalog.superseded.retain(|(b, _)| *b != block.meta.id);
+            self.inner.summary_cache.lock().expect("cache lock").remove(&block.meta.id);
+            self.inner.stats.blocks_expired.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.publish_gauges();
+        Ok(expired.len())
+    }
+}
+
+impl Inner {
+    fn publish_gauges(&self) {
+        let stats = &self.stats;
+        {
+            let live = self.live.read().expect("live lock");
+            stats.live_traces.store((live.traces.len() + live.flushing.len()) as u64, Ordering::Relaxed);
+            stats.live_documents.store(live.documents, Ordering::Relaxed);
+            stats.live_bytes.store(live.bytes, Ordering::Relaxed);
+        }
+        let catalog = self.catalog.read().expect("catalog lock");
+        stats.blocks.store(catalog.blocks.len() as u64, Ordering::Relaxed);
+        stats.block_bytes.store(catalog.blocks.iter().map(|b| b.meta.data_bytes).sum(), Ordering::Relaxed);
+        stats.block_documents.store(catalog.blocks.iter().map(|b| b.meta.document_count).sum(), Ordering::Relaxed);
+        stats.block_traces.store(catalog.blocks.iter().map(|b| b.meta.trace_count).sum(), Ordering::Relaxed);
+    }
+}
+
+fn block_overlaps(meta: &BlockMeta, query: &SummaryQuery) -> bool {
+    match query.range {
+        TimeRangeType::TraceId => f64::from(meta.max_epoch) >= query.start && f64::from(meta.min_epoch) < query.end,
+        TimeRangeType::Event | TimeRangeType::Service => meta.max_time >= query.start && meta.min_time < query.end,
+    }
+}
+
+/// A stable fraction in [0, 1) from the trace id's random bits.
+fn sample_fraction(id: TraceId) -> f64 {
+    ((id.random() >> 43) as u64 as f64) / ((1u64 << 53) as f64)
+}
+
+fn fsync_file(path: &Path) -> Result<(), StoreError> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(StoreError::io(path))
+}
+
+async fn delete_quietly(objects: &dyn ObjectStore, path: &ObjectPath) -> Result<(), StoreError> {
+    match objects.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Finds the newest WAL generation with a complete checkpoint, deletes the others, and returns
+/// it with its good length and the document records to replay.
+fn recover_wal(dir: &Path, stats: &StoreStats) -> Result<((u64, u64), Vec<(Source, Vec<u8>)>), StoreError> {
+    let generations = wal::list_generations(dir)?;
+    let mut chosen = None;
+    for &generation in generations.iter().rev() {
+        let contents = wal::read_file(&dir.join(wal::file_name(generation)))?;
+        if contents.has_checkpoint() {
+            chosen = Some((generation, contents));
+            break;
+        }
+    }
+    let (generation, contents) = match chosen {
+        Some(found) => found,
+        None => {
+            let mut first = Vec::new();
+            wal::encode_checkpoint(&mut first);
+            let generation = generations.last().copied().unwrap_or(0) + 1;
+            WalFile::create(dir, generation, &first)?;
+            (generation, wal::read_file(&dir.join(wal::file_name(generation)))?)
+        }
+    };
+    for other in generations.into_iter().filter(|g| *g != generation) {
+        let path = dir.join(wal::file_name(other));
+        std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
+    }
+    if contents.torn {
+        let path = dir.join(wal::file_name(generation));
+        let size = std::fs::metadata(&path).map_err(StoreError::io(&path))?.len();
+        stats.wal_torn_bytes.fetch_add(size - contents.good_len, Ordering::Relaxed);
+        tracing::warn!(path = %path.display(), cut_bytes = size - contents.good_len, "cutting a torn tail off the write-ahead log");
+    }
+    let records = contents
+        .records
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Document { source, bytes } => Some((source, bytes)),
+            Record::Checkpoint => None,
+        })
+        .collect();
+    Ok(((generation, contents.good_len), records))
+}
+
+/// Loads every committed block. Blocks whose WAL generation never completed, and data without a
+/// meta, are left over from an interrupted flush: their documents are still in the WAL.
+async fn load_catalog(objects: &dyn ObjectStore, generation: (u64, u64), stats: &StoreStats) -> Result<Catalog, StoreError> {
+    let listed: Vec<object_store::ObjectMeta> = objects.list(None).try_collect().await?;
+    let mut metas = HashSet::new();
+    let mut datas = HashSet::new();
+    for object in &listed {
+        let parts: Vec<_> = object.location.parts().collect();
+        if let [id, file] = parts.as_slice() {
+            match file.as_ref() {
+                "meta.json" => metas.insert(id.as_ref().to_owned()),
+                "data" => datas.insert(id.as_ref().to_owned()),
+                _ => false,
+            };
+        }
+    }
+    let mut catalog = Catalog::default();
+    for id in &datas {
+        if !metas.contains(id) {
+            delete_quietly(objects, &block::data_path(id)).await?;
+        }
+    }
+    for id in metas {
+        let raw = objects.get(&block::meta_path(&id)).await?.bytes().await?;
+        let meta: BlockMeta = match serde_json::from_slice(&raw) {
+            Ok(meta) => meta,
+            Err(e) => {
+                tracing::error!(block = %id, error = %e, "skipping a block whose meta.json cannot be read");
+                stats.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        if meta.wal_generation > generation.0 {
+            delete_quietly(objects, &block::meta_path(&id)).await?;
+            delete_quietly(objects, &block::data_path(&id)).await?;
+            continue;
+        }
+        match BlockHandle::open(objects, meta).await {
+            Ok(handle) => catalog.add(Arc::new(handle)),
+            Err(e) => {
+                tracing::error!(block = %id, error = %e, "skipping an unreadable block");
+                stats.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(catalog)
+}
+
+fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal: WalFile) {
+    let mut buffer: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut pending: Vec<Arc<StoredDocument>> = Vec::new();
+    let mut acks: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
+    while let Some(first) = commands.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append { docs, ack } => {
+                    for doc in &docs {
+                        wal::encode_document(doc.source, doc.raw.as_bytes(), &mut buffer);
+                    }
+                    pending.extend(docs);
+                    acks.extend(ack);
+                }
+                Command::Sync { ack } => acks.push(ack),
+                Command::Rotate { generation, ack } => {
+                    commit(&inner, &mut wal, &mut buffer, &mut pending, &mut acks);
+                    let _ = ack.send(rotate(&inner, &mut wal, generation));
+                }
+                Command::Shutdown { ack } => {
+                    commit(&inner, &mut wal, &mut buffer, &mut pending, &mut acks);
+                    let _ = ack.send(Ok(()));
+                    return;
+                }
+            }
+            if buffer.len() < GROUP_COMMIT_BYTES {
+                next = commands.try_recv().ok();
+            }
+        }
+        commit(&inner, &mut wal, &mut buffer, &mut pending, &mut acks);
+    }
+}
+
+/// Writes and fsyncs the group, applies it to live state, then answers every waiting sender.
+fn commit(
+    inner: &Inner,
+    wal: &mut WalFile,
+    buffer: &mut Vec<u8>,
+    pending: &mut Vec<Arc<StoredDocument>>,
+    acks: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
+) {
+    let result = if buffer.is_empty() { Ok(()) } else { wal.append(buffer).and_then(|()| wal.sync()) };
+    match &result {
+        Ok(()) => {
+            let stats = &inner.stats;
+            stats.wal_bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+            if !buffer.is_empty() {
+                stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            stats.documents_appended.fetch_add(pending.len() as u64, Ordering::Relaxed);
+            let now = Instant::now();
+            let catalog = inner.catalog.read().expect("catalog lock");
+            let mut live = inner.live.write().expect("live lock");
+            for doc in pending.drain(..) {
+                live.apply(doc, now, |id| !catalog.candidates(id).is_empty());
+            }
+            stats.live_traces.store((live.traces.len() + live.flushing.len()) as u64, Ordering::Relaxed);
+            stats.live_documents.store(live.documents, Ordering::Relaxed);
+            stats.live_bytes.store(live.bytes, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "write-ahead log append failed; the batch is refused");
+            pending.clear();
+        }
+    }
+    buffer.clear();
+    for ack in acks.drain(..) {
+        let _ = ack.send(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Io { path: PathBuf::from("wal"), source: std::io::Error::other(e.to_string()) }),
+        });
+    }
+}
+
+fn rotate(inner: &Inner, wal: &mut WalFile, generation: u64) -> Result<(), StoreError> {
+    let mut carry = Vec::new();
+    {
+        let live = inner.live.read().expect("live lock");
+        for doc in live.traces.values().flat_map(|t| &t.docs) {
+            wal::encode_document(doc.source, doc.raw.as_bytes(), &mut carry);
+        }
+    }
+    wal::encode_checkpoint(&mut carry);
+    let next = WalFile::create(&inner.wal_dir, generation, &carry)?;
+    let old = std::mem::replace(wal, next);
+    inner.stats.wal_generation.store(generation, Ordering::Relaxed);
+    inner.stats.wal_bytes.fetch_add(carry.len() as u64, Ordering::Relaxed);
+    for g in wal::list_generations(&inner.wal_dir)?.into_iter().filter(|g| *g < generation) {
+        let path = inner.wal_dir.join(wal::file_name(g));
+        std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
+    }
+    drop(old);
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The store's contract: what was acknowledged survives restarts and interrupted flushes, late
+//! segments make new revisions, and nothing is found twice.
+
+use std::sync::Arc;
+
+use roentgen_model::{TraceId, parse_document};
+use roentgen_query::TimeRangeType;
+use roentgen_store::{Source, Store, StoreConfig, StoreError, StoredDocument, SummaryQuery};
+
+/// An hour ago: recent enough that the retention task started by `open` keeps it.
+fn epoch() -> u32 {
+    static EPOCH: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        (now - 3600) as u32
+    })
+}
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig { data_dir: dir.to_path_buf(), flush_interval_seconds: 3600.0, ..StoreConfig::default() }
+}
+
+fn trace(n: u32) -> TraceId {
+    TraceId::from_parts(epoch() + n, u128::from(n) * 0x1_0000_0001 + 7)
+}
+
+fn doc(trace: TraceId, id: u64, extra: &str) -> Arc<StoredDocument> {
+    let raw = format!(
+        r#"{{"trace_id":"{trace}","id":"{id:016x}","name":"svc","start_time":{}.25,{extra}}}"#,
+        trace.epoch()
+    );
+    let parsed = parse_document(raw.as_bytes(), usize::MAX).expect("valid test document");
+    Arc::new(StoredDocument { raw: raw.into(), parsed, source: Source::Api })
+}
+
+fn complete(trace: TraceId, id: u64) -> Arc<StoredDocument> {
+    doc(trace, id, &format!(r#""end_time":{}.5"#, trace.epoch()))
+}
+
+fn ids(docs: &[Arc<StoredDocument>]) -> Vec<u64> {
+    let mut ids: Vec<u64> = docs.iter().map(|d| d.id().as_u64()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+fn all_time() -> SummaryQuery {
+    SummaryQuery {
+        start: 0.0,
+        end: 4e9,
+        range: TimeRangeType::TraceId,
+        after: None,
+        limit: 10_000,
+        sample_rate: None,
+    }
+}
+
+#[tokio::test]
+async fn traces_survive_flush_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append((0..20).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
+    store.append(vec![complete(trace(0), 2)]).await.unwrap();
+    assert_eq!(ids(&store.get_trace(trace(0)).await.unwrap().unwrap()), [1, 2]);
+
+    store.flush_all().await.unwrap();
+    assert_eq!(store.stats().blocks.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(ids(&store.get_trace(trace(0)).await.unwrap().unwrap()), [1, 2]);
+    store.append(vec![complete(trace(100), 1)]).await.unwrap();
+    store.close().await.unwrap();
+
+    let store = Store::open(config(dir.path())).await.unwrap();
+    for i in 0..20 {
+        assert!(store.get_trace(trace(i)).await.unwrap().is_some(), "trace {i} lost");
+    }
+    assert!(store.get_trace(trace(100)).await.unwrap().is_some(), "live trace lost over restart");
+    assert!(store.get_trace(trace(55)).await.unwrap().is_none());
+    let page = store.summaries(&all_time()).await.unwrap();
+    assert_eq!(page.summaries.len(), 21);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn late_segments_make_a_new_revision_found_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let t = trace(1);
+    store.append(vec![doc(t, 1, r#""in_progress":true"#)]).await.unwrap();
+    store.flush_all().await.unwrap();
+    let page = store.summaries(&all_time()).await.unwrap();
+    assert!(page.summaries[0].0.is_partial);
+    assert_eq!(page.summaries[0].0.revision, 1);
+
+    store.append(vec![complete(t, 1), complete(t, 2)]).await.unwrap();
+    let page = store.summaries(&all_time()).await.unwrap();
+    assert_eq!(page.summaries.len(), 1);
+    assert_eq!(page.summaries[0].0.revision, 2, "live late segments are a new revision");
+    assert!(!page.summaries[0].0.is_partial, "the complete segment replaced the in-progress one");
+
+    store.flush_all().await.unwrap();
+    let page = store.summaries(&all_time()).await.unwrap();
+    assert_eq!(page.summaries.len(), 1, "the superseded revision is not listed");
+    assert_eq!(page.summaries[0].0.revision, 2);
+    assert_eq!(page.summaries[0].0.document_count, 2);
+    assert_eq!(ids(&store.get_trace(t).await.unwrap().unwrap()), [1, 2]);
+    store.close().await.unwrap();
+
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let page = store.summaries(&all_time()).await.unwrap();
+    assert_eq!(page.summaries.len(), 1, "supersession survives a restart");
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn paging_returns_each_trace_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append((0..50).map(|i| complete(trace(i % 10), u64::from(i) + 1)).collect()).await.unwrap();
+    store.flush_all().await.unwrap();
+    store.append((10..25).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut query = SummaryQuery { limit: 4, ..all_time() };
+    loop {
+        let page = store.summaries(&query).await.unwrap();
+        seen.extend(page.summaries.iter().map(|(s, _)| s.trace_id));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+        // New traces arriving between pages are newer than the cursor and do not disturb it.
+        store.append(vec![complete(trace(900 + seen.len() as u32), 1)]).await.unwrap();
+    }
+    let expected: Vec<TraceId> = (0..25).rev().map(trace).collect();
+    assert_eq!(seen, expected);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn torn_wal_tail_is_cut_and_the_rest_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append(vec![complete(trace(1), 1), complete(trace(2), 1)]).await.unwrap();
+    store.close().await.unwrap();
+    let wal = std::fs::read_dir(dir.path().join("wal")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 1, b'{']);
+    std::fs::write(&wal, &bytes).unwrap();
+
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(store.get_trace(trace(1)).await.unwrap().is_some());
+    assert!(store.get_trace(trace(2)).await.unwrap().is_some());
+    assert_eq!(store.stats().wal_torn_bytes.load(std::sync::atomic::Ordering::Relaxed), 11);
+    store.append(vec![complete(trace(3), 1)]).await.unwrap();
+    store.close().await.unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(store.get_trace(trace(3)).await.unwrap().is_some(), "appends after a cut tail replay");
+    store.close().await.unwrap();
+}
+
+/// A crash after a block is written but before the WAL checkpoint that commits it: the block is
+/// discarded on restart and its traces come back from the WAL, exactly once.
+#[tokio::test]
+async fn interrupted_flush_neither_loses_nor_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append((0..5).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
+    store.sync().await.unwrap();
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
+    store.flush_all().await.unwrap();
+    store.close().await.unwrap();
+    for entry in std::fs::read_dir(dir.path().join("wal")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    for (path, bytes) in saved {
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(store.stats().blocks.load(std::sync::atomic::Ordering::Relaxed), 0, "uncommitted block dropped");
+    let page = store.summaries(&all_time()).await.unwrap();
+    assert_eq!(page.summaries.len(), 5);
+    store.flush_all().await.unwrap();
+    let page = store.summaries(&all_time()).await.unwrap();
+    assert_eq!(page.summaries.len(), 5);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_instance_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let err = Store::open(config(dir.path())).await.unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another roentgen process"));
+    store.close().await.unwrap();
+    Store::open(config(dir.path())).await.unwrap().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_deletes_expired_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig { retention_days: 1.0, ..config(dir.path()) }).await.unwrap();
+    store.append(vec![complete(trace(1), 1)]).await.unwrap();
+    store.flush_all().await.unwrap();
+    let now = f64::from(epoch());
+    assert_eq!(store.apply_retention(now + 3600.0).await.unwrap(), 0);
+    assert_eq!(store.apply_retention(now + 2.0 * 86_400.0).await.unwrap(), 1);
+    assert!(store.get_trace(trace(1)).await.unwrap().is_none());
+    assert_eq!(std::fs::read_dir(dir.path().join("blocks")).unwrap().count(), 0);
+    store.close().await.unwrap();
+}
