@@ -1,1 +1,14 @@
+//! The server side of `roentgen serve`: the UDP receiver of the X-Ray daemon protocol, the X-Ray
+//! REST-JSON API, `/metrics`, and the configuration tree that sets them up.
 
+mod api;
+mod config;
+mod convert;
+mod error;
+mod metrics;
+mod server;
+mod udp;
+
+pub use config::{Config, ConfigError, IngestConfig, QueryConfig};
+pub use error::{ApiError, ErrorKind};
+pub use server::{RunningServer, StartError};

@@ -18,8 +18,8 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use roentgen_model::TraceId;
 use roentgen_query::TraceSummary;
 use serde::{Deserialize, Serialize};
@@ -98,8 +98,10 @@ pub(crate) fn build(traces: &[BlockTrace<'_>], options: BuildOptions) -> Result<
     let mut pending: Vec<u8> = Vec::with_capacity(options.chunk_bytes + 4096);
     let mut document_count = 0u64;
     let mut raw_document_bytes = 0u64;
-    let compress_err =
-        |e: std::io::Error| StoreError::CorruptBlock { block: options.id.clone(), reason: format!("compression failed: {e}") };
+    let compress_err = |e: std::io::Error| StoreError::CorruptBlock {
+        block: options.id.clone(),
+        reason: format!("compression failed: {e}"),
+    };
 
     let flush_chunk = |pending: &mut Vec<u8>, data: &mut Vec<u8>, table: &mut Vec<(u64, u32)>| {
         let frame = zstd::bulk::compress(pending, options.level).map_err(compress_err)?;
@@ -136,16 +138,20 @@ pub(crate) fn build(traces: &[BlockTrace<'_>], options: BuildOptions) -> Result<
         start..data.len() as u64
     };
     let index_range = section(&mut data, &index);
-    let fences: Vec<u8> =
-        traces.iter().step_by(FENCE_EVERY).flat_map(|t| t.trace_id.as_u128().to_le_bytes()).collect();
+    let fences: Vec<u8> = traces.iter().step_by(FENCE_EVERY).flat_map(|t| t.trace_id.as_u128().to_le_bytes()).collect();
     let fences_range = section(&mut data, &fences);
-    let table: Vec<u8> = chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
+    let table: Vec<u8> =
+        chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
     let summaries: Vec<&TraceSummary> = traces.iter().map(|t| &t.summary).collect();
-    let encoded = postcard::to_stdvec(&summaries)
-        .map_err(|e| StoreError::CorruptBlock { block: options.id.clone(), reason: format!("summary encoding: {e}") })?;
-    let encoded = zstd::bulk::compress(&encoded, options.level)
-        .map_err(|e| StoreError::CorruptBlock { block: options.id.clone(), reason: format!("compression failed: {e}") })?;
+    let encoded = postcard::to_stdvec(&summaries).map_err(|e| StoreError::CorruptBlock {
+        block: options.id.clone(),
+        reason: format!("summary encoding: {e}"),
+    })?;
+    let encoded = zstd::bulk::compress(&encoded, options.level).map_err(|e| StoreError::CorruptBlock {
+        block: options.id.clone(),
+        reason: format!("compression failed: {e}"),
+    })?;
     let summaries_range = section(&mut data, &encoded);
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
@@ -216,7 +222,9 @@ impl Bloom {
         if bytes.is_empty() || bytes.len() % 8 != 0 {
             return None;
         }
-        Some(Self { words: bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect() })
+        Some(Self {
+            words: bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+        })
     }
 }
 
@@ -255,7 +263,9 @@ impl BlockHandle {
         let fences = fences.chunks_exact(16).map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))).collect();
         let chunks = chunks
             .chunks_exact(12)
-            .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u32::from_le_bytes(c[8..].try_into().expect("4"))))
+            .map(|c| {
+                (u64::from_le_bytes(c[..8].try_into().expect("8")), u32::from_le_bytes(c[8..].try_into().expect("4")))
+            })
             .collect();
         let bloom = Bloom::from_bytes(&bloom).ok_or_else(|| corrupt("empty bloom filter"))?;
         Ok(Self { meta, data_path, bloom, fences, chunks })
@@ -271,7 +281,8 @@ impl BlockHandle {
         if !self.may_contain(id) {
             return Ok(None);
         }
-        let corrupt = |reason: &str| StoreError::CorruptBlock { block: self.meta.id.clone(), reason: reason.to_owned() };
+        let corrupt =
+            |reason: &str| StoreError::CorruptBlock { block: self.meta.id.clone(), reason: reason.to_owned() };
         let key = id.as_u128();
         let page = self.fences.partition_point(|&f| f <= key);
         if page == 0 {
@@ -344,7 +355,10 @@ mod tests {
     fn sample(count: u64) -> Vec<(TraceId, Vec<String>)> {
         let mut traces: Vec<(TraceId, Vec<String>)> = (0..count)
             .map(|i| {
-                let id = TraceId::from_parts(1_700_000_000 + (i % 50) as u32, u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c));
+                let id = TraceId::from_parts(
+                    1_700_000_000 + (i % 50) as u32,
+                    u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c),
+                );
                 let docs = (0..(i % 3 + 1)).map(|n| trace_doc(id, i * 10 + n)).collect();
                 (id, docs)
             })

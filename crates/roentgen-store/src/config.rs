@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Local directory for the write-ahead log, the lock file and (by default) the blocks.
+    /// Local directory for the write-ahead log, the lock file and (by default) the blocks; set
+    /// from the top-level `data_dir` setting.
+    #[serde(skip)]
     pub data_dir: PathBuf,
-    /// Where blocks go: a local directory path or `file:///path`. Empty means `<data_dir>/blocks`.
+    /// Where blocks go: a local directory path or `file:///path`; empty means `<data_dir>/blocks`.
+    /// Set from the top-level `storage` setting.
+    #[serde(skip)]
     pub storage: String,
     /// Blocks older than this are deleted.
     pub retention_days: f64,

@@ -55,7 +55,14 @@ pub(crate) struct LiveTrace {
 
 impl LiveTrace {
     fn new(now: Instant, maybe_in_blocks: bool) -> Self {
-        Self { docs: Vec::new(), first_seen: now, last_update: now, bytes: 0, maybe_in_blocks, summary: Default::default() }
+        Self {
+            docs: Vec::new(),
+            first_seen: now,
+            last_update: now,
+            bytes: 0,
+            maybe_in_blocks,
+            summary: Default::default(),
+        }
     }
 
     /// The summary of the documents held here, cached until the next change.
@@ -101,7 +108,13 @@ impl LiveState {
     }
 
     /// Moves the traces due for a block into `flushing` and returns their ids.
-    pub fn take_due(&mut self, now: Instant, idle: std::time::Duration, max_live: std::time::Duration, max_bytes: u64) -> Vec<TraceId> {
+    pub fn take_due(
+        &mut self,
+        now: Instant,
+        idle: std::time::Duration,
+        max_live: std::time::Duration,
+        max_bytes: u64,
+    ) -> Vec<TraceId> {
         let mut due: Vec<TraceId> = self
             .traces
             .iter()

@@ -518,7 +518,10 @@ impl Store {
             block::build(&traces, options)
         })
         .await
-        .map_err(|e| StoreError::CorruptBlock { block: "new".into(), reason: format!("block builder failed: {e}") })??;
+        .map_err(|e| StoreError::CorruptBlock {
+            block: "new".into(),
+            reason: format!("block builder failed: {e}"),
+        })??;
 
         self.write_block(&data, &meta).await?;
         let handle = Arc::new(BlockHandle::open(inner.objects.as_ref(), meta).await?);
@@ -562,7 +565,7 @@ impl Store {
             catalog.blocks.iter().filter(|b| b.meta.max_time < cutoff).cloned().collect()
         };
         for block in &expired {
-                // Without its meta the block no longer exists, even if deleting the data fails.
+            // Without its meta the block no longer exists, even if deleting the data fails.
             delete_quietly(self.inner.objects.as_ref(), &block::meta_path(&block.meta.id)).await?;
             delete_quietly(self.inner.objects.as_ref(), &block::data_path(&block.meta.id)).await?;
             if let Some(root) = &self.inner.local_blocks {
@@ -665,7 +668,11 @@ fn recover_wal(dir: &Path, stats: &StoreStats) -> Result<((u64, u64), Vec<(Sourc
 
 /// Loads every committed block. Blocks whose WAL generation never completed, and data without a
 /// meta, are left over from an interrupted flush: their documents are still in the WAL.
-async fn load_catalog(objects: &dyn ObjectStore, generation: (u64, u64), stats: &StoreStats) -> Result<Catalog, StoreError> {
+async fn load_catalog(
+    objects: &dyn ObjectStore,
+    generation: (u64, u64),
+    stats: &StoreStats,
+) -> Result<Catalog, StoreError> {
     let listed: Vec<object_store::ObjectMeta> = objects.list(None).try_collect().await?;
     let mut metas = HashSet::new();
     let mut datas = HashSet::new();

@@ -25,10 +25,8 @@ fn trace(n: u32) -> TraceId {
 }
 
 fn doc(trace: TraceId, id: u64, extra: &str) -> Arc<StoredDocument> {
-    let raw = format!(
-        r#"{{"trace_id":"{trace}","id":"{id:016x}","name":"svc","start_time":{}.25,{extra}}}"#,
-        trace.epoch()
-    );
+    let raw =
+        format!(r#"{{"trace_id":"{trace}","id":"{id:016x}","name":"svc","start_time":{}.25,{extra}}}"#, trace.epoch());
     let parsed = parse_document(raw.as_bytes(), usize::MAX).expect("valid test document");
     Arc::new(StoredDocument { raw: raw.into(), parsed, source: Source::Api })
 }
@@ -44,14 +42,7 @@ fn ids(docs: &[Arc<StoredDocument>]) -> Vec<u64> {
 }
 
 fn all_time() -> SummaryQuery {
-    SummaryQuery {
-        start: 0.0,
-        end: 4e9,
-        range: TimeRangeType::TraceId,
-        after: None,
-        limit: 10_000,
-        sample_rate: None,
-    }
+    SummaryQuery { start: 0.0, end: 4e9, range: TimeRangeType::TraceId, after: None, limit: 10_000, sample_rate: None }
 }
 
 #[tokio::test]

@@ -1,1 +1,131 @@
-fn main() {}
+//! The `roentgen` command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use roentgen_server::{Config, RunningServer};
+
+#[derive(Debug, Parser)]
+#[command(name = "roentgen", version, about = "Self-hosted distributed tracing that speaks AWS X-Ray's protocols")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the all-in-one server: UDP daemon protocol, X-Ray API, /metrics, embedded storage.
+    Serve(ServeArgs),
+}
+
+/// Settings given as flags override the config file and `ROENTGEN_*` environment variables.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file (also `ROENTGEN_CONFIG`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for the write-ahead log and, by default, the blocks [default: ./roentgen-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where blocks are stored: a directory or file:///path [default: <data-dir>/blocks].
+    #[arg(long, value_name = "URL")]
+    storage: Option<String>,
+    /// UDP address for segment documents, as the X-Ray daemon receives them [default: 127.0.0.1:2000].
+    #[arg(long, value_name = "HOST:PORT")]
+    udp_address: Option<String>,
+    /// TCP address for the X-Ray API and /metrics [default: 127.0.0.1:2000].
+    #[arg(long, value_name = "HOST:PORT")]
+    http_address: Option<String>,
+    /// Reserved for OTLP/gRPC ingest, not served by this version yet [default: 127.0.0.1:4317].
+    #[arg(long, value_name = "HOST:PORT")]
+    otlp_grpc_address: Option<String>,
+    /// Reserved for OTLP/HTTP ingest, not served by this version yet [default: 127.0.0.1:4318].
+    #[arg(long, value_name = "HOST:PORT")]
+    otlp_http_address: Option<String>,
+    /// Listen on non-loopback addresses although requests are not authenticated.
+    #[arg(long)]
+    allow_insecure_remote: bool,
+    /// Log filter, e.g. info or roentgen_server=debug [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+impl ServeArgs {
+    fn config(self) -> anyhow::Result<Config> {
+        let file = self.config.or_else(|| std::env::var_os("ROENTGEN_CONFIG").map(PathBuf::from));
+        let mut config = Config::load(file.as_deref(), std::env::vars())?;
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.storage {
+            config.storage = v;
+        }
+        if let Some(v) = self.udp_address {
+            config.udp_address = v;
+        }
+        if let Some(v) = self.http_address {
+            config.http_address = v;
+        }
+        if let Some(v) = self.otlp_grpc_address {
+            config.otlp_grpc_address = v;
+        }
+        if let Some(v) = self.otlp_http_address {
+            config.otlp_http_address = v;
+        }
+        if let Some(v) = self.log {
+            config.log = v;
+        }
+        config.allow_insecure_remote |= self.allow_insecure_remote;
+        Ok(config.finish()?)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the cause chain on one line, without a backtrace.
+            eprintln!("roentgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            init_logging(&config.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let server = RunningServer::start(config).await?;
+    tracing::info!(data_dir = %data_dir.display(), "roentgen is ready");
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await.context("flushing on shutdown")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

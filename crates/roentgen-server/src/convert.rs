@@ -1,0 +1,132 @@
+//! The X-Ray API adapter: domain values to and from the API's wire shapes, and page tokens.
+
+use std::collections::BTreeMap;
+
+use roentgen_model::api;
+use roentgen_model::{AnnotationValue, TraceId};
+use roentgen_query::{ServiceKey, TraceSummary};
+use roentgen_store::SummaryCursor;
+
+fn service_id(key: &ServiceKey) -> api::ServiceId {
+    api::ServiceId {
+        name: key.name.clone(),
+        names: vec![key.name.clone()],
+        account_id: key.account_id.clone(),
+        kind: key.kind.clone(),
+    }
+}
+
+fn service_ids(summary: &TraceSummary, indexes: &[u32]) -> Vec<api::ServiceId> {
+    indexes.iter().filter_map(|&i| summary.services.get(i as usize)).map(service_id).collect()
+}
+
+pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::TraceSummary {
+    let http = summary.http.clone().unwrap_or_default();
+    let mut annotations = BTreeMap::new();
+    for a in &summary.annotations {
+        let values = a
+            .values
+            .iter()
+            .map(|(value, services)| api::ValueWithServiceIds {
+                annotation_value: match value {
+                    AnnotationValue::String(s) => api::AnnotationValue::StringValue(s.clone()),
+                    AnnotationValue::Number(n) => api::AnnotationValue::NumberValue(*n),
+                    AnnotationValue::Bool(b) => api::AnnotationValue::BooleanValue(*b),
+                },
+                service_ids: service_ids(summary, services),
+            })
+            .collect();
+        annotations.insert(a.key.clone(), values);
+    }
+    api::TraceSummary {
+        id: summary.trace_id.to_string(),
+        start_time: summary.start_time,
+        duration: summary.duration(),
+        response_time: summary.response_time,
+        has_fault: summary.has_fault,
+        has_error: summary.has_error,
+        has_throttle: summary.has_throttle,
+        is_partial: summary.is_partial,
+        http: api::Http {
+            http_url: http.url,
+            http_status: http.status,
+            http_method: http.method,
+            user_agent: http.user_agent,
+            client_ip: http.client_ip,
+        },
+        annotations,
+        users: summary
+            .users
+            .iter()
+            .map(|u| api::TraceUser { user_name: u.name.clone(), service_ids: service_ids(summary, &u.services) })
+            .collect(),
+        service_ids: summary.services.iter().map(service_id).collect(),
+        resource_arns: summary.resource_arns.iter().map(|arn| api::ResourceArnDetail { arn: arn.clone() }).collect(),
+        instance_ids: summary.instance_ids.iter().map(|id| api::InstanceIdDetail { id: id.clone() }).collect(),
+        availability_zones: summary
+            .availability_zones
+            .iter()
+            .map(|name| api::AvailabilityZoneDetail { name: name.clone() })
+            .collect(),
+        entry_point: summary.entry_point.and_then(|i| summary.services.get(i as usize)).map(service_id),
+        revision: summary.revision,
+        matched_event_time,
+    }
+}
+
+/// `GetTraceSummaries` tokens carry the cursor and the query they belong to, so a token cannot be
+/// replayed against another time range by mistake.
+pub fn encode_summary_token(cursor: SummaryCursor, query_key: u64) -> String {
+    format!("s1.{:016x}.{}.{query_key:016x}", cursor.time.to_bits(), cursor.trace_id)
+}
+
+pub fn decode_summary_token(token: &str, query_key: u64) -> Option<SummaryCursor> {
+    let mut parts = token.split('.');
+    if parts.next()? != "s1" {
+        return None;
+    }
+    let time = f64::from_bits(u64::from_str_radix(parts.next()?, 16).ok()?);
+    let trace_id = TraceId::parse(parts.next()?).ok()?;
+    let key = u64::from_str_radix(parts.next()?, 16).ok()?;
+    (key == query_key && parts.next().is_none() && time.is_finite()).then_some(SummaryCursor { time, trace_id })
+}
+
+/// `BatchGetTraces` tokens: the index of the next requested id, bound to the id list.
+pub fn encode_traces_token(next: usize, ids_key: u64) -> String {
+    format!("t1.{next}.{ids_key:016x}")
+}
+
+pub fn decode_traces_token(token: &str, ids_key: u64) -> Option<usize> {
+    let rest = token.strip_prefix("t1.")?;
+    let (next, key) = rest.split_once('.')?;
+    (u64::from_str_radix(key, 16).ok()? == ids_key).then(|| next.parse().ok()).flatten()
+}
+
+/// A stable 64-bit FNV-1a hash, for binding tokens to their request.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for byte in part.iter().chain(&[0xff]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_are_bound_to_their_query() {
+        let cursor = SummaryCursor { time: 1_700_000_123.5, trace_id: TraceId::from_parts(1, 2) };
+        let token = encode_summary_token(cursor, 42);
+        assert_eq!(decode_summary_token(&token, 42), Some(cursor));
+        assert_eq!(decode_summary_token(&token, 43), None);
+        assert_eq!(decode_summary_token("garbage", 42), None);
+        assert_eq!(decode_traces_token(&encode_traces_token(7, 9), 9), Some(7));
+        assert_eq!(decode_traces_token(&encode_traces_token(7, 9), 8), None);
+        assert_eq!(decode_traces_token("t1.x.0", 0), None);
+    }
+}

@@ -1,0 +1,140 @@
+//! The X-Ray daemon protocol on UDP: one datagram is `{"format":"json","version":1}`, a newline,
+//! and one segment document.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use roentgen_model::parse_document;
+use roentgen_store::{Source, StoredDocument};
+use tokio::net::UdpSocket;
+
+use crate::api::AppState;
+use crate::metrics::DatagramError;
+
+/// Largest UDP payload; a datagram is never larger.
+const MAX_DATAGRAM: usize = 65_535;
+/// Documents handed to the store in one batch at most.
+const BATCH: usize = 512;
+
+/// Binds the UDP socket with a receive buffer large enough to absorb bursts.
+pub fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // The kernel caps this at net.core.rmem_max; a smaller buffer only means more drops under load.
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Splits a datagram into header and document, checking the header as the X-Ray daemon does:
+/// split at the first newline, `format` equal to `json` ignoring case, `version` exactly 1, and
+/// key names matched ignoring case.
+pub fn split_datagram(datagram: &[u8]) -> Result<&[u8], DatagramError> {
+    let newline = datagram.iter().position(|&b| b == b'\n').ok_or(DatagramError::MissingHeader)?;
+    let (header, body) = (&datagram[..newline], &datagram[newline + 1..]);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(DatagramError::MissingHeader);
+    }
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|_| DatagramError::InvalidHeader)?;
+    let field = |name: &str| header.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+    let format_ok = field("format").and_then(|v| v.as_str()).is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let version_ok = field("version").and_then(|v| v.as_i64()) == Some(1);
+    if format_ok && version_ok { Ok(body) } else { Err(DatagramError::InvalidHeader) }
+}
+
+/// Receives datagrams until the task is dropped. Bad datagrams are counted and logged at debug
+/// level at most once a second; they never stop the receiver.
+pub async fn serve(socket: UdpSocket, state: Arc<AppState>) {
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let received = match socket.recv_from(&mut buffer).await {
+            Ok((n, _)) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        handle(&buffer[..received], &state, &mut batch);
+        // Drain what is already queued so one store submission carries many documents.
+        while batch.len() < BATCH {
+            match socket.try_recv_from(&mut buffer) {
+                Ok((n, _)) => handle(&buffer[..n], &state, &mut batch),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let docs = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+        let count = docs.len() as u64;
+        let dropped: u64 = docs.iter().map(|d: &Arc<StoredDocument>| u64::from(d.parsed.dropped_annotations)).sum();
+        match state.store.submit(docs).await {
+            Ok(()) => state.metrics.accepted(Source::Udp, count, dropped),
+            Err(e) => {
+                tracing::error!(error = %e, "udp receiver stopping: the store is closed");
+                return;
+            }
+        }
+    }
+}
+
+fn handle(datagram: &[u8], state: &AppState, batch: &mut Vec<Arc<StoredDocument>>) {
+    let body = match split_datagram(datagram) {
+        Ok(body) => body,
+        Err(reason) => {
+            state.metrics.datagram_dropped(reason);
+            debug_rate_limited(format_args!("dropping a udp datagram: {reason:?}"));
+            return;
+        }
+    };
+    state.metrics.received(Source::Udp, 1);
+    match parse_document(body, state.config.ingest.max_document_bytes) {
+        Ok(parsed) => {
+            // parse_document checked that the body is UTF-8.
+            let raw = String::from_utf8_lossy(body).into_owned().into_boxed_str();
+            batch.push(Arc::new(StoredDocument { raw, parsed, source: Source::Udp }));
+        }
+        Err(e) => {
+            state.metrics.rejected(Source::Udp, e.code);
+            debug_rate_limited(format_args!("rejecting a udp segment document: {}", e.message()));
+        }
+    }
+}
+
+fn debug_rate_limited(message: std::fmt::Arguments<'_>) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::debug!("{message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_as_the_sdks_send_them() {
+        assert_eq!(split_datagram(b"{\"format\":\"json\",\"version\":1}\n{}").unwrap(), b"{}");
+        assert_eq!(
+            split_datagram(b"{\"format\": \"json\", \"version\": 1}\n{\"a\":\"\\n\"}\nx").unwrap(),
+            b"{\"a\":\"\\n\"}\nx"
+        );
+        assert_eq!(split_datagram(b"{\"FORMAT\":\"JSON\",\"Version\":1}\n{}").unwrap(), b"{}");
+    }
+
+    #[test]
+    fn bad_headers() {
+        assert_eq!(split_datagram(b"{}"), Err(DatagramError::MissingHeader));
+        assert_eq!(split_datagram(b"{\"format\":\"json\",\"version\":1}\n"), Err(DatagramError::MissingHeader));
+        assert_eq!(split_datagram(b"{\"format\":\"json\",\"version\":2}\n{}"), Err(DatagramError::InvalidHeader));
+        assert_eq!(split_datagram(b"{\"format\":\"xml\",\"version\":1}\n{}"), Err(DatagramError::InvalidHeader));
+        assert_eq!(split_datagram(b"garbage\n{}"), Err(DatagramError::InvalidHeader));
+        assert_eq!(split_datagram(b"{\"format\":\"json\"}\n{}"), Err(DatagramError::InvalidHeader));
+    }
+}
