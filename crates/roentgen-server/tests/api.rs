@@ -1,0 +1,366 @@
+//! The X-Ray API and the UDP receiver against a running server on loopback.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use roentgen_server::{Config, RunningServer};
+use serde_json::{Value, json};
+
+struct Harness {
+    server: Option<RunningServer>,
+    client: reqwest::Client,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+/// One clock reading per test process, so that every helper agrees on "now".
+fn now() -> f64 {
+    static NOW: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *NOW.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64())
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        udp_address: "127.0.0.1:0".into(),
+        http_address: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    config.store.flush_interval_seconds = 3600.0;
+    config.finish().unwrap()
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = RunningServer::start(config(dir.path())).await.unwrap();
+        let base = format!("http://{}", server.http_address);
+        Self { server: Some(server), client: reqwest::Client::new(), base, _dir: dir }
+    }
+
+    fn server(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, reqwest::header::HeaderMap, Value) {
+        let response = self.client.post(format!("{}{path}", self.base)).body(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, value)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, _, value) = self.post_raw(path, body.to_string()).await;
+        (status, value)
+    }
+
+    async fn error(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, String, String) {
+        let (status, headers, value) = self.post_raw(path, body).await;
+        let code = headers.get("x-amzn-ErrorType").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        assert!(headers.contains_key("x-amzn-RequestId"));
+        (status, code, value["message"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn put(&self, docs: &[String]) -> Value {
+        let (status, body) = self.post("/TraceSegments", json!({ "TraceSegmentDocuments": docs })).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Follows `NextToken` through every page of `GetTraceSummaries`, collecting trace ids.
+    async fn summary_pages(&self, mut request: Value) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let (status, body) = self.post("/TraceSummaries", request.clone()).await;
+            assert_eq!(status, 200, "{body}");
+            seen.extend(
+                body["TraceSummaries"].as_array().unwrap().iter().map(|t| t["Id"].as_str().unwrap().to_owned()),
+            );
+            match body.get("NextToken") {
+                Some(token) => request["NextToken"] = token.clone(),
+                None => return seen,
+            }
+        }
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self.client.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+fn trace_id(n: u32) -> String {
+    format!("1-{:08x}-{:024x}", now() as u32 - 60, 0xabc000 + n)
+}
+
+fn segment(trace: &str, id: u64, extra: &str) -> String {
+    let t = now() - 30.0;
+    format!(
+        r#"{{"trace_id":"{trace}","id":"{id:016x}","name":"checkout","start_time":{t},"end_time":{},{extra}"k":1}}"#,
+        t + 0.25
+    )
+}
+
+#[tokio::test]
+async fn put_and_read_back() {
+    let h = Harness::start().await;
+    let t = trace_id(1);
+    let root = segment(
+        &t,
+        1,
+        r#""http":{"request":{"method":"POST","url":"https://shop/checkout","user_agent":"curl","client_ip":"10.0.0.1"},"response":{"status":503}},"fault":true,"user":"alice","annotations":{"tenant":"acme","attempt":2,"vip":true},"metadata":{"default":{"cart":[1,2,3]}},"#,
+    );
+    let child = segment(&t, 2, r#""parent_id":"0000000000000001","error":true,"throttle":true,"#);
+    let body = h.put(&[root.clone(), child.clone()]).await;
+    assert_eq!(body, json!({"UnprocessedTraceSegments": []}));
+
+    let (status, body) = h.post("/Traces", json!({"TraceIds": [t, trace_id(99), "not-a-trace"]})).await;
+    assert_eq!(status, 200);
+    let trace = &body["Traces"][0];
+    assert_eq!(trace["Id"], t);
+    assert_eq!(trace["LimitExceeded"], false);
+    assert!((trace["Duration"].as_f64().unwrap() - 0.25).abs() < 1e-6);
+    let documents: Vec<&str> =
+        trace["Segments"].as_array().unwrap().iter().map(|s| s["Document"].as_str().unwrap()).collect();
+    assert!(
+        documents.contains(&root.as_str()) && documents.contains(&child.as_str()),
+        "documents come back byte for byte"
+    );
+    assert_eq!(body["UnprocessedTraceIds"], json!([trace_id(99), "not-a-trace"]));
+
+    let (status, body) = h.post("/TraceSummaries", json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0})).await;
+    assert_eq!(status, 200, "{body}");
+    let s = &body["TraceSummaries"][0];
+    assert_eq!(s["Id"], t);
+    assert_eq!(
+        (s["HasFault"].clone(), s["HasError"].clone(), s["HasThrottle"].clone()),
+        (json!(true), json!(false), json!(true))
+    );
+    assert_eq!(
+        s["Http"],
+        json!({"HttpURL":"https://shop/checkout","HttpStatus":503,"HttpMethod":"POST","UserAgent":"curl","ClientIp":"10.0.0.1"})
+    );
+    assert_eq!(s["Annotations"]["tenant"][0]["AnnotationValue"], json!({"StringValue": "acme"}));
+    assert_eq!(s["Annotations"]["attempt"][0]["AnnotationValue"], json!({"NumberValue": 2.0}));
+    assert_eq!(s["Annotations"]["vip"][0]["AnnotationValue"], json!({"BooleanValue": true}));
+    assert_eq!(s["Annotations"]["tenant"][0]["ServiceIds"][0]["Name"], "checkout");
+    assert_eq!(s["Users"], json!([{"UserName": "alice", "ServiceIds": [{"Name": "checkout", "Names": ["checkout"]}]}]));
+    assert_eq!(s["EntryPoint"]["Name"], "checkout");
+    assert_eq!(s["Revision"], 1);
+    assert_eq!(body["TracesProcessedCount"], 1);
+}
+
+#[tokio::test]
+async fn rejected_documents_are_listed_and_the_rest_kept() {
+    let h = Harness::start().await;
+    let t = trace_id(2);
+    let good = segment(&t, 1, "");
+    let docs = vec![
+        good.clone(),
+        segment("1-zzz", 2, ""),
+        r#"{"trace_id":"1-5759e988-bd862e3fe1be46a994272793","id":"0000000000000003","name":"a,b","start_time":1,"end_time":2}"#.to_owned(),
+        "{not json".to_owned(),
+        format!(r#"{{"trace_id":"{t}","id":"0000000000000005","name":"x","start_time":1,"subsegments":[{{"id":"0000000000000006","name":"y","start_time":1}}],"in_progress":true}}"#),
+    ];
+    let body = h.put(&docs).await;
+    let unprocessed = body["UnprocessedTraceSegments"].as_array().unwrap();
+    let codes: Vec<(&str, &str)> =
+        unprocessed.iter().map(|u| (u["Id"].as_str().unwrap_or("null"), u["ErrorCode"].as_str().unwrap())).collect();
+    assert_eq!(
+        codes,
+        [
+            ("0000000000000002", "InvalidTraceId"),
+            ("0000000000000003", "InvalidName"),
+            ("null", "InvalidSegment"),
+            ("0000000000000005", "MissingEndTime")
+        ]
+    );
+    assert!(unprocessed[3]["Message"].as_str().unwrap().starts_with("Invalid subsegment. ErrorCode: MissingEndTime"));
+    let (_, body) = h.post("/Traces", json!({"TraceIds": [t]})).await;
+    assert_eq!(body["Traces"][0]["Segments"].as_array().unwrap().len(), 1);
+    assert_eq!(h.metric("roentgen_segments_rejected_total{source=\"api\",reason=\"InvalidName\"}").await, 1.0);
+    assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"api\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_aws_errors_and_the_server_keeps_serving() {
+    let h = Harness::start().await;
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{\"TraceSegmentDocuments\": [".to_vec(), 400, "SerializationException"),
+        (b"{\"TraceSegmentDocuments\": \"x\"}".to_vec(), 400, "SerializationException"),
+        (b"{\"TraceSegmentDocuments\": [1e999]}".to_vec(), 400, "SerializationException"),
+        (b"[]".to_vec(), 400, "SerializationException"),
+        (vec![b'{', 0xff, 0xfe, b'}'], 400, "SerializationException"),
+        (format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(), 400, "SerializationException"),
+        (b"{}".to_vec(), 400, "InvalidRequestException"),
+        (b"".to_vec(), 400, "InvalidRequestException"),
+        (vec![b' '; 10 * 1024 * 1024], 413, "RequestEntityTooLargeException"),
+    ];
+    for (body, status, code) in cases {
+        let (got_status, got_code, message) = h.error("/TraceSegments", body).await;
+        assert_eq!((got_status, got_code.as_str()), (status, code), "{message}");
+        assert!(!message.is_empty());
+    }
+    let too_many: Vec<String> = (0..51).map(|i| segment(&trace_id(3), i + 1, "")).collect();
+    let (status, code, message) =
+        h.error("/TraceSegments", json!({"TraceSegmentDocuments": too_many}).to_string()).await;
+    assert_eq!((status, code.as_str()), (400, "InvalidRequestException"));
+    assert!(message.contains("at most 50"), "{message}");
+
+    let (status, code, message) = h
+        .error("/TraceSummaries", json!({"StartTime": 1, "EndTime": 2, "FilterExpression": "fault"}).to_string())
+        .await;
+    assert_eq!((status, code.as_str()), (400, "InvalidRequestException"));
+    assert!(message.contains("FilterExpression"));
+    let (_, code, message) = h.error("/TraceSummaries", json!({"StartTime": 5, "EndTime": 2}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException", "{message}");
+    let (_, code, _) =
+        h.error("/TraceSummaries", json!({"StartTime": 1, "EndTime": 2, "TimeRangeType": "Wall"}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    let (_, code, _) = h.error("/TraceSummaries", json!({"EndTime": 2}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    let (_, code, _) =
+        h.error("/TraceSummaries", json!({"StartTime": 1, "EndTime": 2, "NextToken": "bogus"}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    let (_, code, _) = h.error("/Traces", json!({"TraceIds": ["x"], "NextToken": "t1.5.0"}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    let (status, code, _) = h.error("/ServiceGraph", "{}").await;
+    assert_eq!((status, code.as_str()), (400, "InvalidRequestException"));
+    let (status, code, _) = h.error("/NoSuchOperation", "{}").await;
+    assert_eq!((status, code.as_str()), (404, "UnknownOperationException"));
+
+    h.put(&[segment(&trace_id(4), 1, "")]).await;
+}
+
+#[tokio::test]
+async fn batch_get_traces_pages() {
+    let h = Harness::start().await;
+    let ids: Vec<String> = (10..35).map(trace_id).collect();
+    let docs: Vec<String> = ids.iter().map(|t| segment(t, 1, "")).collect();
+    for chunk in docs.chunks(50) {
+        h.put(chunk).await;
+    }
+    let mut seen = Vec::new();
+    let mut token = Value::Null;
+    loop {
+        let (status, body) = h.post("/Traces", json!({"TraceIds": ids, "NextToken": token})).await;
+        assert_eq!(status, 200);
+        seen.extend(body["Traces"].as_array().unwrap().iter().map(|t| t["Id"].as_str().unwrap().to_owned()));
+        token = body.get("NextToken").cloned().unwrap_or(Value::Null);
+        if token.is_null() {
+            break;
+        }
+    }
+    assert_eq!(seen, ids);
+}
+
+#[tokio::test]
+async fn summaries_page_newest_first_across_blocks_and_live() {
+    let h = Harness::start().await;
+    let random = |n: u32| (u128::from(n) * 0x9e37_79b9_7f4a_7c15_f39c_c060) & ((1 << 96) - 1);
+    let ids: Vec<String> =
+        (0..250u32).map(|n| format!("1-{:08x}-{:024x}", now() as u32 - 1000 + n, random(n))).collect();
+    for chunk in ids[..150].chunks(50) {
+        h.put(&chunk.iter().map(|t| segment(t, 1, "")).collect::<Vec<_>>()).await;
+    }
+    h.server().store().flush_all().await.unwrap();
+    for chunk in ids[150..].chunks(50) {
+        h.put(&chunk.iter().map(|t| segment(t, 1, "")).collect::<Vec<_>>()).await;
+    }
+    let all = h.summary_pages(json!({"StartTime": now() - 2000.0, "EndTime": now()})).await;
+    let expected: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(all, expected);
+
+    let sampled = h
+        .summary_pages(json!({"StartTime": now() - 2000.0, "EndTime": now(), "Sampling": true,
+            "SamplingStrategy": {"Name": "FixedRate", "Value": 0.5}}))
+        .await;
+    assert!(
+        (75..175).contains(&sampled.len()),
+        "a fixed rate of 0.5 keeps about half of 250 traces, got {}",
+        sampled.len()
+    );
+    assert!(sampled.iter().all(|id| all.contains(id)));
+}
+
+#[tokio::test]
+async fn udp_datagrams_good_and_bad() {
+    let h = Harness::start().await;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = h.server().udp_address;
+    let t = trace_id(5);
+    let header = "{\"format\":\"json\",\"version\":1}\n";
+    let bad: Vec<Vec<u8>> = vec![
+        b"no header at all".to_vec(),
+        format!("{{\"format\":\"json\",\"version\":2}}\n{}", segment(&t, 9, "")).into_bytes(),
+        format!("{header}{{\"truncated\":").into_bytes(),
+        [header.as_bytes(), &[0xff, 0xfe, 0x00]].concat(),
+        format!("{header}{}", segment(&t, 8, "").replace("checkout", "bad,name")).into_bytes(),
+        vec![0u8; 65_000],
+    ];
+    for datagram in &bad {
+        socket.send_to(datagram, target).unwrap();
+    }
+    socket.send_to(format!("{header}{}", segment(&t, 1, "")).as_bytes(), target).unwrap();
+    socket
+        .send_to(format!("{{\"format\": \"json\", \"version\": 1}}\n{}", segment(&t, 2, "")).as_bytes(), target)
+        .unwrap();
+
+    let mut found = 0;
+    for _ in 0..50 {
+        let (_, body) = h.post("/Traces", json!({"TraceIds": [t]})).await;
+        found = body["Traces"][0]["Segments"].as_array().map_or(0, Vec::len);
+        if found == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(found, 2);
+    assert_eq!(h.metric("roentgen_udp_datagrams_dropped_total{reason=\"missing_header\"}").await, 2.0);
+    assert_eq!(h.metric("roentgen_udp_datagrams_dropped_total{reason=\"invalid_header\"}").await, 1.0);
+    assert_eq!(h.metric("roentgen_segments_rejected_total{source=\"udp\",reason=\"InvalidSegment\"}").await, 2.0);
+    assert_eq!(h.metric("roentgen_segments_rejected_total{source=\"udp\",reason=\"InvalidName\"}").await, 1.0);
+    assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await, 2.0);
+}
+
+#[tokio::test]
+async fn telemetry_records_become_metrics() {
+    let h = Harness::start().await;
+    let records = json!({"TelemetryRecords": [{"Timestamp": now(), "SegmentsReceivedCount": 7, "SegmentsSpilloverCount": 2,
+        "BackendConnectionErrors": {"HTTPCode5XXCount": 3}}], "Hostname": "box-1"});
+    let (status, body) = h.post("/TelemetryRecords", records).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert_eq!(h.metric("roentgen_daemon_segments_received_total").await, 7.0);
+    assert_eq!(h.metric("roentgen_daemon_segments_spillover_total").await, 2.0);
+    assert_eq!(h.metric("roentgen_daemon_backend_http_5xx_total").await, 3.0);
+    let (_, code, _) = h.error("/TelemetryRecords", json!({"TelemetryRecords": [{}]}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+}
+
+#[tokio::test]
+async fn shutdown_keeps_everything_and_restart_serves_it() {
+    let mut h = Harness::start().await;
+    let t = trace_id(6);
+    h.put(&[segment(&t, 1, "")]).await;
+    let dir = h._dir.path().to_path_buf();
+    h.server.take().unwrap().shutdown().await.unwrap();
+    let server = RunningServer::start(config(&dir)).await.unwrap();
+    h.base = format!("http://{}", server.http_address);
+    let (_, body) = h.post("/Traces", json!({"TraceIds": [t]})).await;
+    assert_eq!(body["Traces"][0]["Id"], t);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn non_loopback_addresses_need_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.http_address = "0.0.0.0:0".into();
+    let err = RunningServer::start(config).await.unwrap_err().to_string();
+    assert!(err.contains("allow_insecure_remote"), "{err}");
+}
