@@ -157,14 +157,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOr<T> {
 }
 
 /// The entries of an object in document order, or an empty list for anything but an object.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Entries(pub Vec<(String, Scalar)>);
-
-impl Default for Entries {
-    fn default() -> Self {
-        Self(Vec::new())
-    }
-}
 
 impl<'de> Deserialize<'de> for Entries {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

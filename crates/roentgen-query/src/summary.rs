@@ -193,10 +193,11 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             end_time = end_time.max(e.last_time());
             has_throttle |= e.throttle;
             is_partial |= e.in_progress;
-            if !std::ptr::eq(e, top) && !called_by_segment.contains(&e.id) {
-                if let Some(key) = inferred_service(e) {
-                    services.index(key);
-                }
+            if !std::ptr::eq(e, top)
+                && !called_by_segment.contains(&e.id)
+                && let Some(key) = inferred_service(e)
+            {
+                services.index(key);
             }
             for (key, value) in &e.annotations {
                 add_annotation(&mut annotations, key, value, service);

@@ -1,5 +1,7 @@
 //! The X-Ray API and the UDP receiver against a running server on loopback.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use roentgen_server::{Config, RunningServer};

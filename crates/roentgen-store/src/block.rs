@@ -219,7 +219,7 @@ impl Bloom {
     }
 
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.is_empty() || bytes.len() % 8 != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(8) {
             return None;
         }
         Some(Self {

@@ -169,12 +169,12 @@ impl Store {
         let objects: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&blocks_dir)?);
         let stats = Arc::new(StoreStats::default());
 
-        let (generation, replay) = recover_wal(&wal_dir, &stats)?;
-        let catalog = load_catalog(objects.as_ref(), generation, &stats).await?;
+        let recovered = recover_wal(&wal_dir, &stats)?;
+        let catalog = load_catalog(objects.as_ref(), recovered.generation, &stats).await?;
 
         let mut live = LiveState::default();
         let started = Instant::now();
-        for (source, bytes) in replay {
+        for (source, bytes) in recovered.documents {
             let Some(doc) = String::from_utf8(bytes).ok().and_then(|raw| parse_stored(raw, source)) else {
                 stats.wal_unreadable_records.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -182,8 +182,8 @@ impl Store {
             live.apply(doc, started, |id| !catalog.candidates(id).is_empty());
             stats.documents_replayed.fetch_add(1, Ordering::Relaxed);
         }
-        let wal_file = WalFile::reopen(&wal_dir, generation.0, generation.1)?;
-        stats.wal_generation.store(generation.0, Ordering::Relaxed);
+        let wal_file = WalFile::reopen(&wal_dir, recovered.generation, recovered.good_len)?;
+        stats.wal_generation.store(recovered.generation, Ordering::Relaxed);
 
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
         let inner = Arc::new(Inner {
@@ -319,10 +319,8 @@ impl Store {
             (seen.then_some(docs), !seen || maybe)
         };
         let mut docs = Vec::new();
-        if in_blocks {
-            if let Some((stored, _)) = self.from_blocks(id).await? {
-                docs = stored;
-            }
+        if in_blocks && let Some((stored, _)) = self.newest_block_revision(id).await? {
+            docs = stored;
         }
         match from_live {
             Some(live_docs) => {
@@ -337,7 +335,7 @@ impl Store {
     }
 
     /// The newest block revision of a trace and how many blocks hold a revision of it.
-    async fn from_blocks(&self, id: TraceId) -> Result<Option<(Vec<Arc<StoredDocument>>, u32)>, StoreError> {
+    async fn newest_block_revision(&self, id: TraceId) -> Result<Option<(Vec<Arc<StoredDocument>>, u32)>, StoreError> {
         let candidates = self.inner.catalog.read().expect("catalog lock").candidates(id);
         let mut newest = None;
         let mut revisions = 0u32;
@@ -362,16 +360,16 @@ impl Store {
         let mut consider = |summary: Arc<TraceSummary>, candidates: &mut Vec<_>| {
             let Some(matched) = summary.matched_time(query.range, query.start, query.end) else { return };
             scanned += 1;
-            if let Some(rate) = query.sample_rate {
-                if sample_fraction(summary.trace_id) >= rate {
-                    return;
-                }
+            if let Some(rate) = query.sample_rate
+                && sample_fraction(summary.trace_id) >= rate
+            {
+                return;
             }
             let key = summary.sort_time(query.range);
-            if let Some(after) = query.after {
-                if (key, summary.trace_id) >= (after.time, after.trace_id) {
-                    return;
-                }
+            if let Some(after) = query.after
+                && (key, summary.trace_id) >= (after.time, after.trace_id)
+            {
+                return;
             }
             candidates.push((key, summary.trace_id, summary, matched));
         };
@@ -397,7 +395,7 @@ impl Store {
         merge_later.dedup();
         for id in merge_later {
             let (docs, revisions) = match self.get_trace(id).await? {
-                Some(docs) => (docs, self.from_blocks(id).await?.map_or(0, |(_, r)| r)),
+                Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |(_, r)| r)),
                 None => continue,
             };
             let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
@@ -444,10 +442,10 @@ impl Store {
         }
         let loaded = Arc::new(block.summaries(self.inner.objects.as_ref()).await?);
         let mut cache = self.inner.summary_cache.lock().expect("cache lock");
-        if cache.len() >= SUMMARY_CACHE_BLOCKS {
-            if let Some(evict) = cache.keys().next().cloned() {
-                cache.remove(&evict);
-            }
+        if cache.len() >= SUMMARY_CACHE_BLOCKS
+            && let Some(evict) = cache.keys().next().cloned()
+        {
+            cache.remove(&evict);
         }
         cache.insert(block.meta.id.clone(), loaded.clone());
         Ok(loaded)
@@ -476,16 +474,14 @@ impl Store {
         for (id, docs, maybe_in_blocks) in due {
             let mut revision = 1;
             let mut all = Vec::new();
-            if maybe_in_blocks {
-                if let Some((earlier, revisions)) = self.from_blocks(id).await? {
-                    let newest = inner.catalog.read().expect("catalog lock").candidates(id);
-                    for block in newest {
-                        supersedes.push(Superseded { block: block.meta.id.clone(), trace_id: id.to_string() });
-                    }
-                    all = earlier;
-                    revision = revisions + 1;
-                    inner.stats.trace_revisions.fetch_add(1, Ordering::Relaxed);
+            if maybe_in_blocks && let Some((earlier, revisions)) = self.newest_block_revision(id).await? {
+                let newest = inner.catalog.read().expect("catalog lock").candidates(id);
+                for block in newest {
+                    supersedes.push(Superseded { block: block.meta.id.clone(), trace_id: id.to_string() });
                 }
+                all = earlier;
+                revision = revisions + 1;
+                inner.stats.trace_revisions.fetch_add(1, Ordering::Relaxed);
             }
             for doc in docs {
                 upsert(&mut all, doc);
@@ -625,7 +621,14 @@ async fn delete_quietly(objects: &dyn ObjectStore, path: &ObjectPath) -> Result<
 
 /// Finds the newest WAL generation with a complete checkpoint, deletes the others, and returns
 /// it with its good length and the document records to replay.
-fn recover_wal(dir: &Path, stats: &StoreStats) -> Result<((u64, u64), Vec<(Source, Vec<u8>)>), StoreError> {
+/// What WAL recovery found: the generation to append to, its good length, and what to replay.
+struct Recovered {
+    generation: u64,
+    good_len: u64,
+    documents: Vec<(Source, Vec<u8>)>,
+}
+
+fn recover_wal(dir: &Path, stats: &StoreStats) -> Result<Recovered, StoreError> {
     let generations = wal::list_generations(dir)?;
     let mut chosen = None;
     for &generation in generations.iter().rev() {
@@ -655,7 +658,7 @@ fn recover_wal(dir: &Path, stats: &StoreStats) -> Result<((u64, u64), Vec<(Sourc
         stats.wal_torn_bytes.fetch_add(size - contents.good_len, Ordering::Relaxed);
         tracing::warn!(path = %path.display(), cut_bytes = size - contents.good_len, "cutting a torn tail off the write-ahead log");
     }
-    let records = contents
+    let documents = contents
         .records
         .into_iter()
         .filter_map(|r| match r {
@@ -663,14 +666,14 @@ fn recover_wal(dir: &Path, stats: &StoreStats) -> Result<((u64, u64), Vec<(Sourc
             Record::Checkpoint => None,
         })
         .collect();
-    Ok(((generation, contents.good_len), records))
+    Ok(Recovered { generation, good_len: contents.good_len, documents })
 }
 
 /// Loads every committed block. Blocks whose WAL generation never completed, and data without a
 /// meta, are left over from an interrupted flush: their documents are still in the WAL.
 async fn load_catalog(
     objects: &dyn ObjectStore,
-    generation: (u64, u64),
+    generation: u64,
     stats: &StoreStats,
 ) -> Result<Catalog, StoreError> {
     let listed: Vec<object_store::ObjectMeta> = objects.list(None).try_collect().await?;
@@ -702,7 +705,7 @@ async fn load_catalog(
                 continue;
             }
         };
-        if meta.wal_generation > generation.0 {
+        if meta.wal_generation > generation {
             delete_quietly(objects, &block::meta_path(&id)).await?;
             delete_quietly(objects, &block::data_path(&id)).await?;
             continue;

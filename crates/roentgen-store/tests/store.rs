@@ -1,6 +1,8 @@
 //! The store's contract: what was acknowledged survives restarts and interrupted flushes, late
 //! segments make new revisions, and nothing is found twice.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::sync::Arc;
 
 use roentgen_model::{TraceId, parse_document};

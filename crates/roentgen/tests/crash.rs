@@ -1,6 +1,8 @@
 //! Crash safety of the real binary: kill -9 while clients write and blocks are being flushed,
 //! restart, and find every segment whose `PutTraceSegments` had returned.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

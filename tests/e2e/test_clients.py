@@ -1,0 +1,192 @@
+"""The official X-Ray SDKs send over UDP; boto3 and the AWS CLI read the traces back."""
+
+import json
+import time
+
+import botocore.exceptions
+import pytest
+
+from conftest import aws_cli
+
+
+def wait_for_traces(xray, trace_ids, timeout=20):
+    """BatchGetTraces until every id is found (UDP ingest is asynchronous)."""
+    deadline = time.time() + timeout
+    while True:
+        traces = {}
+        for page in xray.get_paginator("batch_get_traces").paginate(TraceIds=list(trace_ids)):
+            traces.update({t["Id"]: t for t in page["Traces"]})
+        if len(traces) == len(trace_ids) or time.time() > deadline:
+            return traces
+        time.sleep(0.2)
+
+
+def documents(trace):
+    return [json.loads(s["Document"]) for s in trace["Segments"]]
+
+
+def entities(doc):
+    yield doc
+    for sub in doc.get("subsegments", []):
+        yield from entities(sub)
+
+
+def find_all(docs, name):
+    return [entity for doc in docs for entity in entities(doc) if entity["name"] == name]
+
+
+def find(docs, name):
+    found = find_all(docs, name)
+    assert found, f"no entity named {name!r} in {[d['name'] for d in docs]}"
+    return found[0]
+
+
+def summaries(xray, **kwargs):
+    now = time.time()
+    found = {}
+    pages = xray.get_paginator("get_trace_summaries").paginate(StartTime=now - 600, EndTime=now + 60, **kwargs)
+    for page in pages:
+        found.update({s["Id"]: s for s in page["TraceSummaries"]})
+    return found
+
+
+def test_python_sdk_segments_round_trip(xray, python_traces):
+    traces = wait_for_traces(xray, python_traces.values())
+    assert set(traces) == set(python_traces.values())
+
+    ok = documents(traces[python_traces["/ok"]])
+    root = find(ok, "python-svc")
+    assert root["annotations"] == {"tenant": "acme", "attempt": 3, "score": 0.75, "vip": True}
+    assert root["metadata"]["shop"]["cart"] == {"items": [1, 2, 3], "total": 42.5}
+    assert root["user"] == "alice"
+    assert root["http"]["request"]["url"] == "http://python-svc.local/ok"
+    assert root["http"]["response"]["status"] == 200
+    assert root["aws"]["xray"]["sdk"] == "X-Ray for Python"
+    logic = find(ok, "business-logic")
+    assert logic["annotations"] == {"step": "pricing"}
+    sql = find(ok, "orders@db.internal")
+    assert sql["namespace"] == "remote"
+    assert sql["sql"]["database_type"] == "PostgreSQL"
+    # The httplib patch records the request and the response as separate remote subsegments.
+    calls = find_all(ok, "127.0.0.1")
+    assert all(c["namespace"] == "remote" and c["http"]["request"]["url"].endswith("/inventory") for c in calls)
+    assert any(c["http"].get("response", {}).get("status") == 200 for c in calls)
+
+    throttled = find(documents(traces[python_traces["/throttle"]]), "python-svc")
+    assert throttled["throttle"] and throttled["error"]
+    assert throttled["http"]["response"]["status"] == 429
+    failed = documents(traces[python_traces["/fail"]])
+    assert find(failed, "python-svc")["fault"]
+    exception = find(failed, "charge-card")["cause"]["exceptions"][0]
+    assert exception["message"] == "card processor unavailable"
+    assert exception["type"] == "RuntimeError"
+
+
+def test_node_sdk_segments_round_trip(xray, node_traces):
+    traces = wait_for_traces(xray, node_traces.values())
+    assert set(traces) == set(node_traces.values())
+    ok = documents(traces[node_traces["/ok"]])
+    root = find(ok, "node-svc")
+    assert root["annotations"] == {"tenant": "globex", "attempt": 1, "vip": False}
+    assert root["metadata"]["request"]["headers"]
+    assert root["user"] == "bob"
+    assert root["http"]["request"]["method"] == "GET"
+    assert root["http"]["response"]["status"] == 200
+    assert find(ok, "inventory@mysql.internal")["sql"]["database_type"] == "MySQL"
+    call = find(ok, "127.0.0.1")
+    assert call["namespace"] == "remote"
+    assert call["http"]["response"]["status"] == 200
+    throttled = find(documents(traces[node_traces["/throttle"]]), "node-svc")
+    assert throttled["throttle"] and throttled["error"]
+    failed = documents(traces[node_traces["/fail"]])
+    assert find(failed, "node-svc")["fault"]
+    assert find(failed, "render")["cause"]["exceptions"][0]["message"] == "template missing"
+
+
+def test_trace_summaries_through_boto3(xray, python_traces, node_traces):
+    wait_for_traces(xray, [*python_traces.values(), *node_traces.values()])
+    found = summaries(xray)
+    ok = found[python_traces["/ok"]]
+    assert ok["Http"]["HttpStatus"] == 200
+    assert ok["Http"]["HttpURL"] == "http://python-svc.local/ok"
+    assert ok["Http"]["HttpMethod"] == "GET"
+    assert ok["Http"]["UserAgent"] == "e2e-client/1.0"
+    assert ok["Http"]["ClientIp"] == "192.0.2.10"
+    assert ok["Annotations"]["tenant"][0]["AnnotationValue"] == {"StringValue": "acme"}
+    assert ok["Annotations"]["attempt"][0]["AnnotationValue"] == {"NumberValue": 3.0}
+    assert ok["Annotations"]["score"][0]["AnnotationValue"] == {"NumberValue": 0.75}
+    assert ok["Annotations"]["vip"][0]["AnnotationValue"] == {"BooleanValue": True}
+    assert ok["Annotations"]["step"][0]["ServiceIds"][0]["Name"] == "python-svc"
+    assert ok["Users"][0]["UserName"] == "alice"
+    assert ok["EntryPoint"]["Name"] == "python-svc"
+    names = {s["Name"] for s in ok["ServiceIds"]}
+    assert {"python-svc", "orders@db.internal", "127.0.0.1"} <= names
+    assert not ok["HasFault"] and not ok["HasError"] and not ok["HasThrottle"] and not ok["IsPartial"]
+    assert ok["ResponseTime"] > 0 and ok["Duration"] >= ok["ResponseTime"]
+    throttled = found[python_traces["/throttle"]]
+    assert throttled["HasThrottle"] and throttled["HasError"] and not throttled["HasFault"]
+    assert found[python_traces["/fail"]]["HasFault"]
+    node_ok = found[node_traces["/ok"]]
+    assert node_ok["Users"][0]["UserName"] == "bob"
+    assert node_ok["Annotations"]["vip"][0]["AnnotationValue"] == {"BooleanValue": False}
+    assert found[node_traces["/fail"]]["HasFault"]
+    assert found[node_traces["/throttle"]]["HasThrottle"]
+
+    event = summaries(xray, TimeRangeType="Event")
+    assert set(python_traces.values()) <= set(event)
+
+
+def test_aws_cli_reads_traces(roentgen, xray, python_traces):
+    wait_for_traces(xray, python_traces.values())
+    ids = list(python_traces.values())
+    code, out, err = aws_cli(roentgen, "batch-get-traces", "--trace-ids", *ids)
+    assert code == 0, err
+    assert {t["Id"] for t in out["Traces"]} == set(ids)
+    root = find(documents(next(t for t in out["Traces"] if t["Id"] == python_traces["/ok"])), "python-svc")
+    assert root["annotations"]["tenant"] == "acme"
+
+    now = int(time.time())
+    code, out, err = aws_cli(roentgen, "get-trace-summaries", "--start-time", str(now - 600), "--end-time", str(now + 60))
+    assert code == 0, err
+    by_id = {s["Id"]: s for s in out["TraceSummaries"]}
+    assert by_id[python_traces["/fail"]]["HasFault"] is True
+    assert by_id[python_traces["/ok"]]["Users"][0]["UserName"] == "alice"
+
+    code, _, err = aws_cli(roentgen, "get-trace-summaries", "--start-time", str(now - 600),
+                           "--end-time", str(now + 60), "--filter-expression", "fault")
+    assert code != 0
+    assert "InvalidRequestException" in err and "FilterExpression" in err
+
+
+def test_put_trace_segments_through_boto3(xray):
+    now = time.time()
+    trace_id = "1-%08x-%024x" % (int(now), 0xE2E)
+    good = json.dumps({"trace_id": trace_id, "id": "00000000000000aa", "name": "boto3-svc",
+                       "start_time": now, "end_time": now + 0.5})
+    bad = json.dumps({"trace_id": trace_id, "id": "00000000000000bb", "name": "no,commas",
+                      "start_time": now, "end_time": now + 0.5})
+    answer = xray.put_trace_segments(TraceSegmentDocuments=[good, bad, "{oops"])
+    unprocessed = answer["UnprocessedTraceSegments"]
+    assert [u.get("ErrorCode") for u in unprocessed] == ["InvalidName", "InvalidSegment"]
+    assert unprocessed[0]["Id"] == "00000000000000bb"
+    trace = xray.batch_get_traces(TraceIds=[trace_id])["Traces"][0]
+    assert [s["Document"] for s in trace["Segments"]] == [good]
+
+    with pytest.raises(botocore.exceptions.ClientError) as error:
+        xray.get_trace_summaries(StartTime=now - 60, EndTime=now, FilterExpression='service("x")')
+    assert error.value.response["Error"]["Code"] == "InvalidRequestException"
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+    with pytest.raises(botocore.exceptions.ClientError) as error:
+        xray.get_service_graph(StartTime=now - 60, EndTime=now)
+    assert error.value.response["Error"]["Code"] == "InvalidRequestException"
+
+
+def test_daemon_telemetry_through_boto3(roentgen, xray):
+    xray.put_telemetry_records(
+        TelemetryRecords=[{"Timestamp": time.time(), "SegmentsReceivedCount": 5, "SegmentsSentCount": 5}],
+        Hostname="e2e-host",
+    )
+    import urllib.request
+    metrics = urllib.request.urlopen(f"{roentgen.endpoint}/metrics").read().decode()
+    assert "roentgen_daemon_segments_received_total 5" in metrics
