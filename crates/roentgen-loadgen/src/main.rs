@@ -1,1 +1,359 @@
-fn main() {}
+//! Load generator for roentgen: realistic segment documents over `PutTraceSegments` or the UDP
+//! daemon protocol, and read load (`BatchGetTraces`, `GetTraceSummaries`) with latency
+//! percentiles. `scripts/bench` drives it; see BENCHMARKS.md.
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "roentgen-loadgen", about = "Send realistic X-Ray load to roentgen and measure it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send segment documents and report throughput.
+    Ingest {
+        /// `api` (PutTraceSegments over HTTP, waits for durability) or `udp` (daemon protocol).
+        #[arg(long, default_value = "api")]
+        via: String,
+        #[arg(long, default_value = "127.0.0.1:2000")]
+        address: String,
+        /// Segment documents to send.
+        #[arg(long, default_value_t = 100_000)]
+        segments: u64,
+        /// Documents per PutTraceSegments call (X-Ray's limit is 50).
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// Concurrent API callers.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// UDP only: datagrams per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Write every 100th trace id here, for the query benchmark.
+        #[arg(long)]
+        trace_ids: Option<PathBuf>,
+        /// Seconds before now that the generated traces start, spread evenly up to now.
+        #[arg(long, default_value_t = 3600)]
+        spread_seconds: u64,
+    },
+    /// Measure read latency against what `ingest` wrote.
+    Query {
+        #[arg(long, default_value = "127.0.0.1:2000")]
+        address: String,
+        #[arg(long)]
+        trace_ids: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match cli.command {
+        Command::Ingest { via, address, segments, batch, concurrency, rate, trace_ids, spread_seconds } => {
+            let generator = Generator::new(spread_seconds);
+            let report = match via.as_str() {
+                "api" => runtime.block_on(ingest_api(&address, generator, segments, batch, concurrency))?,
+                "udp" => ingest_udp(&address, generator, segments, rate)?,
+                other => bail!("--via must be api or udp, not {other:?}"),
+            };
+            if let Some(path) = trace_ids {
+                std::fs::write(&path, report.sample_ids.join("\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            emit(json!({
+                "via": via,
+                "segments_sent": report.sent,
+                "segments_rejected": report.rejected,
+                "raw_document_bytes": report.bytes,
+                "seconds": report.elapsed.as_secs_f64(),
+                "segments_per_second": report.sent as f64 / report.elapsed.as_secs_f64(),
+            }));
+        }
+        Command::Query { address, trace_ids, requests } => {
+            let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
+            if ids.is_empty() {
+                bail!("{} holds no trace ids", trace_ids.display());
+            }
+            runtime.block_on(query(&address, &ids, requests))?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)] // the report is the program's output
+fn emit(value: Value) {
+    println!("{value}");
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Produces traces of one to three segments from a fleet of 50 services: 60 % small documents
+/// (a web request), 30 % medium (database, DynamoDB and HTTP calls), 10 % large (20 subsegments
+/// and metadata), like a typical microservice fleet.
+struct Generator {
+    next: AtomicU64,
+    start: f64,
+    spread: f64,
+}
+
+/// SplitMix64: fast, good enough to vary the documents deterministically.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+const ROUTES: [&str; 6] = ["/api/orders", "/api/cart", "/api/users/me", "/health", "/api/search", "/api/checkout"];
+
+impl Generator {
+    fn new(spread_seconds: u64) -> Self {
+        Self { next: AtomicU64::new(0), start: now() - spread_seconds as f64, spread: spread_seconds as f64 }
+    }
+
+    /// The documents of the next trace, with its id.
+    fn trace(&self, total_traces: u64) -> (String, Vec<String>) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let r = mix(n);
+        let t = self.start + self.spread * (n as f64 / total_traces.max(1) as f64);
+        let trace_id = format!("1-{:08x}-{:024x}", t as u32, u128::from(r) << 32 | u128::from(mix(r) as u32));
+        let services = 1 + (r % 3) as usize;
+        let mut docs = Vec::with_capacity(services);
+        let mut parent: Option<u64> = None;
+        for s in 0..services {
+            let id = mix(r ^ s as u64);
+            let kind = mix(id) % 10;
+            docs.push(self.segment(&trace_id, id, parent, t + s as f64 * 0.002, r >> 8, kind));
+            parent = Some(mix(id + 1));
+        }
+        (trace_id, docs)
+    }
+
+    fn segment(&self, trace_id: &str, id: u64, parent: Option<u64>, t: f64, r: u64, kind: u64) -> String {
+        let service = format!("service-{:02}", (id % 50));
+        let status = match r % 100 {
+            0..=1 => 500,
+            2..=4 => 404,
+            5 => 429,
+            _ => 200,
+        };
+        let duration = 0.005 + (r % 400) as f64 / 1000.0;
+        let route = ROUTES[(r % ROUTES.len() as u64) as usize];
+        let parent = parent.map(|p| format!(r#""parent_id":"{p:016x}","#)).unwrap_or_default();
+        let flags = match status {
+            500 => r#""fault":true,"#,
+            429 => r#""throttle":true,"error":true,"#,
+            404 => r#""error":true,"#,
+            _ => "",
+        };
+        let subsegments = match kind {
+            0..=5 => String::new(),
+            6..=8 => format!(
+                ",\"subsegments\":[{}]",
+                (0..4).map(|i| subsegment(id, i, t, duration)).collect::<Vec<_>>().join(",")
+            ),
+            _ => format!(
+                ",\"subsegments\":[{}],\"metadata\":{{\"debug\":{{\"payload\":\"{}\",\"flags\":[1,2,3,4,5,6,7,8]}}}}",
+                (0..20).map(|i| subsegment(id, i, t, duration)).collect::<Vec<_>>().join(","),
+                "abcdefghij".repeat(100)
+            ),
+        };
+        format!(
+            r#"{{"trace_id":"{trace_id}","id":"{id:016x}",{parent}"name":"{service}","origin":"AWS::ECS::Container","start_time":{t:.6},"end_time":{end:.6},{flags}"http":{{"request":{{"method":"GET","url":"https://{service}.internal{route}","user_agent":"Mozilla/5.0 (X11; Linux x86_64)","client_ip":"10.0.{a}.{b}"}},"response":{{"status":{status},"content_length":{len}}}}},"user":"user-{user}","annotations":{{"tenant":"tenant-{tenant}","region":"eu-west-1","attempt":{attempt}}},"aws":{{"account_id":"123456789012","ecs":{{"container":"{service}-{c:x}"}},"xray":{{"sdk":"X-Ray for Java","sdk_version":"2.18.1"}}}}{subsegments}}}"#,
+            end = t + duration,
+            a = r % 256,
+            b = (r >> 8) % 256,
+            len = 100 + r % 5000,
+            user = r % 10_000,
+            tenant = r % 40,
+            attempt = r % 3,
+            c = r % 4096,
+        )
+    }
+}
+
+fn subsegment(parent: u64, i: u64, t: f64, duration: f64) -> String {
+    let id = mix(parent ^ (i + 100));
+    let start = t + duration * (i as f64 / 25.0);
+    let end = start + duration / 30.0;
+    match i % 3 {
+        0 => format!(
+            r#"{{"id":"{id:016x}","name":"orders@postgres.internal","namespace":"remote","start_time":{start:.6},"end_time":{end:.6},"sql":{{"url":"postgresql://postgres.internal:5432/orders","database_type":"PostgreSQL","database_version":"15.4","sanitized_query":"SELECT * FROM orders WHERE customer_id = ?","user":"app"}}}}"#
+        ),
+        1 => format!(
+            r#"{{"id":"{id:016x}","name":"DynamoDB","namespace":"aws","start_time":{start:.6},"end_time":{end:.6},"http":{{"response":{{"status":200}}}},"aws":{{"operation":"GetItem","region":"eu-west-1","request_id":"{:016X}","table_name":"sessions","retries":0}}}}"#,
+            mix(id)
+        ),
+        _ => format!(
+            r#"{{"id":"{id:016x}","name":"payments.internal","namespace":"remote","start_time":{start:.6},"end_time":{end:.6},"http":{{"request":{{"method":"POST","url":"https://payments.internal/charge","traced":true}},"response":{{"status":200,"content_length":87}}}}}}"#
+        ),
+    }
+}
+
+struct Report {
+    sent: u64,
+    rejected: u64,
+    bytes: u64,
+    elapsed: Duration,
+    sample_ids: Vec<String>,
+}
+
+async fn ingest_api(
+    address: &str,
+    generator: Generator,
+    segments: u64,
+    batch: usize,
+    concurrency: usize,
+) -> anyhow::Result<Report> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let url = format!("http://{address}/TraceSegments");
+    let generator = Arc::new(generator);
+    // Traces average two segments; aim the time spread at that many traces.
+    let total_traces = segments / 2;
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, generator, sent) = (client.clone(), url.clone(), generator.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rejected = 0u64;
+            let mut bytes = 0u64;
+            let mut samples = Vec::new();
+            let mut docs: Vec<String> = Vec::with_capacity(batch + 3);
+            loop {
+                docs.clear();
+                while docs.len() < batch {
+                    let (id, trace) = generator.trace(total_traces);
+                    if mix(id.len() as u64 ^ sent.load(Ordering::Relaxed)).is_multiple_of(100) {
+                        samples.push(id);
+                    }
+                    docs.extend(trace);
+                }
+                let claimed = sent.fetch_add(docs.len() as u64, Ordering::Relaxed);
+                if claimed >= segments {
+                    sent.fetch_sub(docs.len() as u64, Ordering::Relaxed);
+                    break;
+                }
+                bytes += docs.iter().map(|d| d.len() as u64).sum::<u64>();
+                let body = serde_json::to_vec(&json!({ "TraceSegmentDocuments": docs }))?;
+                let response = client.post(&url).body(body).send().await?;
+                if !response.status().is_success() {
+                    bail!("PutTraceSegments answered {}: {}", response.status(), response.text().await?);
+                }
+                let answer: Value = response.json().await?;
+                rejected += answer["UnprocessedTraceSegments"].as_array().map_or(0, |a| a.len() as u64);
+            }
+            Ok::<_, anyhow::Error>((rejected, bytes, samples))
+        }));
+    }
+    let mut report = Report { sent: 0, rejected: 0, bytes: 0, elapsed: Duration::ZERO, sample_ids: Vec::new() };
+    for task in tasks {
+        let (rejected, bytes, samples) = task.await??;
+        report.rejected += rejected;
+        report.bytes += bytes;
+        report.sample_ids.extend(samples);
+    }
+    report.elapsed = started.elapsed();
+    report.sent = sent.load(Ordering::Relaxed);
+    Ok(report)
+}
+
+fn ingest_udp(address: &str, generator: Generator, segments: u64, rate: u64) -> anyhow::Result<Report> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.connect(address)?;
+    let mut report = Report { sent: 0, rejected: 0, bytes: 0, elapsed: Duration::ZERO, sample_ids: Vec::new() };
+    let started = Instant::now();
+    let header = b"{\"format\":\"json\",\"version\":1}\n";
+    let mut datagram = Vec::with_capacity(65_536);
+    let mut traces = 0u64;
+    while report.sent < segments {
+        let (id, docs) = generator.trace(segments / 2);
+        traces += 1;
+        if traces.is_multiple_of(100) {
+            report.sample_ids.push(id);
+        }
+        for doc in docs {
+            datagram.clear();
+            datagram.extend_from_slice(header);
+            datagram.extend_from_slice(doc.as_bytes());
+            // A full socket buffer is the receiver's loss, as with the real daemon: keep going.
+            let _ = socket.send(&datagram);
+            report.sent += 1;
+            report.bytes += doc.len() as u64;
+        }
+        if rate > 0 {
+            let due = Duration::from_secs_f64(report.sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn percentiles(mut samples: Vec<f64>) -> Value {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] * 1000.0;
+    json!({ "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99), "max_ms": at(1.0), "count": samples.len() })
+}
+
+async fn query(address: &str, ids: &[String], requests: usize) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let mut batch_get = Vec::with_capacity(requests);
+    for i in 0..requests {
+        let id = &ids[(mix(i as u64) % ids.len() as u64) as usize];
+        let started = Instant::now();
+        let answer: Value = client
+            .post(format!("http://{address}/Traces"))
+            .body(json!({ "TraceIds": [id] }).to_string())
+            .send()
+            .await?
+            .json()
+            .await?;
+        batch_get.push(started.elapsed().as_secs_f64());
+        if answer["Traces"].as_array().is_none_or(Vec::is_empty) {
+            bail!("BatchGetTraces did not find {id}: {answer}");
+        }
+    }
+    emit(json!({ "operation": "BatchGetTraces (one id, no time range)", "latency": percentiles(batch_get) }));
+
+    let mut summaries = Vec::new();
+    let mut found = 0usize;
+    let end = now();
+    for i in 0..(requests / 10).max(10) {
+        // One-minute windows somewhere in the last hour: the console's common query.
+        let start = end - 60.0 - (mix(i as u64) % 3540) as f64;
+        let started = Instant::now();
+        let answer: Value = client
+            .post(format!("http://{address}/TraceSummaries"))
+            .body(json!({ "StartTime": start, "EndTime": start + 60.0 }).to_string())
+            .send()
+            .await?
+            .json()
+            .await?;
+        summaries.push(started.elapsed().as_secs_f64());
+        found += answer["TraceSummaries"].as_array().map_or(0, Vec::len);
+    }
+    emit(json!({
+        "operation": "GetTraceSummaries (one-minute window, first page of 100)",
+        "latency": percentiles(summaries),
+        "summaries_returned": found,
+    }));
+    Ok(())
+}

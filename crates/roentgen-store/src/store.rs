@@ -671,11 +671,7 @@ fn recover_wal(dir: &Path, stats: &StoreStats) -> Result<Recovered, StoreError> 
 
 /// Loads every committed block. Blocks whose WAL generation never completed, and data without a
 /// meta, are left over from an interrupted flush: their documents are still in the WAL.
-async fn load_catalog(
-    objects: &dyn ObjectStore,
-    generation: u64,
-    stats: &StoreStats,
-) -> Result<Catalog, StoreError> {
+async fn load_catalog(objects: &dyn ObjectStore, generation: u64, stats: &StoreStats) -> Result<Catalog, StoreError> {
     let listed: Vec<object_store::ObjectMeta> = objects.list(None).try_collect().await?;
     let mut metas = HashSet::new();
     let mut datas = HashSet::new();
