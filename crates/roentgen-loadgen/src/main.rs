@@ -58,8 +58,17 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roentgen-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.command {
         Command::Ingest { via, address, segments, batch, concurrency, rate, trace_ids, spread_seconds } => {
@@ -234,13 +243,21 @@ async fn ingest_api(
             let mut rejected = 0u64;
             let mut bytes = 0u64;
             let mut samples = Vec::new();
-            let mut docs: Vec<String> = Vec::with_capacity(batch + 3);
+            // Whole traces only, so a sampled trace id is one whose documents were all sent.
+            let mut carry: Option<(String, Vec<String>)> = None;
+            let mut traces = 0u64;
             loop {
-                docs.clear();
-                while docs.len() < batch {
-                    let (id, trace) = generator.trace(total_traces);
-                    if mix(id.len() as u64 ^ sent.load(Ordering::Relaxed)).is_multiple_of(100) {
-                        samples.push(id);
+                let mut docs: Vec<String> = Vec::with_capacity(batch);
+                let mut batch_samples = Vec::new();
+                loop {
+                    let (id, trace) = carry.take().unwrap_or_else(|| generator.trace(total_traces));
+                    if !docs.is_empty() && docs.len() + trace.len() > batch {
+                        carry = Some((id, trace));
+                        break;
+                    }
+                    traces += 1;
+                    if traces.is_multiple_of(100) {
+                        batch_samples.push(id);
                     }
                     docs.extend(trace);
                 }
@@ -249,6 +266,7 @@ async fn ingest_api(
                     sent.fetch_sub(docs.len() as u64, Ordering::Relaxed);
                     break;
                 }
+                samples.extend(batch_samples);
                 bytes += docs.iter().map(|d| d.len() as u64).sum::<u64>();
                 let body = serde_json::to_vec(&json!({ "TraceSegmentDocuments": docs }))?;
                 let response = client.post(&url).body(body).send().await?;

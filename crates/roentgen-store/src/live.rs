@@ -50,17 +50,20 @@ pub(crate) struct LiveTrace {
     pub bytes: u64,
     /// True when a block may already hold an earlier revision of this trace.
     pub maybe_in_blocks: bool,
+    /// The oldest WAL generation holding a document of this trace: it must not be deleted yet.
+    pub first_generation: u64,
     summary: std::sync::Mutex<Option<Arc<TraceSummary>>>,
 }
 
 impl LiveTrace {
-    fn new(now: Instant, maybe_in_blocks: bool) -> Self {
+    fn new(now: Instant, maybe_in_blocks: bool, first_generation: u64) -> Self {
         Self {
             docs: Vec::new(),
             first_seen: now,
             last_update: now,
             bytes: 0,
             maybe_in_blocks,
+            first_generation,
             summary: Default::default(),
         }
     }
@@ -88,13 +91,20 @@ pub(crate) struct LiveState {
 }
 
 impl LiveState {
-    /// Adds one document; `maybe_in_blocks` is asked only for a trace not yet live.
-    pub fn apply(&mut self, doc: Arc<StoredDocument>, now: Instant, maybe_in_blocks: impl FnOnce(TraceId) -> bool) {
+    /// Adds one document, logged in WAL `generation`; `maybe_in_blocks` is asked only for a trace
+    /// not yet live.
+    pub fn apply(
+        &mut self,
+        doc: Arc<StoredDocument>,
+        now: Instant,
+        generation: u64,
+        maybe_in_blocks: impl FnOnce(TraceId) -> bool,
+    ) {
         let trace_id = doc.parsed.trace_id;
         let size = doc.raw.len() as u64;
         let trace = self.traces.entry(trace_id).or_insert_with(|| {
             let earlier = self.flushing.contains_key(&trace_id) || maybe_in_blocks(trace_id);
-            LiveTrace::new(now, earlier)
+            LiveTrace::new(now, earlier, generation)
         });
         let before = trace.docs.len();
         let replaced_bytes = trace.docs.iter().find(|d| d.id() == doc.id()).map(|d| d.raw.len() as u64);
@@ -149,6 +159,11 @@ impl LiveState {
         }
         due
     }
+
+    /// The oldest WAL generation any live or flushing trace still needs.
+    pub fn oldest_generation_needed(&self) -> Option<u64> {
+        self.traces.values().chain(self.flushing.values()).map(|t| t.first_generation).min()
+    }
 }
 
 #[cfg(test)]
@@ -180,9 +195,10 @@ mod tests {
     fn accounting_and_flush_selection() {
         let mut live = LiveState::default();
         let t0 = Instant::now();
-        live.apply(doc("0000000000000001", r#""in_progress":true"#), t0, |_| false);
-        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, |_| false);
-        live.apply(doc("0000000000000002", r#""end_time":2"#), t0, |_| false);
+        live.apply(doc("0000000000000001", r#""in_progress":true"#), t0, 1, |_| false);
+        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 2, |_| false);
+        live.apply(doc("0000000000000002", r#""end_time":2"#), t0, 2, |_| false);
+        assert_eq!(live.oldest_generation_needed(), Some(1));
         assert_eq!(live.documents, 2);
         let expected: u64 = live.traces.values().flat_map(|t| &t.docs).map(|d| d.raw.len() as u64).sum();
         assert_eq!(live.bytes, expected);
@@ -198,7 +214,7 @@ mod tests {
     fn memory_budget_forces_a_flush() {
         let mut live = LiveState::default();
         let t0 = Instant::now();
-        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, |_| false);
+        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 1, |_| false);
         let due = live.take_due(t0, Duration::from_secs(10), Duration::from_secs(60), 10);
         assert_eq!(due.len(), 1);
     }

@@ -26,10 +26,31 @@ use crate::wal::{self, Record, Source, WalFile};
 
 /// Commands to the WAL writer thread, which alone appends to the log and applies to live state.
 enum Command {
-    Append { docs: Vec<Arc<StoredDocument>>, ack: Option<oneshot::Sender<Result<(), StoreError>>> },
-    Rotate { generation: u64, ack: oneshot::Sender<Result<(), StoreError>> },
-    Sync { ack: oneshot::Sender<Result<(), StoreError>> },
-    Shutdown { ack: oneshot::Sender<Result<(), StoreError>> },
+    Append {
+        docs: Vec<Arc<StoredDocument>>,
+        ack: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+    /// Moves the traces due for a block into `flushing` and starts a new WAL generation, in one
+    /// step with respect to appends. Answers the generation that covers every document of the
+    /// traces now flushing, or `None` when nothing is due.
+    Cut {
+        due: DueRule,
+        ack: oneshot::Sender<Result<Option<u64>, StoreError>>,
+    },
+    Sync {
+        ack: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Shutdown {
+        ack: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Which live traces a flush takes.
+#[derive(Debug, Clone, Copy)]
+struct DueRule {
+    idle: Duration,
+    max_live: Duration,
+    max_bytes: u64,
 }
 
 /// How many commands may wait for the writer before senders are made to wait.
@@ -72,14 +93,15 @@ pub struct SummaryQuery {
 struct Catalog {
     /// Oldest first.
     blocks: Vec<Arc<BlockHandle>>,
-    superseded: HashSet<(String, TraceId)>,
+    /// Per block id, the traces a newer block holds a newer revision of.
+    superseded: HashMap<String, HashSet<TraceId>>,
 }
 
 impl Catalog {
     fn add(&mut self, handle: Arc<BlockHandle>) {
         for s in &handle.meta.supersedes {
             if let Ok(id) = TraceId::parse(&s.trace_id) {
-                self.superseded.insert((s.block.clone(), id));
+                self.superseded.entry(s.block.clone()).or_default().insert(id);
             }
         }
         let at = self.blocks.partition_point(|b| b.meta.id < handle.meta.id);
@@ -99,7 +121,7 @@ struct Inner {
     local_blocks: Option<PathBuf>,
     live: RwLock<LiveState>,
     catalog: RwLock<Catalog>,
-    summary_cache: Mutex<HashMap<String, Arc<Vec<TraceSummary>>>>,
+    summary_cache: Mutex<HashMap<String, Arc<Vec<Arc<TraceSummary>>>>>,
     writer: mpsc::Sender<Command>,
     flush_lock: tokio::sync::Mutex<()>,
     stats: Arc<StoreStats>,
@@ -169,21 +191,36 @@ impl Store {
         let objects: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&blocks_dir)?);
         let stats = Arc::new(StoreStats::default());
 
-        let recovered = recover_wal(&wal_dir, &stats)?;
-        let catalog = load_catalog(objects.as_ref(), recovered.generation, &stats).await?;
+        let catalog = load_catalog(objects.as_ref(), &stats).await?;
+        let recovered = read_wal(&wal_dir, &stats)?;
 
+        // Replay what no block covers: a block covers its traces' documents up to its generation.
         let mut live = LiveState::default();
         let started = Instant::now();
-        for (source, bytes) in recovered.documents {
+        let mut covered: HashMap<TraceId, u64> = HashMap::new();
+        for (generation, source, bytes) in recovered.documents {
             let Some(doc) = String::from_utf8(bytes).ok().and_then(|raw| parse_stored(raw, source)) else {
                 stats.wal_unreadable_records.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            live.apply(doc, started, |id| !catalog.candidates(id).is_empty());
+            let id = doc.parsed.trace_id;
+            let cover = match covered.get(&id) {
+                Some(cover) => *cover,
+                None => {
+                    let cover = covering_generation(&catalog, objects.as_ref(), id).await?;
+                    covered.insert(id, cover);
+                    cover
+                }
+            };
+            if generation <= cover {
+                continue;
+            }
+            live.apply(doc, started, generation, |id| !catalog.candidates(id).is_empty());
             stats.documents_replayed.fetch_add(1, Ordering::Relaxed);
         }
-        let wal_file = WalFile::reopen(&wal_dir, recovered.generation, recovered.good_len)?;
-        stats.wal_generation.store(recovered.generation, Ordering::Relaxed);
+        delete_generations_before(&wal_dir, live.oldest_generation_needed().unwrap_or(recovered.newest))?;
+        let wal_file = WalFile::reopen(&wal_dir, recovered.newest, recovered.good_len)?;
+        stats.wal_generation.store(recovered.newest, Ordering::Relaxed);
 
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
         let inner = Arc::new(Inner {
@@ -203,7 +240,7 @@ impl Store {
         let writer_inner = inner.clone();
         let writer_thread = std::thread::Builder::new()
             .name("roentgen-wal".into())
-            .spawn(move || run_writer(writer_inner, commands, wal_file))
+            .spawn(move || run_writer(writer_inner, commands, wal_file, recovered.newest))
             .map_err(StoreError::io(&data_dir))?;
         let store = Self {
             inner,
@@ -357,7 +394,7 @@ impl Store {
     pub async fn summaries(&self, query: &SummaryQuery) -> Result<SummaryPage, StoreError> {
         let mut candidates: Vec<(f64, TraceId, Arc<TraceSummary>, f64)> = Vec::new();
         let mut scanned = 0u64;
-        let mut consider = |summary: Arc<TraceSummary>, candidates: &mut Vec<_>| {
+        let mut consider = |summary: &Arc<TraceSummary>, candidates: &mut Vec<_>| {
             let Some(matched) = summary.matched_time(query.range, query.start, query.end) else { return };
             scanned += 1;
             if let Some(rate) = query.sample_rate
@@ -371,7 +408,7 @@ impl Store {
             {
                 return;
             }
-            candidates.push((key, summary.trace_id, summary, matched));
+            candidates.push((key, summary.trace_id, summary.clone(), matched));
         };
 
         // Live traces first; those that may have an earlier revision in a block are merged below.
@@ -388,7 +425,7 @@ impl Store {
                     merge_later.push(*id);
                     continue;
                 }
-                consider(trace.summary(*id, 1), &mut candidates);
+                consider(&trace.summary(*id, 1), &mut candidates);
             }
         }
         merge_later.sort_unstable();
@@ -399,7 +436,7 @@ impl Store {
                 None => continue,
             };
             let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
-            consider(Arc::new(summarize(id, &parsed, revisions + 1)), &mut candidates);
+            consider(&Arc::new(summarize(id, &parsed, revisions + 1)), &mut candidates);
         }
 
         let blocks: Vec<Arc<BlockHandle>> = {
@@ -408,19 +445,14 @@ impl Store {
         };
         for block in blocks {
             let summaries = self.block_summaries(&block).await?;
-            let superseded: Vec<TraceId> = {
-                let catalog = self.inner.catalog.read().expect("catalog lock");
-                summaries
-                    .iter()
-                    .filter(|s| catalog.superseded.contains(&(block.meta.id.clone(), s.trace_id)))
-                    .map(|s| s.trace_id)
-                    .collect()
-            };
+            let superseded = self.inner.catalog.read().expect("catalog lock").superseded.get(&block.meta.id).cloned();
             for summary in summaries.iter() {
-                if live_ids.contains(&summary.trace_id) || superseded.contains(&summary.trace_id) {
+                if live_ids.contains(&summary.trace_id)
+                    || superseded.as_ref().is_some_and(|s| s.contains(&summary.trace_id))
+                {
                     continue;
                 }
-                consider(Arc::new(summary.clone()), &mut candidates);
+                consider(summary, &mut candidates);
             }
         }
 
@@ -436,11 +468,12 @@ impl Store {
         Ok(SummaryPage { summaries: candidates.into_iter().map(|(_, _, s, m)| (s, m)).collect(), scanned, next })
     }
 
-    async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<Vec<TraceSummary>>, StoreError> {
+    async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<Vec<Arc<TraceSummary>>>, StoreError> {
         if let Some(hit) = self.inner.summary_cache.lock().expect("cache lock").get(&block.meta.id) {
             return Ok(hit.clone());
         }
-        let loaded = Arc::new(block.summaries(self.inner.objects.as_ref()).await?);
+        let loaded = block.summaries(self.inner.objects.as_ref()).await?;
+        let loaded = Arc::new(loaded.into_iter().map(Arc::new).collect::<Vec<_>>());
         let mut cache = self.inner.summary_cache.lock().expect("cache lock");
         if cache.len() >= SUMMARY_CACHE_BLOCKS
             && let Some(evict) = cache.keys().next().cloned()
@@ -458,16 +491,17 @@ impl Store {
         let config = &inner.config;
         let idle = if everything { Duration::ZERO } else { StoreConfig::duration(config.trace_idle_seconds) };
         let max_live = StoreConfig::duration(config.trace_max_live_seconds);
-        // Traces left in `flushing` by a failed attempt go into this one.
+        let due = DueRule { idle, max_live, max_bytes: config.max_live_bytes };
+        let (ack, done) = oneshot::channel();
+        inner.writer.send(Command::Cut { due, ack }).await.map_err(|_| StoreError::Closed)?;
+        let covered = done.await.map_err(|_| StoreError::Closed)??;
+        inner.publish_gauges();
+        let Some(covered) = covered else { return Ok(()) };
+        // Traces left in `flushing` by a failed attempt go into this block too.
         let due: Vec<(TraceId, Vec<Arc<StoredDocument>>, bool)> = {
-            let mut live = inner.live.write().expect("live lock");
-            live.take_due(Instant::now(), idle, max_live, config.max_live_bytes);
+            let live = inner.live.read().expect("live lock");
             live.flushing.iter().map(|(id, t)| (*id, t.docs.clone(), t.maybe_in_blocks)).collect()
         };
-        inner.publish_gauges();
-        if due.is_empty() {
-            return Ok(());
-        }
 
         let mut supersedes = Vec::new();
         let mut merged: Vec<(TraceId, Vec<Arc<StoredDocument>>, u32)> = Vec::with_capacity(due.len());
@@ -490,11 +524,10 @@ impl Store {
         }
         merged.sort_unstable_by_key(|(id, _, _)| *id);
 
-        let generation = inner.stats.wal_generation.load(Ordering::Relaxed) + 1;
         let options = BuildOptions {
             id: new_block_id(),
             created_at: now_seconds(),
-            wal_generation: generation,
+            wal_generation: covered,
             chunk_bytes: config.block_chunk_bytes as usize,
             level: config.compression_level,
             supersedes,
@@ -519,25 +552,29 @@ impl Store {
             reason: format!("block builder failed: {e}"),
         })??;
 
-        self.write_block(&data, &meta).await?;
+        self.write_block(data, &meta).await?;
         let handle = Arc::new(BlockHandle::open(inner.objects.as_ref(), meta).await?);
         let stats = &inner.stats;
         stats.blocks_written.fetch_add(1, Ordering::Relaxed);
         stats.block_documents_written.fetch_add(handle.meta.document_count, Ordering::Relaxed);
         inner.catalog.write().expect("catalog lock").add(handle);
 
-        // The block is durable: start a WAL generation that carries only what is still live.
-        let (ack, done) = oneshot::channel();
-        inner.writer.send(Command::Rotate { generation, ack }).await.map_err(|_| StoreError::Closed)?;
-        done.await.map_err(|_| StoreError::Closed)??;
-        inner.live.write().expect("live lock").flushing.clear();
+        // The block is durable: its traces leave memory, and WAL generations no live trace
+        // needs any more are deleted.
+        let keep_from = {
+            let mut live = inner.live.write().expect("live lock");
+            live.flushing.clear();
+            live.oldest_generation_needed()
+        };
+        let current = inner.stats.wal_generation.load(Ordering::Relaxed);
+        delete_generations_before(&inner.wal_dir, keep_from.unwrap_or(current).min(current))?;
         inner.publish_gauges();
         Ok(())
     }
 
-    async fn write_block(&self, data: &[u8], meta: &BlockMeta) -> Result<(), StoreError> {
+    async fn write_block(&self, data: Vec<u8>, meta: &BlockMeta) -> Result<(), StoreError> {
         let objects = self.inner.objects.as_ref();
-        objects.put(&block::data_path(&meta.id), PutPayload::from(data.to_vec())).await?;
+        objects.put(&block::data_path(&meta.id), PutPayload::from(data)).await?;
         let meta_json = serde_json::to_vec_pretty(meta)
             .map_err(|e| StoreError::CorruptBlock { block: meta.id.clone(), reason: e.to_string() })?;
         if let Some(root) = &self.inner.local_blocks {
@@ -570,7 +607,7 @@ impl Store {
             }
             let mut catalog = self.inner.catalog.write().expect("catalog lock");
             catalog.blocks.retain(|b| b.meta.id != block.meta.id);
-            catalog.superseded.retain(|(b, _)| *b != block.meta.id);
+            catalog.superseded.remove(&block.meta.id);
             self.inner.summary_cache.lock().expect("cache lock").remove(&block.meta.id);
             self.inner.stats.blocks_expired.fetch_add(1, Ordering::Relaxed);
         }
@@ -621,57 +658,61 @@ async fn delete_quietly(objects: &dyn ObjectStore, path: &ObjectPath) -> Result<
 
 /// Finds the newest WAL generation with a complete checkpoint, deletes the others, and returns
 /// it with its good length and the document records to replay.
-/// What WAL recovery found: the generation to append to, its good length, and what to replay.
+/// What the WAL holds: the newest generation (appended to next), its good length, and every
+/// document with its generation, oldest first.
 struct Recovered {
-    generation: u64,
+    newest: u64,
     good_len: u64,
-    documents: Vec<(Source, Vec<u8>)>,
+    documents: Vec<(u64, Source, Vec<u8>)>,
 }
 
-fn recover_wal(dir: &Path, stats: &StoreStats) -> Result<Recovered, StoreError> {
+fn read_wal(dir: &Path, stats: &StoreStats) -> Result<Recovered, StoreError> {
     let generations = wal::list_generations(dir)?;
-    let mut chosen = None;
-    for &generation in generations.iter().rev() {
-        let contents = wal::read_file(&dir.join(wal::file_name(generation)))?;
-        if contents.has_checkpoint() {
-            chosen = Some((generation, contents));
-            break;
+    let Some(&newest) = generations.last() else {
+        WalFile::create(dir, 1)?;
+        return Ok(Recovered { newest: 1, good_len: wal::WAL_MAGIC.len() as u64, documents: Vec::new() });
+    };
+    let mut documents = Vec::new();
+    let mut good_len = 0;
+    for generation in generations {
+        let path = dir.join(wal::file_name(generation));
+        let contents = wal::read_file(&path)?;
+        if contents.torn {
+            let size = std::fs::metadata(&path).map_err(StoreError::io(&path))?.len();
+            stats.wal_torn_bytes.fetch_add(size - contents.good_len, Ordering::Relaxed);
+            tracing::warn!(path = %path.display(), cut_bytes = size - contents.good_len, "cutting a torn tail off the write-ahead log");
+        }
+        good_len = contents.good_len.max(wal::WAL_MAGIC.len() as u64);
+        documents.extend(contents.records.into_iter().filter_map(|r| match r {
+            Record::Document { source, bytes } => Some((generation, source, bytes)),
+            Record::Checkpoint => None,
+        }));
+    }
+    Ok(Recovered { newest, good_len, documents })
+}
+
+/// The newest WAL generation that a block holding this trace covers; 0 when none holds it.
+async fn covering_generation(catalog: &Catalog, objects: &dyn ObjectStore, id: TraceId) -> Result<u64, StoreError> {
+    let mut cover = 0;
+    for block in catalog.candidates(id) {
+        if block.meta.wal_generation > cover && block.contains(objects, id).await? {
+            cover = block.meta.wal_generation;
         }
     }
-    let (generation, contents) = match chosen {
-        Some(found) => found,
-        None => {
-            let mut first = Vec::new();
-            wal::encode_checkpoint(&mut first);
-            let generation = generations.last().copied().unwrap_or(0) + 1;
-            WalFile::create(dir, generation, &first)?;
-            (generation, wal::read_file(&dir.join(wal::file_name(generation)))?)
-        }
-    };
-    for other in generations.into_iter().filter(|g| *g != generation) {
-        let path = dir.join(wal::file_name(other));
+    Ok(cover)
+}
+
+fn delete_generations_before(dir: &Path, keep_from: u64) -> Result<(), StoreError> {
+    for generation in wal::list_generations(dir)?.into_iter().filter(|g| *g < keep_from) {
+        let path = dir.join(wal::file_name(generation));
         std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
     }
-    if contents.torn {
-        let path = dir.join(wal::file_name(generation));
-        let size = std::fs::metadata(&path).map_err(StoreError::io(&path))?.len();
-        stats.wal_torn_bytes.fetch_add(size - contents.good_len, Ordering::Relaxed);
-        tracing::warn!(path = %path.display(), cut_bytes = size - contents.good_len, "cutting a torn tail off the write-ahead log");
-    }
-    let documents = contents
-        .records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Document { source, bytes } => Some((source, bytes)),
-            Record::Checkpoint => None,
-        })
-        .collect();
-    Ok(Recovered { generation, good_len: contents.good_len, documents })
+    Ok(())
 }
 
-/// Loads every committed block. Blocks whose WAL generation never completed, and data without a
-/// meta, are left over from an interrupted flush: their documents are still in the WAL.
-async fn load_catalog(objects: &dyn ObjectStore, generation: u64, stats: &StoreStats) -> Result<Catalog, StoreError> {
+/// Loads every committed block. Data without a meta is left over from an interrupted flush
+/// whose documents are still in the WAL: it is deleted.
+async fn load_catalog(objects: &dyn ObjectStore, stats: &StoreStats) -> Result<Catalog, StoreError> {
     let listed: Vec<object_store::ObjectMeta> = objects.list(None).try_collect().await?;
     let mut metas = HashSet::new();
     let mut datas = HashSet::new();
@@ -701,11 +742,6 @@ async fn load_catalog(objects: &dyn ObjectStore, generation: u64, stats: &StoreS
                 continue;
             }
         };
-        if meta.wal_generation > generation {
-            delete_quietly(objects, &block::meta_path(&id)).await?;
-            delete_quietly(objects, &block::data_path(&id)).await?;
-            continue;
-        }
         match BlockHandle::open(objects, meta).await {
             Ok(handle) => catalog.add(Arc::new(handle)),
             Err(e) => {
@@ -717,7 +753,7 @@ async fn load_catalog(objects: &dyn ObjectStore, generation: u64, stats: &StoreS
     Ok(catalog)
 }
 
-fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal: WalFile) {
+fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal: WalFile, mut generation: u64) {
     let mut buffer: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut pending: Vec<Arc<StoredDocument>> = Vec::new();
     let mut acks: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
@@ -733,12 +769,12 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
                     acks.extend(ack);
                 }
                 Command::Sync { ack } => acks.push(ack),
-                Command::Rotate { generation, ack } => {
-                    commit(&inner, &mut wal, &mut buffer, &mut pending, &mut acks);
-                    let _ = ack.send(rotate(&inner, &mut wal, generation));
+                Command::Cut { due, ack } => {
+                    commit(&inner, &mut wal, generation, &mut buffer, &mut pending, &mut acks);
+                    let _ = ack.send(cut(&inner, &mut wal, &mut generation, due));
                 }
                 Command::Shutdown { ack } => {
-                    commit(&inner, &mut wal, &mut buffer, &mut pending, &mut acks);
+                    commit(&inner, &mut wal, generation, &mut buffer, &mut pending, &mut acks);
                     let _ = ack.send(Ok(()));
                     return;
                 }
@@ -747,7 +783,7 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
                 next = commands.try_recv().ok();
             }
         }
-        commit(&inner, &mut wal, &mut buffer, &mut pending, &mut acks);
+        commit(&inner, &mut wal, generation, &mut buffer, &mut pending, &mut acks);
     }
 }
 
@@ -755,6 +791,7 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
 fn commit(
     inner: &Inner,
     wal: &mut WalFile,
+    generation: u64,
     buffer: &mut Vec<u8>,
     pending: &mut Vec<Arc<StoredDocument>>,
     acks: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
@@ -772,7 +809,7 @@ fn commit(
             let catalog = inner.catalog.read().expect("catalog lock");
             let mut live = inner.live.write().expect("live lock");
             for doc in pending.drain(..) {
-                live.apply(doc, now, |id| !catalog.candidates(id).is_empty());
+                live.apply(doc, now, generation, |id| !catalog.candidates(id).is_empty());
             }
             stats.live_traces.store((live.traces.len() + live.flushing.len()) as u64, Ordering::Relaxed);
             stats.live_documents.store(live.documents, Ordering::Relaxed);
@@ -792,23 +829,19 @@ fn commit(
     }
 }
 
-fn rotate(inner: &Inner, wal: &mut WalFile, generation: u64) -> Result<(), StoreError> {
-    let mut carry = Vec::new();
+fn cut(inner: &Inner, wal: &mut WalFile, generation: &mut u64, due: DueRule) -> Result<Option<u64>, StoreError> {
     {
-        let live = inner.live.read().expect("live lock");
-        for doc in live.traces.values().flat_map(|t| &t.docs) {
-            wal::encode_document(doc.source, doc.raw.as_bytes(), &mut carry);
+        let mut live = inner.live.write().expect("live lock");
+        live.take_due(Instant::now(), due.idle, due.max_live, due.max_bytes);
+        if live.flushing.is_empty() {
+            return Ok(None);
         }
     }
-    wal::encode_checkpoint(&mut carry);
-    let next = WalFile::create(&inner.wal_dir, generation, &carry)?;
-    let old = std::mem::replace(wal, next);
-    inner.stats.wal_generation.store(generation, Ordering::Relaxed);
-    inner.stats.wal_bytes.fetch_add(carry.len() as u64, Ordering::Relaxed);
-    for g in wal::list_generations(&inner.wal_dir)?.into_iter().filter(|g| *g < generation) {
-        let path = inner.wal_dir.join(wal::file_name(g));
-        std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
-    }
-    drop(old);
-    Ok(())
+    // Only this thread appends, so every document of the traces just taken is in `covered` or
+    // earlier, and every later document goes to the new generation.
+    let covered = *generation;
+    *wal = WalFile::create(&inner.wal_dir, covered + 1)?;
+    *generation = covered + 1;
+    inner.stats.wal_generation.store(*generation, Ordering::Relaxed);
+    Ok(Some(covered))
 }

@@ -1,11 +1,12 @@
 //! The write-ahead log.
 //!
 //! Files are numbered by generation: `wal/<generation>.wal`. Each starts with a magic header and
-//! holds records framed as `u32 length | u32 crc32(payload) | payload`, little endian. A new
-//! generation begins with a copy of every live trace (the carry-forward) followed by a checkpoint
-//! record; once that checkpoint is on disk, older generations hold nothing that is not in a block
-//! or in the new file, and are deleted. Replay reads the newest generation whose checkpoint is
-//! complete and stops at the first damaged record: a torn tail is cut, never fatal.
+//! holds records framed as `u32 length | u32 crc32(payload) | payload`, little endian. A flush
+//! starts a new generation at the moment it picks its traces, so the block it writes covers every
+//! document of those traces in that generation and before. A generation is deleted once no live
+//! trace has documents in it. Replay reads every remaining generation, skips documents a block
+//! already covers, and stops at the first damaged record of a file: a torn tail is cut, never
+//! fatal.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -48,6 +49,8 @@ impl Source {
 }
 
 const KIND_DOCUMENT: u8 = 1;
+/// Written by the first version-1 writer at the start of a generation; it carries nothing and
+/// is skipped.
 const KIND_CHECKPOINT: u8 = 2;
 
 /// One decoded record.
@@ -69,12 +72,6 @@ pub(crate) fn encode_document(source: Source, doc: &[u8], out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-pub(crate) fn encode_checkpoint(out: &mut Vec<u8>) {
-    out.extend_from_slice(&1u32.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&[KIND_CHECKPOINT]).to_le_bytes());
-    out.push(KIND_CHECKPOINT);
-}
-
 /// What replay found in one file.
 #[derive(Debug, Default)]
 pub(crate) struct FileContents {
@@ -83,12 +80,6 @@ pub(crate) struct FileContents {
     pub good_len: u64,
     /// True when bytes after `good_len` were cut off.
     pub torn: bool,
-}
-
-impl FileContents {
-    pub fn has_checkpoint(&self) -> bool {
-        self.records.iter().any(|r| matches!(r, Record::Checkpoint))
-    }
 }
 
 pub(crate) fn decode(data: &[u8]) -> FileContents {
@@ -158,13 +149,12 @@ pub(crate) struct WalFile {
 }
 
 impl WalFile {
-    /// Creates generation `generation` holding `contents` (carry-forward and checkpoint), durably.
-    pub fn create(dir: &Path, generation: u64, contents: &[u8]) -> Result<Self, StoreError> {
+    /// Creates an empty generation, durably.
+    pub fn create(dir: &Path, generation: u64) -> Result<Self, StoreError> {
         let path = dir.join(file_name(generation));
         let mut file =
             OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(StoreError::io(&path))?;
         file.write_all(WAL_MAGIC).map_err(StoreError::io(&path))?;
-        file.write_all(contents).map_err(StoreError::io(&path))?;
         file.sync_all().map_err(StoreError::io(&path))?;
         sync_dir(dir)?;
         Ok(Self { file, path })
@@ -204,7 +194,11 @@ mod tests {
         for r in records {
             match r {
                 Record::Document { source, bytes } => encode_document(*source, bytes, &mut out),
-                Record::Checkpoint => encode_checkpoint(&mut out),
+                Record::Checkpoint => {
+                    out.extend_from_slice(&1u32.to_le_bytes());
+                    out.extend_from_slice(&crc32fast::hash(&[KIND_CHECKPOINT]).to_le_bytes());
+                    out.push(KIND_CHECKPOINT);
+                }
             }
         }
         out
@@ -222,7 +216,6 @@ mod tests {
         assert_eq!(decoded.records, records);
         assert!(!decoded.torn);
         assert_eq!(decoded.good_len, data.len() as u64);
-        assert!(decoded.has_checkpoint());
     }
 
     #[test]
