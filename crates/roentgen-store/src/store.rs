@@ -57,7 +57,50 @@ struct DueRule {
 const WRITER_QUEUE: usize = 4096;
 /// The writer commits at most this many bytes of records in one group.
 const GROUP_COMMIT_BYTES: usize = 8 << 20;
-const SUMMARY_CACHE_BLOCKS: usize = 512;
+/// Decoded block summaries kept in memory, in summaries (a few hundred bytes each).
+const SUMMARY_CACHE_ENTRIES: usize = 2_000_000;
+
+/// Decoded summaries of recently used blocks; the oldest inserted leave first.
+#[derive(Debug)]
+struct SummaryCache {
+    blocks: HashMap<String, Arc<Vec<Arc<TraceSummary>>>>,
+    order: std::collections::VecDeque<String>,
+    entries: usize,
+    capacity: usize,
+}
+
+impl Default for SummaryCache {
+    fn default() -> Self {
+        Self { blocks: HashMap::new(), order: Default::default(), entries: 0, capacity: SUMMARY_CACHE_ENTRIES }
+    }
+}
+
+impl SummaryCache {
+    fn get(&self, block: &str) -> Option<Arc<Vec<Arc<TraceSummary>>>> {
+        self.blocks.get(block).cloned()
+    }
+
+    fn insert(&mut self, block: &str, summaries: Arc<Vec<Arc<TraceSummary>>>) {
+        self.entries += summaries.len();
+        if let Some(old) = self.blocks.insert(block.to_owned(), summaries) {
+            self.entries -= old.len();
+        } else {
+            self.order.push_back(block.to_owned());
+        }
+        while self.entries > self.capacity && self.order.len() > 1 {
+            if let Some(evicted) = self.order.pop_front().and_then(|b| self.blocks.remove(&b)) {
+                self.entries -= evicted.len();
+            }
+        }
+    }
+
+    fn remove(&mut self, block: &str) {
+        if let Some(old) = self.blocks.remove(block) {
+            self.entries -= old.len();
+            self.order.retain(|b| b != block);
+        }
+    }
+}
 
 /// A page of `GetTraceSummaries` results.
 #[derive(Debug, Default)]
@@ -121,7 +164,7 @@ struct Inner {
     local_blocks: Option<PathBuf>,
     live: RwLock<LiveState>,
     catalog: RwLock<Catalog>,
-    summary_cache: Mutex<HashMap<String, Arc<Vec<Arc<TraceSummary>>>>>,
+    summary_cache: Mutex<SummaryCache>,
     writer: mpsc::Sender<Command>,
     flush_lock: tokio::sync::Mutex<()>,
     stats: Arc<StoreStats>,
@@ -230,7 +273,7 @@ impl Store {
             local_blocks: Some(blocks_dir),
             live: RwLock::new(live),
             catalog: RwLock::new(catalog),
-            summary_cache: Mutex::new(HashMap::new()),
+            summary_cache: Mutex::new(SummaryCache::default()),
             writer,
             flush_lock: tokio::sync::Mutex::new(()),
             stats,
@@ -470,18 +513,16 @@ impl Store {
 
     async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<Vec<Arc<TraceSummary>>>, StoreError> {
         if let Some(hit) = self.inner.summary_cache.lock().expect("cache lock").get(&block.meta.id) {
-            return Ok(hit.clone());
+            return Ok(hit);
         }
         let loaded = block.summaries(self.inner.objects.as_ref()).await?;
         let loaded = Arc::new(loaded.into_iter().map(Arc::new).collect::<Vec<_>>());
-        let mut cache = self.inner.summary_cache.lock().expect("cache lock");
-        if cache.len() >= SUMMARY_CACHE_BLOCKS
-            && let Some(evict) = cache.keys().next().cloned()
-        {
-            cache.remove(&evict);
-        }
-        cache.insert(block.meta.id.clone(), loaded.clone());
+        self.cache_summaries(&block.meta.id, loaded.clone());
         Ok(loaded)
+    }
+
+    fn cache_summaries(&self, block: &str, summaries: Arc<Vec<Arc<TraceSummary>>>) {
+        self.inner.summary_cache.lock().expect("cache lock").insert(block, summaries);
     }
 
     /// Writes the traces that are due (or all live traces) into one new block.
@@ -532,7 +573,7 @@ impl Store {
             level: config.compression_level,
             supersedes,
         };
-        let (data, meta) = tokio::task::spawn_blocking(move || {
+        let (data, meta, summaries) = tokio::task::spawn_blocking(move || {
             let traces: Vec<BlockTrace<'_>> = merged
                 .iter()
                 .map(|(id, docs, revision)| {
@@ -544,7 +585,9 @@ impl Store {
                     }
                 })
                 .collect();
-            block::build(&traces, options)
+            let (data, meta) = block::build(&traces, options)?;
+            let summaries: Vec<Arc<TraceSummary>> = traces.into_iter().map(|t| Arc::new(t.summary)).collect();
+            Ok::<_, StoreError>((data, meta, summaries))
         })
         .await
         .map_err(|e| StoreError::CorruptBlock {
@@ -557,6 +600,8 @@ impl Store {
         let stats = &inner.stats;
         stats.blocks_written.fetch_add(1, Ordering::Relaxed);
         stats.block_documents_written.fetch_add(handle.meta.document_count, Ordering::Relaxed);
+        // The newest blocks are the most queried: keep their summaries rather than decode them again.
+        self.cache_summaries(&handle.meta.id, Arc::new(summaries));
         inner.catalog.write().expect("catalog lock").add(handle);
 
         // The block is durable: its traces leave memory, and WAL generations no live trace
@@ -844,4 +889,37 @@ fn cut(inner: &Inner, wal: &mut WalFile, generation: &mut u64, due: DueRule) -> 
     *generation = covered + 1;
     inner.stats.wal_generation.store(*generation, Ordering::Relaxed);
     Ok(Some(covered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summaries(n: usize) -> Arc<Vec<Arc<TraceSummary>>> {
+        let docs: Vec<&ParsedDocument> = Vec::new();
+        Arc::new((0..n).map(|i| Arc::new(summarize(TraceId::from_parts(1, i as u128), &docs, 1))).collect())
+    }
+
+    #[test]
+    fn summary_cache_evicts_the_oldest_beyond_capacity() {
+        let mut cache = SummaryCache { capacity: 10, ..SummaryCache::default() };
+        cache.insert("a", summaries(4));
+        cache.insert("b", summaries(4));
+        cache.insert("c", summaries(4));
+        assert!(cache.get("a").is_none());
+        assert!(cache.get("b").is_some() && cache.get("c").is_some());
+        assert_eq!(cache.entries, 8);
+        cache.remove("b");
+        assert_eq!((cache.entries, cache.order.len()), (4, 1));
+        cache.insert("huge", summaries(50));
+        assert!(cache.get("huge").is_some(), "the newest block stays even when alone over capacity");
+    }
+
+    #[test]
+    fn sample_fraction_is_uniform_enough() {
+        let kept = (0..10_000u128)
+            .filter(|i| sample_fraction(TraceId::from_parts(1, i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060))) < 0.25)
+            .count();
+        assert!((2_000..3_000).contains(&kept), "{kept}");
+    }
 }
