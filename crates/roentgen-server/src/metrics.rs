@@ -225,60 +225,70 @@ impl Metrics {
             );
         }
 
-        let store_counters: [(&str, &str, &AtomicU64); 13] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 20] = [
             (
                 "roentgen_store_documents_appended_total",
+                "counter",
                 "Documents made durable in the write-ahead log.",
                 &store.documents_appended,
             ),
             (
                 "roentgen_store_documents_replayed_total",
+                "counter",
                 "Documents replayed from the write-ahead log at start.",
                 &store.documents_replayed,
             ),
-            ("roentgen_wal_bytes_total", "Bytes written to the write-ahead log.", &store.wal_bytes),
-            ("roentgen_wal_syncs_total", "Group commits (fsyncs) of the write-ahead log.", &store.wal_syncs),
+            ("roentgen_wal_bytes_total", "counter", "Bytes written to the write-ahead log.", &store.wal_bytes),
+            ("roentgen_wal_syncs_total", "counter", "Group commits (fsyncs) of the write-ahead log.", &store.wal_syncs),
             (
                 "roentgen_wal_torn_bytes_total",
+                "counter",
                 "Bytes cut off a torn write-ahead log tail at start.",
                 &store.wal_torn_bytes,
             ),
             (
                 "roentgen_wal_unreadable_records_total",
+                "counter",
                 "Write-ahead log records that could not be replayed.",
                 &store.wal_unreadable_records,
             ),
-            ("roentgen_blocks_written_total", "Blocks written.", &store.blocks_written),
+            ("roentgen_blocks_written_total", "counter", "Blocks written.", &store.blocks_written),
             (
                 "roentgen_block_documents_written_total",
+                "counter",
                 "Documents written into blocks.",
                 &store.block_documents_written,
             ),
-            ("roentgen_blocks_expired_total", "Blocks deleted by retention.", &store.blocks_expired),
-            ("roentgen_blocks_corrupt_total", "Blocks skipped because they could not be read.", &store.corrupt_blocks),
+            ("roentgen_blocks_expired_total", "counter", "Blocks deleted by retention.", &store.blocks_expired),
+            (
+                "roentgen_blocks_corrupt_total",
+                "counter",
+                "Blocks skipped because they could not be read.",
+                &store.corrupt_blocks,
+            ),
             (
                 "roentgen_trace_revisions_total",
+                "counter",
                 "Traces written again because late segments arrived.",
                 &store.trace_revisions,
             ),
-            ("roentgen_summary_queries_total", "Trace summary scans.", &store.summary_queries),
-            ("roentgen_wal_generation", "Current write-ahead log generation.", &store.wal_generation),
+            ("roentgen_summary_queries_total", "counter", "Trace summary scans.", &store.summary_queries),
+            ("roentgen_wal_generation", "gauge", "Current write-ahead log generation.", &store.wal_generation),
+            ("roentgen_blocks", "gauge", "Blocks stored.", &store.blocks),
+            ("roentgen_block_bytes", "gauge", "Bytes of stored blocks.", &store.block_bytes),
+            ("roentgen_block_documents", "gauge", "Documents in stored blocks.", &store.block_documents),
+            ("roentgen_block_traces", "gauge", "Trace revisions in stored blocks.", &store.block_traces),
+            ("roentgen_live_traces", "gauge", "Traces held in memory, not yet in a block.", &store.live_traces),
+            (
+                "roentgen_live_documents",
+                "gauge",
+                "Documents held in memory, not yet in a block.",
+                &store.live_documents,
+            ),
+            ("roentgen_live_bytes", "gauge", "Bytes of documents held in memory.", &store.live_bytes),
         ];
-        for (name, help, value) in store_counters {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        for (name, kind, help, value) in store_metrics {
             simple(&mut out, name, kind, help, get(value));
-        }
-        let gauges: [(&str, &str, &AtomicU64); 7] = [
-            ("roentgen_blocks", "Blocks stored.", &store.blocks),
-            ("roentgen_block_bytes", "Bytes of stored blocks.", &store.block_bytes),
-            ("roentgen_block_documents", "Documents in stored blocks.", &store.block_documents),
-            ("roentgen_block_traces", "Trace revisions in stored blocks.", &store.block_traces),
-            ("roentgen_live_traces", "Traces held in memory, not yet in a block.", &store.live_traces),
-            ("roentgen_live_documents", "Documents held in memory, not yet in a block.", &store.live_documents),
-            ("roentgen_live_bytes", "Bytes of documents held in memory.", &store.live_bytes),
-        ];
-        for (name, help, value) in gauges {
-            simple(&mut out, name, "gauge", help, get(value));
         }
         out
     }

@@ -12,8 +12,8 @@
 //! bloom       the trace ids' bloom filter, u64 words
 //! ```
 //!
-//! `meta.json` names the section ranges, the time range, the counts, and the WAL generation whose
-//! checkpoint makes the block valid. It is written last: a block without it does not exist.
+//! `meta.json` names the section ranges, the time range, the counts, and the WAL generation the
+//! block covers. It is written last: a block without it does not exist.
 
 use std::ops::Range;
 

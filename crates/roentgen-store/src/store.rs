@@ -701,8 +701,6 @@ async fn delete_quietly(objects: &dyn ObjectStore, path: &ObjectPath) -> Result<
     }
 }
 
-/// Finds the newest WAL generation with a complete checkpoint, deletes the others, and returns
-/// it with its good length and the document records to replay.
 /// What the WAL holds: the newest generation (appended to next), its good length, and every
 /// document with its generation, oldest first.
 struct Recovered {
