@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "e2e"
-BINARY = Path(os.environ.get("ROENTGEN_BIN", ROOT / "target" / "debug" / "roentgen"))
+# Not ROENTGEN_*: roentgen reads every ROENTGEN_* variable as a setting and refuses unknown ones.
+BINARY = Path(os.environ.get("E2E_ROENTGEN_BIN", ROOT / "target" / "debug" / "roentgen"))
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
@@ -35,11 +36,13 @@ class Roentgen:
             stderr=subprocess.PIPE, text=True, env=env,
         )
         self.udp = self.http = None
+        log = []
         deadline = time.time() + 30
         while (self.udp is None or self.http is None) and time.time() < deadline:
             line = self.process.stderr.readline()
+            log.append(line)
             if not line:
-                raise RuntimeError(f"roentgen exited with {self.process.wait()}")
+                raise RuntimeError(f"roentgen exited with {self.process.wait()}: {''.join(log)}")
             found = re.search(r"address=(\S+)", line)
             if found and "udp" in line:
                 self.udp = found.group(1)
