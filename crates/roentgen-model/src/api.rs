@@ -215,6 +215,148 @@ pub struct BackendConnectionErrors {
     pub other_count: Option<u64>,
 }
 
+/// A sampling rule as the API carries it. Every member is optional on input so that a missing
+/// one is reported by name; on output every member is present (the SDKs require `Version`,
+/// `ResourceARN` and `Attributes`).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SamplingRule {
+    pub rule_name: Option<String>,
+    #[serde(rename = "RuleARN")]
+    pub rule_arn: Option<String>,
+    #[serde(rename = "ResourceARN")]
+    pub resource_arn: Option<String>,
+    pub priority: Option<i64>,
+    pub fixed_rate: Option<f64>,
+    pub reservoir_size: Option<i64>,
+    pub service_name: Option<String>,
+    pub service_type: Option<String>,
+    pub host: Option<String>,
+    #[serde(rename = "HTTPMethod")]
+    pub http_method: Option<String>,
+    #[serde(rename = "URLPath")]
+    pub url_path: Option<String>,
+    pub version: Option<i64>,
+    pub attributes: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SamplingRuleRecord {
+    pub sampling_rule: SamplingRule,
+    pub created_at: f64,
+    pub modified_at: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateSamplingRuleRequest {
+    pub sampling_rule: Option<SamplingRule>,
+    pub tags: Option<Vec<Tag>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Tag {
+    pub key: Option<String>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateSamplingRuleRequest {
+    pub sampling_rule_update: Option<SamplingRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeleteSamplingRuleRequest {
+    pub rule_name: Option<String>,
+    #[serde(rename = "RuleARN")]
+    pub rule_arn: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SamplingRuleRecordResponse {
+    pub sampling_rule_record: SamplingRuleRecord,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetSamplingRulesResponse {
+    pub sampling_rule_records: Vec<SamplingRuleRecord>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetSamplingTargetsRequest {
+    pub sampling_statistics_documents: Option<Vec<SamplingStatisticsDocument>>,
+    pub sampling_boost_statistics_documents: Option<Vec<SamplingBoostStatisticsDocument>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SamplingStatisticsDocument {
+    pub rule_name: Option<String>,
+    #[serde(rename = "ClientID")]
+    pub client_id: Option<String>,
+    pub timestamp: Option<f64>,
+    pub request_count: Option<i64>,
+    pub sampled_count: Option<i64>,
+    pub borrow_count: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SamplingBoostStatisticsDocument {
+    pub rule_name: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetSamplingTargetsResponse {
+    pub sampling_target_documents: Vec<SamplingTargetDocument>,
+    pub last_rule_modification: f64,
+    pub unprocessed_statistics: Vec<UnprocessedStatistics>,
+    pub unprocessed_boost_statistics: Vec<UnprocessedStatistics>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SamplingTargetDocument {
+    pub rule_name: String,
+    pub fixed_rate: f64,
+    pub reservoir_quota: u64,
+    #[serde(rename = "ReservoirQuotaTTL")]
+    pub reservoir_quota_ttl: f64,
+    pub interval: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UnprocessedStatistics {
+    pub rule_name: Option<String>,
+    pub error_code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetSamplingStatisticSummariesResponse {
+    pub sampling_statistic_summaries: Vec<SamplingStatisticSummary>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SamplingStatisticSummary {
+    pub rule_name: String,
+    pub timestamp: f64,
+    pub request_count: u64,
+    pub borrow_count: u64,
+    pub sampled_count: u64,
+}
+
 /// The body of every error response; botocore reads `message`.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody<'a> {
@@ -239,6 +381,23 @@ mod tests {
         assert!(json.get("ResponseTime").is_none());
         let value = serde_json::to_value(AnnotationValue::StringValue("a".into())).unwrap();
         assert_eq!(value, serde_json::json!({"StringValue": "a"}));
+    }
+
+    #[test]
+    fn sampling_rule_member_names() {
+        let rule =
+            SamplingRule { rule_arn: Some("a".into()), http_method: Some("GET".into()), ..SamplingRule::default() };
+        let json = serde_json::to_value(&rule).unwrap();
+        assert_eq!(json["RuleARN"], "a");
+        assert_eq!(json["HTTPMethod"], "GET");
+        let target = SamplingTargetDocument {
+            rule_name: "r".into(),
+            fixed_rate: 0.1,
+            reservoir_quota: 1,
+            reservoir_quota_ttl: 2.0,
+            interval: 10,
+        };
+        assert_eq!(serde_json::to_value(&target).unwrap()["ReservoirQuotaTTL"], 2.0);
     }
 
     #[test]

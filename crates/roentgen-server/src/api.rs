@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
+use crate::sampling::Sampling;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -28,19 +29,18 @@ pub struct AppState {
     pub config: Config,
     pub store: Store,
     pub metrics: Metrics,
+    pub sampling: Sampling,
 }
 
 type Shared = State<Arc<AppState>>;
 
 /// The operations of the X-Ray API model that this version does not serve yet, with their paths.
 /// Each answers with an `InvalidRequestException` that says so, until its issue lands.
-const PENDING_OPERATIONS: [(&str, &str); 34] = [
+const PENDING_OPERATIONS: [(&str, &str); 28] = [
     ("CancelTraceRetrieval", "/CancelTraceRetrieval"),
     ("CreateGroup", "/CreateGroup"),
-    ("CreateSamplingRule", "/CreateSamplingRule"),
     ("DeleteGroup", "/DeleteGroup"),
     ("DeleteResourcePolicy", "/DeleteResourcePolicy"),
-    ("DeleteSamplingRule", "/DeleteSamplingRule"),
     ("GetEncryptionConfig", "/EncryptionConfig"),
     ("GetGroup", "/GetGroup"),
     ("GetGroups", "/Groups"),
@@ -50,9 +50,6 @@ const PENDING_OPERATIONS: [(&str, &str); 34] = [
     ("GetInsightImpactGraph", "/InsightImpactGraph"),
     ("GetInsightSummaries", "/InsightSummaries"),
     ("GetRetrievedTracesGraph", "/GetRetrievedTracesGraph"),
-    ("GetSamplingRules", "/GetSamplingRules"),
-    ("GetSamplingStatisticSummaries", "/SamplingStatisticSummaries"),
-    ("GetSamplingTargets", "/SamplingTargets"),
     ("GetServiceGraph", "/ServiceGraph"),
     ("GetTimeSeriesServiceStatistics", "/TimeSeriesServiceStatistics"),
     ("GetTraceGraph", "/TraceGraph"),
@@ -67,7 +64,6 @@ const PENDING_OPERATIONS: [(&str, &str); 34] = [
     ("UntagResource", "/UntagResource"),
     ("UpdateGroup", "/UpdateGroup"),
     ("UpdateIndexingRule", "/UpdateIndexingRule"),
-    ("UpdateSamplingRule", "/UpdateSamplingRule"),
     ("UpdateTraceSegmentDestination", "/UpdateTraceSegmentDestination"),
 ];
 
@@ -78,6 +74,12 @@ fn operation_name(path: &str) -> Option<&'static str> {
         "/Traces" => Some("BatchGetTraces"),
         "/TraceSummaries" => Some("GetTraceSummaries"),
         "/TelemetryRecords" => Some("PutTelemetryRecords"),
+        "/CreateSamplingRule" => Some("CreateSamplingRule"),
+        "/UpdateSamplingRule" => Some("UpdateSamplingRule"),
+        "/DeleteSamplingRule" => Some("DeleteSamplingRule"),
+        "/GetSamplingRules" => Some("GetSamplingRules"),
+        "/SamplingTargets" => Some("GetSamplingTargets"),
+        "/SamplingStatisticSummaries" => Some("GetSamplingStatisticSummaries"),
         _ => PENDING_OPERATIONS.iter().find(|(_, p)| *p == path).map(|(name, _)| *name),
     }
 }
@@ -88,6 +90,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/Traces", post(batch_get_traces))
         .route("/TraceSummaries", post(get_trace_summaries))
         .route("/TelemetryRecords", post(put_telemetry_records))
+        .route("/CreateSamplingRule", post(create_sampling_rule))
+        .route("/UpdateSamplingRule", post(update_sampling_rule))
+        .route("/DeleteSamplingRule", post(delete_sampling_rule))
+        .route("/GetSamplingRules", post(get_sampling_rules))
+        .route("/SamplingTargets", post(get_sampling_targets))
+        .route("/SamplingStatisticSummaries", post(get_sampling_statistic_summaries))
         .route("/metrics", get(metrics));
     for (name, path) in PENDING_OPERATIONS {
         router = router.route(
@@ -340,8 +348,40 @@ async fn put_telemetry_records(State(state): Shared, request: Request) -> Result
     Ok(json(&serde_json::json!({})))
 }
 
+async fn create_sampling_rule(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&state.sampling.create(req)?))
+}
+
+async fn update_sampling_rule(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&state.sampling.update(req)?))
+}
+
+async fn delete_sampling_rule(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&state.sampling.delete(req)?))
+}
+
+async fn get_sampling_rules(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    // The body holds only NextToken, which is never needed: every rule is in the first page.
+    read_json::<serde::de::IgnoredAny>(&state, request.into_body()).await?;
+    Ok(json(&state.sampling.rules()))
+}
+
+async fn get_sampling_targets(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&state.sampling.targets(req)?))
+}
+
+async fn get_sampling_statistic_summaries(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    read_json::<serde::de::IgnoredAny>(&state, request.into_body()).await?;
+    Ok(json(&state.sampling.statistic_summaries()))
+}
+
 async fn metrics(State(state): Shared) -> Response {
-    let body = state.metrics.render(&state.store.stats());
+    let mut body = state.metrics.render(&state.store.stats());
+    state.sampling.render_metrics(&mut body);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -351,7 +391,18 @@ mod tests {
 
     #[test]
     fn every_operation_of_the_model_has_a_route() {
-        let served = ["/TraceSegments", "/Traces", "/TraceSummaries", "/TelemetryRecords"];
+        let served = [
+            "/TraceSegments",
+            "/Traces",
+            "/TraceSummaries",
+            "/TelemetryRecords",
+            "/CreateSamplingRule",
+            "/UpdateSamplingRule",
+            "/DeleteSamplingRule",
+            "/GetSamplingRules",
+            "/SamplingTargets",
+            "/SamplingStatisticSummaries",
+        ];
         let mut paths: Vec<&str> = PENDING_OPERATIONS.iter().map(|(_, p)| *p).chain(served).collect();
         paths.sort_unstable();
         paths.dedup();

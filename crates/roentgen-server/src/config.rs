@@ -31,7 +31,11 @@ pub struct Config {
     pub otlp_http_address: String,
     /// Allow listening on a non-loopback address although requests are not authenticated.
     pub allow_insecure_remote: bool,
+    /// Region and account that appear in ARNs (sampling rules, groups).
+    pub region: String,
+    pub account_id: String,
     pub ingest: IngestConfig,
+    pub sampling: SamplingConfig,
     pub query: QueryConfig,
     pub store: StoreConfig,
 }
@@ -47,7 +51,10 @@ impl Default for Config {
             otlp_grpc_address: "127.0.0.1:4317".into(),
             otlp_http_address: "127.0.0.1:4318".into(),
             allow_insecure_remote: false,
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
             ingest: IngestConfig::default(),
+            sampling: SamplingConfig::default(),
             query: QueryConfig::default(),
             store: StoreConfig::default(),
         }
@@ -87,6 +94,24 @@ pub struct QueryConfig {
 impl Default for QueryConfig {
     fn default() -> Self {
         Self { summaries_page_size: 100, traces_page_size: 10, default_sampling_rate: 0.25 }
+    }
+}
+
+/// Central sampling: how many rules, and how quotas are handed out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// Custom rules allowed besides `Default` (X-Ray's quota is 25).
+    pub max_rules: usize,
+    /// Seconds between a client's reports, returned as `Interval`.
+    pub report_interval_seconds: f64,
+    /// Seconds a reservoir quota stays valid, returned as `ReservoirQuotaTTL`.
+    pub quota_ttl_seconds: f64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self { max_rules: 25, report_interval_seconds: 10.0, quota_ttl_seconds: 30.0 }
     }
 }
 
@@ -140,6 +165,12 @@ impl Config {
         }
         if self.query.summaries_page_size == 0 || self.query.traces_page_size == 0 {
             return Err(ConfigError::Invalid("query page sizes must be positive".into()));
+        }
+        let s = &self.sampling;
+        if !(s.report_interval_seconds >= 1.0 && s.quota_ttl_seconds >= s.report_interval_seconds) {
+            return Err(ConfigError::Invalid(
+                "sampling.report_interval_seconds must be at least 1 and quota_ttl_seconds at least that".into(),
+            ));
         }
         Ok(self)
     }

@@ -13,6 +13,8 @@ pub enum ErrorKind {
     Serialization,
     /// The body is over the configured size limit.
     PayloadTooLarge,
+    /// The sampling rule limit is reached.
+    RuleLimitExceeded,
     /// No operation at this path and method.
     UnknownOperation,
     /// Something failed inside roentgen; the client may retry.
@@ -26,6 +28,7 @@ impl ErrorKind {
             Self::InvalidRequest => ("InvalidRequestException", StatusCode::BAD_REQUEST),
             Self::Serialization => ("SerializationException", StatusCode::BAD_REQUEST),
             Self::PayloadTooLarge => ("RequestEntityTooLargeException", StatusCode::PAYLOAD_TOO_LARGE),
+            Self::RuleLimitExceeded => ("RuleLimitExceededException", StatusCode::BAD_REQUEST),
             Self::UnknownOperation => ("UnknownOperationException", StatusCode::NOT_FOUND),
             Self::Internal => ("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR),
         }

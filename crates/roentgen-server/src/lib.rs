@@ -6,9 +6,10 @@ mod config;
 mod convert;
 mod error;
 mod metrics;
+mod sampling;
 mod server;
 mod udp;
 
-pub use config::{Config, ConfigError, IngestConfig, QueryConfig};
+pub use config::{Config, ConfigError, IngestConfig, QueryConfig, SamplingConfig};
 pub use error::{ApiError, ErrorKind};
 pub use server::{RunningServer, StartError};

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::sampling::Sampling;
 use crate::udp;
 
 /// Why the server could not start.
@@ -28,6 +29,8 @@ pub enum StartError {
     Bind { setting: &'static str, address: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot load the sampling rules: {0}")]
+    Sampling(#[from] roentgen_sampling::RuleError),
 }
 
 /// A running server and the addresses it actually bound (useful with port 0).
@@ -61,6 +64,13 @@ impl RunningServer {
         resolve("otlp_http_address", &config.otlp_http_address, remote)?;
 
         let store = Store::open(config.store.clone()).await?;
+        let sampling = match Sampling::open(&config) {
+            Ok(sampling) => sampling,
+            Err(e) => {
+                let _ = store.close().await;
+                return Err(e.into());
+            }
+        };
         let bound = async {
             let socket = udp::bind(udp_address).map_err(|source| StartError::Bind {
                 setting: "udp_address",
@@ -91,7 +101,7 @@ impl RunningServer {
             "otlp addresses reserved; otlp ingest is not served by this version"
         );
 
-        let state = Arc::new(AppState { config, store, metrics: Metrics::default() });
+        let state = Arc::new(AppState { config, store, metrics: Metrics::default(), sampling });
         let (stop, stopped) = watch::channel(false);
         let udp_task = {
             let state = state.clone();

@@ -33,8 +33,14 @@ fn config(dir: &std::path::Path) -> Config {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = RunningServer::start(config(dir.path())).await.unwrap();
+        let mut config = config(dir.path());
+        change(&mut config);
+        let server = RunningServer::start(config).await.unwrap();
         let base = format!("http://{}", server.http_address);
         Self { server: Some(server), client: reqwest::Client::new(), base, _dir: dir }
     }
@@ -365,4 +371,135 @@ async fn non_loopback_addresses_need_consent() {
     config.http_address = "0.0.0.0:0".into();
     let err = RunningServer::start(config).await.unwrap_err().to_string();
     assert!(err.contains("allow_insecure_remote"), "{err}");
+}
+
+fn rule(name: &str, priority: u32, reservoir: u32) -> Value {
+    json!({"RuleName": name, "ResourceARN": "*", "Priority": priority, "FixedRate": 0.25, "ReservoirSize": reservoir,
+           "ServiceName": "checkout", "ServiceType": "*", "Host": "*", "HTTPMethod": "*", "URLPath": "/api/*", "Version": 1})
+}
+
+#[tokio::test]
+async fn sampling_rules_crud_and_validation() {
+    let h = Harness::start_with(|c| c.sampling.max_rules = 2).await;
+    let (status, body) = h.post("/GetSamplingRules", json!({"NextToken": null})).await;
+    assert_eq!(status, 200);
+    let default = &body["SamplingRuleRecords"][0]["SamplingRule"];
+    assert_eq!(default["RuleName"], "Default");
+    assert_eq!(default["Priority"], 10000);
+    assert_eq!(default["ReservoirSize"], 1);
+    assert_eq!(default["FixedRate"], 0.05);
+    assert_eq!(default["Attributes"], json!({}));
+    assert_eq!(default["RuleARN"], "arn:aws:xray:us-east-1:000000000000:sampling-rule/Default");
+    assert!(body.get("NextToken").is_none());
+
+    let (status, body) = h.post("/CreateSamplingRule", json!({"SamplingRule": rule("checkout", 10, 5)})).await;
+    assert_eq!(status, 200, "{body}");
+    let record = &body["SamplingRuleRecord"];
+    assert_eq!(record["SamplingRule"]["URLPath"], "/api/*");
+    assert!(record["CreatedAt"].as_f64().unwrap() > 1e9);
+
+    let (_, code, message) =
+        h.error("/CreateSamplingRule", json!({"SamplingRule": rule("checkout", 10, 5)}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    assert!(message.contains("already exists"), "{message}");
+    let (_, code, message) =
+        h.error("/CreateSamplingRule", json!({"SamplingRule": rule("bad", 0, 5)}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    assert!(message.contains("Priority"), "{message}");
+    let mut missing = rule("partial", 5, 1);
+    missing.as_object_mut().unwrap().remove("URLPath");
+    let (_, _, message) = h.error("/CreateSamplingRule", json!({"SamplingRule": missing}).to_string()).await;
+    assert!(message.contains("URLPath"), "{message}");
+    h.post("/CreateSamplingRule", json!({"SamplingRule": rule("second", 20, 1)})).await;
+    let (status, code, _) =
+        h.error("/CreateSamplingRule", json!({"SamplingRule": rule("third", 30, 1)}).to_string()).await;
+    assert_eq!((status, code.as_str()), (400, "RuleLimitExceededException"));
+
+    let (status, body) =
+        h.post("/UpdateSamplingRule", json!({"SamplingRuleUpdate": {"RuleName": "checkout", "FixedRate": 1.0}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["SamplingRuleRecord"]["SamplingRule"]["FixedRate"], 1.0);
+    let (_, code, _) = h
+        .error("/UpdateSamplingRule", json!({"SamplingRuleUpdate": {"RuleName": "Default", "Host": "x"}}).to_string())
+        .await;
+    assert_eq!(code, "InvalidRequestException");
+    let (status, _) =
+        h.post("/UpdateSamplingRule", json!({"SamplingRuleUpdate": {"RuleName": "Default", "ReservoirSize": 0}})).await;
+    assert_eq!(status, 200);
+
+    let arn = "arn:aws:xray:us-east-1:000000000000:sampling-rule/second";
+    let (status, body) = h.post("/DeleteSamplingRule", json!({"RuleARN": arn})).await;
+    assert_eq!((status, body["SamplingRuleRecord"]["SamplingRule"]["RuleName"].clone()), (200, json!("second")));
+    let (_, code, _) = h.error("/DeleteSamplingRule", json!({"RuleName": "Default"}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    let (_, code, _) = h.error("/DeleteSamplingRule", json!({"RuleName": "a", "RuleARN": arn}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+
+    let (_, body) = h.post("/GetSamplingRules", json!({})).await;
+    let names: Vec<&str> = body["SamplingRuleRecords"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["SamplingRule"]["RuleName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["checkout", "Default"]);
+}
+
+#[tokio::test]
+async fn sampling_targets_divide_the_reservoir() {
+    let h = Harness::start().await;
+    h.post("/CreateSamplingRule", json!({"SamplingRule": rule("checkout", 10, 10)})).await;
+    let (_, rules) = h.post("/GetSamplingRules", json!({})).await;
+    let modified = rules["SamplingRuleRecords"][0]["ModifiedAt"].as_f64().unwrap();
+    let report = |client: &str, timestamp: f64, requests: u32| json!({"RuleName": "checkout", "ClientID": client, "Timestamp": timestamp, "RequestCount": requests, "SampledCount": 3, "BorrowCount": 1});
+    let mut quotas = 0;
+    for (client, timestamp) in [("a".repeat(24), now()), ("b".repeat(24), now() * 1000.0)] {
+        let (status, body) = h
+            .post(
+                "/SamplingTargets",
+                json!({"SamplingStatisticsDocuments": [report(&client, timestamp, 500), {"RuleName": "gone",
+                "ClientID": client, "Timestamp": now(), "RequestCount": 1, "SampledCount": 1}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let target = &body["SamplingTargetDocuments"][0];
+        assert_eq!(target["RuleName"], "checkout");
+        assert_eq!(target["FixedRate"], 0.25);
+        assert_eq!(target["Interval"], 10);
+        assert!(target["ReservoirQuotaTTL"].as_f64().unwrap() > now());
+        quotas += target["ReservoirQuota"].as_u64().unwrap();
+        assert_eq!(body["UnprocessedStatistics"][0]["RuleName"], "gone");
+        assert_eq!(body["UnprocessedStatistics"][0]["ErrorCode"], "400");
+        assert!(body["LastRuleModification"].as_f64().unwrap() >= modified);
+    }
+    assert!(quotas > 0 && quotas <= 10, "quotas add up to at most the reservoir: {quotas}");
+
+    let (_, body) = h.post("/SamplingStatisticSummaries", json!({})).await;
+    let summary =
+        body["SamplingStatisticSummaries"].as_array().unwrap().iter().find(|s| s["RuleName"] == "checkout").unwrap();
+    assert_eq!(
+        (summary["RequestCount"].clone(), summary["SampledCount"].clone(), summary["BorrowCount"].clone()),
+        (json!(1000), json!(6), json!(2))
+    );
+    assert_eq!(h.metric("roentgen_sampling_requests_total{rule=\"checkout\"}").await, 1000.0);
+    assert_eq!(h.metric("roentgen_sampling_rule_reservoir_size{rule=\"checkout\"}").await, 10.0);
+
+    let (_, code, _) = h.error("/SamplingTargets", json!({}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    let (_, body) =
+        h.post("/SamplingTargets", json!({"SamplingStatisticsDocuments": [report("short", now(), 1)]})).await;
+    assert!(body["UnprocessedStatistics"][0]["Message"].as_str().unwrap().contains("ClientID"));
+}
+
+#[tokio::test]
+async fn sampling_rules_survive_a_restart() {
+    let mut h = Harness::start().await;
+    h.post("/CreateSamplingRule", json!({"SamplingRule": rule("kept", 10, 3)})).await;
+    let dir = h._dir.path().to_path_buf();
+    h.server.take().unwrap().shutdown().await.unwrap();
+    let server = RunningServer::start(config(&dir)).await.unwrap();
+    h.base = format!("http://{}", server.http_address);
+    let (_, body) = h.post("/GetSamplingRules", json!({})).await;
+    assert_eq!(body["SamplingRuleRecords"][0]["SamplingRule"]["RuleName"], "kept");
+    server.shutdown().await.unwrap();
 }
