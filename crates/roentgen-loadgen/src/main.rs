@@ -47,6 +47,22 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         spread_seconds: u64,
     },
+    /// Measure GetSamplingTargets: many SDK clients reporting on many rules.
+    Sampling {
+        #[arg(long, default_value = "127.0.0.1:2000")]
+        address: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 25)]
+        rules: usize,
+        /// Rules each call reports on (an SDK reports the rules it used since its last call).
+        #[arg(long, default_value_t = 5)]
+        rules_per_call: usize,
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
     /// Measure read latency against what `ingest` wrote.
     Query {
         #[arg(long, default_value = "127.0.0.1:2000")]
@@ -90,6 +106,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "seconds": report.elapsed.as_secs_f64(),
                 "segments_per_second": report.sent as f64 / report.elapsed.as_secs_f64(),
             }));
+        }
+        Command::Sampling { address, clients, rules, rules_per_call, calls, concurrency } => {
+            runtime.block_on(sampling(&address, clients, rules, rules_per_call, calls, concurrency))?;
         }
         Command::Query { address, trace_ids, requests } => {
             let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
@@ -372,6 +391,77 @@ async fn query(address: &str, ids: &[String], requests: usize) -> anyhow::Result
         "operation": "GetTraceSummaries (one-minute window, first page of 100)",
         "latency": percentiles(summaries),
         "summaries_returned": found,
+    }));
+    Ok(())
+}
+
+async fn sampling(
+    address: &str,
+    clients: usize,
+    rules: usize,
+    rules_per_call: usize,
+    calls: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    for r in 0..rules {
+        let rule = json!({"SamplingRule": {"RuleName": format!("bench-{r:02}"), "ResourceARN": "*", "Priority": r + 1,
+            "FixedRate": 0.05, "ReservoirSize": 100, "ServiceName": format!("service-{r:02}"), "ServiceType": "*",
+            "Host": "*", "HTTPMethod": "*", "URLPath": "*", "Version": 1}});
+        let response =
+            client.post(format!("http://{address}/CreateSamplingRule")).body(rule.to_string()).send().await?;
+        if !response.status().is_success() {
+            let (status, text) = (response.status(), response.text().await?);
+            // A rerun against the same server finds its rules already there.
+            if !text.contains("already exists") {
+                bail!("CreateSamplingRule answered {status}: {text}");
+            }
+        }
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, url) = (client.clone(), next.clone(), format!("http://{address}/SamplingTargets"));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= calls as u64 {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let client_id = format!("{:024x}", mix(n % clients as u64) & ((1 << 96) - 1));
+                let documents: Vec<Value> = (0..rules_per_call)
+                    .map(|k| {
+                        let rule = (mix(n.wrapping_mul(31) + k as u64) % rules as u64) as usize;
+                        json!({"RuleName": format!("bench-{rule:02}"), "ClientID": client_id, "Timestamp": now(),
+                               "RequestCount": 100 + mix(n + k as u64) % 900, "SampledCount": 10, "BorrowCount": 0})
+                    })
+                    .collect();
+                let body = json!({ "SamplingStatisticsDocuments": documents }).to_string();
+                let sent = Instant::now();
+                let answer: Value = client.post(&url).body(body).send().await?.json().await?;
+                latencies.push(sent.elapsed().as_secs_f64());
+                if answer["SamplingTargetDocuments"].as_array().is_none_or(Vec::is_empty) {
+                    bail!("GetSamplingTargets answered no targets: {answer}");
+                }
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(calls);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    emit(json!({
+        "operation": "GetSamplingTargets",
+        "clients": clients,
+        "rules": rules,
+        "rules_per_call": rules_per_call,
+        "calls": latencies.len(),
+        "seconds": seconds,
+        "calls_per_second": latencies.len() as f64 / seconds,
+        "latency": percentiles(latencies),
     }));
     Ok(())
 }

@@ -64,11 +64,29 @@ struct Client {
     quota_expires: f64,
 }
 
+/// The clients of one rule and their last computed fair shares.
+#[derive(Debug)]
+struct RuleClients {
+    clients: BTreeMap<String, Client>,
+    shares: HashMap<String, u64>,
+    shares_at: f64,
+}
+
+impl Default for RuleClients {
+    fn default() -> Self {
+        Self { clients: BTreeMap::new(), shares: HashMap::new(), shares_at: f64::NEG_INFINITY }
+    }
+}
+
+/// Fair shares are recomputed at most this often (seconds), and whenever a new client appears:
+/// demands move slowly, and recomputing for every report costs O(clients) each time.
+const SHARES_REFRESH: f64 = 1.0;
+
 /// Quota and statistics state for every rule.
 #[derive(Debug, Default)]
 pub struct Allocator {
     settings: QuotaSettings,
-    clients: HashMap<String, BTreeMap<String, Client>>,
+    rules: HashMap<String, RuleClients>,
     windows: BTreeMap<(String, i64), WindowCounts>,
 }
 
@@ -100,10 +118,11 @@ impl Allocator {
         let oldest = ((now - settings.statistics_retention) / STATISTICS_WINDOW).floor() as i64;
         self.windows.retain(|(_, w), _| *w >= oldest);
 
-        let clients = self.clients.entry(rule.name.clone()).or_default();
-        clients.retain(|_, c| c.last_report >= now - settings.active_window || c.quota_expires > now);
-        let elapsed = clients.get(&report.client_id).map_or(settings.interval, |c| (now - c.last_report).max(1.0));
-        let client = clients.entry(report.client_id.clone()).or_insert(Client {
+        let state = self.rules.entry(rule.name.clone()).or_default();
+        let known = state.clients.contains_key(&report.client_id);
+        let elapsed =
+            state.clients.get(&report.client_id).map_or(settings.interval, |c| (now - c.last_report).max(1.0));
+        let client = state.clients.entry(report.client_id.clone()).or_insert(Client {
             last_report: now,
             demand: 0.0,
             quota: 0,
@@ -113,15 +132,17 @@ impl Allocator {
         client.demand = report.requests as f64 / elapsed;
 
         let budget = rule.reservoir_size;
-        let shares = fair_shares(clients, budget, now, settings);
-        let outstanding: u64 = clients
-            .iter()
-            .filter(|(id, c)| **id != report.client_id && c.quota_expires > now)
-            .map(|(_, c)| c.quota)
-            .sum();
-        let share = shares.get(&report.client_id).copied().unwrap_or(0);
+        if !known || now - state.shares_at >= SHARES_REFRESH {
+            state.clients.retain(|_, c| c.last_report >= now - settings.active_window || c.quota_expires > now);
+            state.shares = fair_shares(&state.clients, budget, now, settings);
+            state.shares_at = now;
+        }
+        let valid = |c: &Client| if c.quota_expires > now { c.quota } else { 0 };
+        let all: u64 = state.clients.values().map(valid).sum();
+        let client = state.clients.get_mut(&report.client_id).expect("inserted above");
+        let outstanding = all - valid(client);
+        let share = state.shares.get(&report.client_id).copied().unwrap_or(0);
         let quota = share.min(budget.saturating_sub(outstanding));
-        let client = clients.get_mut(&report.client_id).expect("inserted above");
         client.quota = quota;
         client.quota_expires = now + settings.ttl;
         Target {
@@ -134,7 +155,7 @@ impl Allocator {
 
     /// Forgets a deleted rule's clients and statistics.
     pub fn forget(&mut self, rule: &str) {
-        self.clients.remove(rule);
+        self.rules.remove(rule);
         self.windows.retain(|(name, _), _| name != rule);
     }
 
@@ -162,10 +183,15 @@ impl Allocator {
 
     /// The quotas currently valid for a rule's clients, for tests and metrics.
     pub fn valid_quotas(&self, rule: &str, now: f64) -> BTreeMap<String, u64> {
-        self.clients
+        self.rules
             .get(rule)
-            .map(|clients| {
-                clients.iter().filter(|(_, c)| c.quota_expires > now).map(|(id, c)| (id.clone(), c.quota)).collect()
+            .map(|state| {
+                state
+                    .clients
+                    .iter()
+                    .filter(|(_, c)| c.quota_expires > now)
+                    .map(|(id, c)| (id.clone(), c.quota))
+                    .collect()
             })
             .unwrap_or_default()
     }
