@@ -121,28 +121,15 @@ impl Metrics {
     pub fn render(&self, store: &StoreStats) -> String {
         let mut out = String::with_capacity(8192);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        header(&mut out, "roentgen_segments_received_total", "counter", "Segment documents received, by source.");
-        for s in SOURCES {
-            let _ = writeln!(
-                out,
-                "roentgen_segments_received_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                get(&self.received[source_index(s)])
-            );
-        }
-        header(
-            &mut out,
-            "roentgen_segments_accepted_total",
-            "counter",
-            "Segment documents accepted and stored, by source.",
-        );
-        for s in SOURCES {
-            let _ = writeln!(
-                out,
-                "roentgen_segments_accepted_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                get(&self.accepted[source_index(s)])
-            );
+        let by_source: [(&str, &str, &[AtomicU64; 3]); 2] = [
+            ("roentgen_segments_received_total", "Segment documents received, by source.", &self.received),
+            ("roentgen_segments_accepted_total", "Segment documents accepted and stored, by source.", &self.accepted),
+        ];
+        for (name, help, counters) in by_source {
+            header(&mut out, name, "counter", help);
+            for s in SOURCES {
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", s.as_str(), get(&counters[source_index(s)]));
+            }
         }
         header(
             &mut out,
