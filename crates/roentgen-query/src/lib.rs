@@ -8,5 +8,6 @@ mod summary;
 
 pub use inferred::inferred_service;
 pub use summary::{
-    AnnotationSummary, MAX_INDEXED_ANNOTATIONS, ServiceKey, TimeRangeType, TraceSummary, UserSummary, summarize,
+    AnnotationSummary, EdgeFact, MAX_INDEXED_ANNOTATIONS, NodeFact, ServiceKey, TimeRangeType, TraceFacts,
+    TraceSummary, UserSummary, summarize,
 };

@@ -70,6 +70,48 @@ pub struct TraceSummary {
     /// End times of the top-level segments, for `TimeRangeType: Service`.
     pub segment_end_times: Vec<f64>,
     pub document_count: u32,
+    /// Per-segment and per-call facts for `service()` and `edge()` filters. Blocks store them in
+    /// a section of their own (format version 2), so the summary encoding stays as version 1.
+    #[serde(skip)]
+    pub facts: TraceFacts,
+}
+
+/// A segment of one service, or the inferred segment of an uninstrumented call: what
+/// `service(...) { ... }` filters test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeFact {
+    /// Index into [`TraceSummary::services`].
+    pub service: u32,
+    pub root: bool,
+    pub inferred: bool,
+    pub error: bool,
+    pub fault: bool,
+    pub throttle: bool,
+    pub response_time: Option<f64>,
+    pub http_status: Option<u16>,
+}
+
+/// A call from one service to another, as the caller's subsegment recorded it: what
+/// `edge(...) { ... }` filters test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeFact {
+    pub from: u32,
+    pub to: u32,
+    pub error: bool,
+    pub fault: bool,
+    pub throttle: bool,
+    pub response_time: Option<f64>,
+    pub http_status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceFacts {
+    pub nodes: Vec<NodeFact>,
+    pub edges: Vec<EdgeFact>,
+}
+
+fn duration_of(e: &Entity) -> Option<f64> {
+    e.end_time.map(|end| (end - e.start_time).max(0.0))
 }
 
 impl TraceSummary {
@@ -133,8 +175,12 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut services = Services::default();
     // Which service each entity id belongs to: a segment's subsegments belong to its service.
     let mut owner: HashMap<SegmentId, u32> = HashMap::new();
+    let mut entities: HashMap<SegmentId, &Entity> = HashMap::new();
     let mut doc_owner: Vec<Option<u32>> = vec![None; docs.len()];
     for (i, doc) in docs.iter().enumerate() {
+        doc.entity.walk(&mut |e| {
+            entities.insert(e.id, e);
+        });
         if doc.kind == DocumentKind::Segment {
             let service = services.index(ServiceKey::of_segment(&doc.entity));
             doc_owner[i] = Some(service);
@@ -181,11 +227,29 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut instance_ids = Vec::new();
     let mut availability_zones = Vec::new();
     let mut segment_end_times = Vec::new();
+    let mut facts = TraceFacts::default();
 
     for (i, doc) in docs.iter().enumerate() {
         let service = doc_owner[i];
         if doc.kind == DocumentKind::Segment && segment_end_times.len() < 64 {
             segment_end_times.push(doc.entity.last_time());
+        }
+        if let (DocumentKind::Segment, Some(to)) = (doc.kind, service) {
+            let e = &doc.entity;
+            facts.nodes.push(NodeFact {
+                service: to,
+                root: root.is_some_and(|r| std::ptr::eq(*r, *doc)),
+                inferred: false,
+                error: e.error,
+                fault: e.fault,
+                throttle: e.throttle,
+                response_time: duration_of(e),
+                http_status: e.http.as_ref().and_then(|h| h.status),
+            });
+            let caller = doc.parent_id.and_then(|p| Some((*owner.get(&p)?, *entities.get(&p)?)));
+            if let Some((from, call)) = caller {
+                facts.edges.push(edge_fact(from, to, call));
+            }
         }
         let top = &doc.entity;
         top.walk(&mut |e| {
@@ -197,7 +261,20 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                 && !called_by_segment.contains(&e.id)
                 && let Some(key) = inferred_service(e)
             {
-                services.index(key);
+                let to = services.index(key);
+                facts.nodes.push(NodeFact {
+                    service: to,
+                    root: false,
+                    inferred: true,
+                    error: e.error,
+                    fault: e.fault,
+                    throttle: e.throttle,
+                    response_time: duration_of(e),
+                    http_status: e.http.as_ref().and_then(|h| h.status),
+                });
+                if let Some(from) = service {
+                    facts.edges.push(edge_fact(from, to, e));
+                }
             }
             for (key, value) in &e.annotations {
                 add_annotation(&mut annotations, key, value, service);
@@ -244,6 +321,19 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         revision,
         segment_end_times,
         document_count: docs.len() as u32,
+        facts,
+    }
+}
+
+fn edge_fact(from: u32, to: u32, call: &Entity) -> EdgeFact {
+    EdgeFact {
+        from,
+        to,
+        error: call.error,
+        fault: call.fault,
+        throttle: call.throttle,
+        response_time: duration_of(call),
+        http_status: call.http.as_ref().and_then(|h| h.status),
     }
 }
 
@@ -365,6 +455,13 @@ mod tests {
         assert_eq!(s.resource_arns, ["arn:aws:ec2:i-1"]);
         assert_eq!(s.revision, 2);
         assert_eq!(s.document_count, 3);
+        let roots: Vec<&NodeFact> = s.facts.nodes.iter().filter(|n| n.root).collect();
+        assert_eq!((roots.len(), roots[0].service, roots[0].http_status), (1, 0, Some(429)));
+        let dynamo = s.facts.nodes.iter().find(|n| n.service == 2).unwrap();
+        assert!(dynamo.inferred && dynamo.throttle);
+        let edges: Vec<(u32, u32)> = s.facts.edges.iter().map(|e| (e.from, e.to)).collect();
+        assert_eq!(edges, [(0, 2), (0, 1)], "api called users (inferred) and auth (instrumented)");
+        assert!((s.facts.edges[1].response_time.unwrap() - 0.9).abs() < 1e-9);
     }
 
     #[test]

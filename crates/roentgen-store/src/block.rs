@@ -10,7 +10,11 @@
 //! chunk table per chunk: offset u64, length u32
 //! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id
 //! bloom       the trace ids' bloom filter, u64 words
+//! facts       zstd(postcard(Vec<TraceFacts>)), in summary order (version 2 on)
 //! ```
+//!
+//! Version 1 blocks have no facts section; they are read with empty facts, so `service() {…}`
+//! and `edge() {…}` filters find nothing in them.
 //!
 //! `meta.json` names the section ranges, the time range, the counts, and the WAL generation the
 //! block covers. It is written last: a block without it does not exist.
@@ -21,13 +25,14 @@ use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use roentgen_model::TraceId;
-use roentgen_query::TraceSummary;
+use roentgen_query::{TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
 pub(crate) const BLOCK_MAGIC: &[u8; 8] = b"RGNBLK01";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
+const READABLE_VERSIONS: [u32; 2] = [1, 2];
 const INDEX_ENTRY: usize = 32;
 const FENCE_EVERY: usize = 128;
 const BLOOM_BITS_PER_KEY: usize = 10;
@@ -46,6 +51,8 @@ pub(crate) struct Sections {
     pub chunks: Range<u64>,
     pub summaries: Range<u64>,
     pub bloom: Range<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Range<u64>>,
 }
 
 /// The content of `meta.json`.
@@ -165,6 +172,14 @@ pub(crate) fn build(traces: &[BlockTrace<'_>], options: BuildOptions) -> Result<
     let summaries_range = section(&mut data, &encoded);
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
+    let facts: Vec<&TraceFacts> = traces.iter().map(|t| &t.summary.facts).collect();
+    let encoded = postcard::to_stdvec(&facts)
+        .map_err(|e| StoreError::CorruptBlock { block: options.id.clone(), reason: format!("facts encoding: {e}") })?;
+    let encoded = zstd::bulk::compress(&encoded, options.level).map_err(|e| StoreError::CorruptBlock {
+        block: options.id.clone(),
+        reason: format!("compression failed: {e}"),
+    })?;
+    let facts_range = section(&mut data, &encoded);
 
     let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
     let max_time = traces.iter().map(|t| t.summary.end_time).fold(f64::NEG_INFINITY, f64::max);
@@ -188,6 +203,7 @@ pub(crate) fn build(traces: &[BlockTrace<'_>], options: BuildOptions) -> Result<
             chunks: chunks_range,
             summaries: summaries_range,
             bloom: bloom_range,
+            facts: Some(facts_range),
         },
         supersedes: options.supersedes,
     };
@@ -266,7 +282,9 @@ pub(crate) fn data_path(id: &str) -> ObjectPath {
 impl BlockHandle {
     pub async fn open(store: &dyn ObjectStore, meta: BlockMeta) -> Result<Self, StoreError> {
         let corrupt = |reason: &str| StoreError::CorruptBlock { block: meta.id.clone(), reason: reason.to_owned() };
-        if meta.format_version != FORMAT_VERSION {
+        if !READABLE_VERSIONS.contains(&meta.format_version)
+            || (meta.format_version >= 2) != meta.sections.facts.is_some()
+        {
             return Err(corrupt(&format!("format version {} is not supported", meta.format_version)));
         }
         let data_path = data_path(&meta.id);
@@ -340,10 +358,24 @@ impl BlockHandle {
 
     pub async fn summaries(&self, store: &dyn ObjectStore) -> Result<Vec<TraceSummary>, StoreError> {
         let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
-        let s = &self.meta.sections.summaries;
-        let frame = store.get_range(&self.data_path, s.start..s.end).await?;
-        let plain = decompress(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
-        postcard::from_bytes(&plain).map_err(|e| corrupt(format!("summaries: {e}")))
+        let section = |range: &Range<u64>| range.start..range.end;
+        let mut ranges = vec![section(&self.meta.sections.summaries)];
+        ranges.extend(self.meta.sections.facts.as_ref().map(section));
+        let parts = store.get_ranges(&self.data_path, &ranges).await?;
+        let plain = decompress(&parts[0]).map_err(|e| corrupt(format!("summaries: {e}")))?;
+        let mut summaries: Vec<TraceSummary> =
+            postcard::from_bytes(&plain).map_err(|e| corrupt(format!("summaries: {e}")))?;
+        if let Some(frame) = parts.get(1) {
+            let plain = decompress(frame).map_err(|e| corrupt(format!("facts: {e}")))?;
+            let facts: Vec<TraceFacts> = postcard::from_bytes(&plain).map_err(|e| corrupt(format!("facts: {e}")))?;
+            if facts.len() != summaries.len() {
+                return Err(corrupt(format!("{} facts for {} summaries", facts.len(), summaries.len())));
+            }
+            for (summary, facts) in summaries.iter_mut().zip(facts) {
+                summary.facts = facts;
+            }
+        }
+        Ok(summaries)
     }
 }
 
@@ -451,16 +483,34 @@ mod tests {
         assert_eq!(block.meta.max_epoch, 1_700_000_049);
     }
 
-    /// Format version 1, frozen: a block written by the first release must always be readable.
-    #[tokio::test]
-    async fn frozen_fixture_v1() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/block-v1");
+    async fn open_fixture(name: &str) -> (InMemory, BlockHandle) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
         let meta: BlockMeta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
         let store = InMemory::new();
         let data = std::fs::read(dir.join("data")).unwrap();
         assert_eq!(&data[..8], BLOCK_MAGIC);
         store.put(&data_path(&meta.id), PutPayload::from(data)).await.unwrap();
         let block = BlockHandle::open(&store, meta).await.unwrap();
+        (store, block)
+    }
+
+    /// Format version 2, frozen: summaries plus the facts section.
+    #[tokio::test]
+    async fn frozen_fixture_v2() {
+        let (store, block) = open_fixture("block-v2").await;
+        let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
+        assert_eq!(block.get(&store, id).await.unwrap().unwrap().len(), 2);
+        let summaries = block.summaries(&store).await.unwrap();
+        assert_eq!(summaries[0].services[0].name, "fixture");
+        let facts = &summaries[0].facts;
+        assert_eq!(facts.nodes.len(), 2);
+        assert_eq!((facts.edges.len(), facts.edges[0].from, facts.edges[0].to), (1, 0, 1));
+    }
+
+    /// Format version 1, frozen: a block written by the first release must always be readable.
+    #[tokio::test]
+    async fn frozen_fixture_v1() {
+        let (store, block) = open_fixture("block-v1").await;
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
         let docs = block.get(&store, id).await.unwrap().unwrap();
         assert_eq!(docs.len(), 2);
@@ -468,6 +518,7 @@ mod tests {
         let summaries = block.summaries(&store).await.unwrap();
         assert_eq!(summaries[0].trace_id, id);
         assert_eq!(summaries[0].services[0].name, "fixture");
+        assert!(summaries[0].facts.nodes.is_empty(), "version 1 has no facts");
     }
 
     #[test]
