@@ -1,11 +1,14 @@
 //! Questions asked of traces: assembling a trace's documents into the summary that
-//! `GetTraceSummaries` returns and filters on, and the nodes inferred for uninstrumented calls.
+//! `GetTraceSummaries` returns, the filter expression language evaluated on it, and the nodes
+//! inferred for uninstrumented calls.
 //!
 //! Pure and synchronous: it sees parsed documents, never storage.
 
+pub mod filter;
 mod inferred;
 mod summary;
 
+pub use filter::{Filter, FilterError};
 pub use inferred::inferred_service;
 pub use summary::{
     AnnotationSummary, EdgeFact, MAX_INDEXED_ANNOTATIONS, NodeFact, ServiceKey, TimeRangeType, TraceFacts,

@@ -1,0 +1,173 @@
+//! Evaluating a parsed filter against a trace summary and its facts.
+//!
+//! Multi-valued fields (`user`, `annotation.*`, `instance.id`, …) match when any value matches;
+//! so `user != "a"` means "some user is not a". Comparing values of different types is false,
+//! never an error. A missing value (no response time yet, no HTTP status) fails every comparison.
+
+use roentgen_model::AnnotationValue;
+
+use super::ast::{Expr, Field, Node, Op, Test, Value};
+use crate::summary::{EdgeFact, NodeFact, ServiceKey, TraceSummary};
+
+pub(super) fn matches(expr: &Expr, s: &TraceSummary) -> bool {
+    match expr {
+        Expr::And(a, b) => matches(a, s) && matches(b, s),
+        Expr::Or(a, b) => matches(a, s) || matches(b, s),
+        Expr::Not(inner) => !matches(inner, s),
+        Expr::Test(test) => trace_test(test, s),
+        Expr::Service { node, filter } => match filter {
+            None => s.services.iter().any(|key| node.as_ref().is_none_or(|n| node_matches(n, key))),
+            Some(filter) => s.facts.nodes.iter().any(|fact| {
+                let key = &s.services[fact.service as usize];
+                node.as_ref().is_none_or(|n| node_matches(n, key)) && scoped(filter, &|t| node_test(t, fact))
+            }),
+        },
+        Expr::Edge { from, to, filter } => s.facts.edges.iter().any(|fact| {
+            node_matches(from, &s.services[fact.from as usize])
+                && node_matches(to, &s.services[fact.to as usize])
+                && filter.as_ref().is_none_or(|f| scoped(f, &|t| edge_test(t, fact)))
+        }),
+        // Groups are substituted and root causes refused before evaluation.
+        Expr::Group { .. } | Expr::RootCause { .. } | Expr::RootCauseJson(_) => false,
+    }
+}
+
+/// Boolean structure inside `{ ... }`, with leaf tests answered by `test`.
+fn scoped(expr: &Expr, test: &dyn Fn(&Test) -> bool) -> bool {
+    match expr {
+        Expr::And(a, b) => scoped(a, test) && scoped(b, test),
+        Expr::Or(a, b) => scoped(a, test) || scoped(b, test),
+        Expr::Not(inner) => !scoped(inner, test),
+        Expr::Test(t) => test(t),
+        _ => false,
+    }
+}
+
+fn node_matches(node: &Node, key: &ServiceKey) -> bool {
+    match node {
+        Node::Name(name) => key.name == *name,
+        Node::Id { name, kind, account } => {
+            name.as_ref().is_none_or(|n| *n == key.name)
+                && kind.as_ref().is_none_or(|k| key.kind.as_ref() == Some(k))
+                && account.as_ref().is_none_or(|a| key.account_id.as_ref() == Some(a))
+        }
+    }
+}
+
+fn boolean(value: bool, compare: &Option<(Op, Value)>) -> bool {
+    match compare {
+        None => value,
+        Some((Op::Eq, Value::Bool(b))) => value == *b,
+        Some((Op::Ne, Value::Bool(b))) => value != *b,
+        Some(_) => false,
+    }
+}
+
+fn number(value: Option<f64>, compare: &Option<(Op, Value)>) -> bool {
+    let Some(v) = value else { return false };
+    match compare {
+        None => true,
+        Some((op, Value::Num(x))) => match op {
+            Op::Eq => v == *x,
+            Op::Ne => v != *x,
+            Op::Lt => v < *x,
+            Op::Le => v <= *x,
+            Op::Gt => v > *x,
+            Op::Ge => v >= *x,
+            Op::Contains | Op::BeginsWith | Op::EndsWith => false,
+        },
+        Some(_) => false,
+    }
+}
+
+fn string(value: &str, op: Op, expected: &Value) -> bool {
+    let Value::Str(x) = expected else { return false };
+    match op {
+        Op::Eq => value == x,
+        Op::Ne => value != x,
+        Op::Contains => value.contains(x.as_str()),
+        Op::BeginsWith => value.starts_with(x.as_str()),
+        Op::EndsWith => value.ends_with(x.as_str()),
+        Op::Lt | Op::Le | Op::Gt | Op::Ge => false,
+    }
+}
+
+/// A bare string field means "is set"; a comparison holds when any value satisfies it.
+fn strings<'a>(mut values: impl Iterator<Item = &'a str>, compare: &Option<(Op, Value)>) -> bool {
+    match compare {
+        None => values.next().is_some(),
+        Some((op, expected)) => values.any(|v| string(v, *op, expected)),
+    }
+}
+
+fn ok(error: bool, fault: bool, throttle: bool) -> bool {
+    !(error || fault || throttle)
+}
+
+fn trace_test(test: &Test, s: &TraceSummary) -> bool {
+    let c = &test.compare;
+    let http = s.http.as_ref();
+    let root_http =
+        |get: fn(&roentgen_model::Http) -> Option<&String>| http.and_then(get).map(String::as_str).into_iter();
+    match &test.field {
+        Field::Ok => boolean(ok(s.has_error, s.has_fault, s.has_throttle), c),
+        Field::Error => boolean(s.has_error, c),
+        Field::Fault => boolean(s.has_fault, c),
+        Field::Throttle => boolean(s.has_throttle, c),
+        Field::Partial => boolean(s.is_partial, c),
+        Field::Inferred => boolean(s.facts.nodes.iter().any(|n| n.inferred), c),
+        Field::ResponseTime => number(s.response_time, c),
+        Field::Duration => number(Some(s.duration()), c),
+        Field::HttpStatus => number(http.and_then(|h| h.status).map(f64::from), c),
+        Field::HttpUrl => strings(root_http(|h| h.url.as_ref()), c),
+        Field::HttpMethod => strings(root_http(|h| h.method.as_ref()), c),
+        Field::HttpUserAgent => strings(root_http(|h| h.user_agent.as_ref()), c),
+        Field::HttpClientIp => strings(root_http(|h| h.client_ip.as_ref()), c),
+        Field::User => strings(s.users.iter().map(|u| u.name.as_str()), c),
+        Field::AvailabilityZone => strings(s.availability_zones.iter().map(String::as_str), c),
+        Field::InstanceId => strings(s.instance_ids.iter().map(String::as_str), c),
+        Field::ResourceArn => strings(s.resource_arns.iter().map(String::as_str), c),
+        Field::Annotation(key) => {
+            let Some(annotation) = s.annotations.iter().find(|a| a.key == *key) else { return false };
+            match c {
+                None => true,
+                Some((op, expected)) => annotation.values.iter().any(|(value, _)| match (value, expected) {
+                    (AnnotationValue::String(v), Value::Str(_)) => string(v, *op, expected),
+                    (AnnotationValue::Number(v), Value::Num(_)) => number(Some(*v), c),
+                    (AnnotationValue::Bool(v), Value::Bool(_)) => boolean(*v, c),
+                    _ => false,
+                }),
+            }
+        }
+        // The parser keeps context-only keywords out of trace-level filters.
+        _ => false,
+    }
+}
+
+fn node_test(test: &Test, n: &NodeFact) -> bool {
+    let c = &test.compare;
+    match test.field {
+        Field::Ok => boolean(ok(n.error, n.fault, n.throttle), c),
+        Field::Error => boolean(n.error, c),
+        Field::Fault => boolean(n.fault, c),
+        Field::Throttle => boolean(n.throttle, c),
+        Field::Root => boolean(n.root, c),
+        Field::Inferred => boolean(n.inferred, c),
+        Field::ResponseTime => number(n.response_time, c),
+        Field::HttpStatus => number(n.http_status.map(f64::from), c),
+        _ => false,
+    }
+}
+
+fn edge_test(test: &Test, e: &EdgeFact) -> bool {
+    let c = &test.compare;
+    match test.field {
+        Field::Ok => boolean(ok(e.error, e.fault, e.throttle), c),
+        Field::Error => boolean(e.error, c),
+        Field::Fault => boolean(e.fault, c),
+        Field::Throttle => boolean(e.throttle, c),
+        Field::ResponseTime => number(e.response_time, c),
+        Field::HttpStatus => number(e.http_status.map(f64::from), c),
+        _ => false,
+    }
+}
