@@ -136,6 +136,24 @@ def test_trace_summaries_through_boto3(xray, python_traces, node_traces):
     assert set(python_traces.values()) <= set(event)
 
 
+def test_filter_expressions_through_boto3(xray, python_traces, node_traces):
+    wait_for_traces(xray, [*python_traces.values(), *node_traces.values()])
+    mine = set(python_traces.values()) | set(node_traces.values())
+
+    def ids(expression):
+        return set(summaries(xray, FilterExpression=expression)) & mine
+
+    assert ids('service("python-svc") { fault }') == {python_traces["/fail"]}
+    assert ids("fault") == {python_traces["/fail"], node_traces["/fail"]}
+    assert ids("http.status = 429") == {python_traces["/throttle"], node_traces["/throttle"]}
+    assert ids('annotation.tenant = "globex"') == set(node_traces.values())
+    assert ids('annotation.attempt >= 3 AND annotation.vip = true') == set(python_traces.values())
+    assert ids('user = "bob" AND !ok') == {node_traces["/throttle"], node_traces["/fail"]}
+    assert ids('edge("node-svc", "127.0.0.1") { http.status = 200 }') == set(node_traces.values())
+    assert ids('service(id(name: "orders@db.internal", type: "remote"))') == set(python_traces.values())
+    assert ids('http.url ENDSWITH "/ok" AND responsetime < 60') == {python_traces["/ok"], node_traces["/ok"]}
+
+
 def test_aws_cli_reads_traces(roentgen, xray, python_traces):
     wait_for_traces(xray, python_traces.values())
     ids = list(python_traces.values())
@@ -152,10 +170,16 @@ def test_aws_cli_reads_traces(roentgen, xray, python_traces):
     assert by_id[python_traces["/fail"]]["HasFault"] is True
     assert by_id[python_traces["/ok"]]["Users"][0]["UserName"] == "alice"
 
+    code, out, err = aws_cli(roentgen, "get-trace-summaries", "--start-time", str(now - 600), "--end-time",
+                             str(now + 60), "--filter-expression", 'service("python-svc") { fault }')
+    assert code == 0, err
+    assert [s["Id"] for s in out["TraceSummaries"]] == [python_traces["/fail"]]
+
     code, _, err = aws_cli(roentgen, "get-trace-summaries", "--start-time", str(now - 600),
-                           "--end-time", str(now + 60), "--filter-expression", "fault")
+                           "--end-time", str(now + 60), "--filter-expression", "http.url CONTAINS 5")
     assert code != 0
-    assert "InvalidRequestException" in err and "FilterExpression" in err
+    assert "InvalidRequestException" in err
+    assert "expected a string after CONTAINS, found the number 5 at column 19" in err
 
 
 def test_put_trace_segments_through_boto3(xray):
@@ -173,9 +197,10 @@ def test_put_trace_segments_through_boto3(xray):
     assert [s["Document"] for s in trace["Segments"]] == [good]
 
     with pytest.raises(botocore.exceptions.ClientError) as error:
-        xray.get_trace_summaries(StartTime=now - 60, EndTime=now, FilterExpression='service("x")')
+        xray.get_trace_summaries(StartTime=now - 60, EndTime=now, FilterExpression='responsetime > "5"')
     assert error.value.response["Error"]["Code"] == "InvalidRequestException"
     assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "expected a number after >" in error.value.response["Error"]["Message"]
 
     with pytest.raises(botocore.exceptions.ClientError) as error:
         xray.get_service_graph(StartTime=now - 60, EndTime=now)

@@ -13,6 +13,7 @@ use axum::routing::{any, get, post};
 use roentgen_model::api;
 use roentgen_model::{TraceId, parse_document};
 use roentgen_query::TimeRangeType;
+use roentgen_query::filter::{Filter, GroupKey};
 use roentgen_store::{Source, Store, StoredDocument, SummaryQuery};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -269,12 +270,8 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
             ApiError::invalid(format!("TimeRangeType {text:?} is not one of TraceId, Event, Service"))
         })?,
     };
-    if req.filter_expression.as_deref().is_some_and(|f| !f.trim().is_empty()) {
-        return Err(ApiError::invalid(
-            "FilterExpression is not supported by this version of roentgen yet; \
-             the query was not run rather than answered unfiltered",
-        ));
-    }
+    let filter_text = req.filter_expression.as_deref().unwrap_or("").trim();
+    let filter = if filter_text.is_empty() { None } else { Some(Arc::new(parse_filter(filter_text)?)) };
     let sample_rate = match (req.sampling, &req.sampling_strategy) {
         (Some(true), Some(strategy)) => {
             let value = strategy.value.unwrap_or(state.config.query.default_sampling_rate);
@@ -291,6 +288,7 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
         &end.to_bits().to_le_bytes(),
         format!("{range:?}").as_bytes(),
         &sample_rate.unwrap_or(1.0).to_bits().to_le_bytes(),
+        filter_text.as_bytes(),
     ]);
     let after = match req.next_token.as_deref() {
         None | Some("") => None,
@@ -299,7 +297,8 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
                 .ok_or_else(|| ApiError::invalid("NextToken is not valid for this query"))?,
         ),
     };
-    let query = SummaryQuery { start, end, range, after, limit: state.config.query.summaries_page_size, sample_rate };
+    let query =
+        SummaryQuery { start, end, range, after, limit: state.config.query.summaries_page_size, sample_rate, filter };
     let page = state.store.summaries(&query).await.map_err(ApiError::internal)?;
     let response = api::GetTraceSummariesResponse {
         trace_summaries: page.summaries.iter().map(|(s, matched)| convert::trace_summary(s, *matched)).collect(),
@@ -308,6 +307,22 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
         next_token: page.next.map(|c| convert::encode_summary_token(c, query_key)),
     };
     Ok(json(&response))
+}
+
+/// Parses a filter expression for a request, with errors that name the position.
+fn parse_filter(text: &str) -> Result<Filter, ApiError> {
+    let filter = Filter::parse(text).map_err(|e| ApiError::invalid(format!("FilterExpression: {e}")))?;
+    // Groups arrive with the groups API; until then no group name or ARN resolves.
+    let filter = filter
+        .resolve_groups(|by, value| {
+            let what = if by == GroupKey::Name { "name" } else { "ARN" };
+            Err(format!("FilterExpression: there is no group with the {what} {value:?}"))
+        })
+        .map_err(ApiError::invalid)?;
+    if let Some(reason) = filter.unsupported() {
+        return Err(ApiError::invalid(format!("FilterExpression: {reason}")));
+    }
+    Ok(filter)
 }
 
 async fn put_telemetry_records(State(state): Shared, request: Request) -> Result<Response, ApiError> {

@@ -161,6 +161,14 @@ async fn put_and_read_back() {
     assert_eq!(s["EntryPoint"]["Name"], "checkout");
     assert_eq!(s["Revision"], 1);
     assert_eq!(body["TracesProcessedCount"], 1);
+
+    let window =
+        |filter: &str| json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0, "FilterExpression": filter});
+    let (_, body) =
+        h.post("/TraceSummaries", window("annotation.tenant = \"acme\" AND fault AND user = \"alice\"")).await;
+    assert_eq!(body["TraceSummaries"][0]["Id"], t);
+    let (_, body) = h.post("/TraceSummaries", window("annotation.tenant = \"other\"")).await;
+    assert_eq!((body["TraceSummaries"].as_array().unwrap().len(), body["TracesProcessedCount"].clone()), (0, json!(1)));
 }
 
 #[tokio::test]
@@ -221,10 +229,18 @@ async fn hostile_bodies_get_aws_errors_and_the_server_keeps_serving() {
     assert!(message.contains("at most 50"), "{message}");
 
     let (status, code, message) = h
-        .error("/TraceSummaries", json!({"StartTime": 1, "EndTime": 2, "FilterExpression": "fault"}).to_string())
+        .error("/TraceSummaries", json!({"StartTime": 1, "EndTime": 2, "FilterExpression": "fault AND"}).to_string())
         .await;
     assert_eq!((status, code.as_str()), (400, "InvalidRequestException"));
-    assert!(message.contains("FilterExpression"));
+    assert_eq!(message, "FilterExpression: expected a condition, found the end of the expression at column 10");
+    let (_, code, message) = h
+        .error(
+            "/TraceSummaries",
+            json!({"StartTime": 1, "EndTime": 2, "FilterExpression": "group.name = \"x\""}).to_string(),
+        )
+        .await;
+    assert_eq!(code, "InvalidRequestException");
+    assert!(message.contains("no group with the name \"x\""), "{message}");
     let (_, code, message) = h.error("/TraceSummaries", json!({"StartTime": 5, "EndTime": 2}).to_string()).await;
     assert_eq!(code, "InvalidRequestException", "{message}");
     let (_, code, _) =

@@ -130,6 +130,8 @@ pub struct SummaryQuery {
     pub limit: usize,
     /// Keep only this fraction of the matching traces, chosen by trace id so pages agree.
     pub sample_rate: Option<f64>,
+    /// Keep only the traces this filter matches.
+    pub filter: Option<Arc<roentgen_query::Filter>>,
 }
 
 #[derive(Debug, Default)]
@@ -440,6 +442,9 @@ impl Store {
         let mut consider = |summary: &Arc<TraceSummary>, candidates: &mut Vec<_>| {
             let Some(matched) = summary.matched_time(query.range, query.start, query.end) else { return };
             scanned += 1;
+            if query.filter.as_ref().is_some_and(|f| !f.matches(summary)) {
+                return;
+            }
             if let Some(rate) = query.sample_rate
                 && sample_fraction(summary.trace_id) >= rate
             {

@@ -44,7 +44,15 @@ fn ids(docs: &[Arc<StoredDocument>]) -> Vec<u64> {
 }
 
 fn all_time() -> SummaryQuery {
-    SummaryQuery { start: 0.0, end: 4e9, range: TimeRangeType::TraceId, after: None, limit: 10_000, sample_rate: None }
+    SummaryQuery {
+        start: 0.0,
+        end: 4e9,
+        range: TimeRangeType::TraceId,
+        after: None,
+        limit: 10_000,
+        sample_rate: None,
+        filter: None,
+    }
 }
 
 #[tokio::test]
@@ -250,5 +258,27 @@ async fn retention_deletes_expired_blocks() {
     assert_eq!(store.apply_retention(now + 2.0 * 86_400.0).await.unwrap(), 1);
     assert!(store.get_trace(trace(1)).await.unwrap().is_none());
     assert_eq!(std::fs::read_dir(dir.path().join("blocks")).unwrap().count(), 0);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn summaries_are_filtered_in_blocks_and_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append((0..10).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
+    store
+        .append(vec![doc(trace(3), 2, r#""end_time":1e10,"fault":true,"parent_id":"0000000000000001""#)])
+        .await
+        .unwrap();
+    store.flush_all().await.unwrap();
+    store
+        .append(vec![doc(trace(20), 1, &format!(r#""end_time":{}.5,"fault":true"#, trace(20).epoch()))])
+        .await
+        .unwrap();
+    let filter = Arc::new(roentgen_query::Filter::parse("service(\"svc\") { fault }").unwrap());
+    let page = store.summaries(&SummaryQuery { filter: Some(filter), ..all_time() }).await.unwrap();
+    let ids: Vec<TraceId> = page.summaries.iter().map(|(s, _)| s.trace_id).collect();
+    assert_eq!(ids, [trace(20), trace(3)]);
+    assert_eq!(page.scanned, 11, "traces scanned count those that did not match");
     store.close().await.unwrap();
 }
