@@ -1,10 +1,7 @@
-//! Sampling rules: validation as X-Ray does it, the `Default` rule, and a rule set persisted in
-//! the data directory.
+//! Sampling rules: validation as X-Ray does it, the `Default` rule, and the rule set with its
+//! saved form (the server writes it to disk).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -140,8 +137,8 @@ pub enum RuleError {
     NotFound(String),
     #[error("the limit of {0} sampling rules is reached; delete one first")]
     LimitExceeded(usize),
-    #[error("could not save the sampling rules: {0}")]
-    Storage(String),
+    #[error("the saved sampling rules cannot be read: {0}")]
+    Corrupt(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -151,38 +148,35 @@ struct Persisted {
     rules: Vec<SamplingRule>,
 }
 
-/// All rules of an account, ordered as the SDKs evaluate them, saved on every change.
-#[derive(Debug)]
+/// All rules of an account, ordered as the SDKs evaluate them.
+#[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<SamplingRule>,
     last_modification: f64,
     limit: usize,
-    path: Option<PathBuf>,
 }
 
 impl RuleSet {
-    /// An in-memory rule set holding only the `Default` rule.
+    /// A rule set holding only the `Default` rule.
     pub fn new(limit: usize, now: f64) -> Self {
-        Self { rules: vec![SamplingRule::default_rule(now)], last_modification: now, limit, path: None }
+        Self { rules: vec![SamplingRule::default_rule(now)], last_modification: now, limit }
     }
 
-    /// Loads the rules saved in `path`, or starts with the `Default` rule when there are none.
-    pub fn open(path: &Path, limit: usize, now: f64) -> Result<Self, RuleError> {
-        let mut set = match fs::read(path) {
-            Ok(bytes) => {
-                let persisted: Persisted = serde_json::from_slice(&bytes)
-                    .map_err(|e| RuleError::Storage(format!("{} is not a rules file: {e}", path.display())))?;
-                Self { rules: persisted.rules, last_modification: persisted.last_modification, limit, path: None }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::new(limit, now),
-            Err(e) => return Err(RuleError::Storage(format!("{}: {e}", path.display()))),
-        };
+    /// The rule set from its saved form (see [`RuleSet::save`]).
+    pub fn restore(saved: &[u8], limit: usize, now: f64) -> Result<Self, RuleError> {
+        let persisted: Persisted = serde_json::from_slice(saved).map_err(|e| RuleError::Corrupt(e.to_string()))?;
+        let mut set = Self { rules: persisted.rules, last_modification: persisted.last_modification, limit };
         if !set.rules.iter().any(|r| r.name == DEFAULT_RULE) {
             set.rules.push(SamplingRule::default_rule(now));
         }
         set.sort();
-        set.path = Some(path.to_path_buf());
         Ok(set)
+    }
+
+    /// The saved form: JSON, versioned.
+    pub fn save(&self) -> Vec<u8> {
+        let persisted = Persisted { version: 1, last_modification: self.last_modification, rules: self.rules.clone() };
+        serde_json::to_vec_pretty(&persisted).unwrap_or_default()
     }
 
     /// Rules in evaluation order: ascending priority, then name; `Default` last.
@@ -215,7 +209,7 @@ impl RuleSet {
         rule.created_at = now;
         rule.modified_at = now;
         self.rules.push(rule.clone());
-        self.changed(now)?;
+        self.changed(now);
         Ok(rule)
     }
 
@@ -259,7 +253,7 @@ impl RuleSet {
         let slot =
             self.rules.iter_mut().find(|r| r.name == name).ok_or_else(|| RuleError::NotFound(name.to_owned()))?;
         *slot = rule.clone();
-        self.changed(now)?;
+        self.changed(now);
         Ok(rule)
     }
 
@@ -269,7 +263,7 @@ impl RuleSet {
         }
         let at = self.rules.iter().position(|r| r.name == name).ok_or_else(|| RuleError::NotFound(name.to_owned()))?;
         let rule = self.rules.remove(at);
-        self.changed(now)?;
+        self.changed(now);
         Ok(rule)
     }
 
@@ -277,26 +271,10 @@ impl RuleSet {
         self.rules.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
     }
 
-    fn changed(&mut self, now: f64) -> Result<(), RuleError> {
+    fn changed(&mut self, now: f64) {
         self.last_modification = self.last_modification.max(now);
         self.sort();
-        let Some(path) = &self.path else { return Ok(()) };
-        let persisted = Persisted { version: 1, last_modification: self.last_modification, rules: self.rules.clone() };
-        let bytes = serde_json::to_vec_pretty(&persisted).map_err(|e| RuleError::Storage(e.to_string()))?;
-        write_atomically(path, &bytes).map_err(|e| RuleError::Storage(format!("{}: {e}", path.display())))
     }
-}
-
-/// Writes a file so that a crash leaves either the old or the new content, never a mix.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let temporary = path.with_extension("tmp");
-    let mut file = File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temporary, path)?;
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -384,16 +362,13 @@ mod tests {
     }
 
     #[test]
-    fn rules_persist() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sampling/rules.json");
-        let mut set = RuleSet::open(&path, 25, 1.0).unwrap();
+    fn saved_form_round_trips() {
+        let mut set = RuleSet::new(25, 1.0);
         set.create(rule("a", 3), 2.0).unwrap();
         set.update(DEFAULT_RULE, RuleUpdate { fixed_rate: Some(0.2), ..Default::default() }, 3.0).unwrap();
-        let reopened = RuleSet::open(&path, 25, 9.0).unwrap();
-        assert_eq!(reopened.rules(), set.rules());
-        assert_eq!(reopened.last_modification(), 3.0);
-        std::fs::write(&path, b"{").unwrap();
-        assert!(matches!(RuleSet::open(&path, 25, 9.0), Err(RuleError::Storage(_))));
+        let restored = RuleSet::restore(&set.save(), 25, 9.0).unwrap();
+        assert_eq!(restored.rules(), set.rules());
+        assert_eq!(restored.last_modification(), 3.0);
+        assert!(matches!(RuleSet::restore(b"{", 25, 9.0), Err(RuleError::Corrupt(_))));
     }
 }

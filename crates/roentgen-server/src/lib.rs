@@ -6,6 +6,7 @@ mod config;
 mod convert;
 mod error;
 mod metrics;
+mod persist;
 mod sampling;
 mod server;
 mod udp;

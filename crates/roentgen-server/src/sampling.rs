@@ -3,6 +3,7 @@
 //! on its HTTP address directly.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,11 +14,13 @@ use roentgen_sampling::{
 
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
+use crate::persist;
 
 /// Rules, quota state and per-rule totals, behind one lock: every call is short.
 #[derive(Debug)]
 pub struct Sampling {
     state: Mutex<State>,
+    path: PathBuf,
     region: String,
     account_id: String,
 }
@@ -37,7 +40,7 @@ fn now() -> f64 {
 fn rule_error(e: RuleError) -> ApiError {
     match e {
         RuleError::LimitExceeded(_) => ApiError { kind: ErrorKind::RuleLimitExceeded, message: e.to_string() },
-        RuleError::Storage(_) => ApiError::internal(e),
+        RuleError::Corrupt(_) => ApiError::internal(e),
         RuleError::Invalid(_) | RuleError::Exists(_) | RuleError::NotFound(_) => ApiError::invalid(e.to_string()),
     }
 }
@@ -51,7 +54,13 @@ fn count(value: Option<i64>, member: &str) -> Result<u64, ApiError> {
 impl Sampling {
     pub fn open(config: &Config) -> Result<Self, RuleError> {
         let path = config.data_dir.join("sampling").join("rules.json");
-        let rules = RuleSet::open(&path, config.sampling.max_rules, now())?;
+        let limit = config.sampling.max_rules;
+        let saved =
+            persist::read_if_exists(&path).map_err(|e| RuleError::Corrupt(format!("{}: {e}", path.display())))?;
+        let rules = match saved {
+            Some(bytes) => RuleSet::restore(&bytes, limit, now())?,
+            None => RuleSet::new(limit, now()),
+        };
         let settings = QuotaSettings {
             interval: config.sampling.report_interval_seconds,
             ttl: config.sampling.quota_ttl_seconds,
@@ -60,6 +69,7 @@ impl Sampling {
         };
         Ok(Self {
             state: Mutex::new(State { rules, allocator: Allocator::new(settings), totals: BTreeMap::new() }),
+            path,
             region: config.region.clone(),
             account_id: config.account_id.clone(),
         })
@@ -109,6 +119,21 @@ impl Sampling {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Applies a change to a copy of the rules, saves the copy, and only then makes it current,
+    /// so memory and disk never disagree.
+    fn change<T>(
+        &self,
+        state: &mut State,
+        apply: impl FnOnce(&mut RuleSet) -> Result<T, RuleError>,
+    ) -> Result<T, ApiError> {
+        let mut next = state.rules.clone();
+        let result = apply(&mut next).map_err(rule_error)?;
+        persist::write_atomically(&self.path, &next.save())
+            .map_err(|e| ApiError::internal(format!("saving {}: {e}", self.path.display())))?;
+        state.rules = next;
+        Ok(result)
+    }
+
     pub fn create(&self, req: api::CreateSamplingRuleRequest) -> Result<api::SamplingRuleRecordResponse, ApiError> {
         if req.tags.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::invalid("Tags on sampling rules are not supported by this version of roentgen yet"));
@@ -134,7 +159,7 @@ impl Sampling {
             created_at: 0.0,
             modified_at: 0.0,
         };
-        let created = self.lock().rules.create(rule, now()).map_err(rule_error)?;
+        let created = self.change(&mut self.lock(), |rules| rules.create(rule, now()))?;
         Ok(api::SamplingRuleRecordResponse { sampling_rule_record: self.record(&created) })
     }
 
@@ -160,14 +185,14 @@ impl Sampling {
             url_path: wire.url_path,
             attributes: wire.attributes,
         };
-        let updated = self.lock().rules.update(&name, update, now()).map_err(rule_error)?;
+        let updated = self.change(&mut self.lock(), |rules| rules.update(&name, update, now()))?;
         Ok(api::SamplingRuleRecordResponse { sampling_rule_record: self.record(&updated) })
     }
 
     pub fn delete(&self, req: api::DeleteSamplingRuleRequest) -> Result<api::SamplingRuleRecordResponse, ApiError> {
         let name = self.rule_name(req.rule_name, req.rule_arn)?;
         let mut state = self.lock();
-        let deleted = state.rules.delete(&name, now()).map_err(rule_error)?;
+        let deleted = self.change(&mut state, |rules| rules.delete(&name, now()))?;
         state.allocator.forget(&name);
         state.totals.remove(&name);
         drop(state);
