@@ -357,6 +357,57 @@ pub struct SamplingStatisticSummary {
     pub sampled_count: u64,
 }
 
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InsightsConfiguration {
+    pub insights_enabled: Option<bool>,
+    pub notifications_enabled: Option<bool>,
+}
+
+/// A group as the API returns it (`Group` and `GroupSummary` have the same members).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Group {
+    pub group_name: String,
+    #[serde(rename = "GroupARN")]
+    pub group_arn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter_expression: Option<String>,
+    pub insights_configuration: InsightsConfiguration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateGroupRequest {
+    pub group_name: Option<String>,
+    pub filter_expression: Option<String>,
+    pub insights_configuration: Option<InsightsConfiguration>,
+    pub tags: Option<Vec<Tag>>,
+}
+
+/// `GetGroup`, `DeleteGroup` and `UpdateGroup` name a group by name or ARN.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GroupRequest {
+    pub group_name: Option<String>,
+    #[serde(rename = "GroupARN")]
+    pub group_arn: Option<String>,
+    pub filter_expression: Option<String>,
+    pub insights_configuration: Option<InsightsConfiguration>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GroupResponse {
+    pub group: Group,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetGroupsResponse {
+    pub groups: Vec<Group>,
+}
+
 /// The body of every error response; botocore reads `message`.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody<'a> {

@@ -13,7 +13,7 @@ use axum::routing::{any, get, post};
 use roentgen_model::api;
 use roentgen_model::{TraceId, parse_document};
 use roentgen_query::TimeRangeType;
-use roentgen_query::filter::{Filter, GroupKey};
+use roentgen_query::filter::Filter;
 use roentgen_store::{Source, Store, StoredDocument, SummaryQuery};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::config::Config;
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
+use crate::groups::Groups;
 use crate::metrics::Metrics;
 use crate::sampling::Sampling;
 
@@ -31,20 +32,17 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Metrics,
     pub sampling: Sampling,
+    pub groups: Groups,
 }
 
 type Shared = State<Arc<AppState>>;
 
 /// The operations of the X-Ray API model that this version does not serve yet, with their paths.
 /// Each answers with an `InvalidRequestException` that says so, until its issue lands.
-const PENDING_OPERATIONS: [(&str, &str); 28] = [
+const PENDING_OPERATIONS: [(&str, &str); 23] = [
     ("CancelTraceRetrieval", "/CancelTraceRetrieval"),
-    ("CreateGroup", "/CreateGroup"),
-    ("DeleteGroup", "/DeleteGroup"),
     ("DeleteResourcePolicy", "/DeleteResourcePolicy"),
     ("GetEncryptionConfig", "/EncryptionConfig"),
-    ("GetGroup", "/GetGroup"),
-    ("GetGroups", "/Groups"),
     ("GetIndexingRules", "/GetIndexingRules"),
     ("GetInsight", "/Insight"),
     ("GetInsightEvents", "/InsightEvents"),
@@ -63,7 +61,6 @@ const PENDING_OPERATIONS: [(&str, &str); 28] = [
     ("StartTraceRetrieval", "/StartTraceRetrieval"),
     ("TagResource", "/TagResource"),
     ("UntagResource", "/UntagResource"),
-    ("UpdateGroup", "/UpdateGroup"),
     ("UpdateIndexingRule", "/UpdateIndexingRule"),
     ("UpdateTraceSegmentDestination", "/UpdateTraceSegmentDestination"),
 ];
@@ -75,6 +72,11 @@ fn operation_name(path: &str) -> Option<&'static str> {
         "/Traces" => Some("BatchGetTraces"),
         "/TraceSummaries" => Some("GetTraceSummaries"),
         "/TelemetryRecords" => Some("PutTelemetryRecords"),
+        "/CreateGroup" => Some("CreateGroup"),
+        "/GetGroup" => Some("GetGroup"),
+        "/Groups" => Some("GetGroups"),
+        "/UpdateGroup" => Some("UpdateGroup"),
+        "/DeleteGroup" => Some("DeleteGroup"),
         "/CreateSamplingRule" => Some("CreateSamplingRule"),
         "/UpdateSamplingRule" => Some("UpdateSamplingRule"),
         "/DeleteSamplingRule" => Some("DeleteSamplingRule"),
@@ -91,6 +93,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/Traces", post(batch_get_traces))
         .route("/TraceSummaries", post(get_trace_summaries))
         .route("/TelemetryRecords", post(put_telemetry_records))
+        .route("/CreateGroup", post(create_group))
+        .route("/GetGroup", post(get_group))
+        .route("/Groups", post(get_groups))
+        .route("/UpdateGroup", post(update_group))
+        .route("/DeleteGroup", post(delete_group))
         .route("/CreateSamplingRule", post(create_sampling_rule))
         .route("/UpdateSamplingRule", post(update_sampling_rule))
         .route("/DeleteSamplingRule", post(delete_sampling_rule))
@@ -271,7 +278,7 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
         })?,
     };
     let filter_text = req.filter_expression.as_deref().unwrap_or("").trim();
-    let filter = if filter_text.is_empty() { None } else { Some(Arc::new(parse_filter(filter_text)?)) };
+    let filter = if filter_text.is_empty() { None } else { Some(Arc::new(parse_filter(&state, filter_text)?)) };
     let sample_rate = match (req.sampling, &req.sampling_strategy) {
         (Some(true), Some(strategy)) => {
             let value = strategy.value.unwrap_or(state.config.query.default_sampling_rate);
@@ -309,16 +316,11 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
     Ok(json(&response))
 }
 
-/// Parses a filter expression for a request, with errors that name the position.
-fn parse_filter(text: &str) -> Result<Filter, ApiError> {
+/// Parses a filter expression for a request, with errors that name the position, and puts each
+/// group's filter in place of the references to it.
+fn parse_filter(state: &AppState, text: &str) -> Result<Filter, ApiError> {
     let filter = Filter::parse(text).map_err(|e| ApiError::invalid(format!("FilterExpression: {e}")))?;
-    // Groups arrive with the groups API; until then no group name or ARN resolves.
-    let filter = filter
-        .resolve_groups(|by, value| {
-            let what = if by == GroupKey::Name { "name" } else { "ARN" };
-            Err(format!("FilterExpression: there is no group with the {what} {value:?}"))
-        })
-        .map_err(ApiError::invalid)?;
+    let filter = filter.resolve_groups(|by, value| state.groups.filter_for(by, value)).map_err(ApiError::invalid)?;
     if let Some(reason) = filter.unsupported() {
         return Err(ApiError::invalid(format!("FilterExpression: {reason}")));
     }
@@ -360,6 +362,32 @@ async fn put_telemetry_records(State(state): Shared, request: Request) -> Result
             .map(|v| v.unwrap_or(0)),
         );
     }
+    Ok(json(&serde_json::json!({})))
+}
+
+async fn create_group(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&state.groups.create(req)?))
+}
+
+async fn get_group(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&state.groups.get(req)?))
+}
+
+async fn get_groups(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    read_json::<serde::de::IgnoredAny>(&state, request.into_body()).await?;
+    Ok(json(&state.groups.list()))
+}
+
+async fn update_group(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&state.groups.update(req)?))
+}
+
+async fn delete_group(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    state.groups.delete(req)?;
     Ok(json(&serde_json::json!({})))
 }
 
@@ -411,6 +439,11 @@ mod tests {
             "/Traces",
             "/TraceSummaries",
             "/TelemetryRecords",
+            "/CreateGroup",
+            "/GetGroup",
+            "/Groups",
+            "/UpdateGroup",
+            "/DeleteGroup",
             "/CreateSamplingRule",
             "/UpdateSamplingRule",
             "/DeleteSamplingRule",

@@ -35,6 +35,7 @@ pub struct Config {
     pub region: String,
     pub account_id: String,
     pub ingest: IngestConfig,
+    pub groups: GroupsConfig,
     pub sampling: SamplingConfig,
     pub query: QueryConfig,
     pub store: StoreConfig,
@@ -54,6 +55,7 @@ impl Default for Config {
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             ingest: IngestConfig::default(),
+            groups: GroupsConfig::default(),
             sampling: SamplingConfig::default(),
             query: QueryConfig::default(),
             store: StoreConfig::default(),
@@ -94,6 +96,19 @@ pub struct QueryConfig {
 impl Default for QueryConfig {
     fn default() -> Self {
         Self { summaries_page_size: 100, traces_page_size: 10, default_sampling_rate: 0.25 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// Groups allowed (X-Ray's quota is 25).
+    pub max_groups: usize,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self { max_groups: 25 }
     }
 }
 

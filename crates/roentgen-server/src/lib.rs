@@ -5,12 +5,13 @@ mod api;
 mod config;
 mod convert;
 mod error;
+mod groups;
 mod metrics;
 mod persist;
 mod sampling;
 mod server;
 mod udp;
 
-pub use config::{Config, ConfigError, IngestConfig, QueryConfig, SamplingConfig};
+pub use config::{Config, ConfigError, GroupsConfig, IngestConfig, QueryConfig, SamplingConfig};
 pub use error::{ApiError, ErrorKind};
 pub use server::{RunningServer, StartError};

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::groups::Groups;
 use crate::metrics::Metrics;
 use crate::sampling::Sampling;
 use crate::udp;
@@ -31,6 +32,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot load the sampling rules: {0}")]
     Sampling(#[from] roentgen_sampling::RuleError),
+    #[error("cannot load the groups: {0}")]
+    Groups(String),
 }
 
 /// A running server and the addresses it actually bound (useful with port 0).
@@ -64,11 +67,14 @@ impl RunningServer {
         resolve("otlp_http_address", &config.otlp_http_address, remote)?;
 
         let store = Store::open(config.store.clone()).await?;
-        let sampling = match Sampling::open(&config) {
-            Ok(sampling) => sampling,
+        let settings = Sampling::open(&config)
+            .map_err(StartError::from)
+            .and_then(|sampling| Ok((sampling, Groups::open(&config).map_err(StartError::Groups)?)));
+        let (sampling, groups) = match settings {
+            Ok(both) => both,
             Err(e) => {
                 let _ = store.close().await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let bound = async {
@@ -101,7 +107,7 @@ impl RunningServer {
             "otlp addresses reserved; otlp ingest is not served by this version"
         );
 
-        let state = Arc::new(AppState { config, store, metrics: Metrics::default(), sampling });
+        let state = Arc::new(AppState { config, store, metrics: Metrics::default(), sampling, groups });
         let (stop, stopped) = watch::channel(false);
         let udp_task = {
             let state = state.clone();

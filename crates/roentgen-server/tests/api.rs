@@ -519,3 +519,74 @@ async fn sampling_rules_survive_a_restart() {
     assert_eq!(body["SamplingRuleRecords"][0]["SamplingRule"]["RuleName"], "kept");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn groups_crud_and_group_filters() {
+    let mut h = Harness::start_with(|c| c.groups.max_groups = 2).await;
+    let (faulty, fine) = (trace_id(40), trace_id(41));
+    h.put(&[segment(&faulty, 1, r#""fault":true,"#), segment(&fine, 2, "")]).await;
+
+    let (status, body) = h.post("/CreateGroup", json!({"GroupName": "faults", "FilterExpression": "fault"})).await;
+    assert_eq!(status, 200, "{body}");
+    let arn = body["Group"]["GroupARN"].as_str().unwrap().to_owned();
+    assert!(arn.starts_with("arn:aws:xray:us-east-1:000000000000:group/faults/") && arn.len() > 60, "{arn}");
+    assert_eq!(
+        body["Group"]["InsightsConfiguration"],
+        json!({"InsightsEnabled": false, "NotificationsEnabled": false})
+    );
+    for (request, message) in [
+        (json!({"GroupName": "faults"}), "already exists"),
+        (json!({"GroupName": "Default"}), "reserved"),
+        (json!({"GroupName": "x".repeat(33)}), "1 to 32"),
+        (json!({"GroupName": "bad", "FilterExpression": "fault AND"}), "at column 10"),
+        (json!({"GroupName": "nested", "FilterExpression": "group.name = \"faults\""}), "other groups"),
+        (json!({"GroupName": "n", "InsightsConfiguration": {"NotificationsEnabled": true}}), "InsightsEnabled"),
+    ] {
+        let (_, code, got) = h.error("/CreateGroup", request.to_string()).await;
+        assert_eq!(code, "InvalidRequestException");
+        assert!(got.contains(message), "{got}");
+    }
+    h.post("/CreateGroup", json!({"GroupName": "all"})).await;
+    let (_, _, message) = h.error("/CreateGroup", json!({"GroupName": "third"}).to_string()).await;
+    assert!(message.contains("limit of 2 groups"), "{message}");
+
+    let (_, body) = h.post("/GetGroup", json!({"GroupARN": arn})).await;
+    assert_eq!(body["Group"]["GroupName"], "faults");
+    let (_, body) = h.post("/Groups", json!({})).await;
+    assert_eq!(body["Groups"].as_array().unwrap().len(), 2);
+
+    let window =
+        |filter: &str| json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0, "FilterExpression": filter});
+    let ids = |body: Value| -> Vec<String> {
+        body["TraceSummaries"].as_array().unwrap().iter().map(|s| s["Id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (_, body) = h.post("/TraceSummaries", window("group.name = \"faults\"")).await;
+    assert_eq!(ids(body), std::slice::from_ref(&faulty));
+    let (_, body) = h.post("/TraceSummaries", window(&format!("group.arn = \"{arn}\""))).await;
+    assert_eq!(ids(body), std::slice::from_ref(&faulty));
+    let (_, body) = h.post("/TraceSummaries", window("group.name != \"faults\"")).await;
+    assert_eq!(ids(body), std::slice::from_ref(&fine));
+    let (_, body) = h.post("/TraceSummaries", window("group.name = \"all\"")).await;
+    assert_eq!(ids(body).len(), 2);
+
+    let (status, body) = h.post("/UpdateGroup", json!({"GroupName": "faults", "FilterExpression": "!fault"})).await;
+    assert_eq!((status, body["Group"]["FilterExpression"].clone()), (200, json!("!fault")));
+    let (_, body) = h.post("/TraceSummaries", window("group.name = \"faults\"")).await;
+    assert_eq!(ids(body), std::slice::from_ref(&fine));
+
+    let dir = h._dir.path().to_path_buf();
+    h.server.take().unwrap().shutdown().await.unwrap();
+    let server = RunningServer::start({
+        let mut c = config(&dir);
+        c.groups.max_groups = 2;
+        c
+    })
+    .await
+    .unwrap();
+    h.base = format!("http://{}", server.http_address);
+    let (status, _) = h.post("/DeleteGroup", json!({"GroupARN": arn})).await;
+    assert_eq!(status, 200, "groups survive a restart");
+    let (_, code, _) = h.error("/GetGroup", json!({"GroupName": "faults"}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
+    server.shutdown().await.unwrap();
+}

@@ -53,6 +53,25 @@ impl Filter {
         &self.expr
     }
 
+    /// A filter every trace matches, for a group defined without a filter expression.
+    pub fn everything() -> Self {
+        let ok = Expr::Test(Test { field: Field::Ok, compare: None });
+        Self { expr: Expr::Or(Box::new(ok.clone()), Box::new(Expr::Not(Box::new(ok)))) }
+    }
+
+    /// Whether the expression refers to a group.
+    pub fn refers_to_groups(&self) -> bool {
+        fn find(expr: &Expr) -> bool {
+            match expr {
+                Expr::And(a, b) | Expr::Or(a, b) => find(a) || find(b),
+                Expr::Not(inner) => find(inner),
+                Expr::Group { .. } => true,
+                _ => false,
+            }
+        }
+        find(&self.expr)
+    }
+
     /// Replaces `group.name = "x"` (and `group.arn`) by that group's own filter; `!=` negates it.
     pub fn resolve_groups(
         self,
