@@ -63,6 +63,17 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Measure GetTraceSummaries with filter expressions over the last hour (what `ingest` wrote).
+    Filters {
+        #[arg(long, default_value = "127.0.0.1:2000")]
+        address: String,
+        /// Requests per expression.
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+        /// Expressions to measure; the defaults match the load generator's documents.
+        #[arg(long)]
+        expression: Vec<String>,
+    },
     /// Measure read latency against what `ingest` wrote.
     Query {
         #[arg(long, default_value = "127.0.0.1:2000")]
@@ -109,6 +120,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sampling { address, clients, rules, rules_per_call, calls, concurrency } => {
             runtime.block_on(sampling(&address, clients, rules, rules_per_call, calls, concurrency))?;
+        }
+        Command::Filters { address, requests, expression } => {
+            let expressions = if expression.is_empty() {
+                vec![
+                    "annotation.tenant = \"tenant-7\"".to_owned(),
+                    "service(\"service-07\") { fault }".to_owned(),
+                    "service() { fault }".to_owned(),
+                    "responsetime > 0.1".to_owned(),
+                ]
+            } else {
+                expression
+            };
+            runtime.block_on(filters(&address, &expressions, requests))?;
         }
         Command::Query { address, trace_ids, requests } => {
             let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
@@ -463,5 +487,39 @@ async fn sampling(
         "calls_per_second": latencies.len() as f64 / seconds,
         "latency": percentiles(latencies),
     }));
+    Ok(())
+}
+
+async fn filters(address: &str, expressions: &[String], requests: usize) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let end = now();
+    for expression in expressions {
+        let mut latencies = Vec::with_capacity(requests);
+        let (mut scanned, mut matched) = (0u64, 0usize);
+        for _ in 0..requests {
+            let body = json!({"StartTime": end - 3600.0, "EndTime": end, "FilterExpression": expression});
+            let started = Instant::now();
+            let answer: Value = client
+                .post(format!("http://{address}/TraceSummaries"))
+                .body(body.to_string())
+                .send()
+                .await?
+                .json()
+                .await?;
+            latencies.push(started.elapsed().as_secs_f64());
+            let Some(page) = answer["TraceSummaries"].as_array() else { bail!("{expression}: {answer}") };
+            matched = page.len();
+            scanned = answer["TracesProcessedCount"].as_u64().unwrap_or(0);
+        }
+        let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
+        emit(json!({
+            "operation": "GetTraceSummaries, last hour, first page",
+            "filter": expression,
+            "traces_scanned": scanned,
+            "first_page": matched,
+            "traces_scanned_per_second": scanned as f64 / mean,
+            "latency": percentiles(latencies),
+        }));
+    }
     Ok(())
 }

@@ -12,7 +12,8 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use roentgen_model::{ParsedDocument, TraceId, parse_document};
+use roentgen_model::{AnnotationValue, ParsedDocument, TraceId, parse_document};
+use roentgen_query::filter::Requirement;
 use roentgen_query::{TimeRangeType, TraceSummary, summarize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -60,10 +61,72 @@ const GROUP_COMMIT_BYTES: usize = 8 << 20;
 /// Decoded block summaries kept in memory, in summaries (a few hundred bytes each).
 const SUMMARY_CACHE_ENTRIES: usize = 2_000_000;
 
+/// A block's decoded summaries with the indexes that let a filter skip most of them.
+#[derive(Debug, Default)]
+struct BlockSummaries {
+    summaries: Vec<Arc<TraceSummary>>,
+    by_annotation: HashMap<(String, AnnotationValue), Vec<u32>>,
+    by_service: HashMap<String, Vec<u32>>,
+    node_fault: Vec<u32>,
+    node_error: Vec<u32>,
+    node_throttle: Vec<u32>,
+}
+
+impl BlockSummaries {
+    fn new(summaries: Vec<Arc<TraceSummary>>) -> Self {
+        let mut index = Self::default();
+        for (i, s) in summaries.iter().enumerate() {
+            let i = i as u32;
+            let add = |list: &mut Vec<u32>| {
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            };
+            for annotation in &s.annotations {
+                for (value, _) in &annotation.values {
+                    add(index.by_annotation.entry((annotation.key.clone(), value.clone())).or_default());
+                }
+            }
+            for service in &s.services {
+                add(index.by_service.entry(service.name.clone()).or_default());
+            }
+            let nodes = &s.facts.nodes;
+            if nodes.iter().any(|n| n.fault) {
+                add(&mut index.node_fault);
+            }
+            if nodes.iter().any(|n| n.error) {
+                add(&mut index.node_error);
+            }
+            if nodes.iter().any(|n| n.throttle) {
+                add(&mut index.node_throttle);
+            }
+        }
+        index.summaries = summaries;
+        index
+    }
+
+    /// The positions that can match, from the most selective requirement; `None` to scan all.
+    fn candidates(&self, requirements: &[Requirement]) -> Option<&[u32]> {
+        requirements
+            .iter()
+            .map(|r| {
+                let list = match r {
+                    Requirement::Annotation(key, value) => self.by_annotation.get(&(key.clone(), value.clone())),
+                    Requirement::Service(name) => self.by_service.get(name),
+                    Requirement::NodeFault => Some(&self.node_fault),
+                    Requirement::NodeError => Some(&self.node_error),
+                    Requirement::NodeThrottle => Some(&self.node_throttle),
+                };
+                list.map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|list| list.len())
+    }
+}
+
 /// Decoded summaries of recently used blocks; the oldest inserted leave first.
 #[derive(Debug)]
 struct SummaryCache {
-    blocks: HashMap<String, Arc<Vec<Arc<TraceSummary>>>>,
+    blocks: HashMap<String, Arc<BlockSummaries>>,
     order: std::collections::VecDeque<String>,
     entries: usize,
     capacity: usize,
@@ -76,27 +139,27 @@ impl Default for SummaryCache {
 }
 
 impl SummaryCache {
-    fn get(&self, block: &str) -> Option<Arc<Vec<Arc<TraceSummary>>>> {
+    fn get(&self, block: &str) -> Option<Arc<BlockSummaries>> {
         self.blocks.get(block).cloned()
     }
 
-    fn insert(&mut self, block: &str, summaries: Arc<Vec<Arc<TraceSummary>>>) {
-        self.entries += summaries.len();
+    fn insert(&mut self, block: &str, summaries: Arc<BlockSummaries>) {
+        self.entries += summaries.summaries.len();
         if let Some(old) = self.blocks.insert(block.to_owned(), summaries) {
-            self.entries -= old.len();
+            self.entries -= old.summaries.len();
         } else {
             self.order.push_back(block.to_owned());
         }
         while self.entries > self.capacity && self.order.len() > 1 {
             if let Some(evicted) = self.order.pop_front().and_then(|b| self.blocks.remove(&b)) {
-                self.entries -= evicted.len();
+                self.entries -= evicted.summaries.len();
             }
         }
     }
 
     fn remove(&mut self, block: &str) {
         if let Some(old) = self.blocks.remove(block) {
-            self.entries -= old.len();
+            self.entries -= old.summaries.len();
             self.order.retain(|b| b != block);
         }
     }
@@ -491,16 +554,32 @@ impl Store {
             let catalog = self.inner.catalog.read().expect("catalog lock");
             catalog.blocks.iter().filter(|b| block_overlaps(&b.meta, query)).cloned().collect()
         };
+        // With a filter that needs, say, one annotation value, only the traces indexed under it
+        // are looked at; they are still checked against the whole filter.
+        let requirements = query.filter.as_ref().map(|f| f.requirements()).unwrap_or_default();
         for block in blocks {
-            let summaries = self.block_summaries(&block).await?;
+            let data = self.block_summaries(&block).await?;
             let superseded = self.inner.catalog.read().expect("catalog lock").superseded.get(&block.meta.id).cloned();
-            for summary in summaries.iter() {
-                if live_ids.contains(&summary.trace_id)
+            let skip = |summary: &TraceSummary| {
+                live_ids.contains(&summary.trace_id)
                     || superseded.as_ref().is_some_and(|s| s.contains(&summary.trace_id))
-                {
-                    continue;
+            };
+            match data.candidates(&requirements) {
+                Some(positions) => {
+                    for &i in positions {
+                        let summary = &data.summaries[i as usize];
+                        if !skip(summary) {
+                            consider(summary, &mut candidates);
+                        }
+                    }
                 }
-                consider(summary, &mut candidates);
+                None => {
+                    for summary in &data.summaries {
+                        if !skip(summary) {
+                            consider(summary, &mut candidates);
+                        }
+                    }
+                }
             }
         }
 
@@ -516,17 +595,17 @@ impl Store {
         Ok(SummaryPage { summaries: candidates.into_iter().map(|(_, _, s, m)| (s, m)).collect(), scanned, next })
     }
 
-    async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<Vec<Arc<TraceSummary>>>, StoreError> {
+    async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<BlockSummaries>, StoreError> {
         if let Some(hit) = self.inner.summary_cache.lock().expect("cache lock").get(&block.meta.id) {
             return Ok(hit);
         }
         let loaded = block.summaries(self.inner.objects.as_ref()).await?;
-        let loaded = Arc::new(loaded.into_iter().map(Arc::new).collect::<Vec<_>>());
+        let loaded = Arc::new(BlockSummaries::new(loaded.into_iter().map(Arc::new).collect()));
         self.cache_summaries(&block.meta.id, loaded.clone());
         Ok(loaded)
     }
 
-    fn cache_summaries(&self, block: &str, summaries: Arc<Vec<Arc<TraceSummary>>>) {
+    fn cache_summaries(&self, block: &str, summaries: Arc<BlockSummaries>) {
         self.inner.summary_cache.lock().expect("cache lock").insert(block, summaries);
     }
 
@@ -591,7 +670,7 @@ impl Store {
                 })
                 .collect();
             let (data, meta) = block::build(&traces, options)?;
-            let summaries: Vec<Arc<TraceSummary>> = traces.into_iter().map(|t| Arc::new(t.summary)).collect();
+            let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect());
             Ok::<_, StoreError>((data, meta, summaries))
         })
         .await
@@ -898,9 +977,11 @@ fn cut(inner: &Inner, wal: &mut WalFile, generation: &mut u64, due: DueRule) -> 
 mod tests {
     use super::*;
 
-    fn summaries(n: usize) -> Arc<Vec<Arc<TraceSummary>>> {
+    fn summaries(n: usize) -> Arc<BlockSummaries> {
         let docs: Vec<&ParsedDocument> = Vec::new();
-        Arc::new((0..n).map(|i| Arc::new(summarize(TraceId::from_parts(1, i as u128), &docs, 1))).collect())
+        Arc::new(BlockSummaries::new(
+            (0..n).map(|i| Arc::new(summarize(TraceId::from_parts(1, i as u128), &docs, 1))).collect(),
+        ))
     }
 
     #[test]

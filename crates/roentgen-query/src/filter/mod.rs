@@ -9,10 +9,12 @@ mod ast;
 mod eval;
 mod lexer;
 mod parser;
+mod plan;
 
 use std::fmt;
 
 pub use ast::{Expr, Field, FieldType, GroupKey, Node, Op, RootCauseKind, RootCauseTarget, Test, Value};
+pub use plan::Requirement;
 
 use crate::summary::TraceSummary;
 
@@ -106,6 +108,11 @@ impl Filter {
             }
         }
         find(&self.expr)
+    }
+
+    /// Conditions every matching trace satisfies, for index lookups. Empty means: scan all.
+    pub fn requirements(&self) -> Vec<Requirement> {
+        plan::requirements(&self.expr)
     }
 
     /// Whether a trace matches.
