@@ -15,3 +15,5 @@ mod udp;
 pub use config::{Config, ConfigError, GroupsConfig, IngestConfig, QueryConfig, SamplingConfig};
 pub use error::{ApiError, ErrorKind};
 pub use server::{RunningServer, StartError};
+pub use metrics::DatagramError;
+pub use udp::split_datagram;

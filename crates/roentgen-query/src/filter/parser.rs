@@ -223,7 +223,11 @@ impl Parser {
             Field::Annotation(key)
         } else if lower.starts_with("annotation.") {
             // Keys keep their case: annotations are case-sensitive.
-            Field::Annotation(word["annotation.".len()..].to_owned())
+            let key = &word["annotation.".len()..];
+            if key.is_empty() {
+                return Err(FilterError::at(token.col, "expected an annotation key after annotation."));
+            }
+            Field::Annotation(key.to_owned())
         } else {
             FIELDS.iter().find(|(name, _)| *name == lower).map(|(_, f)| f.clone()).ok_or_else(|| {
                 FilterError::at(

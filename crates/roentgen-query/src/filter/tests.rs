@@ -190,6 +190,8 @@ fn errors_teach() {
         ("service(\"a\" { fault }", "expected ')' to close service(, found '{' at column 13"),
         ("group.name = 5", "expected a quoted group name after group.name = at column 14"),
         ("rootcause.fault.service name", "expected '{' with a condition after rootcause.fault.service at column 25"),
+        // Found by the filter_expression fuzz target: an empty key printed as annotation[""].
+        ("annotation.", "expected an annotation key after annotation. at column 1"),
     ];
     for (text, message) in cases {
         assert_eq!(Filter::parse(text).unwrap_err().to_string(), message, "{text:?}");
