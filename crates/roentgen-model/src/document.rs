@@ -143,6 +143,15 @@ pub struct Aws {
     pub queue_url: Option<String>,
 }
 
+/// An exception recorded in a `cause`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exception {
+    pub kind: Option<String>,
+    pub message: Option<String>,
+    /// The exception came from a downstream service.
+    pub remote: bool,
+}
+
 /// A segment or subsegment, reduced to the fields roentgen indexes; the original document is kept
 /// byte for byte beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +171,7 @@ pub struct Entity {
     pub http: Option<Http>,
     pub aws: Option<Aws>,
     pub annotations: Vec<(String, AnnotationValue)>,
+    pub exceptions: Vec<Exception>,
     pub subsegments: Vec<Entity>,
 }
 
@@ -428,6 +438,23 @@ impl Validator {
                 }
             }),
             annotations,
+            exceptions: wire
+                .cause
+                .0
+                .map(|cause| {
+                    cause
+                        .exceptions
+                        .0
+                        .into_iter()
+                        .flatten()
+                        .map(|e| Exception {
+                            kind: e.kind.into_string(),
+                            message: e.message.into_string(),
+                            remote: e.remote.truthy(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             subsegments,
         })
     }
@@ -547,6 +574,23 @@ mod tests {
         assert_eq!(doc.dropped_annotations, 2);
         assert_eq!(e.subsegments[0].aws.as_ref().unwrap().table_name.as_deref(), Some("users"));
         assert!(e.subsegments[0].throttle);
+    }
+
+    #[test]
+    fn exceptions_from_cause() {
+        let doc = parse(&format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,
+            "cause":{{"working_directory":"/app","exceptions":[{{"id":"0000000000000001","type":"IOError","message":"disk full","remote":true,"stack":[{{"path":"a.py","line":3}}]}},"junk"]}},
+            "subsegments":[{{"id":"70de5b6f19ff9a0b","name":"b","start_time":1,"end_time":2,"cause":"0000000000000001"}}]}}"#
+        ))
+        .unwrap();
+        let e = &doc.entity.exceptions;
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].kind.as_deref(), e[0].message.as_deref(), e[0].remote),
+            (Some("IOError"), Some("disk full"), true)
+        );
+        assert!(doc.entity.subsegments[0].exceptions.is_empty(), "a cause that is an id refers elsewhere");
     }
 
     #[test]

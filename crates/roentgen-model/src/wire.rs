@@ -244,6 +244,23 @@ pub(crate) struct WireEntity {
     pub aws: MapOr<WireAws>,
     pub annotations: Entries,
     pub subsegments: Items<WireEntity>,
+    /// An object with `exceptions`, or (ignored here) the id of an exception recorded elsewhere.
+    pub cause: MapOr<WireCause>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireCause {
+    pub exceptions: Items<WireException>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireException {
+    #[serde(rename = "type")]
+    pub kind: Scalar,
+    pub message: Scalar,
+    pub remote: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]

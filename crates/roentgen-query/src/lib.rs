@@ -6,10 +6,12 @@
 
 pub mod filter;
 mod inferred;
+mod rootcause;
 mod summary;
 
 pub use filter::{Filter, FilterError};
 pub use inferred::inferred_service;
+pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use summary::{
     AnnotationSummary, EdgeFact, MAX_INDEXED_ANNOTATIONS, NodeFact, ServiceKey, TimeRangeType, TraceFacts,
     TraceSummary, UserSummary, summarize,

@@ -8,6 +8,7 @@ use roentgen_model::{AnnotationValue, DocumentKind, Entity, Http, ParsedDocument
 use serde::{Deserialize, Serialize};
 
 use crate::inferred::inferred_service;
+use crate::rootcause::{RootCause, TraceTree};
 
 /// X-Ray indexes at most 50 annotation keys per trace; later keys are kept in the documents only.
 pub const MAX_INDEXED_ANNOTATIONS: usize = 50;
@@ -108,6 +109,9 @@ pub struct EdgeFact {
 pub struct TraceFacts {
     pub nodes: Vec<NodeFact>,
     pub edges: Vec<EdgeFact>,
+    pub fault_root_causes: Vec<RootCause>,
+    pub error_root_causes: Vec<RootCause>,
+    pub response_time_root_causes: Vec<RootCause>,
 }
 
 fn duration_of(e: &Entity) -> Option<f64> {
@@ -228,6 +232,9 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut availability_zones = Vec::new();
     let mut segment_end_times = Vec::new();
     let mut facts = TraceFacts::default();
+    let mut all_entities: Vec<&Entity> = Vec::new();
+    let mut attached: HashMap<SegmentId, Vec<&Entity>> = HashMap::new();
+    let mut inferred_nodes: HashMap<SegmentId, u32> = HashMap::new();
 
     for (i, doc) in docs.iter().enumerate() {
         let service = doc_owner[i];
@@ -251,8 +258,12 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                 facts.edges.push(edge_fact(from, to, call));
             }
         }
+        if let Some(parent) = doc.parent_id {
+            attached.entry(parent).or_default().push(&doc.entity);
+        }
         let top = &doc.entity;
         top.walk(&mut |e| {
+            all_entities.push(e);
             start_time = start_time.min(e.start_time);
             end_time = end_time.max(e.last_time());
             has_throttle |= e.throttle;
@@ -262,6 +273,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                 && let Some(key) = inferred_service(e)
             {
                 let to = services.index(key);
+                inferred_nodes.insert(e.id, to);
                 facts.nodes.push(NodeFact {
                     service: to,
                     root: false,
@@ -301,6 +313,10 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     }
 
     let root_entity = root.map(|d| &d.entity);
+    let tree = TraceTree { root: root_entity, all: all_entities, attached, owner: &owner, inferred: inferred_nodes };
+    facts.fault_root_causes = tree.flagged(|e| e.fault).into_iter().collect();
+    facts.error_root_causes = tree.flagged(|e| e.error).into_iter().collect();
+    facts.response_time_root_causes = tree.slowest().into_iter().collect();
     TraceSummary {
         trace_id,
         start_time,
@@ -462,6 +478,16 @@ mod tests {
         let edges: Vec<(u32, u32)> = s.facts.edges.iter().map(|e| (e.from, e.to)).collect();
         assert_eq!(edges, [(0, 2), (0, 1)], "api called users (inferred) and auth (instrumented)");
         assert!((s.facts.edges[1].response_time.unwrap() - 0.9).abs() < 1e-9);
+
+        // The root's error comes from nowhere below it: the throttled DynamoDB call has no error flag.
+        let error = &s.facts.error_root_causes[0];
+        assert!(error.client_impacting);
+        assert_eq!(error.services.len(), 1);
+        assert_eq!((error.services[0].service, error.services[0].entity_path[0].name.as_str()), (0, "api"));
+        assert!(s.facts.fault_root_causes.is_empty());
+        // Response time: api (3 s) -> DynamoDB (1 s) is a third, so the path stops at api.
+        let slow = &s.facts.response_time_root_causes[0];
+        assert_eq!(slow.services[0].entity_path[0].coverage, Some(1.0));
     }
 
     #[test]

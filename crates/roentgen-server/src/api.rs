@@ -321,9 +321,6 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
 fn parse_filter(state: &AppState, text: &str) -> Result<Filter, ApiError> {
     let filter = Filter::parse(text).map_err(|e| ApiError::invalid(format!("FilterExpression: {e}")))?;
     let filter = filter.resolve_groups(|by, value| state.groups.filter_for(by, value)).map_err(ApiError::invalid)?;
-    if let Some(reason) = filter.unsupported() {
-        return Err(ApiError::invalid(format!("FilterExpression: {reason}")));
-    }
     Ok(filter)
 }
 

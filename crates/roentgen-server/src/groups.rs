@@ -40,14 +40,11 @@ pub struct Groups {
     limit: usize,
 }
 
-/// A group filter must parse, must be evaluable, and must not refer to other groups.
+/// A group filter must parse and must not refer to other groups.
 fn check_filter(text: &str) -> Result<(), ApiError> {
     let filter = Filter::parse(text).map_err(|e| ApiError::invalid(format!("FilterExpression: {e}")))?;
     if filter.refers_to_groups() {
         return Err(ApiError::invalid("FilterExpression: a group's filter cannot refer to other groups"));
-    }
-    if let Some(reason) = filter.unsupported() {
-        return Err(ApiError::invalid(format!("FilterExpression: {reason}")));
     }
     Ok(())
 }

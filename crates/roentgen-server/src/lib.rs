@@ -14,6 +14,6 @@ mod udp;
 
 pub use config::{Config, ConfigError, GroupsConfig, IngestConfig, QueryConfig, SamplingConfig};
 pub use error::{ApiError, ErrorKind};
-pub use server::{RunningServer, StartError};
 pub use metrics::DatagramError;
+pub use server::{RunningServer, StartError};
 pub use udp::split_datagram;

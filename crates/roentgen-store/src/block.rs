@@ -505,6 +505,10 @@ mod tests {
         let facts = &summaries[0].facts;
         assert_eq!(facts.nodes.len(), 2);
         assert_eq!((facts.edges.len(), facts.edges[0].from, facts.edges[0].to), (1, 0, 1));
+        let fault = &facts.fault_root_causes[0];
+        assert_eq!(fault.services.len(), 2);
+        let last = fault.services[1].entity_path.last().unwrap();
+        assert_eq!((last.name.as_str(), last.exceptions[0].1.as_deref()), ("fixture-udp", Some("it broke")));
     }
 
     /// Format version 1, frozen: a block written by the first release must always be readable.

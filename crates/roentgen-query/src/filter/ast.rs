@@ -33,8 +33,8 @@ pub enum Expr {
         target: RootCauseTarget,
         filter: Box<Expr>,
     },
-    /// `rootcause.json = #[ ... ]`.
-    RootCauseJson(String),
+    /// `rootcause.json = #[ ... ]`: root causes in the API's JSON shape; omitted fields match anything.
+    RootCauseJson(serde_json::Value),
 }
 
 /// A field compared with a value, or alone (true, or "is set").

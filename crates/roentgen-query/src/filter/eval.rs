@@ -6,7 +6,8 @@
 
 use roentgen_model::AnnotationValue;
 
-use super::ast::{Expr, Field, Node, Op, Test, Value};
+use super::ast::{Expr, Field, Node, Op, RootCauseKind, RootCauseTarget, Test, Value};
+use crate::rootcause::RootCause;
 use crate::summary::{EdgeFact, NodeFact, ServiceKey, TraceSummary};
 
 pub(super) fn matches(expr: &Expr, s: &TraceSummary) -> bool {
@@ -27,8 +28,148 @@ pub(super) fn matches(expr: &Expr, s: &TraceSummary) -> bool {
                 && node_matches(to, &s.services[fact.to as usize])
                 && filter.as_ref().is_none_or(|f| scoped(f, &|t| edge_test(t, fact)))
         }),
-        // Groups are substituted and root causes refused before evaluation.
-        Expr::Group { .. } | Expr::RootCause { .. } | Expr::RootCauseJson(_) => false,
+        Expr::RootCause { kind, target, filter } => {
+            let causes = match kind {
+                RootCauseKind::Fault => &s.facts.fault_root_causes,
+                RootCauseKind::Error => &s.facts.error_root_causes,
+                RootCauseKind::ResponseTime => &s.facts.response_time_root_causes,
+            };
+            causes.iter().any(|cause| root_cause_matches(cause, *target, filter, s))
+        }
+        Expr::RootCauseJson(pattern) => json_matches(pattern, s),
+        // Groups are substituted before evaluation.
+        Expr::Group { .. } => false,
+    }
+}
+
+/// Position facts of an element of an enumerated list, for `index`, `first` and `last`.
+#[derive(Clone, Copy)]
+struct Position {
+    index: usize,
+    len: usize,
+}
+
+fn position_test(test: &Test, at: Position) -> Option<bool> {
+    let c = &test.compare;
+    match test.field {
+        Field::Index => Some(number(Some(at.index as f64), c)),
+        Field::First => Some(boolean(at.index == 0, c)),
+        Field::Last => Some(boolean(at.index + 1 == at.len, c)),
+        _ => None,
+    }
+}
+
+fn optional_string(value: Option<&str>, compare: &Option<(Op, Value)>) -> bool {
+    strings(value.into_iter(), compare)
+}
+
+fn root_cause_matches(cause: &RootCause, target: RootCauseTarget, filter: &Expr, s: &TraceSummary) -> bool {
+    match target {
+        RootCauseTarget::Service => {
+            let len = cause.services.len();
+            cause.services.iter().enumerate().any(|(index, service)| {
+                let key = &s.services[service.service as usize];
+                scoped(filter, &|t| {
+                    position_test(t, Position { index, len }).unwrap_or_else(|| match t.field {
+                        Field::Name => optional_string(Some(&key.name), &t.compare),
+                        Field::Type => optional_string(key.kind.as_deref(), &t.compare),
+                        Field::AccountId => optional_string(key.account_id.as_deref(), &t.compare),
+                        Field::Inferred => boolean(service.inferred, &t.compare),
+                        _ => false,
+                    })
+                })
+            })
+        }
+        RootCauseTarget::Entity => {
+            let path: Vec<_> = cause.services.iter().flat_map(|svc| &svc.entity_path).collect();
+            let len = path.len();
+            path.iter().enumerate().any(|(index, entity)| {
+                scoped(filter, &|t| {
+                    position_test(t, Position { index, len }).unwrap_or_else(|| match t.field {
+                        Field::Name => optional_string(Some(&entity.name), &t.compare),
+                        Field::Remote => boolean(entity.remote, &t.compare),
+                        Field::Coverage => number(entity.coverage, &t.compare),
+                        _ => false,
+                    })
+                })
+            })
+        }
+        RootCauseTarget::Exception => {
+            let exceptions: Vec<_> =
+                cause.services.iter().flat_map(|svc| &svc.entity_path).flat_map(|e| &e.exceptions).collect();
+            let len = exceptions.len();
+            exceptions.iter().enumerate().any(|(index, (kind, message))| {
+                scoped(filter, &|t| {
+                    position_test(t, Position { index, len }).unwrap_or_else(|| match t.field {
+                        Field::Name => optional_string(kind.as_deref(), &t.compare),
+                        Field::Message => optional_string(message.as_deref(), &t.compare),
+                        _ => false,
+                    })
+                })
+            })
+        }
+    }
+}
+
+/// A root cause in the API's JSON shape (`FaultRootCauses` and friends).
+pub(crate) fn root_cause_json(cause: &RootCause, s: &TraceSummary) -> serde_json::Value {
+    use serde_json::json;
+    let services: Vec<serde_json::Value> = cause
+        .services
+        .iter()
+        .map(|svc| {
+            let key = &s.services[svc.service as usize];
+            let path: Vec<serde_json::Value> = svc
+                .entity_path
+                .iter()
+                .map(|e| {
+                    let mut entity = json!({"Name": e.name, "Remote": e.remote});
+                    if let Some(coverage) = e.coverage {
+                        entity["Coverage"] = json!(coverage);
+                    } else {
+                        entity["Exceptions"] = e
+                            .exceptions
+                            .iter()
+                            .map(|(name, message)| json!({"Name": name, "Message": message}))
+                            .collect();
+                    }
+                    entity
+                })
+                .collect();
+            let mut service =
+                json!({"Name": key.name, "Names": [key.name], "Inferred": svc.inferred, "EntityPath": path});
+            if let Some(kind) = &key.kind {
+                service["Type"] = json!(kind);
+            }
+            if let Some(account) = &key.account_id {
+                service["AccountId"] = json!(account);
+            }
+            service
+        })
+        .collect();
+    json!({"Services": services, "ClientImpacting": cause.client_impacting})
+}
+
+/// Every element of the pattern array matches one of the trace's root causes, of any kind.
+fn json_matches(pattern: &serde_json::Value, s: &TraceSummary) -> bool {
+    let serde_json::Value::Array(patterns) = pattern else { return false };
+    let causes: Vec<serde_json::Value> =
+        [&s.facts.fault_root_causes, &s.facts.error_root_causes, &s.facts.response_time_root_causes]
+            .into_iter()
+            .flatten()
+            .map(|c| root_cause_json(c, s))
+            .collect();
+    !causes.is_empty() && patterns.iter().all(|p| causes.iter().any(|c| json_subset(p, c)))
+}
+
+/// Fields the pattern leaves out match anything; arrays match element by element.
+fn json_subset(pattern: &serde_json::Value, actual: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (pattern, actual) {
+        (J::Object(p), J::Object(a)) => p.iter().all(|(k, v)| a.get(k).is_some_and(|av| json_subset(v, av))),
+        (J::Array(p), J::Array(a)) => p.len() == a.len() && p.iter().zip(a).all(|(pv, av)| json_subset(pv, av)),
+        (J::Number(p), J::Number(a)) => p.as_f64() == a.as_f64(),
+        (p, a) => p == a,
     }
 }
 

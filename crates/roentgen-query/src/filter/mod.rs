@@ -94,22 +94,6 @@ impl Filter {
         walk(self.expr, &mut lookup).map(|expr| Self { expr })
     }
 
-    /// Why this filter cannot be evaluated by this version, if it cannot.
-    pub fn unsupported(&self) -> Option<String> {
-        fn find(expr: &Expr) -> Option<String> {
-            match expr {
-                Expr::And(a, b) | Expr::Or(a, b) => find(a).or_else(|| find(b)),
-                Expr::Not(inner) => find(inner),
-                Expr::RootCause { .. } | Expr::RootCauseJson(_) => Some(
-                    "rootcause filters need root-cause analysis, which this version of roentgen does not compute yet"
-                        .to_owned(),
-                ),
-                _ => None,
-            }
-        }
-        find(&self.expr)
-    }
-
     /// Conditions every matching trace satisfies, for index lookups. Empty means: scan all.
     pub fn requirements(&self) -> Vec<Requirement> {
         plan::requirements(&self.expr)

@@ -466,7 +466,11 @@ impl Parser {
         self.expect(Tok::Eq, "= after rootcause.json")?;
         let json_col = self.col();
         match self.next().tok {
-            Tok::Json(json) => Ok(Expr::RootCauseJson(json)),
+            Tok::Json(json) => match serde_json::from_str::<serde_json::Value>(&json) {
+                Ok(value @ serde_json::Value::Array(_)) => Ok(Expr::RootCauseJson(value)),
+                Ok(_) => Err(FilterError::at(json_col, "expected a JSON array of root causes after rootcause.json =")),
+                Err(e) => Err(FilterError::at(json_col, format!("the JSON after rootcause.json = is invalid: {e}"))),
+            },
             _ => Err(FilterError::at(json_col, "expected a JSON literal #[ ... ] after rootcause.json =")),
         }
     }

@@ -62,7 +62,8 @@ fn traces() -> Vec<TraceSummary> {
             &[
                 r#"{"trace_id":"TRACE","id":"00000000000000a4","name":"web","origin":"AWS::EC2::Instance","start_time":100,"end_time":106,"error":true,
                "http":{"request":{"method":"GET","url":"http://web/missing"},"response":{"status":404}},
-               "subsegments":[{"id":"00000000000000c5","name":"db@host","namespace":"remote","start_time":100.5,"end_time":105.5,"fault":true}]}"#,
+               "subsegments":[{"id":"00000000000000c5","name":"db@host","namespace":"remote","start_time":100.5,"end_time":105.5,"fault":true,
+                 "cause":{"exceptions":[{"id":"00000000000000e1","type":"TimeoutError","message":"db timed out","remote":true}]}}]}"#,
             ],
         ),
         trace(
@@ -153,6 +154,19 @@ const GOLDEN: &[(&str, &[u32])] = &[
     ("fault OR throttle AND annotation.tenant = \"acme\"", &[2, 3]),
     ("NOT fault and not error", &[1, 5, 6]),
     ("!(fault OR error) !partial", &[1, 5, 6]),
+    ("rootcause.fault.service { name = \"payments\" }", &[2]),
+    ("rootcause.fault.service { last and name = \"payments\" }", &[2]),
+    ("rootcause.fault.service { inferred and name = \"db@host\" and type = \"remote\" }", &[4]),
+    ("rootcause.fault.service { index > 0 }", &[2, 4]),
+    ("rootcause.fault.entity { last and name = \"db@host\" and remote }", &[4]),
+    ("rootcause.fault.exception { name = \"TimeoutError\" and message CONTAINS \"timed out\" }", &[4]),
+    ("rootcause.fault.exception { last and message = \"db timed out\" }", &[4]),
+    ("rootcause.error.service { name = \"api\" }", &[3]),
+    ("rootcause.error.service { name = web }", &[4]),
+    ("rootcause.responsetime.entity { coverage > 0.6 and name = \"payments\" }", &[2]),
+    ("rootcause.responsetime.service { last and inferred }", &[4]),
+    ("rootcause.json = #[{\"Services\": [{\"Name\": \"api\"}, {\"Name\": \"payments\"}]}]", &[2]),
+    ("rootcause.json = #[{\"ClientImpacting\": false}]", &[4]),
 ];
 
 fn matching(filter: &Filter, traces: &[TraceSummary]) -> Vec<u32> {
@@ -208,7 +222,7 @@ fn errors_teach() {
 }
 
 #[test]
-fn documented_root_cause_forms_parse_and_are_reported_unsupported() {
+fn documented_root_cause_forms_parse_and_round_trip() {
     for text in [
         "rootcause.fault.entity { last and name = \"deserialize\" }",
         "rootcause.responsetime.entity { remote and coverage > 0.7 and name = \"traces\" }",
@@ -218,11 +232,12 @@ fn documented_root_cause_forms_parse_and_are_reported_unsupported() {
         "rootcause.json = #[{ \"Services\": [ { \"Name\": \"GetWeatherData\" } ] }]",
     ] {
         let filter = Filter::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
-        assert!(filter.unsupported().is_some());
         assert_eq!(Filter::parse(&filter.to_string()).unwrap(), filter);
     }
     assert!(Filter::parse("rootcause.responsetime.entity { coverage > 0.5 }").is_ok());
     assert!(Filter::parse("rootcause.fault.entity { coverage > 0.5 }").is_err(), "coverage is for response time");
+    let invalid = Filter::parse("rootcause.json = #[{\"a\": }]").unwrap_err();
+    assert!(invalid.message.starts_with("the JSON after rootcause.json = is invalid"), "{invalid}");
 }
 
 #[test]

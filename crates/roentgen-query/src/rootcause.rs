@@ -1,0 +1,138 @@
+//! Root causes of a trace's faults, errors and response time.
+//!
+//! X-Ray does not publish its algorithm; roentgen's rule (documented in `docs/root-causes.md`):
+//!
+//! - **Fault and error.** Start at the root segment if it has the flag (the cause reached the
+//!   client: `ClientImpacting`); otherwise at the earliest entity with the flag. Then follow, at
+//!   each step, the earliest child with the flag (a subsegment, or the segment of the service it
+//!   called) until none has it. The last entity is the root cause.
+//! - **Response time.** Start at the root segment and follow, at each step, the child that took
+//!   longest, while it covers at least half of the root's response time. Each entity on the path
+//!   carries its `Coverage`: its duration over the root's response time.
+//!
+//! The path is grouped by service. When it ends at an `aws` or `remote` call that no segment
+//! answered, the inferred node it called closes the list.
+
+use std::collections::HashMap;
+
+use roentgen_model::{Entity, SegmentId};
+use serde::{Deserialize, Serialize};
+
+/// One root cause: the services on the path to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootCause {
+    pub services: Vec<RootCauseService>,
+    pub client_impacting: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootCauseService {
+    /// Index into [`TraceSummary::services`](crate::TraceSummary::services).
+    pub service: u32,
+    pub inferred: bool,
+    pub entity_path: Vec<RootCauseEntity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootCauseEntity {
+    pub name: String,
+    /// (type, message) of each exception the entity recorded.
+    pub exceptions: Vec<(Option<String>, Option<String>)>,
+    /// The entity is a call to another service (`aws` or `remote`).
+    pub remote: bool,
+    /// Response-time causes only: the entity's duration over the root's response time.
+    pub coverage: Option<f64>,
+}
+
+/// What root-cause analysis needs to know about a trace's assembled entities.
+pub(crate) struct TraceTree<'a> {
+    pub root: Option<&'a Entity>,
+    /// Every entity of the trace, top-level documents first.
+    pub all: Vec<&'a Entity>,
+    /// Entities that are the top of a document whose parent is the key.
+    pub attached: HashMap<SegmentId, Vec<&'a Entity>>,
+    /// The service each entity belongs to.
+    pub owner: &'a HashMap<SegmentId, u32>,
+    /// The inferred service an `aws`/`remote` call with no answering segment stands for.
+    pub inferred: HashMap<SegmentId, u32>,
+}
+
+fn duration(e: &Entity) -> Option<f64> {
+    e.end_time.map(|end| (end - e.start_time).max(0.0))
+}
+
+impl<'a> TraceTree<'a> {
+    fn children(&self, e: &'a Entity) -> impl Iterator<Item = &'a Entity> + '_ {
+        e.subsegments.iter().chain(self.attached.get(&e.id).into_iter().flatten().copied())
+    }
+
+    fn group(
+        &self,
+        path: &[&'a Entity],
+        coverage: impl Fn(&Entity) -> Option<f64>,
+        client_impacting: bool,
+    ) -> RootCause {
+        let mut services: Vec<RootCauseService> = Vec::new();
+        for e in path {
+            let Some(&service) = self.owner.get(&e.id) else { continue };
+            let entity = RootCauseEntity {
+                name: e.name.clone(),
+                exceptions: e.exceptions.iter().map(|x| (x.kind.clone(), x.message.clone())).collect(),
+                remote: e.namespace.is_some(),
+                coverage: coverage(e),
+            };
+            match services.last_mut() {
+                Some(last) if last.service == service => last.entity_path.push(entity),
+                _ => services.push(RootCauseService { service, inferred: false, entity_path: vec![entity] }),
+            }
+        }
+        if let Some(last) = path.last()
+            && let Some(&service) = self.inferred.get(&last.id)
+        {
+            let entity = RootCauseEntity {
+                name: last.name.clone(),
+                exceptions: last.exceptions.iter().map(|x| (x.kind.clone(), x.message.clone())).collect(),
+                remote: true,
+                coverage: coverage(last),
+            };
+            services.push(RootCauseService { service, inferred: true, entity_path: vec![entity] });
+        }
+        RootCause { services, client_impacting }
+    }
+
+    /// The fault or error root cause, following `flag`.
+    pub fn flagged(&self, flag: impl Fn(&Entity) -> bool) -> Option<RootCause> {
+        let (start, client_impacting) = match self.root {
+            Some(root) if flag(root) => (root, true),
+            _ => (*self.all.iter().filter(|e| flag(e)).min_by(|a, b| a.start_time.total_cmp(&b.start_time))?, false),
+        };
+        let mut path = vec![start];
+        let mut current = start;
+        while let Some(next) =
+            self.children(current).filter(|c| flag(c)).min_by(|a, b| a.start_time.total_cmp(&b.start_time))
+        {
+            path.push(next);
+            current = next;
+        }
+        Some(self.group(&path, |_| None, client_impacting))
+    }
+
+    /// The response-time root cause: the path of the calls that took most of the time.
+    pub fn slowest(&self) -> Option<RootCause> {
+        let root = self.root?;
+        let total = duration(root).filter(|d| *d > 0.0)?;
+        let mut path = vec![root];
+        let mut current = root;
+        while let Some(next) = self
+            .children(current)
+            .filter_map(|c| Some((c, duration(c)?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .filter(|(_, d)| d / total >= 0.5)
+            .map(|(c, _)| c)
+        {
+            path.push(next);
+            current = next;
+        }
+        Some(self.group(&path, |e| duration(e).map(|d| ((d / total) * 1000.0).round() / 1000.0), true))
+    }
+}
