@@ -152,6 +152,22 @@ def test_filter_expressions_through_boto3(xray, python_traces, node_traces):
     assert ids('edge("node-svc", "127.0.0.1") { http.status = 200 }') == set(node_traces.values())
     assert ids('service(id(name: "orders@db.internal", type: "remote"))') == set(python_traces.values())
     assert ids('http.url ENDSWITH "/ok" AND responsetime < 60') == {python_traces["/ok"], node_traces["/ok"]}
+    assert ids('rootcause.fault.exception { message = "card processor unavailable" }') == {python_traces["/fail"]}
+    assert ids('rootcause.fault.entity { last and name = "charge-card" }') == {python_traces["/fail"]}
+
+
+def test_root_causes_in_summaries(xray, python_traces):
+    wait_for_traces(xray, python_traces.values())
+    failed = summaries(xray)[python_traces["/fail"]]
+    cause = failed["FaultRootCauses"][0]
+    assert cause["ClientImpacting"] is True
+    service = cause["Services"][0]
+    assert service["Name"] == "python-svc" and service["Inferred"] is False
+    last = service["EntityPath"][-1]
+    assert last["Name"] == "charge-card"
+    assert last["Exceptions"][0] == {"Name": "RuntimeError", "Message": "card processor unavailable"}
+    slow = failed["ResponseTimeRootCauses"][0]["Services"][0]["EntityPath"][0]
+    assert slow["Name"] == "python-svc" and slow["Coverage"] == 1.0
 
 
 def test_aws_cli_reads_traces(roentgen, xray, python_traces):

@@ -111,8 +111,53 @@ pub struct TraceSummary {
     pub availability_zones: Vec<AvailabilityZoneDetail>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entry_point: Option<ServiceId>,
+    pub fault_root_causes: Vec<RootCause>,
+    pub error_root_causes: Vec<RootCause>,
+    pub response_time_root_causes: Vec<RootCause>,
     pub revision: u32,
     pub matched_event_time: f64,
+}
+
+/// `FaultRootCause`, `ErrorRootCause` and `ResponseTimeRootCause` share this shape; entities of
+/// the first two carry `Exceptions`, those of the third `Coverage`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootCause {
+    pub services: Vec<RootCauseService>,
+    pub client_impacting: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootCauseService {
+    pub name: String,
+    pub names: Vec<String>,
+    #[serde(rename = "Type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    pub entity_path: Vec<RootCauseEntity>,
+    pub inferred: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootCauseEntity {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exceptions: Option<Vec<RootCauseException>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
+    pub remote: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootCauseException {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -15,14 +15,57 @@
 
 use std::collections::HashMap;
 
+use roentgen_model::api;
 use roentgen_model::{Entity, SegmentId};
 use serde::{Deserialize, Serialize};
+
+use crate::summary::ServiceKey;
 
 /// One root cause: the services on the path to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RootCause {
     pub services: Vec<RootCauseService>,
     pub client_impacting: bool,
+}
+
+impl RootCause {
+    /// The API's shape (`FaultRootCause`, …), which `rootcause.json` filters also match against.
+    pub fn to_api(&self, services: &[ServiceKey]) -> api::RootCause {
+        api::RootCause {
+            services: self
+                .services
+                .iter()
+                .filter_map(|svc| {
+                    let key = services.get(svc.service as usize)?;
+                    Some(api::RootCauseService {
+                        name: key.name.clone(),
+                        names: vec![key.name.clone()],
+                        kind: key.kind.clone(),
+                        account_id: key.account_id.clone(),
+                        inferred: svc.inferred,
+                        entity_path: svc.entity_path.iter().map(RootCauseEntity::to_api).collect(),
+                    })
+                })
+                .collect(),
+            client_impacting: self.client_impacting,
+        }
+    }
+}
+
+impl RootCauseEntity {
+    fn to_api(&self) -> api::RootCauseEntity {
+        let exceptions = self
+            .exceptions
+            .iter()
+            .map(|(name, message)| api::RootCauseException { name: name.clone(), message: message.clone() })
+            .collect();
+        api::RootCauseEntity {
+            name: self.name.clone(),
+            exceptions: self.coverage.is_none().then_some(exceptions),
+            coverage: self.coverage,
+            remote: self.remote,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

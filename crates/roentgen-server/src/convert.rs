@@ -69,6 +69,14 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
             .map(|name| api::AvailabilityZoneDetail { name: name.clone() })
             .collect(),
         entry_point: summary.entry_point.and_then(|i| summary.services.get(i as usize)).map(service_id),
+        fault_root_causes: summary.facts.fault_root_causes.iter().map(|c| c.to_api(&summary.services)).collect(),
+        error_root_causes: summary.facts.error_root_causes.iter().map(|c| c.to_api(&summary.services)).collect(),
+        response_time_root_causes: summary
+            .facts
+            .response_time_root_causes
+            .iter()
+            .map(|c| c.to_api(&summary.services))
+            .collect(),
         revision: summary.revision,
         matched_event_time,
     }

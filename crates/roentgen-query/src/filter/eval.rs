@@ -111,45 +111,6 @@ fn root_cause_matches(cause: &RootCause, target: RootCauseTarget, filter: &Expr,
     }
 }
 
-/// A root cause in the API's JSON shape (`FaultRootCauses` and friends).
-pub(crate) fn root_cause_json(cause: &RootCause, s: &TraceSummary) -> serde_json::Value {
-    use serde_json::json;
-    let services: Vec<serde_json::Value> = cause
-        .services
-        .iter()
-        .map(|svc| {
-            let key = &s.services[svc.service as usize];
-            let path: Vec<serde_json::Value> = svc
-                .entity_path
-                .iter()
-                .map(|e| {
-                    let mut entity = json!({"Name": e.name, "Remote": e.remote});
-                    if let Some(coverage) = e.coverage {
-                        entity["Coverage"] = json!(coverage);
-                    } else {
-                        entity["Exceptions"] = e
-                            .exceptions
-                            .iter()
-                            .map(|(name, message)| json!({"Name": name, "Message": message}))
-                            .collect();
-                    }
-                    entity
-                })
-                .collect();
-            let mut service =
-                json!({"Name": key.name, "Names": [key.name], "Inferred": svc.inferred, "EntityPath": path});
-            if let Some(kind) = &key.kind {
-                service["Type"] = json!(kind);
-            }
-            if let Some(account) = &key.account_id {
-                service["AccountId"] = json!(account);
-            }
-            service
-        })
-        .collect();
-    json!({"Services": services, "ClientImpacting": cause.client_impacting})
-}
-
 /// Every element of the pattern array matches one of the trace's root causes, of any kind.
 fn json_matches(pattern: &serde_json::Value, s: &TraceSummary) -> bool {
     let serde_json::Value::Array(patterns) = pattern else { return false };
@@ -157,7 +118,7 @@ fn json_matches(pattern: &serde_json::Value, s: &TraceSummary) -> bool {
         [&s.facts.fault_root_causes, &s.facts.error_root_causes, &s.facts.response_time_root_causes]
             .into_iter()
             .flatten()
-            .map(|c| root_cause_json(c, s))
+            .filter_map(|c| serde_json::to_value(c.to_api(&s.services)).ok())
             .collect();
     !causes.is_empty() && patterns.iter().all(|p| causes.iter().any(|c| json_subset(p, c)))
 }
