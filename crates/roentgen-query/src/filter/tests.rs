@@ -6,168 +6,36 @@ use roentgen_model::{MAX_DOCUMENT_BYTES, ParsedDocument, TraceId, parse_document
 use super::{Filter, GroupKey};
 use crate::summary::{TraceSummary, summarize};
 
-fn trace_id(n: u32) -> TraceId {
-    TraceId::parse(&format!("1-5f000000-{n:024x}")).unwrap()
+/// The golden set shared with the end-to-end test (tests/e2e/test_golden_filters.py).
+const GOLDEN: &str = include_str!("../../../../tests/golden/filter-expressions.json");
+
+fn golden() -> serde_json::Value {
+    serde_json::from_str(GOLDEN).unwrap()
 }
 
-fn trace(n: u32, docs: &[&str]) -> TraceSummary {
-    let id = trace_id(n);
-    let parsed: Vec<ParsedDocument> = docs
-        .iter()
-        .map(|d| {
-            let doc = d.replace("TRACE", &id.to_string());
-            parse_document(doc.as_bytes(), MAX_DOCUMENT_BYTES).unwrap()
-        })
-        .collect();
-    summarize(id, &parsed.iter().collect::<Vec<_>>(), 1)
-}
-
-/// Six traces covering every field the language reads.
+/// The six traces, in order; each document names its trace `TRACE`.
 fn traces() -> Vec<TraceSummary> {
-    vec![
-        trace(
-            1,
-            &[
-                r#"{"trace_id":"TRACE","id":"00000000000000a1","name":"api","start_time":100,"end_time":100.5,"user":"alice",
-               "http":{"request":{"method":"GET","url":"https://api.example.com/checkout","user_agent":"curl/8","client_ip":"10.0.0.1"},"response":{"status":200}},
-               "annotations":{"tenant":"acme","attempt":1,"vip":true},
-               "aws":{"ec2":{"instance_id":"i-1","availability_zone":"us-east-1a"}},
-               "subsegments":[
-                 {"id":"00000000000000c1","name":"DynamoDB","namespace":"aws","start_time":100.1,"end_time":100.2,"aws":{"table_name":"users"}},
-                 {"id":"00000000000000c2","name":"auth","namespace":"remote","start_time":100.2,"end_time":100.4,"http":{"response":{"status":200}}}]}"#,
-                r#"{"trace_id":"TRACE","id":"00000000000000b1","name":"auth","parent_id":"00000000000000c2","start_time":100.21,"end_time":100.39,"http":{"response":{"status":200}}}"#,
-            ],
-        ),
-        trace(
-            2,
-            &[
-                r#"{"trace_id":"TRACE","id":"00000000000000a2","name":"api","start_time":100,"end_time":103,"user":"bob","fault":true,
-               "http":{"request":{"method":"POST","url":"https://api.example.com/pay"},"response":{"status":500}},
-               "annotations":{"tenant":"globex"},
-               "subsegments":[{"id":"00000000000000c3","name":"payments","namespace":"remote","start_time":100.5,"end_time":102.5,"fault":true,"http":{"response":{"status":500}}}]}"#,
-                r#"{"trace_id":"TRACE","id":"00000000000000b2","name":"payments","parent_id":"00000000000000c3","start_time":100.55,"end_time":102.45,"fault":true}"#,
-            ],
-        ),
-        trace(
-            3,
-            &[
-                r#"{"trace_id":"TRACE","id":"00000000000000a3","name":"api","start_time":100,"end_time":100.3,"throttle":true,"error":true,
-               "http":{"request":{"method":"GET","url":"https://api.example.com/items"},"response":{"status":429}},
-               "annotations":{"tenant":"acme","attempt":3},
-               "subsegments":[{"id":"00000000000000c4","name":"cache","start_time":100.1,"in_progress":true}]}"#,
-            ],
-        ),
-        trace(
-            4,
-            &[
-                r#"{"trace_id":"TRACE","id":"00000000000000a4","name":"web","origin":"AWS::EC2::Instance","start_time":100,"end_time":106,"error":true,
-               "http":{"request":{"method":"GET","url":"http://web/missing"},"response":{"status":404}},
-               "subsegments":[{"id":"00000000000000c5","name":"db@host","namespace":"remote","start_time":100.5,"end_time":105.5,"fault":true,
-                 "cause":{"exceptions":[{"id":"00000000000000e1","type":"TimeoutError","message":"db timed out","remote":true}]}}]}"#,
-            ],
-        ),
-        trace(
-            5,
-            &[
-                r#"{"trace_id":"TRACE","id":"00000000000000a5","name":"lambda-fn","origin":"AWS::Lambda::Function","start_time":100,"end_time":100.1,
-               "aws":{"account_id":"123456789012"},"resource_arn":"arn:aws:lambda:us-east-1:123456789012:function:lambda-fn",
-               "annotations":{"a.b":1}}"#,
-            ],
-        ),
-        trace(
-            6,
-            &[
-                r#"{"trace_id":"TRACE","id":"00000000000000a6","name":"api","start_time":100,"end_time":101,
-               "http":{"request":{"method":"GET","url":"https://api.example.com/v2/items"},"response":{"status":200}},
-               "annotations":{"tenant":"acme"},
-               "subsegments":[{"id":"00000000000000c6","name":"SQS","namespace":"aws","start_time":100.5,"end_time":100.6,"aws":{"queue_url":"https://sqs/123/jobs"}}]}"#,
-                r#"{"trace_id":"TRACE","id":"00000000000000b6","name":"worker","parent_id":"00000000000000c6","start_time":101,"end_time":108}"#,
-            ],
-        ),
-    ]
+    let golden = golden();
+    golden["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, docs)| {
+            let id = TraceId::parse(&format!("1-5f000000-{:024x}", i + 1)).unwrap();
+            let parsed: Vec<ParsedDocument> = docs
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    let doc = d.to_string().replace("\"TRACE\"", &format!("\"{id}\""));
+                    parse_document(doc.as_bytes(), MAX_DOCUMENT_BYTES).unwrap()
+                })
+                .collect();
+            summarize(id, &parsed.iter().collect::<Vec<_>>(), 1)
+        })
+        .collect()
 }
-
-/// Each expression and the numbers of the traces it must match, in order.
-const GOLDEN: &[(&str, &[u32])] = &[
-    ("ok", &[1, 5, 6]),
-    ("!ok", &[2, 3, 4]),
-    ("ok = false", &[2, 3, 4]),
-    ("fault", &[2]),
-    ("Fault", &[2]),
-    ("error", &[3, 4]),
-    ("throttle", &[3]),
-    ("partial", &[3]),
-    ("!partial", &[1, 2, 4, 5, 6]),
-    ("partial != true", &[1, 2, 4, 5, 6]),
-    ("inferred", &[1, 4]),
-    ("responsetime > 2", &[2, 4]),
-    ("RESPONSETIME > 5", &[4]),
-    ("responsetime >= 0.5 AND responsetime <= 1", &[1, 6]),
-    ("duration >= 5 AND duration <= 8", &[4, 6]),
-    ("ok !partial duration < 3", &[1, 5]),
-    ("http.status != 200", &[2, 3, 4]),
-    ("http.status = 429", &[3]),
-    ("http.url CONTAINS \"/v2/\"", &[6]),
-    ("http.url BEGINSWITH \"https://api.example.com/\" AND !service(\"payments\")", &[1, 3, 6]),
-    ("http.url ENDSWITH \"/missing\"", &[4]),
-    ("http.method = \"POST\"", &[2]),
-    ("http.useragent CONTAINS \"curl\"", &[1]),
-    ("http.clientip = \"10.0.0.1\"", &[1]),
-    ("user CONTAINS \"\"", &[1, 2]),
-    ("user = \"alice\"", &[1]),
-    ("user != \"alice\"", &[2]),
-    ("http.url AND responseTime > 2", &[2, 4]),
-    ("service(\"payments\") { fault }", &[2]),
-    ("service() { fault }", &[2, 4]),
-    ("service(\"api\") {root = true and fault = true}", &[2]),
-    ("service(\"api\") { fault = true OR responsetime > 2.5 } AND annotation.tenant = \"globex\"", &[2]),
-    ("service(\"auth\") { responsetime < 0.2 }", &[1]),
-    ("service(\"web\") { error }", &[4]),
-    ("service(\"web\") { ok }", &[]),
-    ("service(\"users\") { inferred }", &[1]),
-    ("service(\"api\") { http.status = 500 }", &[2]),
-    ("edge(\"api\", \"payments\") { fault }", &[2]),
-    ("edge(\"api\", \"auth\")", &[1]),
-    ("edge(\"api\",\"auth\") { http.status = 200 }", &[1]),
-    ("edge(\"web\", \"db@host\") { responsetime > 4 }", &[4]),
-    ("edge(\"web\", \"db@host\") { ok }", &[]),
-    ("edge(id(name: \"api\"), id(name: \"worker\"))", &[6]),
-    ("service(id(name: \"lambda-fn\", type: \"AWS::Lambda::Function\"))", &[5]),
-    ("service(id(type: \"AWS::Lambda::Function\")) { error }", &[]),
-    ("service(id(account.id: \"123456789012\"))", &[5]),
-    ("service(id(type: \"AWS::DynamoDB::Table\"))", &[1]),
-    ("!service(\"api\")", &[4, 5]),
-    ("annotation.tenant = \"acme\"", &[1, 3, 6]),
-    ("annotation.tenant != \"acme\"", &[2]),
-    ("annotation.tenant BEGINSWITH \"glo\"", &[2]),
-    ("annotation.attempt > 1", &[3]),
-    ("annotation.vip", &[1]),
-    ("!annotation.vip", &[2, 3, 4, 5, 6]),
-    ("annotation.vip = true", &[1]),
-    ("annotation[\"a.b\"] = 1", &[5]),
-    ("annotation.a.b = 1", &[5]),
-    ("annotation.tenant = 1", &[]),
-    ("availabilityzone = \"us-east-1a\"", &[1]),
-    ("instance.id BEGINSWITH \"i-\"", &[1]),
-    ("resource.arn ENDSWITH \":function:lambda-fn\"", &[5]),
-    ("(fault OR throttle) AND annotation.tenant = \"acme\"", &[3]),
-    ("fault OR throttle AND annotation.tenant = \"acme\"", &[2, 3]),
-    ("NOT fault and not error", &[1, 5, 6]),
-    ("!(fault OR error) !partial", &[1, 5, 6]),
-    ("rootcause.fault.service { name = \"payments\" }", &[2]),
-    ("rootcause.fault.service { last and name = \"payments\" }", &[2]),
-    ("rootcause.fault.service { inferred and name = \"db@host\" and type = \"remote\" }", &[4]),
-    ("rootcause.fault.service { index > 0 }", &[2, 4]),
-    ("rootcause.fault.entity { last and name = \"db@host\" and remote }", &[4]),
-    ("rootcause.fault.exception { name = \"TimeoutError\" and message CONTAINS \"timed out\" }", &[4]),
-    ("rootcause.fault.exception { last and message = \"db timed out\" }", &[4]),
-    ("rootcause.error.service { name = \"api\" }", &[3]),
-    ("rootcause.error.service { name = web }", &[4]),
-    ("rootcause.responsetime.entity { coverage > 0.6 and name = \"payments\" }", &[2]),
-    ("rootcause.responsetime.service { last and inferred }", &[4]),
-    ("rootcause.json = #[{\"Services\": [{\"Name\": \"api\"}, {\"Name\": \"payments\"}]}]", &[2]),
-    ("rootcause.json = #[{\"ClientImpacting\": false}]", &[4]),
-];
 
 fn matching(filter: &Filter, traces: &[TraceSummary]) -> Vec<u32> {
     traces.iter().enumerate().filter(|(_, t)| filter.matches(t)).map(|(i, _)| i as u32 + 1).collect()
@@ -176,9 +44,15 @@ fn matching(filter: &Filter, traces: &[TraceSummary]) -> Vec<u32> {
 #[test]
 fn golden_expressions() {
     let traces = traces();
-    for (text, expected) in GOLDEN {
+    let golden = golden();
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 78);
+    for case in cases {
+        let text = case["filter"].as_str().unwrap();
+        let expected: Vec<u32> =
+            case["matches"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap() as u32).collect();
         let filter = Filter::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
-        assert_eq!(matching(&filter, &traces), *expected, "{text:?} (canonical: {filter})");
+        assert_eq!(matching(&filter, &traces), expected, "{text:?} (canonical: {filter})");
         let reparsed = Filter::parse(&filter.to_string()).unwrap_or_else(|e| panic!("{filter}: {e}"));
         assert_eq!(reparsed, filter, "printing {text:?} and parsing it again gives the same tree");
     }
