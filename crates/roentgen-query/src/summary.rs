@@ -83,6 +83,7 @@ pub struct TraceSummary {
 pub struct NodeFact {
     /// Index into [`TraceSummary::services`].
     pub service: u32,
+    pub start_time: f64,
     pub root: bool,
     pub inferred: bool,
     pub error: bool,
@@ -98,6 +99,7 @@ pub struct NodeFact {
 pub struct EdgeFact {
     pub from: u32,
     pub to: u32,
+    pub start_time: f64,
     pub error: bool,
     pub fault: bool,
     pub throttle: bool,
@@ -245,6 +247,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             let e = &doc.entity;
             facts.nodes.push(NodeFact {
                 service: to,
+                start_time: e.start_time,
                 root: root.is_some_and(|r| std::ptr::eq(*r, *doc)),
                 inferred: false,
                 error: e.error,
@@ -276,6 +279,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                 inferred_nodes.insert(e.id, to);
                 facts.nodes.push(NodeFact {
                     service: to,
+                    start_time: e.start_time,
                     root: false,
                     inferred: true,
                     error: e.error,
@@ -345,6 +349,7 @@ fn edge_fact(from: u32, to: u32, call: &Entity) -> EdgeFact {
     EdgeFact {
         from,
         to,
+        start_time: call.start_time,
         error: call.error,
         fault: call.fault,
         throttle: call.throttle,

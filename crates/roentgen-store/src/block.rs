@@ -505,6 +505,7 @@ mod tests {
         let facts = &summaries[0].facts;
         assert_eq!(facts.nodes.len(), 2);
         assert_eq!((facts.edges.len(), facts.edges[0].from, facts.edges[0].to), (1, 0, 1));
+        assert_eq!(facts.edges[0].start_time, 1_465_510_280.15);
         let fault = &facts.fault_root_causes[0];
         assert_eq!(fault.services.len(), 2);
         let last = fault.services[1].entity_path.last().unwrap();
