@@ -5,11 +5,13 @@
 //! Pure and synchronous: it sees parsed documents, never storage.
 
 pub mod filter;
+mod graph;
 mod inferred;
 mod rootcause;
 mod summary;
 
 pub use filter::{Filter, FilterError};
+pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistics};
 pub use inferred::inferred_service;
 pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use summary::{

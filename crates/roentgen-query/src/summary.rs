@@ -237,6 +237,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut all_entities: Vec<&Entity> = Vec::new();
     let mut attached: HashMap<SegmentId, Vec<&Entity>> = HashMap::new();
     let mut inferred_nodes: HashMap<SegmentId, u32> = HashMap::new();
+    let mut calls_seen: std::collections::HashSet<SegmentId> = std::collections::HashSet::new();
 
     for (i, doc) in docs.iter().enumerate() {
         let service = doc_owner[i];
@@ -256,8 +257,9 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                 response_time: duration_of(e),
                 http_status: e.http.as_ref().and_then(|h| h.status),
             });
-            let caller = doc.parent_id.and_then(|p| Some((*owner.get(&p)?, *entities.get(&p)?)));
-            if let Some((from, call)) = caller {
+            // One observation per call: several segments may answer the same subsegment.
+            let caller = doc.parent_id.filter(|p| calls_seen.insert(*p));
+            if let Some((from, call)) = caller.and_then(|p| Some((*owner.get(&p)?, *entities.get(&p)?))) {
                 facts.edges.push(edge_fact(from, to, call));
             }
         }

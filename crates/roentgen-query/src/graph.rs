@@ -1,0 +1,235 @@
+//! The service graph: nodes and edges aggregated from traces, with X-Ray's statistics.
+//!
+//! A node's statistics come from its own segments (or, for an inferred node, the caller's
+//! subsegment that stands for it); an edge's from the caller's subsegments. Each entry point
+//! gets a `client` node whose edge to the root service carries the root segments. Requests
+//! still in progress are not counted. Fault wins over error; a throttle is an error.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::summary::{ServiceKey, TraceSummary};
+
+/// Counts of completed requests, as `ServiceStatistics` and `EdgeStatistics` report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Statistics {
+    pub ok: u64,
+    pub throttle: u64,
+    pub other_error: u64,
+    pub fault: u64,
+    pub total_response_time: f64,
+}
+
+impl Statistics {
+    fn observe(&mut self, error: bool, fault: bool, throttle: bool, response_time: f64) {
+        if fault {
+            self.fault += 1;
+        } else if throttle {
+            self.throttle += 1;
+        } else if error {
+            self.other_error += 1;
+        } else {
+            self.ok += 1;
+        }
+        self.total_response_time += response_time;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ok + self.throttle + self.other_error + self.fault
+    }
+
+    pub fn add(&mut self, other: &Statistics) {
+        self.ok += other.ok;
+        self.throttle += other.throttle;
+        self.other_error += other.other_error;
+        self.fault += other.fault;
+        self.total_response_time += other.total_response_time;
+    }
+}
+
+/// Latencies rounded to the millisecond, with how many requests took each.
+pub type Histogram = BTreeMap<u64, u64>;
+
+fn record(histogram: &mut Histogram, seconds: f64) {
+    *histogram.entry((seconds * 1000.0).round().max(0.0) as u64).or_default() += 1;
+}
+
+/// Observations of one node or edge over time: statistics, histogram and time bounds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Series {
+    pub statistics: Statistics,
+    pub response_times: Histogram,
+    pub start_time: f64,
+    pub end_time: f64,
+}
+
+impl Series {
+    fn observe(&mut self, start: f64, response_time: f64, flags: (bool, bool, bool)) {
+        if self.statistics.total() == 0 {
+            self.start_time = start;
+            self.end_time = start + response_time;
+        }
+        self.start_time = self.start_time.min(start);
+        self.end_time = self.end_time.max(start + response_time);
+        self.statistics.observe(flags.0, flags.1, flags.2, response_time);
+        record(&mut self.response_times, response_time);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphEdge {
+    /// Index of the target in [`ServiceGraph::nodes`].
+    pub target: usize,
+    pub series: Series,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphNode {
+    pub key: ServiceKey,
+    pub client: bool,
+    pub root: bool,
+    /// True when the node sent segments of its own (X-Ray's `State: active`).
+    pub active: bool,
+    pub series: Series,
+    /// For a root node, the whole trace's duration; otherwise the response times.
+    pub durations: Histogram,
+    pub edges: Vec<GraphEdge>,
+}
+
+/// A service graph under construction, or built.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceGraph {
+    pub nodes: Vec<GraphNode>,
+    index: HashMap<(ServiceKey, bool), usize>,
+}
+
+impl ServiceGraph {
+    fn node(&mut self, key: &ServiceKey, client: bool) -> usize {
+        if let Some(&i) = self.index.get(&(key.clone(), client)) {
+            return i;
+        }
+        self.nodes.push(GraphNode {
+            key: key.clone(),
+            client,
+            root: false,
+            active: false,
+            series: Series::default(),
+            durations: Histogram::new(),
+            edges: Vec::new(),
+        });
+        self.index.insert((key.clone(), client), self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    fn edge(&mut self, from: usize, to: usize) -> &mut Series {
+        let edges = &mut self.nodes[from].edges;
+        let at = match edges.iter().position(|e| e.target == to) {
+            Some(at) => at,
+            None => {
+                edges.push(GraphEdge { target: to, series: Series::default() });
+                edges.len() - 1
+            }
+        };
+        &mut edges[at].series
+    }
+
+    /// Adds one trace's nodes and calls.
+    pub fn add(&mut self, trace: &TraceSummary) {
+        let facts = &trace.facts;
+        for node in &facts.nodes {
+            let Some(key) = trace.services.get(node.service as usize) else { continue };
+            let i = self.node(key, false);
+            self.nodes[i].active |= !node.inferred;
+            self.nodes[i].root |= node.root;
+            let Some(response_time) = node.response_time else { continue };
+            let flags = (node.error, node.fault, node.throttle);
+            self.nodes[i].series.observe(node.start_time, response_time, flags);
+            let duration = if node.root { trace.duration() } else { response_time };
+            record(&mut self.nodes[i].durations, duration);
+            if node.root {
+                let client_key = ServiceKey { name: key.name.clone(), kind: Some("client".into()), account_id: None };
+                let client = self.node(&client_key, true);
+                self.edge(client, i).observe(node.start_time, response_time, flags);
+            }
+        }
+        for edge in &facts.edges {
+            let (Some(from), Some(to)) = (trace.services.get(edge.from as usize), trace.services.get(edge.to as usize))
+            else {
+                continue;
+            };
+            let (from, to) = (self.node(from, false), self.node(to, false));
+            if let Some(response_time) = edge.response_time {
+                self.edge(from, to).observe(edge.start_time, response_time, (edge.error, edge.fault, edge.throttle));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roentgen_model::{MAX_DOCUMENT_BYTES, ParsedDocument, TraceId, parse_document};
+
+    fn summary(n: u32, docs: &[&str]) -> TraceSummary {
+        let id = TraceId::from_parts(1_700_000_000, u128::from(n));
+        let parsed: Vec<ParsedDocument> = docs
+            .iter()
+            .map(|d| parse_document(d.replace("TRACE", &id.to_string()).as_bytes(), MAX_DOCUMENT_BYTES).unwrap())
+            .collect();
+        crate::summarize(id, &parsed.iter().collect::<Vec<_>>(), 1)
+    }
+
+    /// Two requests to `web`: one ok that reads a table, one that fails calling `api`.
+    #[test]
+    fn nodes_edges_and_statistics() {
+        let ok = summary(
+            1,
+            &[
+                r#"{"trace_id":"TRACE","id":"0000000000000001","name":"web","origin":"AWS::EC2::Instance","start_time":10,"end_time":10.2,
+               "subsegments":[{"id":"0000000000000002","name":"DynamoDB","namespace":"aws","start_time":10.05,"end_time":10.1,"aws":{"table_name":"users"}}]}"#,
+            ],
+        );
+        let failed = summary(
+            2,
+            &[
+                r#"{"trace_id":"TRACE","id":"0000000000000003","name":"web","origin":"AWS::EC2::Instance","start_time":20,"end_time":20.5,"fault":true,
+               "subsegments":[{"id":"0000000000000004","name":"api","namespace":"remote","start_time":20.1,"end_time":20.4,"fault":true}]}"#,
+                r#"{"trace_id":"TRACE","id":"0000000000000005","name":"api","parent_id":"0000000000000004","start_time":20.12,"end_time":20.38,"fault":true}"#,
+                r#"{"trace_id":"TRACE","id":"0000000000000006","name":"api","parent_id":"0000000000000004","start_time":20.3,"in_progress":true}"#,
+            ],
+        );
+        let mut graph = ServiceGraph::default();
+        graph.add(&ok);
+        graph.add(&failed);
+        let names: Vec<(&str, bool)> = graph.nodes.iter().map(|n| (n.key.name.as_str(), n.client)).collect();
+        assert_eq!(names, [("web", false), ("web", true), ("users", false), ("api", false)]);
+
+        let web = &graph.nodes[0];
+        assert!(web.root && web.active);
+        assert_eq!((web.series.statistics.ok, web.series.statistics.fault, web.series.statistics.total()), (1, 1, 2));
+        assert!((web.series.statistics.total_response_time - 0.7).abs() < 1e-9);
+        assert_eq!(web.series.response_times, BTreeMap::from([(200, 1), (500, 1)]));
+        assert_eq!((web.series.start_time, web.series.end_time), (10.0, 20.5));
+        let targets: Vec<usize> = web.edges.iter().map(|e| e.target).collect();
+        assert_eq!(targets, [2, 3]);
+        assert_eq!(web.edges[1].series.statistics.fault, 1);
+
+        let client = &graph.nodes[1];
+        assert_eq!(client.key.kind.as_deref(), Some("client"));
+        assert_eq!(client.edges[0].target, 0);
+        assert_eq!(
+            client.edges[0].series.statistics, web.series.statistics,
+            "the client edge carries the root segments"
+        );
+
+        let users = &graph.nodes[2];
+        assert!(!users.active, "an inferred node is not active");
+        assert_eq!(users.key.kind.as_deref(), Some("AWS::DynamoDB::Table"));
+        assert_eq!(users.series.statistics.ok, 1);
+
+        let api = &graph.nodes[3];
+        assert!(api.active && !api.root);
+        assert_eq!(api.series.statistics.total(), 1, "the in-progress segment is not counted");
+    }
+}
