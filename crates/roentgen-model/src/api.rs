@@ -453,6 +453,133 @@ pub struct GetGroupsResponse {
     pub groups: Vec<Group>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetServiceGraphRequest {
+    pub start_time: Option<f64>,
+    pub end_time: Option<f64>,
+    pub group_name: Option<String>,
+    #[serde(rename = "GroupARN")]
+    pub group_arn: Option<String>,
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetServiceGraphResponse {
+    pub start_time: f64,
+    pub end_time: f64,
+    pub services: Vec<Service>,
+    pub contains_old_group_versions: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetTraceGraphResponse {
+    pub services: Vec<Service>,
+}
+
+/// A node of the service graph.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Service {
+    pub reference_id: usize,
+    pub name: String,
+    pub names: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub root: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(rename = "Type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub state: String,
+    pub start_time: f64,
+    pub end_time: f64,
+    pub edges: Vec<Edge>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary_statistics: Option<Statistics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_histogram: Option<Vec<HistogramEntry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_time_histogram: Option<Vec<HistogramEntry>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Edge {
+    pub reference_id: usize,
+    pub start_time: f64,
+    pub end_time: f64,
+    pub summary_statistics: Statistics,
+    pub response_time_histogram: Vec<HistogramEntry>,
+    pub aliases: Vec<ServiceId>,
+}
+
+/// `ServiceStatistics` and `EdgeStatistics`, which have the same members.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Statistics {
+    pub ok_count: u64,
+    pub error_statistics: ErrorStatistics,
+    pub fault_statistics: FaultStatistics,
+    pub total_count: u64,
+    pub total_response_time: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ErrorStatistics {
+    pub throttle_count: u64,
+    pub other_count: u64,
+    pub total_count: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FaultStatistics {
+    pub other_count: u64,
+    pub total_count: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HistogramEntry {
+    pub value: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetTimeSeriesServiceStatisticsRequest {
+    pub start_time: Option<f64>,
+    pub end_time: Option<f64>,
+    pub group_name: Option<String>,
+    #[serde(rename = "GroupARN")]
+    pub group_arn: Option<String>,
+    pub entity_selector_expression: Option<String>,
+    pub period: Option<i64>,
+    pub forecast_statistics: Option<bool>,
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetTimeSeriesServiceStatisticsResponse {
+    pub time_series_service_statistics: Vec<TimeSeriesServiceStatistics>,
+    pub contains_old_group_versions: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TimeSeriesServiceStatistics {
+    pub timestamp: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_summary_statistics: Option<Statistics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_summary_statistics: Option<Statistics>,
+    pub response_time_histogram: Vec<HistogramEntry>,
+}
+
 /// The body of every error response; botocore reads `message`.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody<'a> {

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::config::Config;
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
+use crate::graph;
 use crate::groups::Groups;
 use crate::metrics::Metrics;
 use crate::sampling::Sampling;
@@ -39,7 +40,7 @@ type Shared = State<Arc<AppState>>;
 
 /// The operations of the X-Ray API model that this version does not serve yet, with their paths.
 /// Each answers with an `InvalidRequestException` that says so, until its issue lands.
-const PENDING_OPERATIONS: [(&str, &str); 23] = [
+const PENDING_OPERATIONS: [(&str, &str); 20] = [
     ("CancelTraceRetrieval", "/CancelTraceRetrieval"),
     ("DeleteResourcePolicy", "/DeleteResourcePolicy"),
     ("GetEncryptionConfig", "/EncryptionConfig"),
@@ -49,9 +50,6 @@ const PENDING_OPERATIONS: [(&str, &str); 23] = [
     ("GetInsightImpactGraph", "/InsightImpactGraph"),
     ("GetInsightSummaries", "/InsightSummaries"),
     ("GetRetrievedTracesGraph", "/GetRetrievedTracesGraph"),
-    ("GetServiceGraph", "/ServiceGraph"),
-    ("GetTimeSeriesServiceStatistics", "/TimeSeriesServiceStatistics"),
-    ("GetTraceGraph", "/TraceGraph"),
     ("GetTraceSegmentDestination", "/GetTraceSegmentDestination"),
     ("ListResourcePolicies", "/ListResourcePolicies"),
     ("ListRetrievedTraces", "/ListRetrievedTraces"),
@@ -72,6 +70,9 @@ fn operation_name(path: &str) -> Option<&'static str> {
         "/Traces" => Some("BatchGetTraces"),
         "/TraceSummaries" => Some("GetTraceSummaries"),
         "/TelemetryRecords" => Some("PutTelemetryRecords"),
+        "/ServiceGraph" => Some("GetServiceGraph"),
+        "/TraceGraph" => Some("GetTraceGraph"),
+        "/TimeSeriesServiceStatistics" => Some("GetTimeSeriesServiceStatistics"),
         "/CreateGroup" => Some("CreateGroup"),
         "/GetGroup" => Some("GetGroup"),
         "/Groups" => Some("GetGroups"),
@@ -93,6 +94,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/Traces", post(batch_get_traces))
         .route("/TraceSummaries", post(get_trace_summaries))
         .route("/TelemetryRecords", post(put_telemetry_records))
+        .route("/ServiceGraph", post(get_service_graph))
+        .route("/TraceGraph", post(get_trace_graph))
+        .route("/TimeSeriesServiceStatistics", post(get_time_series_service_statistics))
         .route("/CreateGroup", post(create_group))
         .route("/GetGroup", post(get_group))
         .route("/Groups", post(get_groups))
@@ -320,7 +324,9 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
 /// group's filter in place of the references to it.
 fn parse_filter(state: &AppState, text: &str) -> Result<Filter, ApiError> {
     let filter = Filter::parse(text).map_err(|e| ApiError::invalid(format!("FilterExpression: {e}")))?;
-    let filter = filter.resolve_groups(|by, value| state.groups.filter_for(by, value)).map_err(ApiError::invalid)?;
+    let filter = filter
+        .resolve_groups(|by, value| state.groups.filter_for(by, value))
+        .map_err(|e| ApiError::invalid(format!("FilterExpression: {e}")))?;
     Ok(filter)
 }
 
@@ -360,6 +366,21 @@ async fn put_telemetry_records(State(state): Shared, request: Request) -> Result
         );
     }
     Ok(json(&serde_json::json!({})))
+}
+
+async fn get_service_graph(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&graph::service_graph(&state, req).await?))
+}
+
+async fn get_trace_graph(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&graph::trace_graph(&state, req).await?))
+}
+
+async fn get_time_series_service_statistics(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let req = read_json(&state, request.into_body()).await?;
+    Ok(json(&graph::time_series(&state, req).await?))
 }
 
 async fn create_group(State(state): Shared, request: Request) -> Result<Response, ApiError> {
@@ -436,6 +457,9 @@ mod tests {
             "/Traces",
             "/TraceSummaries",
             "/TelemetryRecords",
+            "/ServiceGraph",
+            "/TraceGraph",
+            "/TimeSeriesServiceStatistics",
             "/CreateGroup",
             "/GetGroup",
             "/Groups",

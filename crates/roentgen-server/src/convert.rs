@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use roentgen_model::api;
 use roentgen_model::{AnnotationValue, TraceId};
-use roentgen_query::{ServiceKey, TraceSummary};
+use roentgen_query::{ServiceGraph, ServiceKey, TraceSummary};
 use roentgen_store::SummaryCursor;
 
 fn service_id(key: &ServiceKey) -> api::ServiceId {
@@ -80,6 +80,70 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
         revision: summary.revision,
         matched_event_time,
     }
+}
+
+pub fn statistics(s: &roentgen_query::Statistics) -> api::Statistics {
+    let errors = s.throttle + s.other_error;
+    api::Statistics {
+        ok_count: s.ok,
+        error_statistics: api::ErrorStatistics {
+            throttle_count: s.throttle,
+            other_count: s.other_error,
+            total_count: errors,
+        },
+        fault_statistics: api::FaultStatistics { other_count: s.fault, total_count: s.fault },
+        total_count: s.total(),
+        total_response_time: (s.total_response_time * 1e6).round() / 1e6,
+    }
+}
+
+pub fn histogram(h: &roentgen_query::Histogram) -> Vec<api::HistogramEntry> {
+    h.iter().map(|(ms, count)| api::HistogramEntry { value: *ms as f64 / 1000.0, count: *count }).collect()
+}
+
+/// The graph's nodes as `Service` records; reference ids are the node positions.
+pub fn services(graph: &ServiceGraph) -> Vec<api::Service> {
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let series = &node.series;
+            let edges_bounds = node.edges.iter().map(|e| (e.series.start_time, e.series.end_time));
+            let (start, end) = if node.client {
+                edges_bounds.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (s, e)| (a.min(s), b.max(e)))
+            } else {
+                (series.start_time, series.end_time)
+            };
+            let measured = !node.client && series.statistics.total() > 0;
+            api::Service {
+                reference_id: i,
+                name: node.key.name.clone(),
+                names: vec![node.key.name.clone()],
+                root: node.root,
+                account_id: node.key.account_id.clone(),
+                kind: node.key.kind.clone(),
+                state: if node.active { "active" } else { "unknown" }.to_owned(),
+                start_time: if start.is_finite() { start.floor() } else { 0.0 },
+                end_time: if end.is_finite() { end.ceil() } else { 0.0 },
+                edges: node
+                    .edges
+                    .iter()
+                    .map(|edge| api::Edge {
+                        reference_id: edge.target,
+                        start_time: edge.series.start_time.floor(),
+                        end_time: edge.series.end_time.ceil(),
+                        summary_statistics: statistics(&edge.series.statistics),
+                        response_time_histogram: histogram(&edge.series.response_times),
+                        aliases: Vec::new(),
+                    })
+                    .collect(),
+                summary_statistics: measured.then(|| statistics(&series.statistics)),
+                duration_histogram: measured.then(|| histogram(&node.durations)),
+                response_time_histogram: measured.then(|| histogram(&series.response_times)),
+            }
+        })
+        .collect()
 }
 
 /// `GetTraceSummaries` tokens carry the cursor and the query they belong to, so a token cannot be

@@ -203,7 +203,7 @@ impl Groups {
         let groups = self.lock();
         let group = groups.iter().find(|g| if by == GroupKey::Name { g.name == value } else { g.arn == value });
         let what = if by == GroupKey::Name { "name" } else { "ARN" };
-        let group = group.ok_or_else(|| format!("FilterExpression: there is no group with the {what} {value:?}"))?;
+        let group = group.ok_or_else(|| format!("there is no group with the {what} {value:?}"))?;
         match &group.filter {
             None => Ok(Filter::everything()),
             Some(text) => {

@@ -5,6 +5,7 @@ mod api;
 mod config;
 mod convert;
 mod error;
+mod graph;
 mod groups;
 mod metrics;
 mod persist;

@@ -253,8 +253,9 @@ async fn hostile_bodies_get_aws_errors_and_the_server_keeps_serving() {
     assert_eq!(code, "InvalidRequestException");
     let (_, code, _) = h.error("/Traces", json!({"TraceIds": ["x"], "NextToken": "t1.5.0"}).to_string()).await;
     assert_eq!(code, "InvalidRequestException");
-    let (status, code, _) = h.error("/ServiceGraph", "{}").await;
+    let (status, code, message) = h.error("/InsightSummaries", "{}").await;
     assert_eq!((status, code.as_str()), (400, "InvalidRequestException"));
+    assert!(message.contains("GetInsightSummaries is not available"), "{message}");
     let (status, code, _) = h.error("/NoSuchOperation", "{}").await;
     assert_eq!((status, code.as_str()), (404, "UnknownOperationException"));
 
@@ -589,4 +590,96 @@ async fn groups_crud_and_group_filters() {
     let (_, code, _) = h.error("/GetGroup", json!({"GroupName": "faults"}).to_string()).await;
     assert_eq!(code, "InvalidRequestException");
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn service_graph_trace_graph_and_time_series() {
+    let h = Harness::start().await;
+    let (ok, failed) = (trace_id(50), trace_id(51));
+    let t = now() - 30.0;
+    let doc = |trace: &str, body: String| format!(r#"{{"trace_id":"{trace}",{body}}}"#);
+    h.put(&[
+        doc(&ok, format!(r#""id":"0000000000000011","name":"web","origin":"AWS::EC2::Instance","start_time":{t},"end_time":{},
+            "subsegments":[{{"id":"0000000000000012","name":"DynamoDB","namespace":"aws","start_time":{},"end_time":{},"aws":{{"table_name":"users"}}}}]"#, t + 0.2, t + 0.05, t + 0.1)),
+        doc(&failed, format!(r#""id":"0000000000000021","name":"web","origin":"AWS::EC2::Instance","start_time":{t},"end_time":{},"fault":true,
+            "subsegments":[{{"id":"0000000000000022","name":"api","namespace":"remote","start_time":{},"end_time":{},"fault":true}}]"#, t + 0.5, t + 0.1, t + 0.4)),
+        doc(&failed, format!(r#""id":"0000000000000023","name":"api","parent_id":"0000000000000022","start_time":{},"end_time":{},"fault":true"#, t + 0.12, t + 0.38)),
+    ])
+    .await;
+
+    let (status, body) = h.post("/ServiceGraph", json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0})).await;
+    assert_eq!(status, 200, "{body}");
+    let services = body["Services"].as_array().unwrap();
+    let by_name = |name: &str, kind: &str| {
+        services
+            .iter()
+            .find(|s| s["Name"] == name && s["Type"] == kind)
+            .unwrap_or_else(|| panic!("no {name} {kind}: {body}"))
+    };
+    let web = by_name("web", "AWS::EC2::Instance");
+    assert_eq!((web["Root"].clone(), web["State"].clone()), (json!(true), json!("active")));
+    assert_eq!(web["SummaryStatistics"]["OkCount"], 1);
+    assert_eq!(web["SummaryStatistics"]["FaultStatistics"]["TotalCount"], 1);
+    assert_eq!(web["SummaryStatistics"]["TotalCount"], 2);
+    assert_eq!(web["ResponseTimeHistogram"], json!([{"Value": 0.2, "Count": 1}, {"Value": 0.5, "Count": 1}]));
+    let client = by_name("web", "client");
+    assert!(client.get("SummaryStatistics").is_none());
+    assert_eq!(client["Edges"][0]["ReferenceId"], web["ReferenceId"]);
+    assert_eq!(client["Edges"][0]["SummaryStatistics"]["TotalCount"], 2);
+    let users = by_name("users", "AWS::DynamoDB::Table");
+    assert_eq!(users["State"], "unknown");
+    let edge_to_api = web["Edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| services.iter().any(|s| s["ReferenceId"] == e["ReferenceId"] && s["Name"] == "api"));
+    assert_eq!(edge_to_api.unwrap()["SummaryStatistics"]["FaultStatistics"]["TotalCount"], 1);
+    assert_eq!(edge_to_api.unwrap()["Aliases"], json!([]));
+
+    let (_, body) = h.post("/TraceGraph", json!({"TraceIds": [ok]})).await;
+    let names: Vec<&str> = body["Services"].as_array().unwrap().iter().map(|s| s["Name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web", "web", "users"]);
+
+    let series = |selector: Value| {
+        let mut request = json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0, "Period": 60});
+        if !selector.is_null() {
+            request["EntitySelectorExpression"] = selector;
+        }
+        request
+    };
+    let (_, body) = h.post("/TimeSeriesServiceStatistics", series(json!("service(\"web\")"))).await;
+    let points = body["TimeSeriesServiceStatistics"].as_array().unwrap();
+    let total: u64 = points.iter().map(|p| p["ServiceSummaryStatistics"]["TotalCount"].as_u64().unwrap()).sum();
+    assert_eq!(total, 2);
+    assert!(points.iter().all(|p| p["Timestamp"].as_f64().unwrap() % 60.0 == 0.0));
+    let (_, body) = h.post("/TimeSeriesServiceStatistics", series(json!("edge(\"web\", \"api\")"))).await;
+    assert_eq!(body["TimeSeriesServiceStatistics"][0]["EdgeSummaryStatistics"]["FaultStatistics"]["TotalCount"], 1);
+    let (_, body) = h.post("/TimeSeriesServiceStatistics", series(json!("id(type: \"AWS::DynamoDB::Table\")"))).await;
+    assert_eq!(body["TimeSeriesServiceStatistics"][0]["ServiceSummaryStatistics"]["OkCount"], 1);
+    let (_, body) = h.post("/TimeSeriesServiceStatistics", series(Value::Null)).await;
+    let entry: u64 = body["TimeSeriesServiceStatistics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["EdgeSummaryStatistics"]["TotalCount"].as_u64().unwrap())
+        .sum();
+    assert_eq!(entry, 2, "without a selector: the requests entering the graph");
+    for (request, message) in [
+        (json!({"StartTime": 1, "EndTime": 2, "Period": 45}), "multiple of 60"),
+        (json!({"StartTime": 1, "EndTime": 2, "EntitySelectorExpression": "fault"}), "EntitySelectorExpression"),
+        (json!({"StartTime": 1, "EndTime": 2, "ForecastStatistics": true}), "ForecastStatistics"),
+    ] {
+        let (_, code, got) = h.error("/TimeSeriesServiceStatistics", request.to_string()).await;
+        assert_eq!(code, "InvalidRequestException");
+        assert!(got.contains(message), "{got}");
+    }
+
+    h.post("/CreateGroup", json!({"GroupName": "db", "FilterExpression": "service(\"users\")"})).await;
+    let (_, body) =
+        h.post("/ServiceGraph", json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0, "GroupName": "db"})).await;
+    let names: Vec<&str> = body["Services"].as_array().unwrap().iter().map(|s| s["Name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web", "web", "users"], "the group keeps only the trace that reached the table");
+    let (_, code, _) =
+        h.error("/ServiceGraph", json!({"StartTime": 1, "EndTime": 2, "GroupName": "nope"}).to_string()).await;
+    assert_eq!(code, "InvalidRequestException");
 }
