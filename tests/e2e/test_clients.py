@@ -219,7 +219,7 @@ def test_put_trace_segments_through_boto3(xray):
     assert "expected a number after >" in error.value.response["Error"]["Message"]
 
     with pytest.raises(botocore.exceptions.ClientError) as error:
-        xray.get_service_graph(StartTime=now - 60, EndTime=now)
+        xray.get_insight_summaries(StartTime=now - 60, EndTime=now)
     assert error.value.response["Error"]["Code"] == "InvalidRequestException"
 
 

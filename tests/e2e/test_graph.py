@@ -1,0 +1,53 @@
+"""The service map from traces the official SDKs sent, read with the AWS CLI and boto3."""
+
+import time
+
+from conftest import aws_cli
+from test_clients import wait_for_traces
+
+
+def nodes(services):
+    return {(s["Name"], s.get("Type")): s for s in services}
+
+
+def test_service_graph_through_aws_cli(roentgen, xray, python_traces, node_traces):
+    wait_for_traces(xray, [*python_traces.values(), *node_traces.values()])
+    now = int(time.time())
+    code, out, err = aws_cli(roentgen, "get-service-graph", "--start-time", str(now - 600), "--end-time", str(now + 60))
+    assert code == 0, err
+    graph = nodes(out["Services"])
+    python = graph[("python-svc", None)]
+    assert python["Root"] is True and python["State"] == "active"
+    stats = python["SummaryStatistics"]
+    assert stats["OkCount"] >= 1 and stats["FaultStatistics"]["TotalCount"] >= 1
+    assert stats["ErrorStatistics"]["ThrottleCount"] >= 1
+    assert graph[("python-svc", "client")]["Edges"][0]["ReferenceId"] == python["ReferenceId"]
+    database = graph[("orders@db.internal", "remote")]
+    assert database["State"] == "unknown"
+    targets = {e["ReferenceId"] for e in python["Edges"]}
+    assert database["ReferenceId"] in targets
+    node = graph[("node-svc", None)]
+    assert node["SummaryStatistics"]["TotalCount"] >= 3
+    assert sum(h["Count"] for h in node["ResponseTimeHistogram"]) == node["SummaryStatistics"]["TotalCount"]
+
+
+def test_trace_graph_and_time_series(roentgen, xray, python_traces):
+    wait_for_traces(xray, python_traces.values())
+    code, out, err = aws_cli(roentgen, "get-trace-graph", "--trace-ids", python_traces["/fail"])
+    assert code == 0, err
+    graph = nodes(out["Services"])
+    assert graph[("python-svc", None)]["SummaryStatistics"]["FaultStatistics"]["TotalCount"] == 1
+    assert graph[("python-svc", None)]["SummaryStatistics"]["TotalCount"] == 1
+
+    now = int(time.time())
+    code, out, err = aws_cli(roentgen, "get-time-series-service-statistics", "--start-time", str(now - 600),
+                             "--end-time", str(now + 60), "--period", "60",
+                             "--entity-selector-expression", 'service("python-svc")')
+    assert code == 0, err
+    points = out["TimeSeriesServiceStatistics"]
+    assert sum(p["ServiceSummaryStatistics"]["TotalCount"] for p in points) >= 3
+    assert all(p["Timestamp"] for p in points)
+
+    series = xray.get_time_series_service_statistics(StartTime=now - 600, EndTime=now + 60, Period=300,
+                                                      EntitySelectorExpression='edge("python-svc", "orders@db.internal")')
+    assert sum(p["EdgeSummaryStatistics"]["TotalCount"] for p in series["TimeSeriesServiceStatistics"]) >= 3
