@@ -74,6 +74,13 @@ enum Command {
         #[arg(long)]
         expression: Vec<String>,
     },
+    /// Measure GetServiceGraph over the last ten minutes and the last hour.
+    Graph {
+        #[arg(long, default_value = "127.0.0.1:2000")]
+        address: String,
+        #[arg(long, default_value_t = 10)]
+        requests: usize,
+    },
     /// Measure read latency against what `ingest` wrote.
     Query {
         #[arg(long, default_value = "127.0.0.1:2000")]
@@ -134,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             runtime.block_on(filters(&address, &expressions, requests))?;
         }
+        Command::Graph { address, requests } => runtime.block_on(graph(&address, requests))?,
         Command::Query { address, trace_ids, requests } => {
             let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
             if ids.is_empty() {
@@ -518,6 +526,34 @@ async fn filters(address: &str, expressions: &[String], requests: usize) -> anyh
             "traces_scanned": scanned,
             "first_page": matched,
             "traces_scanned_per_second": scanned as f64 / mean,
+            "latency": percentiles(latencies),
+        }));
+    }
+    Ok(())
+}
+
+async fn graph(address: &str, requests: usize) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for minutes in [10.0, 60.0] {
+        let mut latencies = Vec::with_capacity(requests);
+        let mut nodes = 0;
+        for _ in 0..requests {
+            let end = now();
+            let body = json!({"StartTime": end - minutes * 60.0, "EndTime": end});
+            let started = Instant::now();
+            let answer: Value = client
+                .post(format!("http://{address}/ServiceGraph"))
+                .body(body.to_string())
+                .send()
+                .await?
+                .json()
+                .await?;
+            latencies.push(started.elapsed().as_secs_f64());
+            nodes = answer["Services"].as_array().map_or(0, Vec::len);
+        }
+        emit(json!({
+            "operation": format!("GetServiceGraph, last {minutes} minutes"),
+            "nodes": nodes,
             "latency": percentiles(latencies),
         }));
     }

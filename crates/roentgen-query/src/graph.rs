@@ -101,16 +101,15 @@ pub struct GraphNode {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceGraph {
     pub nodes: Vec<GraphNode>,
-    index: HashMap<(ServiceKey, bool), usize>,
+    services: HashMap<ServiceKey, usize>,
+    /// Client nodes, by the name of the root service they call.
+    clients: HashMap<String, usize>,
 }
 
 impl ServiceGraph {
-    fn node(&mut self, key: &ServiceKey, client: bool) -> usize {
-        if let Some(&i) = self.index.get(&(key.clone(), client)) {
-            return i;
-        }
+    fn push(&mut self, key: ServiceKey, client: bool) -> usize {
         self.nodes.push(GraphNode {
-            key: key.clone(),
+            key,
             client,
             root: false,
             active: false,
@@ -118,8 +117,26 @@ impl ServiceGraph {
             durations: Histogram::new(),
             edges: Vec::new(),
         });
-        self.index.insert((key.clone(), client), self.nodes.len() - 1);
         self.nodes.len() - 1
+    }
+
+    fn service(&mut self, key: &ServiceKey) -> usize {
+        if let Some(&i) = self.services.get(key) {
+            return i;
+        }
+        let i = self.push(key.clone(), false);
+        self.services.insert(key.clone(), i);
+        i
+    }
+
+    fn client(&mut self, root: &str) -> usize {
+        if let Some(&i) = self.clients.get(root) {
+            return i;
+        }
+        let key = ServiceKey { name: root.to_owned(), kind: Some("client".into()), account_id: None };
+        let i = self.push(key, true);
+        self.clients.insert(root.to_owned(), i);
+        i
     }
 
     fn edge(&mut self, from: usize, to: usize) -> &mut Series {
@@ -136,10 +153,11 @@ impl ServiceGraph {
 
     /// Adds one trace's nodes and calls.
     pub fn add(&mut self, trace: &TraceSummary) {
+        // Each of the trace's services is looked up once.
+        let local: Vec<usize> = trace.services.iter().map(|key| self.service(key)).collect();
         let facts = &trace.facts;
         for node in &facts.nodes {
-            let Some(key) = trace.services.get(node.service as usize) else { continue };
-            let i = self.node(key, false);
+            let Some(&i) = local.get(node.service as usize) else { continue };
             self.nodes[i].active |= !node.inferred;
             self.nodes[i].root |= node.root;
             let Some(response_time) = node.response_time else { continue };
@@ -148,17 +166,14 @@ impl ServiceGraph {
             let duration = if node.root { trace.duration() } else { response_time };
             record(&mut self.nodes[i].durations, duration);
             if node.root {
-                let client_key = ServiceKey { name: key.name.clone(), kind: Some("client".into()), account_id: None };
-                let client = self.node(&client_key, true);
+                let client = self.client(&trace.services[node.service as usize].name);
                 self.edge(client, i).observe(node.start_time, response_time, flags);
             }
         }
         for edge in &facts.edges {
-            let (Some(from), Some(to)) = (trace.services.get(edge.from as usize), trace.services.get(edge.to as usize))
-            else {
+            let (Some(&from), Some(&to)) = (local.get(edge.from as usize), local.get(edge.to as usize)) else {
                 continue;
             };
-            let (from, to) = (self.node(from, false), self.node(to, false));
             if let Some(response_time) = edge.response_time {
                 self.edge(from, to).observe(edge.start_time, response_time, (edge.error, edge.fault, edge.throttle));
             }
@@ -203,7 +218,7 @@ mod tests {
         graph.add(&ok);
         graph.add(&failed);
         let names: Vec<(&str, bool)> = graph.nodes.iter().map(|n| (n.key.name.as_str(), n.client)).collect();
-        assert_eq!(names, [("web", false), ("web", true), ("users", false), ("api", false)]);
+        assert_eq!(names, [("web", false), ("users", false), ("web", true), ("api", false)]);
 
         let web = &graph.nodes[0];
         assert!(web.root && web.active);
@@ -212,10 +227,10 @@ mod tests {
         assert_eq!(web.series.response_times, BTreeMap::from([(200, 1), (500, 1)]));
         assert_eq!((web.series.start_time, web.series.end_time), (10.0, 20.5));
         let targets: Vec<usize> = web.edges.iter().map(|e| e.target).collect();
-        assert_eq!(targets, [2, 3]);
+        assert_eq!(targets, [1, 3]);
         assert_eq!(web.edges[1].series.statistics.fault, 1);
 
-        let client = &graph.nodes[1];
+        let client = &graph.nodes[2];
         assert_eq!(client.key.kind.as_deref(), Some("client"));
         assert_eq!(client.edges[0].target, 0);
         assert_eq!(
@@ -223,7 +238,7 @@ mod tests {
             "the client edge carries the root segments"
         );
 
-        let users = &graph.nodes[2];
+        let users = &graph.nodes[1];
         assert!(!users.active, "an inferred node is not active");
         assert_eq!(users.key.kind.as_deref(), Some("AWS::DynamoDB::Table"));
         assert_eq!(users.series.statistics.ok, 1);

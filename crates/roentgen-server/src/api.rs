@@ -308,8 +308,16 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
                 .ok_or_else(|| ApiError::invalid("NextToken is not valid for this query"))?,
         ),
     };
-    let query =
-        SummaryQuery { start, end, range, after, limit: state.config.query.summaries_page_size, sample_rate, filter };
+    let query = SummaryQuery {
+        start,
+        end,
+        range,
+        after,
+        limit: state.config.query.summaries_page_size,
+        sample_rate,
+        filter,
+        ordered: true,
+    };
     let page = state.store.summaries(&query).await.map_err(ApiError::internal)?;
     let response = api::GetTraceSummariesResponse {
         trace_summaries: page.summaries.iter().map(|(s, matched)| convert::trace_summary(s, *matched)).collect(),

@@ -51,6 +51,7 @@ async fn traces_in(
         limit: usize::MAX,
         sample_rate: None,
         filter,
+        ordered: false,
     };
     let page = state.store.summaries(&query).await.map_err(ApiError::internal)?;
     Ok(page.summaries.into_iter().map(|(s, _)| s).collect())

@@ -195,6 +195,9 @@ pub struct SummaryQuery {
     pub sample_rate: Option<f64>,
     /// Keep only the traces this filter matches.
     pub filter: Option<Arc<roentgen_query::Filter>>,
+    /// Newest first and paged by `limit`; when false, every match in no particular order
+    /// (for aggregations, which need no order).
+    pub ordered: bool,
 }
 
 #[derive(Debug, Default)]
@@ -583,6 +586,10 @@ impl Store {
             }
         }
 
+        if !query.ordered {
+            let summaries = candidates.into_iter().map(|(_, _, s, m)| (s, m)).collect();
+            return Ok(SummaryPage { summaries, scanned, next: None });
+        }
         candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
         let more = candidates.len() > query.limit;
         candidates.truncate(query.limit);

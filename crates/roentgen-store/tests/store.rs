@@ -52,6 +52,7 @@ fn all_time() -> SummaryQuery {
         limit: 10_000,
         sample_rate: None,
         filter: None,
+        ordered: true,
     }
 }
 
