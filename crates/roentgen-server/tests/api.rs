@@ -683,3 +683,82 @@ async fn service_graph_trace_graph_and_time_series() {
         h.error("/ServiceGraph", json!({"StartTime": 1, "EndTime": 2, "GroupName": "nope"}).to_string()).await;
     assert_eq!(code, "InvalidRequestException");
 }
+
+/// Moves a golden document to the present and gives it its trace id.
+fn place(doc: &Value, ids: &[String], shift: f64) -> Value {
+    let mut doc = doc.clone();
+    fn shift_times(entity: &mut Value, shift: f64) {
+        for key in ["start_time", "end_time"] {
+            if let Some(t) = entity.get(key).and_then(Value::as_f64) {
+                entity[key] = json!(t + shift);
+            }
+        }
+        if let Some(subsegments) = entity.get_mut("subsegments").and_then(Value::as_array_mut) {
+            for sub in subsegments {
+                shift_times(sub, shift);
+            }
+        }
+    }
+    shift_times(&mut doc, shift);
+    let n: usize = doc["trace_id"].as_str().unwrap().trim_start_matches("TRACE").parse().unwrap();
+    doc["trace_id"] = json!(ids[n - 1]);
+    doc
+}
+
+/// The graph with reference ids replaced by node names, in a stable order, times left out.
+fn canonical_graph(body: &Value) -> Value {
+    let services = body["Services"].as_array().unwrap();
+    let label = |s: &Value| format!("{} ({})", s["Name"].as_str().unwrap(), s["Type"].as_str().unwrap_or("service"));
+    let by_id: std::collections::HashMap<u64, String> =
+        services.iter().map(|s| (s["ReferenceId"].as_u64().unwrap(), label(s))).collect();
+    let mut nodes: Vec<Value> = services
+        .iter()
+        .map(|s| {
+            let mut edges: Vec<Value> = s["Edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    json!({"To": by_id[&e["ReferenceId"].as_u64().unwrap()], "SummaryStatistics": e["SummaryStatistics"],
+                           "ResponseTimeHistogram": e["ResponseTimeHistogram"]})
+                })
+                .collect();
+            edges.sort_by_key(|e| e["To"].as_str().unwrap().to_owned());
+            json!({"Node": label(s), "Root": s.get("Root").cloned().unwrap_or(json!(false)), "State": s["State"],
+                   "SummaryStatistics": s.get("SummaryStatistics"), "ResponseTimeHistogram": s.get("ResponseTimeHistogram"),
+                   "DurationHistogram": s.get("DurationHistogram"), "Edges": edges})
+        })
+        .collect();
+    nodes.sort_by_key(|n| n["Node"].as_str().unwrap().to_owned());
+    Value::Array(nodes)
+}
+
+/// Issue 4's multi-service data set (tests/golden/service-graph.json) against its committed
+/// expected graph: ok, 4xx, 429, 5xx and slow requests, instrumented and inferred services, an
+/// in-progress segment later completed, and a segment that arrives after its trace was flushed.
+/// `BLESS=1` rewrites the expectation after a deliberate change.
+#[tokio::test]
+async fn golden_service_graph() {
+    let h = Harness::start().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/service-graph.json");
+    let mut golden: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let ids: Vec<String> = (1..=7).map(|n| trace_id(60 + n)).collect();
+    let shift = now() - 300.0 - 100.0;
+    let send = |docs: &Value| -> Vec<String> {
+        docs.as_array().unwrap().iter().map(|d| place(d, &ids, shift).to_string()).collect()
+    };
+    let body = h.put(&send(&golden["documents"])).await;
+    assert_eq!(body["UnprocessedTraceSegments"], json!([]));
+    h.server().store().flush_all().await.unwrap();
+    h.put(&send(&golden["late_documents"])).await;
+
+    let (status, body) = h.post("/ServiceGraph", json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0})).await;
+    assert_eq!(status, 200, "{body}");
+    let graph = canonical_graph(&body);
+    if std::env::var_os("BLESS").is_some() {
+        golden["expected"] = graph;
+        std::fs::write(&path, serde_json::to_string_pretty(&golden).unwrap() + "\n").unwrap();
+        return;
+    }
+    assert_eq!(graph, golden["expected"], "the service graph differs from tests/golden/service-graph.json");
+}
