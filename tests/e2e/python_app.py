@@ -11,18 +11,30 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import boto3
 from aws_xray_sdk.core import patch, xray_recorder
 from aws_xray_sdk.core.models import http as xray_http
 
 xray_recorder.configure(sampling=False, context_missing="LOG_ERROR", service="python-svc")
-patch(["httplib"])
+patch(["httplib", "botocore"])
 
 
 class Downstream(BaseHTTPRequestHandler):
+    """An HTTP dependency, and a loopback stand-in for DynamoDB's GetItem."""
+
     def do_GET(self):
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b"ok")
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"Item": {"id": {"S": "42"}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -55,6 +67,8 @@ def handle(path, port):
         conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.request("GET", "/inventory")
         conn.getresponse().read()
+        dynamodb = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        dynamodb.get_item(TableName="orders", Key={"id": {"S": "42"}})
 
     status = 200
     if path == "/throttle":

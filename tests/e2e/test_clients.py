@@ -71,6 +71,9 @@ def test_python_sdk_segments_round_trip(xray, python_traces):
     calls = find_all(ok, "127.0.0.1")
     assert all(c["namespace"] == "remote" and c["http"]["request"]["url"].endswith("/inventory") for c in calls)
     assert any(c["http"].get("response", {}).get("status") == 200 for c in calls)
+    table_call = find(ok, "dynamodb")
+    assert table_call["namespace"] == "aws"
+    assert (table_call["aws"]["operation"], table_call["aws"]["table_name"]) == ("GetItem", "orders")
 
     throttled = find(documents(traces[python_traces["/throttle"]]), "python-svc")
     assert throttled["throttle"] and throttled["error"]

@@ -26,6 +26,10 @@ def test_service_graph_through_aws_cli(roentgen, xray, python_traces, node_trace
     assert database["State"] == "unknown"
     targets = {e["ReferenceId"] for e in python["Edges"]}
     assert database["ReferenceId"] in targets
+    # The SDK's botocore patch recorded the GetItem call; the table is an inferred node.
+    table = graph[("orders", "AWS::DynamoDB::Table")]
+    assert table["State"] == "unknown" and table["ReferenceId"] in targets
+    assert table["SummaryStatistics"]["OkCount"] >= 1
     node = graph[("node-svc", None)]
     assert node["SummaryStatistics"]["TotalCount"] >= 3
     assert sum(h["Count"] for h in node["ResponseTimeHistogram"]) == node["SummaryStatistics"]["TotalCount"]

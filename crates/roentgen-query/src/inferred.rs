@@ -32,15 +32,20 @@ fn queue_name(url: &str) -> Option<&str> {
     url.rsplit('/').next().filter(|s| !s.is_empty())
 }
 
+/// SDKs disagree on case: Java and Node name the subsegment "DynamoDB", Python's botocore patch
+/// uses the endpoint prefix "dynamodb".
 fn aws_resource_type(service: &str) -> String {
-    match service {
-        "DynamoDB" => "AWS::DynamoDB::Table".to_owned(),
-        "SQS" => "AWS::SQS::Queue".to_owned(),
-        "S3" => "AWS::S3::Bucket".to_owned(),
-        "SNS" => "AWS::SNS::Topic".to_owned(),
-        "Lambda" => "AWS::Lambda".to_owned(),
-        other => format!("AWS::{other}"),
-    }
+    const KNOWN: [(&str, &str); 5] = [
+        ("DynamoDB", "AWS::DynamoDB::Table"),
+        ("SQS", "AWS::SQS::Queue"),
+        ("S3", "AWS::S3::Bucket"),
+        ("SNS", "AWS::SNS::Topic"),
+        ("Lambda", "AWS::Lambda"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(service))
+        .map_or_else(|| format!("AWS::{service}"), |(_, kind)| (*kind).to_owned())
 }
 
 #[cfg(test)]
@@ -63,6 +68,10 @@ mod tests {
         assert_eq!((key.name.as_str(), key.kind.as_deref()), ("orders", Some("AWS::SQS::Queue")));
         let s = sub(r#"{"id":"0000000000000002","name":"S3","namespace":"aws","start_time":1,"end_time":2}"#);
         assert_eq!(inferred_service(&s).unwrap().kind.as_deref(), Some("AWS::S3::Bucket"));
+        let s = sub(r#"{"id":"0000000000000002","name":"dynamodb","namespace":"aws","start_time":1,"end_time":2,
+            "aws":{"table_name":"orders"}}"#);
+        let key = inferred_service(&s).unwrap();
+        assert_eq!((key.name.as_str(), key.kind.as_deref()), ("orders", Some("AWS::DynamoDB::Table")));
         let s = sub(r#"{"id":"0000000000000002","name":"db@host","namespace":"remote","start_time":1,"end_time":2}"#);
         assert_eq!(inferred_service(&s).unwrap().kind.as_deref(), Some("remote"));
         let s = sub(r#"{"id":"0000000000000002","name":"local","start_time":1,"end_time":2}"#);
