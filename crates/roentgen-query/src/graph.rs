@@ -18,7 +18,8 @@ pub struct Statistics {
     pub throttle: u64,
     pub other_error: u64,
     pub fault: u64,
-    pub total_response_time: f64,
+    /// Kept in whole microseconds so that sums do not depend on the order they are added in.
+    pub total_response_micros: u64,
 }
 
 impl Statistics {
@@ -32,7 +33,12 @@ impl Statistics {
         } else {
             self.ok += 1;
         }
-        self.total_response_time += response_time;
+        self.total_response_micros += (response_time * 1e6).round().max(0.0) as u64;
+    }
+
+    /// The sum of the response times, in seconds.
+    pub fn total_response_time(&self) -> f64 {
+        self.total_response_micros as f64 / 1e6
     }
 
     pub fn total(&self) -> u64 {
@@ -44,7 +50,7 @@ impl Statistics {
         self.throttle += other.throttle;
         self.other_error += other.other_error;
         self.fault += other.fault;
-        self.total_response_time += other.total_response_time;
+        self.total_response_micros += other.total_response_micros;
     }
 }
 
@@ -53,6 +59,12 @@ pub type Histogram = BTreeMap<u64, u64>;
 
 fn record(histogram: &mut Histogram, seconds: f64) {
     *histogram.entry((seconds * 1000.0).round().max(0.0) as u64).or_default() += 1;
+}
+
+fn merge_histogram(into: &mut Histogram, from: &Histogram) {
+    for (&millis, &count) in from {
+        *into.entry(millis).or_default() += count;
+    }
 }
 
 /// Observations of one node or edge over time: statistics, histogram and time bounds.
@@ -65,6 +77,19 @@ pub struct Series {
 }
 
 impl Series {
+    fn merge(&mut self, other: &Series) {
+        if other.statistics.total() == 0 {
+            return;
+        }
+        if self.statistics.total() == 0 {
+            (self.start_time, self.end_time) = (other.start_time, other.end_time);
+        }
+        self.start_time = self.start_time.min(other.start_time);
+        self.end_time = self.end_time.max(other.end_time);
+        self.statistics.add(&other.statistics);
+        merge_histogram(&mut self.response_times, &other.response_times);
+    }
+
     fn observe(&mut self, start: f64, response_time: f64, flags: (bool, bool, bool)) {
         if self.statistics.total() == 0 {
             self.start_time = start;
@@ -151,6 +176,25 @@ impl ServiceGraph {
         &mut edges[at].series
     }
 
+    /// Adds another graph's nodes and calls, as if its traces had been added to this one.
+    pub fn merge(&mut self, other: &ServiceGraph) {
+        let local: Vec<usize> = other
+            .nodes
+            .iter()
+            .map(|node| if node.client { self.client(&node.key.name) } else { self.service(&node.key) })
+            .collect();
+        for (node, &i) in other.nodes.iter().zip(&local) {
+            let mine = &mut self.nodes[i];
+            mine.active |= node.active;
+            mine.root |= node.root;
+            mine.series.merge(&node.series);
+            merge_histogram(&mut mine.durations, &node.durations);
+            for edge in &node.edges {
+                self.edge(i, local[edge.target]).merge(&edge.series);
+            }
+        }
+    }
+
     /// Adds one trace's nodes and calls.
     pub fn add(&mut self, trace: &TraceSummary) {
         // Each of the trace's services is looked up once.
@@ -223,7 +267,7 @@ mod tests {
         let web = &graph.nodes[0];
         assert!(web.root && web.active);
         assert_eq!((web.series.statistics.ok, web.series.statistics.fault, web.series.statistics.total()), (1, 1, 2));
-        assert!((web.series.statistics.total_response_time - 0.7).abs() < 1e-9);
+        assert_eq!(web.series.statistics.total_response_time(), 0.7);
         assert_eq!(web.series.response_times, BTreeMap::from([(200, 1), (500, 1)]));
         assert_eq!((web.series.start_time, web.series.end_time), (10.0, 20.5));
         let targets: Vec<usize> = web.edges.iter().map(|e| e.target).collect();
@@ -246,5 +290,28 @@ mod tests {
         let api = &graph.nodes[3];
         assert!(api.active && !api.root);
         assert_eq!(api.series.statistics.total(), 1, "the in-progress segment is not counted");
+
+        // Graphs of disjoint sets of traces merge into the graph of all of them.
+        let (mut first, mut second) = (ServiceGraph::default(), ServiceGraph::default());
+        first.add(&failed);
+        second.add(&ok);
+        first.merge(&second);
+        let by_key = |g: &ServiceGraph| {
+            g.nodes
+                .iter()
+                .map(|n| {
+                    let edges: BTreeMap<_, _> = n
+                        .edges
+                        .iter()
+                        .map(|e| ((&g.nodes[e.target].key, g.nodes[e.target].client), &e.series))
+                        .collect();
+                    ((&n.key, n.client), (n.root, n.active, &n.series, &n.durations, edges))
+                })
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .map(|(k, v)| format!("{k:?} {v:?}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(by_key(&first), by_key(&graph));
     }
 }

@@ -93,7 +93,7 @@ pub fn statistics(s: &roentgen_query::Statistics) -> api::Statistics {
         },
         fault_statistics: api::FaultStatistics { other_count: s.fault, total_count: s.fault },
         total_count: s.total(),
-        total_response_time: (s.total_response_time * 1e6).round() / 1e6,
+        total_response_time: s.total_response_time(),
     }
 }
 

@@ -62,11 +62,17 @@ pub async fn service_graph(
     req: api::GetServiceGraphRequest,
 ) -> Result<api::GetServiceGraphResponse, ApiError> {
     let (start, end) = window(req.start_time, req.end_time)?;
-    let filter = group_filter(state, req.group_name.as_deref(), req.group_arn.as_deref())?;
-    let mut graph = ServiceGraph::default();
-    for trace in traces_in(state, start, end, filter).await? {
-        graph.add(&trace);
-    }
+    let graph = match group_filter(state, req.group_name.as_deref(), req.group_arn.as_deref())? {
+        // A group's filter must see each trace; the whole graph is summed from rollups.
+        Some(filter) => {
+            let mut graph = ServiceGraph::default();
+            for trace in traces_in(state, start, end, Some(filter)).await? {
+                graph.add(&trace);
+            }
+            graph
+        }
+        None => state.store.service_graph(start, end).await.map_err(ApiError::internal)?,
+    };
     Ok(api::GetServiceGraphResponse {
         start_time: start,
         end_time: end,

@@ -705,6 +705,16 @@ fn place(doc: &Value, ids: &[String], shift: f64) -> Value {
     doc
 }
 
+/// Statistics with `TotalResponseTime` to the millisecond: the data set's times are, and times
+/// near the epoch's magnitude carry only about a quarter of a microsecond of precision.
+fn canonical_statistics(statistics: &Value) -> Value {
+    let mut statistics = statistics.clone();
+    if let Some(total) = statistics.get("TotalResponseTime").and_then(Value::as_f64) {
+        statistics["TotalResponseTime"] = json!((total * 1000.0).round() / 1000.0);
+    }
+    statistics
+}
+
 /// The graph with reference ids replaced by node names, in a stable order, times left out.
 fn canonical_graph(body: &Value) -> Value {
     let services = body["Services"].as_array().unwrap();
@@ -719,13 +729,13 @@ fn canonical_graph(body: &Value) -> Value {
                 .unwrap()
                 .iter()
                 .map(|e| {
-                    json!({"To": by_id[&e["ReferenceId"].as_u64().unwrap()], "SummaryStatistics": e["SummaryStatistics"],
+                    json!({"To": by_id[&e["ReferenceId"].as_u64().unwrap()], "SummaryStatistics": canonical_statistics(&e["SummaryStatistics"]),
                            "ResponseTimeHistogram": e["ResponseTimeHistogram"]})
                 })
                 .collect();
             edges.sort_by_key(|e| e["To"].as_str().unwrap().to_owned());
             json!({"Node": label(s), "Root": s.get("Root").cloned().unwrap_or(json!(false)), "State": s["State"],
-                   "SummaryStatistics": s.get("SummaryStatistics"), "ResponseTimeHistogram": s.get("ResponseTimeHistogram"),
+                   "SummaryStatistics": s.get("SummaryStatistics").map(canonical_statistics), "ResponseTimeHistogram": s.get("ResponseTimeHistogram"),
                    "DurationHistogram": s.get("DurationHistogram"), "Edges": edges})
         })
         .collect();

@@ -1,7 +1,7 @@
 //! The store: durable appends, trace lookup, summary scans, and the background work that turns
 //! live traces into blocks and deletes expired ones.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use roentgen_model::{AnnotationValue, ParsedDocument, TraceId, parse_document};
 use roentgen_query::filter::Requirement;
-use roentgen_query::{TimeRangeType, TraceSummary, summarize};
+use roentgen_query::{ServiceGraph, TimeRangeType, TraceSummary, summarize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -70,12 +70,23 @@ struct BlockSummaries {
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
     node_throttle: Vec<u32>,
+    /// The service graph of the traces whose last activity falls in each minute, by minute.
+    rollups: BTreeMap<i64, ServiceGraph>,
+}
+
+/// The minute a time falls in, as rollups are keyed.
+fn minute(time: f64) -> i64 {
+    (time / 60.0).floor() as i64
 }
 
 impl BlockSummaries {
-    fn new(summaries: Vec<Arc<TraceSummary>>) -> Self {
+    fn new(mut summaries: Vec<Arc<TraceSummary>>) -> Self {
+        if !summaries.is_sorted_by_key(|s| s.trace_id) {
+            summaries.sort_unstable_by_key(|s| s.trace_id);
+        }
         let mut index = Self::default();
         for (i, s) in summaries.iter().enumerate() {
+            index.rollups.entry(minute(s.end_time)).or_default().add(s);
             let i = i as u32;
             let add = |list: &mut Vec<u32>| {
                 if list.last() != Some(&i) {
@@ -103,6 +114,10 @@ impl BlockSummaries {
         }
         index.summaries = summaries;
         index
+    }
+
+    fn contains(&self, id: TraceId) -> bool {
+        self.summaries.binary_search_by_key(&id, |s| s.trace_id).is_ok()
     }
 
     /// The positions that can match, from the most selective requirement; `None` to scan all.
@@ -163,6 +178,14 @@ impl SummaryCache {
             self.order.retain(|b| b != block);
         }
     }
+}
+
+/// Summaries of the live traces, with the ids they stand for.
+struct LiveSummaries {
+    summaries: Vec<Arc<TraceSummary>>,
+    ids: HashSet<TraceId>,
+    /// Live traces that may also have an earlier revision in a block.
+    in_blocks: Vec<TraceId>,
 }
 
 /// A page of `GetTraceSummaries` results.
@@ -525,33 +548,11 @@ impl Store {
             candidates.push((key, summary.trace_id, summary.clone(), matched));
         };
 
-        // Live traces first; those that may have an earlier revision in a block are merged below.
-        let mut live_ids = HashSet::new();
-        let mut merge_later = Vec::new();
-        {
-            let live = self.inner.live.read().expect("live lock");
-            for (id, trace) in live.flushing.iter().chain(live.traces.iter()) {
-                if !live_ids.insert(*id) {
-                    merge_later.push(*id);
-                    continue;
-                }
-                if trace.maybe_in_blocks {
-                    merge_later.push(*id);
-                    continue;
-                }
-                consider(&trace.summary(*id, 1), &mut candidates);
-            }
+        let live = self.live_summaries().await?;
+        for summary in &live.summaries {
+            consider(summary, &mut candidates);
         }
-        merge_later.sort_unstable();
-        merge_later.dedup();
-        for id in merge_later {
-            let (docs, revisions) = match self.get_trace(id).await? {
-                Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |(_, r)| r)),
-                None => continue,
-            };
-            let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
-            consider(&Arc::new(summarize(id, &parsed, revisions + 1)), &mut candidates);
-        }
+        let live_ids = live.ids;
 
         let blocks: Vec<Arc<BlockHandle>> = {
             let catalog = self.inner.catalog.read().expect("catalog lock");
@@ -600,6 +601,84 @@ impl Store {
         };
         self.inner.stats.summary_queries.fetch_add(1, Ordering::Relaxed);
         Ok(SummaryPage { summaries: candidates.into_iter().map(|(_, _, s, m)| (s, m)).collect(), scanned, next })
+    }
+
+    /// Summaries of every live trace, merged with the earlier revision a block may hold.
+    async fn live_summaries(&self) -> Result<LiveSummaries, StoreError> {
+        let mut ids = HashSet::new();
+        let mut summaries = Vec::new();
+        let mut merge_later = Vec::new();
+        {
+            let live = self.inner.live.read().expect("live lock");
+            for (id, trace) in live.flushing.iter().chain(live.traces.iter()) {
+                if !ids.insert(*id) || trace.maybe_in_blocks {
+                    merge_later.push(*id);
+                    continue;
+                }
+                summaries.push(trace.summary(*id, 1));
+            }
+        }
+        merge_later.sort_unstable();
+        merge_later.dedup();
+        // A trace seen twice above (flushing and live again) may have had its first summary pushed.
+        summaries.retain(|s: &Arc<TraceSummary>| merge_later.binary_search(&s.trace_id).is_err());
+        for &id in &merge_later {
+            let (docs, revisions) = match self.get_trace(id).await? {
+                Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |(_, r)| r)),
+                None => continue,
+            };
+            let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
+            summaries.push(Arc::new(summarize(id, &parsed, revisions + 1)));
+        }
+        Ok(LiveSummaries { summaries, ids, in_blocks: merge_later })
+    }
+
+    /// The service graph of the traces whose last activity falls in `[start, end)`, X-Ray's
+    /// `Event` time range.
+    ///
+    /// Whole minutes come from the blocks' per-minute rollups; traces are read one by one only
+    /// for the partial minutes at the window's edges, for live traces, and for blocks that hold
+    /// a trace since superseded or live again (their rollups count an outdated revision).
+    pub async fn service_graph(&self, start: f64, end: f64) -> Result<ServiceGraph, StoreError> {
+        let mut graph = ServiceGraph::default();
+        let inside = |s: &TraceSummary| s.matched_time(TimeRangeType::Event, start, end).is_some();
+        let live = self.live_summaries().await?;
+        for summary in live.summaries.iter().filter(|s| inside(s)) {
+            graph.add(summary);
+        }
+        // Minutes in [first_full, end_full) lie wholly inside the window.
+        let (first_full, end_full) = (minute(start) + i64::from(start % 60.0 != 0.0), minute(end));
+        let full = |t: f64| (first_full..end_full).contains(&minute(t));
+        let blocks: Vec<Arc<BlockHandle>> = {
+            let catalog = self.inner.catalog.read().expect("catalog lock");
+            catalog.blocks.iter().filter(|b| b.meta.max_time >= start && b.meta.min_time < end).cloned().collect()
+        };
+        for block in blocks {
+            let data = self.block_summaries(&block).await?;
+            let superseded = self.inner.catalog.read().expect("catalog lock").superseded.get(&block.meta.id).cloned();
+            let clean =
+                superseded.as_ref().is_none_or(|s| s.is_empty()) && !live.in_blocks.iter().any(|&id| data.contains(id));
+            if clean {
+                if first_full < end_full {
+                    for rollup in data.rollups.range(first_full..end_full).map(|(_, g)| g) {
+                        graph.merge(rollup);
+                    }
+                }
+                if !(full(block.meta.min_time) && full(block.meta.max_time)) {
+                    for summary in data.summaries.iter().filter(|s| inside(s) && !full(s.end_time)) {
+                        graph.add(summary);
+                    }
+                }
+            } else {
+                let skip = |s: &TraceSummary| {
+                    live.ids.contains(&s.trace_id) || superseded.as_ref().is_some_and(|set| set.contains(&s.trace_id))
+                };
+                for summary in data.summaries.iter().filter(|s| inside(s) && !skip(s)) {
+                    graph.add(summary);
+                }
+            }
+        }
+        Ok(graph)
     }
 
     async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<BlockSummaries>, StoreError> {

@@ -327,3 +327,104 @@ async fn indexed_and_scanned_filters_agree() {
     }
     store.close().await.unwrap();
 }
+
+/// A graph as comparable text, nodes and edges by identity: rollups add them in another order.
+fn canonical(graph: &roentgen_query::ServiceGraph) -> Vec<String> {
+    let series = |s: &roentgen_query::Series| {
+        let st = &s.statistics;
+        format!(
+            "ok={} thr={} err={} fault={} rt={} {:?} [{}, {}]",
+            st.ok,
+            st.throttle,
+            st.other_error,
+            st.fault,
+            st.total_response_micros,
+            s.response_times,
+            s.start_time,
+            s.end_time
+        )
+    };
+    let mut lines: Vec<String> = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut edges: Vec<String> = n
+                .edges
+                .iter()
+                .map(|e| {
+                    format!("-> {:?}/{} {}", graph.nodes[e.target].key, graph.nodes[e.target].client, series(&e.series))
+                })
+                .collect();
+            edges.sort();
+            format!(
+                "{:?}/{} root={} active={} {} {:?} {edges:?}",
+                n.key,
+                n.client,
+                n.root,
+                n.active,
+                series(&n.series),
+                n.durations
+            )
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn service_graph_from_rollups_equals_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let call = |t: TraceId, n: u32| {
+        let fault = if n.is_multiple_of(7) { r#","fault":true"# } else { "" };
+        doc(
+            t,
+            1,
+            &format!(
+                r#""end_time":{e}.5{fault},"subsegments":[{{"id":"00000000000000aa","name":"api{}","namespace":"remote","start_time":{e}.3,"end_time":{e}.4{fault}}}]"#,
+                n % 3,
+                e = t.epoch()
+            ),
+        )
+    };
+    // Seven minutes of traces over two blocks, then a late segment for a flushed trace and live ones.
+    store.append((0..200).map(|n| call(trace(n), n)).collect()).await.unwrap();
+    store.flush_all().await.unwrap();
+    store.append((200..400).map(|n| call(trace(n), n)).collect()).await.unwrap();
+    store.flush_all().await.unwrap();
+    store.append(vec![complete(trace(10), 2)]).await.unwrap();
+    store.append((400..420).map(|n| call(trace(n), n)).collect()).await.unwrap();
+
+    let base = f64::from(epoch());
+    let aligned = (base / 60.0).ceil() * 60.0;
+    let windows = [
+        (0.0, 4e9),
+        (base, base + 420.0),
+        (aligned, aligned + 180.0),
+        (aligned - 0.5, aligned + 120.25),
+        (base + 13.7, base + 250.1),
+        (base + 5.0, base + 6.0),
+    ];
+    for flushed_late in [false, true] {
+        if flushed_late {
+            store.flush_all().await.unwrap();
+        }
+        for (start, end) in windows {
+            let query = SummaryQuery {
+                start,
+                end,
+                range: TimeRangeType::Event,
+                limit: usize::MAX,
+                ordered: false,
+                ..all_time()
+            };
+            let mut scanned = roentgen_query::ServiceGraph::default();
+            for (summary, _) in store.summaries(&query).await.unwrap().summaries {
+                scanned.add(&summary);
+            }
+            let rolled = store.service_graph(start, end).await.unwrap();
+            assert!(!scanned.nodes.is_empty(), "window {start}..{end} is empty");
+            assert_eq!(canonical(&rolled), canonical(&scanned), "window {start}..{end}, late flushed: {flushed_late}");
+        }
+    }
+}
