@@ -61,7 +61,8 @@ fn record(histogram: &mut Histogram, seconds: f64) {
     *histogram.entry((seconds * 1000.0).round().max(0.0) as u64).or_default() += 1;
 }
 
-fn merge_histogram(into: &mut Histogram, from: &Histogram) {
+/// Adds `from`'s counts to `into`.
+pub fn merge_histogram(into: &mut Histogram, from: &Histogram) {
     for (&millis, &count) in from {
         *into.entry(millis).or_default() += count;
     }

@@ -70,9 +70,14 @@ struct BlockSummaries {
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
     node_throttle: Vec<u32>,
-    /// The service graph of the traces whose last activity falls in each minute, by minute.
-    rollups: BTreeMap<i64, ServiceGraph>,
+    /// Service graphs of the traces whose last activity falls in each aligned span of
+    /// [`ROLLUP_MINUTES`] minutes, one map per span length, keyed by span number.
+    rollups: Vec<BTreeMap<i64, ServiceGraph>>,
 }
+
+/// Rollup span lengths in minutes, shortest first: a window of hours or days is a few dozen
+/// merges per block, not one per minute.
+const ROLLUP_MINUTES: [i64; 4] = [1, 10, 60, 1440];
 
 /// The minute a time falls in, as rollups are keyed.
 fn minute(time: f64) -> i64 {
@@ -85,8 +90,9 @@ impl BlockSummaries {
             summaries.sort_unstable_by_key(|s| s.trace_id);
         }
         let mut index = Self::default();
+        let mut minutes: BTreeMap<i64, ServiceGraph> = BTreeMap::new();
         for (i, s) in summaries.iter().enumerate() {
-            index.rollups.entry(minute(s.end_time)).or_default().add(s);
+            minutes.entry(minute(s.end_time)).or_default().add(s);
             let i = i as u32;
             let add = |list: &mut Vec<u32>| {
                 if list.last() != Some(&i) {
@@ -112,8 +118,38 @@ impl BlockSummaries {
                 add(&mut index.node_throttle);
             }
         }
+        index.rollups = ROLLUP_MINUTES[1..].iter().fold(vec![minutes], |mut levels, &span| {
+            let mut coarser: BTreeMap<i64, ServiceGraph> = BTreeMap::new();
+            for (&m, graph) in &levels[0] {
+                coarser.entry(m.div_euclid(span)).or_default().merge(graph);
+            }
+            levels.push(coarser);
+            levels
+        });
         index.summaries = summaries;
         index
+    }
+
+    /// Merges into `graph` the rollups of minutes `[from, to)`, longest spans first.
+    fn merge_rollups(&self, graph: &mut ServiceGraph, from: i64, to: i64) {
+        let Some(minutes) = self.rollups.first() else { return };
+        let (Some((&first, _)), Some((&last, _))) = (minutes.first_key_value(), minutes.last_key_value()) else {
+            return;
+        };
+        // Only the block's own minutes can hold anything.
+        let (from, to) = (from.max(first), to.min(last + 1));
+        let mut at = from;
+        while at < to {
+            let level = (0..ROLLUP_MINUTES.len())
+                .rev()
+                .find(|&l| at % ROLLUP_MINUTES[l] == 0 && at + ROLLUP_MINUTES[l] <= to)
+                .unwrap_or(0);
+            let span = ROLLUP_MINUTES[level];
+            if let Some(rollup) = self.rollups.get(level).and_then(|r| r.get(&(at / span))) {
+                graph.merge(rollup);
+            }
+            at += span;
+        }
     }
 
     fn contains(&self, id: TraceId) -> bool {
@@ -659,11 +695,7 @@ impl Store {
             let clean =
                 superseded.as_ref().is_none_or(|s| s.is_empty()) && !live.in_blocks.iter().any(|&id| data.contains(id));
             if clean {
-                if first_full < end_full {
-                    for rollup in data.rollups.range(first_full..end_full).map(|(_, g)| g) {
-                        graph.merge(rollup);
-                    }
-                }
+                data.merge_rollups(&mut graph, first_full, end_full);
                 if !(full(block.meta.min_time) && full(block.meta.max_time)) {
                     for summary in data.summaries.iter().filter(|s| inside(s) && !full(s.end_time)) {
                         graph.add(summary);

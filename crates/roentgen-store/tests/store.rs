@@ -387,22 +387,23 @@ async fn service_graph_from_rollups_equals_a_scan() {
             ),
         )
     };
-    // Seven minutes of traces over two blocks, then a late segment for a flushed trace and live ones.
-    store.append((0..200).map(|n| call(trace(n), n)).collect()).await.unwrap();
+    // 35 minutes of traces over two blocks, then a late segment for a flushed trace and live ones.
+    let spread = |n: u32| TraceId::from_parts(epoch() + n * 5, u128::from(n) * 0x1_0000_0001 + 7);
+    store.append((0..200).map(|n| call(spread(n), n)).collect()).await.unwrap();
     store.flush_all().await.unwrap();
-    store.append((200..400).map(|n| call(trace(n), n)).collect()).await.unwrap();
+    store.append((200..400).map(|n| call(spread(n), n)).collect()).await.unwrap();
     store.flush_all().await.unwrap();
-    store.append(vec![complete(trace(10), 2)]).await.unwrap();
-    store.append((400..420).map(|n| call(trace(n), n)).collect()).await.unwrap();
+    store.append(vec![complete(spread(10), 2)]).await.unwrap();
+    store.append((400..420).map(|n| call(spread(n), n)).collect()).await.unwrap();
 
     let base = f64::from(epoch());
-    let aligned = (base / 60.0).ceil() * 60.0;
+    let aligned = (base / 600.0).ceil() * 600.0;
     let windows = [
         (0.0, 4e9),
-        (base, base + 420.0),
-        (aligned, aligned + 180.0),
-        (aligned - 0.5, aligned + 120.25),
-        (base + 13.7, base + 250.1),
+        (base, base + 2100.0),
+        (aligned, aligned + 1200.0),
+        (aligned - 0.5, aligned + 1260.25),
+        (base + 13.7, base + 1250.1),
         (base + 5.0, base + 6.0),
     ];
     for flushed_late in [false, true] {
