@@ -5,7 +5,8 @@
 //! gets a `client` node whose edge to the root service carries the root segments. Requests
 //! still in progress are not counted. Fault wins over error; a throttle is an error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use serde::Serialize;
 
@@ -54,18 +55,74 @@ impl Statistics {
     }
 }
 
-/// Latencies rounded to the millisecond, with how many requests took each.
-pub type Histogram = BTreeMap<u64, u64>;
+/// Latencies in milliseconds with how many requests took each, sorted by latency: exact below
+/// 100 ms, two significant digits above.
+///
+/// A sorted vector, because graphs are mostly merged (rollups), and two of them merge in one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram(Vec<(u64, u64)>);
 
-fn record(histogram: &mut Histogram, seconds: f64) {
-    *histogram.entry((seconds * 1000.0).round().max(0.0) as u64).or_default() += 1;
+impl Histogram {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Each latency in milliseconds with its count, shortest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.0.iter().copied()
+    }
+
+    fn record(&mut self, seconds: f64) {
+        let millis = bucket(seconds);
+        match self.0.binary_search_by_key(&millis, |&(m, _)| m) {
+            Ok(i) => self.0[i].1 += 1,
+            Err(i) => self.0.insert(i, (millis, 1)),
+        }
+    }
+
+    /// Adds `other`'s counts.
+    pub fn merge(&mut self, other: &Histogram) {
+        if other.0.is_empty() {
+            return;
+        }
+        if self.0.is_empty() {
+            self.0.clone_from(&other.0);
+            return;
+        }
+        let (mine, theirs) = (&self.0, &other.0);
+        let mut merged = Vec::with_capacity(mine.len() + theirs.len());
+        let (mut i, mut j) = (0, 0);
+        while i < mine.len() && j < theirs.len() {
+            match mine[i].0.cmp(&theirs[j].0) {
+                Ordering::Less => {
+                    merged.push(mine[i]);
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    merged.push(theirs[j]);
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    merged.push((mine[i].0, mine[i].1 + theirs[j].1));
+                    (i, j) = (i + 1, j + 1);
+                }
+            }
+        }
+        merged.extend_from_slice(&mine[i..]);
+        merged.extend_from_slice(&theirs[j..]);
+        self.0 = merged;
+    }
 }
 
-/// Adds `from`'s counts to `into`.
-pub fn merge_histogram(into: &mut Histogram, from: &Histogram) {
-    for (&millis, &count) in from {
-        *into.entry(millis).or_default() += count;
+/// Two significant digits keep a histogram to about 90 buckets a decade, so graphs stay small to
+/// merge and to send, while percentiles stay within 5%.
+fn bucket(seconds: f64) -> u64 {
+    let millis = (seconds * 1000.0).max(0.0);
+    if millis < 100.0 {
+        return millis.round() as u64;
     }
+    let scale = 10f64.powi(millis.log10().floor() as i32 - 1);
+    ((millis / scale).round() * scale).round() as u64
 }
 
 /// Observations of one node or edge over time: statistics, histogram and time bounds.
@@ -88,7 +145,7 @@ impl Series {
         self.start_time = self.start_time.min(other.start_time);
         self.end_time = self.end_time.max(other.end_time);
         self.statistics.add(&other.statistics);
-        merge_histogram(&mut self.response_times, &other.response_times);
+        self.response_times.merge(&other.response_times);
     }
 
     fn observe(&mut self, start: f64, response_time: f64, flags: (bool, bool, bool)) {
@@ -99,7 +156,7 @@ impl Series {
         self.start_time = self.start_time.min(start);
         self.end_time = self.end_time.max(start + response_time);
         self.statistics.observe(flags.0, flags.1, flags.2, response_time);
-        record(&mut self.response_times, response_time);
+        self.response_times.record(response_time);
     }
 }
 
@@ -189,7 +246,7 @@ impl ServiceGraph {
             mine.active |= node.active;
             mine.root |= node.root;
             mine.series.merge(&node.series);
-            merge_histogram(&mut mine.durations, &node.durations);
+            mine.durations.merge(&node.durations);
             for edge in &node.edges {
                 self.edge(i, local[edge.target]).merge(&edge.series);
             }
@@ -209,7 +266,7 @@ impl ServiceGraph {
             let flags = (node.error, node.fault, node.throttle);
             self.nodes[i].series.observe(node.start_time, response_time, flags);
             let duration = if node.root { trace.duration() } else { response_time };
-            record(&mut self.nodes[i].durations, duration);
+            self.nodes[i].durations.record(duration);
             if node.root {
                 let client = self.client(&trace.services[node.service as usize].name);
                 self.edge(client, i).observe(node.start_time, response_time, flags);
@@ -228,6 +285,8 @@ impl ServiceGraph {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use roentgen_model::{MAX_DOCUMENT_BYTES, ParsedDocument, TraceId, parse_document};
 
@@ -238,6 +297,14 @@ mod tests {
             .map(|d| parse_document(d.replace("TRACE", &id.to_string()).as_bytes(), MAX_DOCUMENT_BYTES).unwrap())
             .collect();
         crate::summarize(id, &parsed.iter().collect::<Vec<_>>(), 1)
+    }
+
+    #[test]
+    fn buckets_keep_two_significant_digits_above_100_ms() {
+        let cases = [(0.0004, 0), (0.0426, 43), (0.099, 99), (0.1, 100), (0.104, 100), (0.106, 110), (0.2549, 250)];
+        for (seconds, millis) in cases.into_iter().chain([(0.996, 1000), (1.234, 1200), (12.5, 13000), (61.0, 61000)]) {
+            assert_eq!(bucket(seconds), millis, "{seconds} s");
+        }
     }
 
     /// Two requests to `web`: one ok that reads a table, one that fails calling `api`.
@@ -269,7 +336,7 @@ mod tests {
         assert!(web.root && web.active);
         assert_eq!((web.series.statistics.ok, web.series.statistics.fault, web.series.statistics.total()), (1, 1, 2));
         assert_eq!(web.series.statistics.total_response_time(), 0.7);
-        assert_eq!(web.series.response_times, BTreeMap::from([(200, 1), (500, 1)]));
+        assert_eq!(web.series.response_times.iter().collect::<Vec<_>>(), [(200, 1), (500, 1)]);
         assert_eq!((web.series.start_time, web.series.end_time), (10.0, 20.5));
         let targets: Vec<usize> = web.edges.iter().map(|e| e.target).collect();
         assert_eq!(targets, [1, 3]);

@@ -11,7 +11,7 @@ mod rootcause;
 mod summary;
 
 pub use filter::{Filter, FilterError};
-pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistics, merge_histogram};
+pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistics};
 pub use inferred::inferred_service;
 pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use summary::{

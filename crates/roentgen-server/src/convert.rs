@@ -98,7 +98,7 @@ pub fn statistics(s: &roentgen_query::Statistics) -> api::Statistics {
 }
 
 pub fn histogram(h: &roentgen_query::Histogram) -> Vec<api::HistogramEntry> {
-    h.iter().map(|(ms, count)| api::HistogramEntry { value: *ms as f64 / 1000.0, count: *count }).collect()
+    h.iter().map(|(ms, count)| api::HistogramEntry { value: ms as f64 / 1000.0, count }).collect()
 }
 
 /// The graph's nodes as `Service` records; reference ids are the node positions.

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use roentgen_model::{TraceId, api};
 use roentgen_query::filter::{Expr, Filter, GroupKey, Node};
-use roentgen_query::{
-    Histogram, ServiceGraph, ServiceKey, Statistics, TimeRangeType, TraceSummary, merge_histogram, summarize,
-};
+use roentgen_query::{Histogram, ServiceGraph, ServiceKey, Statistics, TimeRangeType, TraceSummary, summarize};
 use roentgen_store::SummaryQuery;
 
 use crate::api::AppState;
@@ -171,20 +169,20 @@ pub async fn time_series(
                 Selection::Service(selector) if !node.client && node_matches(selector, &node.key) => {
                     found = true;
                     totals.add(&node.series.statistics);
-                    merge_histogram(&mut histogram, &node.series.response_times);
+                    histogram.merge(&node.series.response_times);
                 }
                 Selection::Edge(from, to) if !node.client && node_matches(from, &node.key) => {
                     for edge in node.edges.iter().filter(|e| node_matches(to, &graph.nodes[e.target].key)) {
                         found = true;
                         totals.add(&edge.series.statistics);
-                        merge_histogram(&mut histogram, &edge.series.response_times);
+                        histogram.merge(&edge.series.response_times);
                     }
                 }
                 Selection::Entry if node.client => {
                     for edge in &node.edges {
                         found = true;
                         totals.add(&edge.series.statistics);
-                        merge_histogram(&mut histogram, &edge.series.response_times);
+                        histogram.merge(&edge.series.response_times);
                     }
                 }
                 _ => {}
