@@ -1,10 +1,13 @@
 // A small HTTP service instrumented with the official X-Ray SDK for Node.js (aws-xray-sdk-core).
-// It handles three requests (ok, throttled, failing) as an instrumented server would, makes a
-// captured downstream HTTP call, and prints the trace ids it produced as JSON. The daemon
+// It handles three requests (ok, throttled, failing) as an instrumented server would, sends an
+// SQS message through the captured AWS SDK v3 and makes a captured downstream HTTP call, and
+// prints the trace ids it produced as JSON. The daemon
 // address comes from AWS_XRAY_DAEMON_ADDRESS, exactly as in production.
 'use strict';
 
+const crypto = require('crypto');
 const AWSXRay = require('aws-xray-sdk-core');
+const { SQSClient, SendMessageCommand } = require('@aws-sdk/client-sqs');
 AWSXRay.setContextMissingStrategy('LOG_ERROR');
 const http = AWSXRay.captureHTTPs(require('http'));
 const ns = AWSXRay.getNamespace();
@@ -17,9 +20,28 @@ function downstream(port, done) {
   });
 }
 
+// The AWS SDK for JavaScript v3, captured, sends to this same server standing in for SQS.
+let sqs;
+const QUEUE_URL = 'https://sqs.us-east-1.amazonaws.com/123456789012/orders-queue';
+
+function sqsStandIn(req, res) {
+  let body = '';
+  req.on('data', (chunk) => { body += chunk; });
+  req.on('end', () => {
+    const message = JSON.parse(body).MessageBody || '';
+    const md5 = crypto.createHash('md5').update(message).digest('hex');
+    res.setHeader('Content-Type', 'application/x-amz-json-1.0');
+    res.end(JSON.stringify({ MessageId: 'e2e-message', MD5OfMessageBody: md5 }));
+  });
+}
+
 const server = http.createServer((req, res) => {
   if (req.url === '/inventory') {
     res.end('ok');
+    return;
+  }
+  if (req.method === 'POST') {
+    sqsStandIn(req, res);
     return;
   }
   const segment = new AWSXRay.Segment('node-svc');
@@ -48,7 +70,8 @@ const server = http.createServer((req, res) => {
     query.namespace = 'remote';
     query.addSqlData({ url: 'mysql://mysql.internal:3306/inventory', database_type: 'MySQL', sanitized_query: 'SELECT 1' });
     query.close();
-    downstream(server.address().port, () => {
+    const enqueue = sqs.send(new SendMessageCommand({ QueueUrl: QUEUE_URL, MessageBody: `order for ${req.url}` }));
+    enqueue.catch((err) => process.stderr.write(`SQS stand-in call failed: ${err}\n`)).then(() => downstream(server.address().port, () => {
       if (req.url === '/throttle') {
         res.statusCode = 429;
       } else if (req.url === '/fail') {
@@ -58,12 +81,17 @@ const server = http.createServer((req, res) => {
         res.statusCode = 500;
       }
       res.end();
-    });
+    }));
   });
 });
 
 server.listen(0, '127.0.0.1', async () => {
   const port = server.address().port;
+  sqs = AWSXRay.captureAWSv3Client(new SQSClient({
+    region: 'us-east-1',
+    endpoint: `http://127.0.0.1:${port}`,
+    credentials: { accessKeyId: 'AKIDE2E', secretAccessKey: 'e2e-secret' },
+  }));
   for (const path of ['/ok', '/throttle', '/fail']) {
     await new Promise((resolve) => {
       require('http').get({ host: '127.0.0.1', port, path }, (res) => {

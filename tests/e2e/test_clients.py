@@ -99,6 +99,10 @@ def test_node_sdk_segments_round_trip(xray, node_traces):
     call = find(ok, "127.0.0.1")
     assert call["namespace"] == "remote"
     assert call["http"]["response"]["status"] == 200
+    enqueue = find(ok, "SQS")
+    assert enqueue["namespace"] == "aws"
+    assert enqueue["aws"]["operation"] == "SendMessage"
+    assert enqueue["aws"]["queue_url"].endswith("/orders-queue")
     throttled = find(documents(traces[node_traces["/throttle"]]), "node-svc")
     assert throttled["throttle"] and throttled["error"]
     failed = documents(traces[node_traces["/fail"]])

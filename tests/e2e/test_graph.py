@@ -32,6 +32,10 @@ def test_service_graph_through_aws_cli(roentgen, xray, python_traces, node_trace
     assert table["SummaryStatistics"]["OkCount"] >= 1
     node = graph[("node-svc", None)]
     assert node["SummaryStatistics"]["TotalCount"] >= 3
+    # The Node SDK's AWS SDK v3 capture recorded SendMessage; the queue is an inferred node.
+    queue = graph[("orders-queue", "AWS::SQS::Queue")]
+    assert queue["ReferenceId"] in {e["ReferenceId"] for e in node["Edges"]}
+    assert queue["SummaryStatistics"]["TotalCount"] >= 3
     assert sum(h["Count"] for h in node["ResponseTimeHistogram"]) == node["SummaryStatistics"]["TotalCount"]
 
 
