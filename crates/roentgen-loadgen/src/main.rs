@@ -74,12 +74,16 @@ enum Command {
         #[arg(long)]
         expression: Vec<String>,
     },
-    /// Measure GetServiceGraph over the last ten minutes and the last hour.
+    /// Measure GetServiceGraph over windows ending now (by default the last ten minutes and the
+    /// last hour).
     Graph {
         #[arg(long, default_value = "127.0.0.1:2000")]
         address: String,
         #[arg(long, default_value_t = 10)]
         requests: usize,
+        /// Window lengths in minutes, one measurement each.
+        #[arg(long = "window-minutes", default_values_t = [10, 60])]
+        windows: Vec<u64>,
     },
     /// Measure read latency against what `ingest` wrote.
     Query {
@@ -141,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             runtime.block_on(filters(&address, &expressions, requests))?;
         }
-        Command::Graph { address, requests } => runtime.block_on(graph(&address, requests))?,
+        Command::Graph { address, requests, windows } => runtime.block_on(graph(&address, requests, &windows))?,
         Command::Query { address, trace_ids, requests } => {
             let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
             if ids.is_empty() {
@@ -532,9 +536,9 @@ async fn filters(address: &str, expressions: &[String], requests: usize) -> anyh
     Ok(())
 }
 
-async fn graph(address: &str, requests: usize) -> anyhow::Result<()> {
+async fn graph(address: &str, requests: usize, windows: &[u64]) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    for minutes in [10.0, 60.0] {
+    for minutes in windows.iter().map(|&m| m as f64) {
         let mut latencies = Vec::with_capacity(requests);
         let mut nodes = 0;
         for _ in 0..requests {
