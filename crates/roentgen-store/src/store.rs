@@ -70,14 +70,71 @@ struct BlockSummaries {
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
     node_throttle: Vec<u32>,
-    /// Service graphs of the traces whose last activity falls in each aligned span of
-    /// [`ROLLUP_MINUTES`] minutes, one map per span length, keyed by span number.
-    rollups: Vec<BTreeMap<i64, ServiceGraph>>,
+    rollups: Rollups,
 }
 
 /// Rollup span lengths in minutes, shortest first: a window of hours or days is a few dozen
 /// merges per block, not one per minute.
 const ROLLUP_MINUTES: [i64; 4] = [1, 10, 60, 1440];
+/// Levels from this one up are kept for every block, so that windows of hours and days need no
+/// block's summaries in memory; the finer ones (most of the bytes) live with the summaries.
+const FIRST_KEPT_LEVEL: usize = 2;
+
+/// Service graphs of the traces whose last activity falls in each aligned span of
+/// [`ROLLUP_MINUTES`] minutes: one map per span length, keyed by span number.
+#[derive(Debug, Default)]
+struct Rollups {
+    levels: Vec<BTreeMap<i64, ServiceGraph>>,
+}
+
+impl Rollups {
+    fn build(minutes: BTreeMap<i64, ServiceGraph>) -> Self {
+        let levels = ROLLUP_MINUTES[1..].iter().fold(vec![minutes], |mut levels, &span| {
+            let mut coarser: BTreeMap<i64, ServiceGraph> = BTreeMap::new();
+            for (&m, graph) in &levels[0] {
+                coarser.entry(m.div_euclid(span)).or_default().merge(graph);
+            }
+            levels.push(coarser);
+            levels
+        });
+        Self { levels }
+    }
+
+    /// A copy with only the levels kept for every block.
+    fn kept(&self) -> Self {
+        let levels = self
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(level, spans)| if level >= FIRST_KEPT_LEVEL { spans.clone() } else { BTreeMap::new() })
+            .collect();
+        Self { levels }
+    }
+
+    /// Merges into `graph` the rollups of the given spans.
+    fn merge_into(&self, graph: &mut ServiceGraph, spans: &[(usize, i64)]) {
+        for &(level, key) in spans {
+            if let Some(rollup) = self.levels.get(level).and_then(|r| r.get(&key)) {
+                graph.merge(rollup);
+            }
+        }
+    }
+}
+
+/// The aligned spans, as (level, span number), that tile minutes `[from, to)`, longest first.
+fn tiles(from: i64, to: i64) -> Vec<(usize, i64)> {
+    let mut spans = Vec::new();
+    let mut at = from;
+    while at < to {
+        let level = (0..ROLLUP_MINUTES.len())
+            .rev()
+            .find(|&l| at % ROLLUP_MINUTES[l] == 0 && at + ROLLUP_MINUTES[l] <= to)
+            .unwrap_or(0);
+        spans.push((level, at / ROLLUP_MINUTES[level]));
+        at += ROLLUP_MINUTES[level];
+    }
+    spans
+}
 
 /// The minute a time falls in, as rollups are keyed.
 fn minute(time: f64) -> i64 {
@@ -118,38 +175,9 @@ impl BlockSummaries {
                 add(&mut index.node_throttle);
             }
         }
-        index.rollups = ROLLUP_MINUTES[1..].iter().fold(vec![minutes], |mut levels, &span| {
-            let mut coarser: BTreeMap<i64, ServiceGraph> = BTreeMap::new();
-            for (&m, graph) in &levels[0] {
-                coarser.entry(m.div_euclid(span)).or_default().merge(graph);
-            }
-            levels.push(coarser);
-            levels
-        });
+        index.rollups = Rollups::build(minutes);
         index.summaries = summaries;
         index
-    }
-
-    /// Merges into `graph` the rollups of minutes `[from, to)`, longest spans first.
-    fn merge_rollups(&self, graph: &mut ServiceGraph, from: i64, to: i64) {
-        let Some(minutes) = self.rollups.first() else { return };
-        let (Some((&first, _)), Some((&last, _))) = (minutes.first_key_value(), minutes.last_key_value()) else {
-            return;
-        };
-        // Only the block's own minutes can hold anything.
-        let (from, to) = (from.max(first), to.min(last + 1));
-        let mut at = from;
-        while at < to {
-            let level = (0..ROLLUP_MINUTES.len())
-                .rev()
-                .find(|&l| at % ROLLUP_MINUTES[l] == 0 && at + ROLLUP_MINUTES[l] <= to)
-                .unwrap_or(0);
-            let span = ROLLUP_MINUTES[level];
-            if let Some(rollup) = self.rollups.get(level).and_then(|r| r.get(&(at / span))) {
-                graph.merge(rollup);
-            }
-            at += span;
-        }
     }
 
     fn contains(&self, id: TraceId) -> bool {
@@ -292,6 +320,9 @@ struct Inner {
     live: RwLock<LiveState>,
     catalog: RwLock<Catalog>,
     summary_cache: Mutex<SummaryCache>,
+    /// Each block's hour and day rollups, kept while the block exists (the summary cache
+    /// evicts; these are small).
+    kept_rollups: Mutex<HashMap<String, Arc<Rollups>>>,
     writer: mpsc::Sender<Command>,
     flush_lock: tokio::sync::Mutex<()>,
     stats: Arc<StoreStats>,
@@ -401,6 +432,7 @@ impl Store {
             live: RwLock::new(live),
             catalog: RwLock::new(catalog),
             summary_cache: Mutex::new(SummaryCache::default()),
+            kept_rollups: Mutex::new(HashMap::new()),
             writer,
             flush_lock: tokio::sync::Mutex::new(()),
             stats,
@@ -672,9 +704,10 @@ impl Store {
     /// The service graph of the traces whose last activity falls in `[start, end)`, X-Ray's
     /// `Event` time range.
     ///
-    /// Whole minutes come from the blocks' per-minute rollups; traces are read one by one only
-    /// for the partial minutes at the window's edges, for live traces, and for blocks that hold
-    /// a trace since superseded or live again (their rollups count an outdated revision).
+    /// Whole minutes come from the blocks' rollups; traces are read one by one only for the
+    /// partial minutes at the window's edges, for live traces, and for blocks that hold a trace
+    /// since superseded or live again (their rollups count an outdated revision). A block that
+    /// lies inside the window in whole hours needs only its kept rollups, not its summaries.
     pub async fn service_graph(&self, start: f64, end: f64) -> Result<ServiceGraph, StoreError> {
         let mut graph = ServiceGraph::default();
         let inside = |s: &TraceSummary| s.matched_time(TimeRangeType::Event, start, end).is_some();
@@ -690,13 +723,33 @@ impl Store {
             catalog.blocks.iter().filter(|b| b.meta.max_time >= start && b.meta.min_time < end).cloned().collect()
         };
         for block in blocks {
-            let data = self.block_summaries(&block).await?;
             let superseded = self.inner.catalog.read().expect("catalog lock").superseded.get(&block.meta.id).cloned();
-            let clean =
-                superseded.as_ref().is_none_or(|s| s.is_empty()) && !live.in_blocks.iter().any(|&id| data.contains(id));
+            let meta = &block.meta;
+            let may_hold_live = live.in_blocks.iter().any(|id| (meta.min_epoch..=meta.max_epoch).contains(&id.epoch()));
+            // The block's minutes, widened to whole hours (it holds nothing outside them) so
+            // that a block inside the window is tiled by kept spans only.
+            let hour = ROLLUP_MINUTES[FIRST_KEPT_LEVEL];
+            let (first, last) =
+                (minute(meta.min_time).div_euclid(hour) * hour, minute(meta.max_time).div_euclid(hour) * hour);
+            let spans = tiles(first_full.max(first), end_full.min(last + hour));
+            let whole = full(meta.min_time) && full(meta.max_time);
+            if superseded.as_ref().is_none_or(|s| s.is_empty())
+                && !may_hold_live
+                && whole
+                && spans.iter().all(|&(level, _)| level >= FIRST_KEPT_LEVEL)
+            {
+                let kept = self.inner.kept_rollups.lock().expect("rollups lock").get(&meta.id).cloned();
+                if let Some(kept) = kept {
+                    kept.merge_into(&mut graph, &spans);
+                    continue;
+                }
+            }
+            let data = self.block_summaries(&block).await?;
+            let clean = superseded.as_ref().is_none_or(|s| s.is_empty())
+                && !(may_hold_live && live.in_blocks.iter().any(|&id| data.contains(id)));
             if clean {
-                data.merge_rollups(&mut graph, first_full, end_full);
-                if !(full(block.meta.min_time) && full(block.meta.max_time)) {
+                data.rollups.merge_into(&mut graph, &spans);
+                if !whole {
                     for summary in data.summaries.iter().filter(|s| inside(s) && !full(s.end_time)) {
                         graph.add(summary);
                     }
@@ -724,6 +777,8 @@ impl Store {
     }
 
     fn cache_summaries(&self, block: &str, summaries: Arc<BlockSummaries>) {
+        let kept = Arc::new(summaries.rollups.kept());
+        self.inner.kept_rollups.lock().expect("rollups lock").insert(block.to_owned(), kept);
         self.inner.summary_cache.lock().expect("cache lock").insert(block, summaries);
     }
 
@@ -856,6 +911,7 @@ impl Store {
             catalog.blocks.retain(|b| b.meta.id != block.meta.id);
             catalog.superseded.remove(&block.meta.id);
             self.inner.summary_cache.lock().expect("cache lock").remove(&block.meta.id);
+            self.inner.kept_rollups.lock().expect("rollups lock").remove(&block.meta.id);
             self.inner.stats.blocks_expired.fetch_add(1, Ordering::Relaxed);
         }
         self.inner.publish_gauges();
