@@ -1173,6 +1173,24 @@ mod tests {
         assert!(cache.get("huge").is_some(), "the newest block stays even when alone over capacity");
     }
 
+    proptest::proptest! {
+        /// Spans tile the minutes exactly, each aligned to its length, and never more than a
+        /// few dozen for any window: at most 9 + 5 + 23 on each side, plus the days between.
+        #[test]
+        fn tiles_cover_the_minutes_exactly(from in -3_000_000i64..3_000_000, length in 0i64..200_000) {
+            let spans = tiles(from, from + length);
+            let mut at = from;
+            for (level, key) in spans.iter().copied() {
+                let span = ROLLUP_MINUTES[level];
+                proptest::prop_assert_eq!(key * span, at);
+                at += span;
+            }
+            proptest::prop_assert_eq!(at, from + length);
+            let days = length / ROLLUP_MINUTES[3];
+            proptest::prop_assert!(spans.len() as i64 <= 2 * (9 + 5 + 23) + days + 1);
+        }
+    }
+
     #[test]
     fn sample_fraction_is_uniform_enough() {
         let kept = (0..10_000u128)
