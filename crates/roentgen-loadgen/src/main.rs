@@ -391,15 +391,9 @@ async fn query(address: &str, ids: &[String], requests: usize) -> anyhow::Result
     let mut batch_get = Vec::with_capacity(requests);
     for i in 0..requests {
         let id = &ids[(mix(i as u64) % ids.len() as u64) as usize];
-        let started = Instant::now();
-        let answer: Value = client
-            .post(format!("http://{address}/Traces"))
-            .body(json!({ "TraceIds": [id] }).to_string())
-            .send()
-            .await?
-            .json()
-            .await?;
-        batch_get.push(started.elapsed().as_secs_f64());
+        let (answer, seconds) =
+            timed_post(&client, format!("http://{address}/Traces"), &json!({ "TraceIds": [id] })).await?;
+        batch_get.push(seconds);
         if answer["Traces"].as_array().is_none_or(Vec::is_empty) {
             bail!("BatchGetTraces did not find {id}: {answer}");
         }
@@ -412,15 +406,13 @@ async fn query(address: &str, ids: &[String], requests: usize) -> anyhow::Result
     for i in 0..(requests / 10).max(10) {
         // One-minute windows somewhere in the last hour: the console's common query.
         let start = end - 60.0 - (mix(i as u64) % 3540) as f64;
-        let started = Instant::now();
-        let answer: Value = client
-            .post(format!("http://{address}/TraceSummaries"))
-            .body(json!({ "StartTime": start, "EndTime": start + 60.0 }).to_string())
-            .send()
-            .await?
-            .json()
-            .await?;
-        summaries.push(started.elapsed().as_secs_f64());
+        let (answer, seconds) = timed_post(
+            &client,
+            format!("http://{address}/TraceSummaries"),
+            &json!({ "StartTime": start, "EndTime": start + 60.0 }),
+        )
+        .await?;
+        summaries.push(seconds);
         found += answer["TraceSummaries"].as_array().map_or(0, Vec::len);
     }
     emit(json!({
@@ -510,15 +502,8 @@ async fn filters(address: &str, expressions: &[String], requests: usize) -> anyh
         let (mut scanned, mut matched) = (0u64, 0usize);
         for _ in 0..requests {
             let body = json!({"StartTime": end - 3600.0, "EndTime": end, "FilterExpression": expression});
-            let started = Instant::now();
-            let answer: Value = client
-                .post(format!("http://{address}/TraceSummaries"))
-                .body(body.to_string())
-                .send()
-                .await?
-                .json()
-                .await?;
-            latencies.push(started.elapsed().as_secs_f64());
+            let (answer, seconds) = timed_post(&client, format!("http://{address}/TraceSummaries"), &body).await?;
+            latencies.push(seconds);
             let Some(page) = answer["TraceSummaries"].as_array() else { bail!("{expression}: {answer}") };
             matched = page.len();
             scanned = answer["TracesProcessedCount"].as_u64().unwrap_or(0);
@@ -536,6 +521,13 @@ async fn filters(address: &str, expressions: &[String], requests: usize) -> anyh
     Ok(())
 }
 
+/// POSTs a JSON body and returns the JSON answer with the seconds it took.
+async fn timed_post(client: &reqwest::Client, url: String, body: &Value) -> anyhow::Result<(Value, f64)> {
+    let started = Instant::now();
+    let answer = client.post(url).body(body.to_string()).send().await?.json().await?;
+    Ok((answer, started.elapsed().as_secs_f64()))
+}
+
 async fn graph(address: &str, requests: usize, windows: &[u64]) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     for minutes in windows.iter().map(|&m| m as f64) {
@@ -544,15 +536,8 @@ async fn graph(address: &str, requests: usize, windows: &[u64]) -> anyhow::Resul
         for _ in 0..requests {
             let end = now();
             let body = json!({"StartTime": end - minutes * 60.0, "EndTime": end});
-            let started = Instant::now();
-            let answer: Value = client
-                .post(format!("http://{address}/ServiceGraph"))
-                .body(body.to_string())
-                .send()
-                .await?
-                .json()
-                .await?;
-            latencies.push(started.elapsed().as_secs_f64());
+            let (answer, seconds) = timed_post(&client, format!("http://{address}/ServiceGraph"), &body).await?;
+            latencies.push(seconds);
             nodes = answer["Services"].as_array().map_or(0, Vec::len);
         }
         emit(json!({

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use roentgen_model::{TraceId, api};
 use roentgen_query::filter::{Expr, Filter, GroupKey, Node};
-use roentgen_query::{Histogram, ServiceGraph, ServiceKey, Statistics, TimeRangeType, TraceSummary, summarize};
+use roentgen_query::{Histogram, ServiceGraph, Statistics, TimeRangeType, TraceSummary, summarize};
 use roentgen_store::SummaryQuery;
 
 use crate::api::AppState;
@@ -119,17 +119,6 @@ fn selection(text: Option<&str>) -> Result<Selection, ApiError> {
     }
 }
 
-fn node_matches(node: &Node, key: &ServiceKey) -> bool {
-    match node {
-        Node::Name(name) => key.name == *name,
-        Node::Id { name, kind, account } => {
-            name.as_ref().is_none_or(|n| *n == key.name)
-                && kind.as_ref().is_none_or(|k| key.kind.as_ref() == Some(k))
-                && account.as_ref().is_none_or(|a| key.account_id.as_ref() == Some(a))
-        }
-    }
-}
-
 pub async fn time_series(
     state: &AppState,
     req: api::GetTimeSeriesServiceStatisticsRequest,
@@ -166,13 +155,13 @@ pub async fn time_series(
         let mut found = false;
         for node in &graph.nodes {
             match &selection {
-                Selection::Service(selector) if !node.client && node_matches(selector, &node.key) => {
+                Selection::Service(selector) if !node.client && selector.matches(&node.key) => {
                     found = true;
                     totals.add(&node.series.statistics);
                     histogram.merge(&node.series.response_times);
                 }
-                Selection::Edge(from, to) if !node.client && node_matches(from, &node.key) => {
-                    for edge in node.edges.iter().filter(|e| node_matches(to, &graph.nodes[e.target].key)) {
+                Selection::Edge(from, to) if !node.client && from.matches(&node.key) => {
+                    for edge in node.edges.iter().filter(|e| to.matches(&graph.nodes[e.target].key)) {
                         found = true;
                         totals.add(&edge.series.statistics);
                         histogram.merge(&edge.series.response_times);

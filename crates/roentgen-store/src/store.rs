@@ -733,7 +733,8 @@ impl Store {
                 (minute(meta.min_time).div_euclid(hour) * hour, minute(meta.max_time).div_euclid(hour) * hour);
             let spans = tiles(first_full.max(first), end_full.min(last + hour));
             let whole = full(meta.min_time) && full(meta.max_time);
-            if superseded.as_ref().is_none_or(|s| s.is_empty())
+            let nothing_superseded = superseded.as_ref().is_none_or(|s| s.is_empty());
+            if nothing_superseded
                 && !may_hold_live
                 && whole
                 && spans.iter().all(|&(level, _)| level >= FIRST_KEPT_LEVEL)
@@ -745,8 +746,7 @@ impl Store {
                 }
             }
             let data = self.block_summaries(&block).await?;
-            let clean = superseded.as_ref().is_none_or(|s| s.is_empty())
-                && !(may_hold_live && live.in_blocks.iter().any(|&id| data.contains(id)));
+            let clean = nothing_superseded && !(may_hold_live && live.in_blocks.iter().any(|&id| data.contains(id)));
             if clean {
                 data.rollups.merge_into(&mut graph, &spans);
                 if !whole {

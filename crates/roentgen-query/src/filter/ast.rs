@@ -50,6 +50,20 @@ pub enum Node {
     Id { name: Option<String>, kind: Option<String>, account: Option<String> },
 }
 
+impl Node {
+    /// Whether this `service()`/`id()` argument names the graph node `key`.
+    pub fn matches(&self, key: &crate::summary::ServiceKey) -> bool {
+        match self {
+            Node::Name(name) => key.name == *name,
+            Node::Id { name, kind, account } => {
+                name.as_ref().is_none_or(|n| *n == key.name)
+                    && kind.as_ref().is_none_or(|k| key.kind.as_ref() == Some(k))
+                    && account.as_ref().is_none_or(|a| key.account_id.as_ref() == Some(a))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKey {
     Name,

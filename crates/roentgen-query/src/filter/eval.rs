@@ -6,9 +6,9 @@
 
 use roentgen_model::AnnotationValue;
 
-use super::ast::{Expr, Field, Node, Op, RootCauseKind, RootCauseTarget, Test, Value};
+use super::ast::{Expr, Field, Op, RootCauseKind, RootCauseTarget, Test, Value};
 use crate::rootcause::RootCause;
-use crate::summary::{EdgeFact, NodeFact, ServiceKey, TraceSummary};
+use crate::summary::{EdgeFact, NodeFact, TraceSummary};
 
 pub(super) fn matches(expr: &Expr, s: &TraceSummary) -> bool {
     match expr {
@@ -17,15 +17,15 @@ pub(super) fn matches(expr: &Expr, s: &TraceSummary) -> bool {
         Expr::Not(inner) => !matches(inner, s),
         Expr::Test(test) => trace_test(test, s),
         Expr::Service { node, filter } => match filter {
-            None => s.services.iter().any(|key| node.as_ref().is_none_or(|n| node_matches(n, key))),
+            None => s.services.iter().any(|key| node.as_ref().is_none_or(|n| n.matches(key))),
             Some(filter) => s.facts.nodes.iter().any(|fact| {
                 let key = &s.services[fact.service as usize];
-                node.as_ref().is_none_or(|n| node_matches(n, key)) && scoped(filter, &|t| node_test(t, fact))
+                node.as_ref().is_none_or(|n| n.matches(key)) && scoped(filter, &|t| node_test(t, fact))
             }),
         },
         Expr::Edge { from, to, filter } => s.facts.edges.iter().any(|fact| {
-            node_matches(from, &s.services[fact.from as usize])
-                && node_matches(to, &s.services[fact.to as usize])
+            from.matches(&s.services[fact.from as usize])
+                && to.matches(&s.services[fact.to as usize])
                 && filter.as_ref().is_none_or(|f| scoped(f, &|t| edge_test(t, fact)))
         }),
         Expr::RootCause { kind, target, filter } => {
@@ -142,17 +142,6 @@ fn scoped(expr: &Expr, test: &dyn Fn(&Test) -> bool) -> bool {
         Expr::Not(inner) => !scoped(inner, test),
         Expr::Test(t) => test(t),
         _ => false,
-    }
-}
-
-fn node_matches(node: &Node, key: &ServiceKey) -> bool {
-    match node {
-        Node::Name(name) => key.name == *name,
-        Node::Id { name, kind, account } => {
-            name.as_ref().is_none_or(|n| *n == key.name)
-                && kind.as_ref().is_none_or(|k| key.kind.as_ref() == Some(k))
-                && account.as_ref().is_none_or(|a| key.account_id.as_ref() == Some(a))
-        }
     }
 }
 
