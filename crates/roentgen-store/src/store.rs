@@ -128,7 +128,7 @@ fn tiles(from: i64, to: i64) -> Vec<(usize, i64)> {
     while at < to {
         let level = (0..ROLLUP_MINUTES.len())
             .rev()
-            .find(|&l| at % ROLLUP_MINUTES[l] == 0 && at + ROLLUP_MINUTES[l] <= to)
+            .find(|&l| at % ROLLUP_MINUTES[l] == 0 && at.checked_add(ROLLUP_MINUTES[l]).is_some_and(|end| end <= to))
             .unwrap_or(0);
         spans.push((level, at / ROLLUP_MINUTES[level]));
         at += ROLLUP_MINUTES[level];
@@ -716,7 +716,7 @@ impl Store {
             graph.add(summary);
         }
         // Minutes in [first_full, end_full) lie wholly inside the window.
-        let (first_full, end_full) = (minute(start) + i64::from(start % 60.0 != 0.0), minute(end));
+        let (first_full, end_full) = (minute(start).saturating_add(i64::from(start % 60.0 != 0.0)), minute(end));
         let full = |t: f64| (first_full..end_full).contains(&minute(t));
         let blocks: Vec<Arc<BlockHandle>> = {
             let catalog = self.inner.catalog.read().expect("catalog lock");
