@@ -8,12 +8,12 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::summary::{ServiceKey, TraceSummary};
 
 /// Counts of completed requests, as `ServiceStatistics` and `EdgeStatistics` report them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Statistics {
     pub ok: u64,
     pub throttle: u64,
@@ -59,7 +59,7 @@ impl Statistics {
 /// 100 ms, two significant digits above.
 ///
 /// A sorted vector, because graphs are mostly merged (rollups), and two of them merge in one pass.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histogram(Vec<(u64, u64)>);
 
 impl Histogram {
@@ -126,7 +126,7 @@ fn bucket(seconds: f64) -> u64 {
 }
 
 /// Observations of one node or edge over time: statistics, histogram and time bounds.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Series {
     pub statistics: Statistics,
     pub response_times: Histogram,
@@ -160,14 +160,14 @@ impl Series {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GraphEdge {
     /// Index of the target in [`ServiceGraph::nodes`].
     pub target: usize,
     pub series: Series,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GraphNode {
     pub key: ServiceKey,
     pub client: bool,
@@ -181,12 +181,39 @@ pub struct GraphNode {
 }
 
 /// A service graph under construction, or built.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Serialized as its nodes only (rollups are stored in blocks); the lookups are rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<GraphNode>", into = "Vec<GraphNode>")]
 pub struct ServiceGraph {
     pub nodes: Vec<GraphNode>,
     services: HashMap<ServiceKey, usize>,
     /// Client nodes, by the name of the root service they call.
     clients: HashMap<String, usize>,
+}
+
+impl From<Vec<GraphNode>> for ServiceGraph {
+    fn from(nodes: Vec<GraphNode>) -> Self {
+        let mut graph = ServiceGraph { nodes, ..Default::default() };
+        let count = graph.nodes.len();
+        for node in &mut graph.nodes {
+            node.edges.retain(|e| e.target < count);
+        }
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if node.client {
+                graph.clients.insert(node.key.name.clone(), i);
+            } else {
+                graph.services.insert(node.key.clone(), i);
+            }
+        }
+        graph
+    }
+}
+
+impl From<ServiceGraph> for Vec<GraphNode> {
+    fn from(graph: ServiceGraph) -> Self {
+        graph.nodes
+    }
 }
 
 impl ServiceGraph {

@@ -11,17 +11,22 @@
 //! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id
 //! bloom       the trace ids' bloom filter, u64 words
 //! facts       zstd(postcard(Vec<TraceFacts>)), in summary order (version 2 on)
+//! rollups     zstd(postcard(Rollups)): the service-graph rollups of the minute and 10-minute
+//!             levels (version 3 on)
+//! kept        zstd(postcard(Rollups)): the hour and day levels, read when the block is opened
+//!             (version 3 on)
 //! ```
 //!
 //! Version 1 blocks have no facts section; they are read with empty facts, so `service() {…}`
-//! and `edge() {…}` filters find nothing in them.
+//! and `edge() {…}` filters find nothing in them. Version 1 and 2 blocks have no rollups; they
+//! are computed from the summaries when those are first read.
 //!
 //! `meta.json` names the section ranges, the time range, the counts, and the WAL generation the
 //! block covers. It is written last: a block without it does not exist.
 
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use roentgen_model::TraceId;
@@ -29,10 +34,11 @@ use roentgen_query::{TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::rollup::Rollups;
 
 pub(crate) const BLOCK_MAGIC: &[u8; 8] = b"RGNBLK01";
-pub(crate) const FORMAT_VERSION: u32 = 2;
-const READABLE_VERSIONS: [u32; 2] = [1, 2];
+pub(crate) const FORMAT_VERSION: u32 = 3;
+const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
 const INDEX_ENTRY: usize = 32;
 const FENCE_EVERY: usize = 128;
 const BLOOM_BITS_PER_KEY: usize = 10;
@@ -53,6 +59,10 @@ pub(crate) struct Sections {
     pub bloom: Range<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<Range<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollups: Option<Range<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_rollups: Option<Range<u64>>,
 }
 
 /// The content of `meta.json`.
@@ -98,8 +108,13 @@ pub(crate) struct BuildOptions {
     pub supersedes: Vec<Superseded>,
 }
 
-/// Encodes a block; `traces` must be sorted by trace id with no duplicates.
-pub(crate) fn build(traces: &[BlockTrace<'_>], options: BuildOptions) -> Result<(Vec<u8>, BlockMeta), StoreError> {
+/// Encodes a block; `traces` must be sorted by trace id with no duplicates, and `rollups` are
+/// their rollups as [`Rollups::split`] divides them: (fine levels, kept levels).
+pub(crate) fn build(
+    traces: &[BlockTrace<'_>],
+    rollups: (&Rollups, &Rollups),
+    options: BuildOptions,
+) -> Result<(Vec<u8>, BlockMeta), StoreError> {
     debug_assert!(traces.windows(2).all(|w| w[0].trace_id < w[1].trace_id));
     let raw: usize = traces.iter().flat_map(|t| &t.docs).map(|d| 4 + d.len()).sum();
     // Documents compress about 8:1; reserving a quarter avoids regrowing (and re-copying) the block.
@@ -160,26 +175,15 @@ pub(crate) fn build(traces: &[BlockTrace<'_>], options: BuildOptions) -> Result<
     let table: Vec<u8> =
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
+    let encode = |what: &str, encoded: Result<Vec<u8>, postcard::Error>| compress_section(&options, what, encoded);
     let summaries: Vec<&TraceSummary> = traces.iter().map(|t| &t.summary).collect();
-    let encoded = postcard::to_stdvec(&summaries).map_err(|e| StoreError::CorruptBlock {
-        block: options.id.clone(),
-        reason: format!("summary encoding: {e}"),
-    })?;
-    let encoded = zstd::bulk::compress(&encoded, options.level).map_err(|e| StoreError::CorruptBlock {
-        block: options.id.clone(),
-        reason: format!("compression failed: {e}"),
-    })?;
-    let summaries_range = section(&mut data, &encoded);
+    let summaries_range = section(&mut data, &encode("summary", postcard::to_stdvec(&summaries))?);
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
     let facts: Vec<&TraceFacts> = traces.iter().map(|t| &t.summary.facts).collect();
-    let encoded = postcard::to_stdvec(&facts)
-        .map_err(|e| StoreError::CorruptBlock { block: options.id.clone(), reason: format!("facts encoding: {e}") })?;
-    let encoded = zstd::bulk::compress(&encoded, options.level).map_err(|e| StoreError::CorruptBlock {
-        block: options.id.clone(),
-        reason: format!("compression failed: {e}"),
-    })?;
-    let facts_range = section(&mut data, &encoded);
+    let facts_range = section(&mut data, &encode("facts", postcard::to_stdvec(&facts))?);
+    let rollups_range = section(&mut data, &encode("rollups", postcard::to_stdvec(rollups.0))?);
+    let kept_range = section(&mut data, &encode("rollups", postcard::to_stdvec(rollups.1))?);
 
     let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
     let max_time = traces.iter().map(|t| t.summary.end_time).fold(f64::NEG_INFINITY, f64::max);
@@ -204,10 +208,22 @@ pub(crate) fn build(traces: &[BlockTrace<'_>], options: BuildOptions) -> Result<
             summaries: summaries_range,
             bloom: bloom_range,
             facts: Some(facts_range),
+            rollups: Some(rollups_range),
+            kept_rollups: Some(kept_range),
         },
         supersedes: options.supersedes,
     };
     Ok((data, meta))
+}
+
+fn compress_section(
+    options: &BuildOptions,
+    what: &str,
+    encoded: Result<Vec<u8>, postcard::Error>,
+) -> Result<Vec<u8>, StoreError> {
+    let corrupt = |reason: String| StoreError::CorruptBlock { block: options.id.clone(), reason };
+    let encoded = encoded.map_err(|e| corrupt(format!("{what} encoding: {e}")))?;
+    zstd::bulk::compress(&encoded, options.level).map_err(|e| corrupt(format!("compression failed: {e}")))
 }
 
 /// A bloom filter over trace ids; the ids' random bits are the hash.
@@ -269,6 +285,9 @@ pub(crate) struct BlockHandle {
     bloom: Bloom,
     fences: Vec<u128>,
     chunks: Vec<(u64, u32)>,
+    /// The hour and day rollups: read at open from version 3 on, else computed with the
+    /// summaries the first time they are read.
+    pub kept_rollups: OnceLock<Arc<Rollups>>,
 }
 
 pub(crate) fn meta_path(id: &str) -> ObjectPath {
@@ -282,16 +301,28 @@ pub(crate) fn data_path(id: &str) -> ObjectPath {
 impl BlockHandle {
     pub async fn open(store: &dyn ObjectStore, meta: BlockMeta) -> Result<Self, StoreError> {
         let corrupt = |reason: &str| StoreError::CorruptBlock { block: meta.id.clone(), reason: reason.to_owned() };
+        let s = &meta.sections;
+        let v3 = meta.format_version >= 3;
         if !READABLE_VERSIONS.contains(&meta.format_version)
-            || (meta.format_version >= 2) != meta.sections.facts.is_some()
+            || (meta.format_version >= 2) != s.facts.is_some()
+            || v3 != s.rollups.is_some()
+            || v3 != s.kept_rollups.is_some()
         {
             return Err(corrupt(&format!("format version {} is not supported", meta.format_version)));
         }
         let data_path = data_path(&meta.id);
-        let s = &meta.sections;
-        let ranges = [s.fences.clone(), s.chunks.clone(), s.bloom.clone()];
-        let parts = store.get_ranges(&data_path, &ranges).await?;
-        let [fences, chunks, bloom] = <[Bytes; 3]>::try_from(parts).map_err(|_| corrupt("short read"))?;
+        let mut ranges = vec![s.fences.clone(), s.chunks.clone(), s.bloom.clone()];
+        ranges.extend(s.kept_rollups.clone());
+        let mut parts = store.get_ranges(&data_path, &ranges).await?.into_iter();
+        let (Some(fences), Some(chunks), Some(bloom), kept) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(corrupt("short read"));
+        };
+        let kept_rollups = OnceLock::new();
+        if let Some(frame) = kept {
+            let rollups = decode::<Rollups>(&frame).map_err(|e| corrupt(&format!("rollups: {e}")))?;
+            kept_rollups.get_or_init(|| Arc::new(rollups));
+        }
         if fences.len() % 16 != 0 || chunks.len() % 12 != 0 {
             return Err(corrupt("fence or chunk table has a partial entry"));
         }
@@ -303,7 +334,7 @@ impl BlockHandle {
             })
             .collect();
         let bloom = Bloom::from_bytes(&bloom).ok_or_else(|| corrupt("empty bloom filter"))?;
-        Ok(Self { meta, data_path, bloom, fences, chunks })
+        Ok(Self { meta, data_path, bloom, fences, chunks, kept_rollups })
     }
 
     pub fn may_contain(&self, id: TraceId) -> bool {
@@ -356,18 +387,19 @@ impl BlockHandle {
         Ok(Some(docs))
     }
 
-    pub async fn summaries(&self, store: &dyn ObjectStore) -> Result<Vec<TraceSummary>, StoreError> {
+    /// The block's summaries, with its minute and 10-minute rollups when the block stores them
+    /// (version 3 on).
+    pub async fn summaries(&self, store: &dyn ObjectStore) -> Result<(Vec<TraceSummary>, Option<Rollups>), StoreError> {
         let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
-        let section = |range: &Range<u64>| range.start..range.end;
-        let mut ranges = vec![section(&self.meta.sections.summaries)];
-        ranges.extend(self.meta.sections.facts.as_ref().map(section));
-        let parts = store.get_ranges(&self.data_path, &ranges).await?;
-        let plain = decompress(&parts[0]).map_err(|e| corrupt(format!("summaries: {e}")))?;
-        let mut summaries: Vec<TraceSummary> =
-            postcard::from_bytes(&plain).map_err(|e| corrupt(format!("summaries: {e}")))?;
-        if let Some(frame) = parts.get(1) {
-            let plain = decompress(frame).map_err(|e| corrupt(format!("facts: {e}")))?;
-            let facts: Vec<TraceFacts> = postcard::from_bytes(&plain).map_err(|e| corrupt(format!("facts: {e}")))?;
+        let s = &self.meta.sections;
+        let mut ranges = vec![s.summaries.clone()];
+        ranges.extend(s.facts.clone());
+        ranges.extend(s.rollups.clone());
+        let mut parts = store.get_ranges(&self.data_path, &ranges).await?.into_iter();
+        let frame = parts.next().ok_or_else(|| corrupt("short read".into()))?;
+        let mut summaries: Vec<TraceSummary> = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
+        if let Some(frame) = parts.next() {
+            let facts: Vec<TraceFacts> = decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?;
             if facts.len() != summaries.len() {
                 return Err(corrupt(format!("{} facts for {} summaries", facts.len(), summaries.len())));
             }
@@ -375,8 +407,15 @@ impl BlockHandle {
                 summary.facts = facts;
             }
         }
-        Ok(summaries)
+        let rollups = parts.next().map(|frame| decode(&frame)).transpose();
+        Ok((summaries, rollups.map_err(|e| corrupt(format!("rollups: {e}")))?))
     }
+}
+
+/// Decodes a zstd-compressed postcard section.
+fn decode<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, String> {
+    let plain = decompress(frame).map_err(|e| e.to_string())?;
+    postcard::from_bytes(&plain).map_err(|e| e.to_string())
 }
 
 /// Decompresses one zstd frame, refusing to expand beyond what a block can legitimately hold.
@@ -451,7 +490,8 @@ mod tests {
             level: 3,
             supersedes: vec![],
         };
-        let (data, meta) = build(&input, options).unwrap();
+        let (fine, kept) = Rollups::of(input.iter().map(|t| &t.summary)).split();
+        let (data, meta) = build(&input, (&fine, &kept), options).unwrap();
         store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();
         BlockHandle::open(store, meta).await.unwrap()
     }
@@ -475,8 +515,13 @@ mod tests {
             assert_eq!(block.get(&store, other).await.unwrap(), None);
         }
         assert!(false_positives < 50, "bloom false positive rate too high: {false_positives}/1000");
-        let summaries = block.summaries(&store).await.unwrap();
+        let (summaries, fine) = block.summaries(&store).await.unwrap();
         assert_eq!(summaries.len(), 1000);
+        let (expected_fine, expected_kept) = Rollups::of(&summaries).split();
+        assert_eq!(
+            (fine.as_ref(), block.kept_rollups.get().map(|k| &**k)),
+            (Some(&expected_fine), Some(&expected_kept))
+        );
         assert!(summaries.windows(2).all(|w| w[0].trace_id < w[1].trace_id));
         assert_eq!(block.meta.trace_count, 1000);
         assert_eq!(block.meta.min_epoch, 1_700_000_000);
@@ -494,13 +539,35 @@ mod tests {
         (store, block)
     }
 
+    /// Format version 3, frozen: the rollups' sections.
+    #[tokio::test]
+    async fn frozen_fixture_v3() {
+        let (store, block) = open_fixture("block-v3").await;
+        let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
+        assert_eq!(block.get(&store, id).await.unwrap().unwrap().len(), 2);
+        let kept = block.kept_rollups.get().expect("read at open").clone();
+        let (summaries, fine) = block.summaries(&store).await.unwrap();
+        let fine = fine.expect("version 3 stores the fine rollups");
+        assert_eq!(summaries[0].facts.nodes.len(), 3);
+        let mut expected = roentgen_query::ServiceGraph::default();
+        expected.add(&summaries[0]);
+        let minute = crate::rollup::minute(summaries[0].end_time);
+        let (mut by_minute, mut by_hour) = Default::default();
+        fine.merge_into(&mut by_minute, &[(0, minute)]);
+        kept.merge_into(&mut by_hour, &[(2, minute.div_euclid(60))]);
+        assert_eq!((&by_minute, &by_hour), (&expected, &expected));
+        let names: Vec<&str> = expected.nodes.iter().map(|n| n.key.name.as_str()).collect();
+        assert_eq!(names, ["fixture", "fixture-udp", "orders", "fixture"], "the last is the client");
+    }
+
     /// Format version 2, frozen: summaries plus the facts section.
     #[tokio::test]
     async fn frozen_fixture_v2() {
         let (store, block) = open_fixture("block-v2").await;
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
         assert_eq!(block.get(&store, id).await.unwrap().unwrap().len(), 2);
-        let summaries = block.summaries(&store).await.unwrap();
+        let (summaries, rollups) = block.summaries(&store).await.unwrap();
+        assert!(rollups.is_none() && block.kept_rollups.get().is_none(), "version 2 has no rollups");
         assert_eq!(summaries[0].services[0].name, "fixture");
         let facts = &summaries[0].facts;
         assert_eq!(facts.nodes.len(), 2);
@@ -520,7 +587,7 @@ mod tests {
         let docs = block.get(&store, id).await.unwrap().unwrap();
         assert_eq!(docs.len(), 2);
         assert!(docs[0].contains("\"fixture\""));
-        let summaries = block.summaries(&store).await.unwrap();
+        let (summaries, _) = block.summaries(&store).await.unwrap();
         assert_eq!(summaries[0].trace_id, id);
         assert_eq!(summaries[0].services[0].name, "fixture");
         assert!(summaries[0].facts.nodes.is_empty(), "version 1 has no facts");

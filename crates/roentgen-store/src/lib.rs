@@ -9,6 +9,7 @@ mod block;
 mod config;
 mod error;
 mod live;
+mod rollup;
 mod stats;
 mod store;
 mod wal;

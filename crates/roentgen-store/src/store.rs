@@ -1,7 +1,7 @@
 //! The store: durable appends, trace lookup, summary scans, and the background work that turns
 //! live traces into blocks and deletes expired ones.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -22,6 +22,7 @@ use crate::block::{self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, Super
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::live::{LiveState, StoredDocument, upsert};
+use crate::rollup::{FIRST_KEPT_LEVEL, ROLLUP_MINUTES, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
 
@@ -70,86 +71,17 @@ struct BlockSummaries {
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
     node_throttle: Vec<u32>,
+    /// The minute and 10-minute rollups; the block's handle keeps the coarser ones.
     rollups: Rollups,
 }
 
-/// Rollup span lengths in minutes, shortest first: a window of hours or days is a few dozen
-/// merges per block, not one per minute.
-const ROLLUP_MINUTES: [i64; 4] = [1, 10, 60, 1440];
-/// Levels from this one up are kept for every block, so that windows of hours and days need no
-/// block's summaries in memory; the finer ones (most of the bytes) live with the summaries.
-const FIRST_KEPT_LEVEL: usize = 2;
-
-/// Service graphs of the traces whose last activity falls in each aligned span of
-/// [`ROLLUP_MINUTES`] minutes: one map per span length, keyed by span number.
-#[derive(Debug, Default)]
-struct Rollups {
-    levels: Vec<BTreeMap<i64, ServiceGraph>>,
-}
-
-impl Rollups {
-    fn build(minutes: BTreeMap<i64, ServiceGraph>) -> Self {
-        let levels = ROLLUP_MINUTES[1..].iter().fold(vec![minutes], |mut levels, &span| {
-            let mut coarser: BTreeMap<i64, ServiceGraph> = BTreeMap::new();
-            for (&m, graph) in &levels[0] {
-                coarser.entry(m.div_euclid(span)).or_default().merge(graph);
-            }
-            levels.push(coarser);
-            levels
-        });
-        Self { levels }
-    }
-
-    /// A copy with only the levels kept for every block.
-    fn kept(&self) -> Self {
-        let levels = self
-            .levels
-            .iter()
-            .enumerate()
-            .map(|(level, spans)| if level >= FIRST_KEPT_LEVEL { spans.clone() } else { BTreeMap::new() })
-            .collect();
-        Self { levels }
-    }
-
-    /// Merges into `graph` the rollups of the given spans.
-    fn merge_into(&self, graph: &mut ServiceGraph, spans: &[(usize, i64)]) {
-        for &(level, key) in spans {
-            if let Some(rollup) = self.levels.get(level).and_then(|r| r.get(&key)) {
-                graph.merge(rollup);
-            }
-        }
-    }
-}
-
-/// The aligned spans, as (level, span number), that tile minutes `[from, to)`, longest first.
-fn tiles(from: i64, to: i64) -> Vec<(usize, i64)> {
-    let mut spans = Vec::new();
-    let mut at = from;
-    while at < to {
-        let level = (0..ROLLUP_MINUTES.len())
-            .rev()
-            .find(|&l| at % ROLLUP_MINUTES[l] == 0 && at.checked_add(ROLLUP_MINUTES[l]).is_some_and(|end| end <= to))
-            .unwrap_or(0);
-        spans.push((level, at / ROLLUP_MINUTES[level]));
-        at += ROLLUP_MINUTES[level];
-    }
-    spans
-}
-
-/// The minute a time falls in, as rollups are keyed.
-fn minute(time: f64) -> i64 {
-    (time / 60.0).floor() as i64
-}
-
 impl BlockSummaries {
-    fn new(mut summaries: Vec<Arc<TraceSummary>>) -> Self {
+    fn new(mut summaries: Vec<Arc<TraceSummary>>, rollups: Rollups) -> Self {
         if !summaries.is_sorted_by_key(|s| s.trace_id) {
             summaries.sort_unstable_by_key(|s| s.trace_id);
         }
         let mut index = Self::default();
-        let mut minutes: BTreeMap<i64, ServiceGraph> = BTreeMap::new();
         for (i, s) in summaries.iter().enumerate() {
-            minutes.entry(minute(s.end_time)).or_default().add(s);
             let i = i as u32;
             let add = |list: &mut Vec<u32>| {
                 if list.last() != Some(&i) {
@@ -175,7 +107,7 @@ impl BlockSummaries {
                 add(&mut index.node_throttle);
             }
         }
-        index.rollups = Rollups::build(minutes);
+        index.rollups = rollups;
         index.summaries = summaries;
         index
     }
@@ -320,9 +252,6 @@ struct Inner {
     live: RwLock<LiveState>,
     catalog: RwLock<Catalog>,
     summary_cache: Mutex<SummaryCache>,
-    /// Each block's hour and day rollups, kept while the block exists (the summary cache
-    /// evicts; these are small).
-    kept_rollups: Mutex<HashMap<String, Arc<Rollups>>>,
     writer: mpsc::Sender<Command>,
     flush_lock: tokio::sync::Mutex<()>,
     stats: Arc<StoreStats>,
@@ -432,7 +361,6 @@ impl Store {
             live: RwLock::new(live),
             catalog: RwLock::new(catalog),
             summary_cache: Mutex::new(SummaryCache::default()),
-            kept_rollups: Mutex::new(HashMap::new()),
             writer,
             flush_lock: tokio::sync::Mutex::new(()),
             stats,
@@ -738,17 +666,18 @@ impl Store {
                 && !may_hold_live
                 && whole
                 && spans.iter().all(|&(level, _)| level >= FIRST_KEPT_LEVEL)
+                && let Some(kept) = block.kept_rollups.get()
             {
-                let kept = self.inner.kept_rollups.lock().expect("rollups lock").get(&meta.id).cloned();
-                if let Some(kept) = kept {
-                    kept.merge_into(&mut graph, &spans);
-                    continue;
-                }
+                kept.merge_into(&mut graph, &spans);
+                continue;
             }
             let data = self.block_summaries(&block).await?;
             let clean = nothing_superseded && !(may_hold_live && live.in_blocks.iter().any(|&id| data.contains(id)));
             if clean {
                 data.rollups.merge_into(&mut graph, &spans);
+                if let Some(kept) = block.kept_rollups.get() {
+                    kept.merge_into(&mut graph, &spans);
+                }
                 if !whole {
                     for summary in data.summaries.iter().filter(|s| inside(s) && !full(s.end_time)) {
                         graph.add(summary);
@@ -770,15 +699,18 @@ impl Store {
         if let Some(hit) = self.inner.summary_cache.lock().expect("cache lock").get(&block.meta.id) {
             return Ok(hit);
         }
-        let loaded = block.summaries(self.inner.objects.as_ref()).await?;
-        let loaded = Arc::new(BlockSummaries::new(loaded.into_iter().map(Arc::new).collect()));
+        let (summaries, stored) = block.summaries(self.inner.objects.as_ref()).await?;
+        let fine = stored.unwrap_or_else(|| {
+            let (fine, kept) = Rollups::of(&summaries).split();
+            block.kept_rollups.get_or_init(|| Arc::new(kept));
+            fine
+        });
+        let loaded = Arc::new(BlockSummaries::new(summaries.into_iter().map(Arc::new).collect(), fine));
         self.cache_summaries(&block.meta.id, loaded.clone());
         Ok(loaded)
     }
 
     fn cache_summaries(&self, block: &str, summaries: Arc<BlockSummaries>) {
-        let kept = Arc::new(summaries.rollups.kept());
-        self.inner.kept_rollups.lock().expect("rollups lock").insert(block.to_owned(), kept);
         self.inner.summary_cache.lock().expect("cache lock").insert(block, summaries);
     }
 
@@ -842,8 +774,9 @@ impl Store {
                     }
                 })
                 .collect();
-            let (data, meta) = block::build(&traces, options)?;
-            let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect());
+            let (fine, kept) = Rollups::of(traces.iter().map(|t| &t.summary)).split();
+            let (data, meta) = block::build(&traces, (&fine, &kept), options)?;
+            let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect(), fine);
             Ok::<_, StoreError>((data, meta, summaries))
         })
         .await
@@ -911,7 +844,6 @@ impl Store {
             catalog.blocks.retain(|b| b.meta.id != block.meta.id);
             catalog.superseded.remove(&block.meta.id);
             self.inner.summary_cache.lock().expect("cache lock").remove(&block.meta.id);
-            self.inner.kept_rollups.lock().expect("rollups lock").remove(&block.meta.id);
             self.inner.stats.blocks_expired.fetch_add(1, Ordering::Relaxed);
         }
         self.inner.publish_gauges();
@@ -1155,6 +1087,7 @@ mod tests {
         let docs: Vec<&ParsedDocument> = Vec::new();
         Arc::new(BlockSummaries::new(
             (0..n).map(|i| Arc::new(summarize(TraceId::from_parts(1, i as u128), &docs, 1))).collect(),
+            Rollups::default(),
         ))
     }
 
@@ -1171,24 +1104,6 @@ mod tests {
         assert_eq!((cache.entries, cache.order.len()), (4, 1));
         cache.insert("huge", summaries(50));
         assert!(cache.get("huge").is_some(), "the newest block stays even when alone over capacity");
-    }
-
-    proptest::proptest! {
-        /// Spans tile the minutes exactly, each aligned to its length, and never more than a
-        /// few dozen for any window: at most 9 + 5 + 23 on each side, plus the days between.
-        #[test]
-        fn tiles_cover_the_minutes_exactly(from in -3_000_000i64..3_000_000, length in 0i64..200_000) {
-            let spans = tiles(from, from + length);
-            let mut at = from;
-            for (level, key) in spans.iter().copied() {
-                let span = ROLLUP_MINUTES[level];
-                proptest::prop_assert_eq!(key * span, at);
-                at += span;
-            }
-            proptest::prop_assert_eq!(at, from + length);
-            let days = length / ROLLUP_MINUTES[3];
-            proptest::prop_assert!(spans.len() as i64 <= 2 * (9 + 5 + 23) + days + 1);
-        }
     }
 
     #[test]

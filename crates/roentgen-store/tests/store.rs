@@ -374,7 +374,7 @@ fn canonical(graph: &roentgen_query::ServiceGraph) -> Vec<String> {
 #[tokio::test]
 async fn service_graph_from_rollups_equals_a_scan() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(config(dir.path())).await.unwrap();
+    let mut store = Store::open(config(dir.path())).await.unwrap();
     let call = |t: TraceId, n: u32| {
         let fault = if n.is_multiple_of(7) { r#","fault":true"# } else { "" };
         doc(
@@ -411,9 +411,14 @@ async fn service_graph_from_rollups_equals_a_scan() {
         let graph = store.service_graph(start, end).await.unwrap();
         assert_eq!(graph.nodes.is_empty(), start > 0.0 || end < 0.0, "window {start}..{end}");
     }
-    for flushed_late in [false, true] {
-        if flushed_late {
+    // Live and in blocks, then all in blocks, then with the rollups read back from the blocks.
+    for phase in ["late segment live", "flushed", "reopened"] {
+        if phase == "flushed" {
             store.flush_all().await.unwrap();
+        }
+        if phase == "reopened" {
+            store.close().await.unwrap();
+            store = Store::open(config(dir.path())).await.unwrap();
         }
         for (start, end) in windows {
             let query = SummaryQuery {
@@ -430,7 +435,7 @@ async fn service_graph_from_rollups_equals_a_scan() {
             }
             let rolled = store.service_graph(start, end).await.unwrap();
             assert!(!scanned.nodes.is_empty(), "window {start}..{end} is empty");
-            assert_eq!(canonical(&rolled), canonical(&scanned), "window {start}..{end}, late flushed: {flushed_late}");
+            assert_eq!(canonical(&rolled), canonical(&scanned), "window {start}..{end}, {phase}");
         }
     }
 }
