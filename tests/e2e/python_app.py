@@ -15,7 +15,9 @@ import boto3
 from aws_xray_sdk.core import patch, xray_recorder
 from aws_xray_sdk.core.models import http as xray_http
 
-xray_recorder.configure(sampling=False, context_missing="LOG_ERROR", service="python-svc")
+# A threshold of 1 makes the SDK send each finished subsegment as its own document, as it does
+# for large traces; BatchGetTraces must merge them back into the segment.
+xray_recorder.configure(sampling=False, context_missing="LOG_ERROR", service="python-svc", streaming_threshold=1)
 patch(["httplib", "botocore"])
 
 

@@ -22,6 +22,11 @@ def wait_for_traces(xray, trace_ids, timeout=20):
 
 
 def documents(trace):
+    """The trace's documents as the application recorded them (inferred segments left out)."""
+    return [doc for doc in all_documents(trace) if not doc.get("inferred")]
+
+
+def all_documents(trace):
     return [json.loads(s["Document"]) for s in trace["Segments"]]
 
 
@@ -55,6 +60,8 @@ def test_python_sdk_segments_round_trip(xray, python_traces):
     assert set(traces) == set(python_traces.values())
 
     ok = documents(traces[python_traces["/ok"]])
+    # The SDK streamed every subsegment on its own; they come back merged into one segment.
+    assert [d["name"] for d in ok] == ["python-svc"]
     root = find(ok, "python-svc")
     assert root["annotations"] == {"tenant": "acme", "attempt": 3, "score": 0.75, "vip": True}
     assert root["metadata"]["shop"]["cart"] == {"items": [1, 2, 3], "total": 42.5}
@@ -74,6 +81,14 @@ def test_python_sdk_segments_round_trip(xray, python_traces):
     table_call = find(ok, "dynamodb")
     assert table_call["namespace"] == "aws"
     assert (table_call["aws"]["operation"], table_call["aws"]["table_name"]) == ("GetItem", "orders")
+    assert logic in root["subsegments"] and sql in logic["subsegments"]
+    # No segment answered the GetItem call: X-Ray's inferred segment stands for the table.
+    inferred = [d for d in all_documents(traces[python_traces["/ok"]]) if d.get("inferred")]
+    table = next(d for d in inferred if d["parent_id"] == table_call["id"])
+    assert (table["origin"], table["name"], table["aws"]["table_name"]) == ("AWS::DynamoDB::Table", "dynamodb", "orders")
+    assert (table["start_time"], table["end_time"]) == (table_call["start_time"], table_call["end_time"])
+    assert table["trace_id"] == python_traces["/ok"]
+    assert {d["parent_id"] for d in inferred} >= {sql["id"], *(c["id"] for c in calls)}
 
     throttled = find(documents(traces[python_traces["/throttle"]]), "python-svc")
     assert throttled["throttle"] and throttled["error"]
@@ -103,6 +118,8 @@ def test_node_sdk_segments_round_trip(xray, node_traces):
     assert enqueue["namespace"] == "aws"
     assert enqueue["aws"]["operation"] == "SendMessage"
     assert enqueue["aws"]["queue_url"].endswith("/orders-queue")
+    queue = next(d for d in all_documents(traces[node_traces["/ok"]]) if d.get("parent_id") == enqueue["id"])
+    assert (queue["inferred"], queue["origin"], queue["aws"]["operation"]) == (True, "AWS::SQS::Queue", "SendMessage")
     throttled = find(documents(traces[node_traces["/throttle"]]), "node-svc")
     assert throttled["throttle"] and throttled["error"]
     failed = documents(traces[node_traces["/fail"]])

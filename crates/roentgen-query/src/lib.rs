@@ -1,15 +1,18 @@
 //! Questions asked of traces: assembling a trace's documents into the summary that
-//! `GetTraceSummaries` returns, the filter expression language evaluated on it, and the nodes
-//! inferred for uninstrumented calls.
+//! `GetTraceSummaries` returns and into the documents `BatchGetTraces` returns, the filter
+//! expression language evaluated on summaries, the service graph, and the nodes inferred for
+//! uninstrumented calls.
 //!
 //! Pure and synchronous: it sees parsed documents, never storage.
 
+mod assemble;
 pub mod filter;
 mod graph;
 mod inferred;
 mod rootcause;
 mod summary;
 
+pub use assemble::{AssembledSegment, assemble};
 pub use filter::{Filter, FilterError};
 pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistics};
 pub use inferred::inferred_service;

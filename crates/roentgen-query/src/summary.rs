@@ -273,7 +273,9 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             end_time = end_time.max(e.last_time());
             has_throttle |= e.throttle;
             is_partial |= e.in_progress;
-            if !std::ptr::eq(e, top)
+            // An independent subsegment's top entity is a call like any other.
+            let is_segment = doc.kind == DocumentKind::Segment && std::ptr::eq(e, top);
+            if !is_segment
                 && !called_by_segment.contains(&e.id)
                 && let Some(key) = inferred_service(e)
             {
@@ -495,6 +497,26 @@ mod tests {
         // Response time: api (3 s) -> DynamoDB (1 s) is a third, so the path stops at api.
         let slow = &s.facts.response_time_root_causes[0];
         assert_eq!(slow.services[0].entity_path[0].coverage, Some(1.0));
+    }
+
+    /// SDKs stream finished subsegments on their own (Python past its streaming threshold, the
+    /// OpenTelemetry exporter always): a call sent that way is a call all the same.
+    #[test]
+    fn an_independent_call_subsegment_infers_its_node() {
+        let docs = [
+            doc(&format!(
+                r#"{{"trace_id":"{TRACE}","id":"0000000000000001","name":"api","start_time":1,"end_time":3}}"#
+            )),
+            doc(&format!(
+                r#"{{"trace_id":"{TRACE}","id":"0000000000000002","type":"subsegment","parent_id":"0000000000000001",
+                "name":"DynamoDB","namespace":"aws","start_time":1.5,"end_time":2,"aws":{{"table_name":"users"}}}}"#
+            )),
+        ];
+        let s = summarize(TraceId::parse(TRACE).unwrap(), &docs.iter().collect::<Vec<_>>(), 1);
+        let names: Vec<&str> = s.services.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["api", "users"]);
+        let edges: Vec<(u32, u32)> = s.facts.edges.iter().map(|e| (e.from, e.to)).collect();
+        assert_eq!(edges, [(0, 1)]);
     }
 
     #[test]

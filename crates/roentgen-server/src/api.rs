@@ -253,9 +253,9 @@ async fn batch_get_traces(State(state): Shared, request: Request) -> Result<Resp
                     id: id.to_string(),
                     duration: if first.is_finite() && last.is_finite() { (last - first).max(0.0) } else { 0.0 },
                     limit_exceeded: false,
-                    segments: docs
-                        .iter()
-                        .map(|d| api::Segment { id: d.id().to_string(), document: d.raw.to_string() })
+                    segments: roentgen_query::assemble(&docs.iter().map(|d| (&*d.raw, &d.parsed)).collect::<Vec<_>>())
+                        .into_iter()
+                        .map(|s| api::Segment { id: s.id.to_string(), document: s.document })
                         .collect(),
                 });
             }
