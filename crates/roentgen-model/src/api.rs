@@ -511,8 +511,16 @@ pub struct Edge {
     pub start_time: f64,
     pub end_time: f64,
     pub summary_statistics: Statistics,
-    pub response_time_histogram: Vec<HistogramEntry>,
+    /// Client-side latencies; synchronous edges only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_time_histogram: Option<Vec<HistogramEntry>>,
     pub aliases: Vec<ServiceId>,
+    /// `"link"` for an asynchronous link; absent for a call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_type: Option<String>,
+    /// Links only: how old events were when their consumers received them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_event_age_histogram: Option<Vec<HistogramEntry>>,
 }
 
 /// `ServiceStatistics` and `EdgeStatistics`, which have the same members.

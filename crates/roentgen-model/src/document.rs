@@ -173,6 +173,20 @@ pub struct Entity {
     pub annotations: Vec<(String, AnnotationValue)>,
     pub exceptions: Vec<Exception>,
     pub subsegments: Vec<Entity>,
+    /// The entities this one follows from in other traces (asynchronous links), at most
+    /// [`MAX_LINKS`]; links whose ids are not valid are left out.
+    pub links: Vec<Link>,
+}
+
+/// X-Ray links a segment to at most 20 traces.
+pub const MAX_LINKS: usize = 20;
+
+/// An asynchronous link to an entity of another trace, such as the call that sent the message
+/// this segment consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Link {
+    pub trace_id: TraceId,
+    pub id: SegmentId,
 }
 
 impl Entity {
@@ -401,6 +415,17 @@ impl Validator {
             subsegments.push(self.entity(child, true)?);
         }
         let annotations = self.annotations(wire.annotations.0);
+        let links = wire
+            .links
+            .0
+            .into_iter()
+            .flatten()
+            .filter_map(|link| {
+                let trace_id = TraceId::parse(link.trace_id.as_str()?).ok()?;
+                Some(Link { trace_id, id: SegmentId::parse(link.id.as_str()?)? })
+            })
+            .take(MAX_LINKS)
+            .collect();
         Ok(Entity {
             id,
             name,
@@ -456,6 +481,7 @@ impl Validator {
                 })
                 .unwrap_or_default(),
             subsegments,
+            links,
         })
     }
 
@@ -711,6 +737,23 @@ mod tests {
             "}]".repeat(1_000)
         );
         assert_eq!(code(&deep_subsegments), DocumentErrorCode::InvalidSegment);
+    }
+
+    #[test]
+    fn links_are_read_and_bad_ones_left_out() {
+        let links: String =
+            (0..25).map(|n| format!(r#"{{"trace_id":"{TRACE}","id":"{n:016x}","attributes":{{"k":1}}}},"#)).collect();
+        let json = format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,
+            "links":[{{"trace_id":"nope","id":"0000000000000001"}},{{"id":5}},7,{links}{{}}]}}"#
+        );
+        let links = parse(&json).unwrap().entity.links;
+        assert_eq!(links.len(), MAX_LINKS);
+        assert_eq!((links[0].trace_id.to_string(), links[0].id.as_u64()), (TRACE.to_owned(), 0));
+        let json = format!(
+            r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"links":{{}}}}"#
+        );
+        assert!(parse(&json).unwrap().entity.links.is_empty(), "a links field of the wrong shape is ignored");
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod ids;
 mod wire;
 
 pub use document::{
-    AnnotationValue, Aws, DocumentError, DocumentErrorCode, DocumentKind, Entity, Exception, Http, MAX_DOCUMENT_BYTES,
-    MAX_NAME_CHARS, ParsedDocument, parse_document,
+    AnnotationValue, Aws, DocumentError, DocumentErrorCode, DocumentKind, Entity, Exception, Http, Link,
+    MAX_DOCUMENT_BYTES, MAX_LINKS, MAX_NAME_CHARS, ParsedDocument, parse_document,
 };
 pub use ids::{InvalidTraceId, SegmentId, TraceId};

@@ -246,6 +246,15 @@ pub(crate) struct WireEntity {
     pub subsegments: Items<WireEntity>,
     /// An object with `exceptions`, or (ignored here) the id of an exception recorded elsewhere.
     pub cause: MapOr<WireCause>,
+    pub links: Items<WireLink>,
+}
+
+/// A span link: the trace and entity this one follows from (an SQS message's sender, say).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireLink {
+    pub trace_id: Scalar,
+    pub id: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]

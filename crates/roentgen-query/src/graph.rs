@@ -164,6 +164,10 @@ impl Series {
 pub struct GraphEdge {
     /// Index of the target in [`ServiceGraph::nodes`].
     pub target: usize,
+    /// An asynchronous link (X-Ray's `EdgeType: link`): its series counts the events the target
+    /// received, with their age (receive time minus send time) where a call's response time
+    /// would be.
+    pub link: bool,
     pub series: Series,
 }
 
@@ -249,12 +253,12 @@ impl ServiceGraph {
         i
     }
 
-    fn edge(&mut self, from: usize, to: usize) -> &mut Series {
+    fn edge(&mut self, from: usize, to: usize, link: bool) -> &mut Series {
         let edges = &mut self.nodes[from].edges;
-        let at = match edges.iter().position(|e| e.target == to) {
+        let at = match edges.iter().position(|e| e.target == to && e.link == link) {
             Some(at) => at,
             None => {
-                edges.push(GraphEdge { target: to, series: Series::default() });
+                edges.push(GraphEdge { target: to, link, series: Series::default() });
                 edges.len() - 1
             }
         };
@@ -275,7 +279,7 @@ impl ServiceGraph {
             mine.series.merge(&node.series);
             mine.durations.merge(&node.durations);
             for edge in &node.edges {
-                self.edge(i, local[edge.target]).merge(&edge.series);
+                self.edge(i, local[edge.target], edge.link).merge(&edge.series);
             }
         }
     }
@@ -296,7 +300,7 @@ impl ServiceGraph {
             self.nodes[i].durations.record(duration);
             if node.root {
                 let client = self.client(&trace.services[node.service as usize].name);
-                self.edge(client, i).observe(node.start_time, response_time, flags);
+                self.edge(client, i, false).observe(node.start_time, response_time, flags);
             }
         }
         for edge in &facts.edges {
@@ -304,8 +308,15 @@ impl ServiceGraph {
                 continue;
             };
             if let Some(response_time) = edge.response_time {
-                self.edge(from, to).observe(edge.start_time, response_time, (edge.error, edge.fault, edge.throttle));
+                let flags = (edge.error, edge.fault, edge.throttle);
+                self.edge(from, to, false).observe(edge.start_time, response_time, flags);
             }
+        }
+        for link in &trace.links {
+            let (Some(source), Some(&to)) = (&link.source, local.get(link.to as usize)) else { continue };
+            let from = self.service(&source.node);
+            let age = (link.start_time - source.sent_time).max(0.0);
+            self.edge(from, to, true).observe(link.start_time, age, (link.error, link.fault, link.throttle));
         }
     }
 }

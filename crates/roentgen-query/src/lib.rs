@@ -18,6 +18,6 @@ pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistic
 pub use inferred::inferred_service;
 pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use summary::{
-    AnnotationSummary, EdgeFact, MAX_INDEXED_ANNOTATIONS, NodeFact, ServiceKey, TimeRangeType, TraceFacts,
-    TraceSummary, UserSummary, summarize,
+    AnnotationSummary, EdgeFact, LinkFact, LinkSource, MAX_INDEXED_ANNOTATIONS, MAX_TRACE_LINKS, NodeFact, ServiceKey,
+    TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source, summarize,
 };

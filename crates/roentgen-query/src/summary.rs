@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use roentgen_model::{AnnotationValue, DocumentKind, Entity, Http, ParsedDocument, SegmentId, TraceId};
+use roentgen_model::{AnnotationValue, DocumentKind, Entity, Http, Link, ParsedDocument, SegmentId, TraceId};
 use serde::{Deserialize, Serialize};
 
 use crate::inferred::inferred_service;
@@ -12,6 +12,8 @@ use crate::rootcause::{RootCause, TraceTree};
 
 /// X-Ray indexes at most 50 annotation keys per trace; later keys are kept in the documents only.
 pub const MAX_INDEXED_ANNOTATIONS: usize = 50;
+/// X-Ray keeps at most 100 links per trace.
+pub const MAX_TRACE_LINKS: usize = 100;
 
 /// A service-graph node identity: (name, type, account).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -22,7 +24,7 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
-    fn of_segment(entity: &Entity) -> Self {
+    pub(crate) fn of_segment(entity: &Entity) -> Self {
         ServiceKey {
             name: entity.name.clone(),
             kind: entity.origin.clone(),
@@ -75,6 +77,78 @@ pub struct TraceSummary {
     /// a section of their own (format version 2), so the summary encoding stays as version 1.
     #[serde(skip)]
     pub facts: TraceFacts,
+    /// Asynchronous links from this trace's entities to entities of other traces. Blocks store
+    /// them in a section of their own (format version 3).
+    #[serde(skip)]
+    pub links: Vec<LinkFact>,
+}
+
+/// An entity of this trace that follows from an entity of another trace (a consumer and the
+/// call that sent it its message): what becomes a `link` edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkFact {
+    /// Index into [`TraceSummary::services`]: the consumer's service.
+    pub to: u32,
+    /// When the consumer started: when it received the event.
+    pub start_time: f64,
+    pub error: bool,
+    pub fault: bool,
+    pub throttle: bool,
+    /// The entity linked to, in another trace.
+    pub target: Link,
+    /// The node the link comes from and when the event was sent, once the linked trace has been
+    /// read (see [`link_source`]); `None` until then.
+    pub source: Option<LinkSource>,
+}
+
+/// Where a link comes from, found in the linked trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkSource {
+    pub node: ServiceKey,
+    /// When the linked entity started: when the event was sent.
+    pub sent_time: f64,
+}
+
+/// The node a link to `target` comes from, found in the linked trace's documents: for a call to
+/// an AWS service or a remote endpoint (an SQS `SendMessage`), the node it called, or the
+/// segment that answered it; for any other entity, its own service.
+pub fn link_source(docs: &[&ParsedDocument], target: SegmentId) -> Option<LinkSource> {
+    let mut found = None;
+    for doc in docs {
+        doc.entity.walk(&mut |e| {
+            if e.id == target && found.is_none() {
+                found = Some((*doc, e));
+            }
+        });
+    }
+    let (doc, entity) = found?;
+    let answered = docs.iter().find(|d| d.kind == DocumentKind::Segment && d.parent_id == Some(target));
+    let is_segment = doc.kind == DocumentKind::Segment && std::ptr::eq(entity, &doc.entity);
+    let called = answered
+        .map(|segment| ServiceKey::of_segment(&segment.entity))
+        .or_else(|| if is_segment { None } else { inferred_service(entity) });
+    let node = match called {
+        Some(node) => node,
+        None => ServiceKey::of_segment(&owning_segment(docs, doc)?.entity),
+    };
+    Some(LinkSource { node, sent_time: entity.start_time })
+}
+
+/// The segment document a document belongs to, following independent subsegments' parents.
+fn owning_segment<'a>(docs: &[&'a ParsedDocument], doc: &'a ParsedDocument) -> Option<&'a ParsedDocument> {
+    let mut at = doc;
+    for _ in 0..docs.len() {
+        if at.kind == DocumentKind::Segment {
+            return Some(at);
+        }
+        let parent = at.parent_id?;
+        at = docs.iter().find(|d| {
+            let mut holds = false;
+            d.entity.walk(&mut |e| holds |= e.id == parent);
+            holds
+        })?;
+    }
+    None
 }
 
 /// A segment of one service, or the inferred segment of an uninstrumented call: what
@@ -238,6 +312,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut attached: HashMap<SegmentId, Vec<&Entity>> = HashMap::new();
     let mut inferred_nodes: HashMap<SegmentId, u32> = HashMap::new();
     let mut calls_seen: std::collections::HashSet<SegmentId> = std::collections::HashSet::new();
+    let mut links = Vec::new();
 
     for (i, doc) in docs.iter().enumerate() {
         let service = doc_owner[i];
@@ -296,6 +371,19 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                     facts.edges.push(edge_fact(from, to, e));
                 }
             }
+            if let Some(to) = service {
+                for &target in e.links.iter().take(MAX_TRACE_LINKS.saturating_sub(links.len())) {
+                    links.push(LinkFact {
+                        to,
+                        start_time: e.start_time,
+                        error: e.error,
+                        fault: e.fault,
+                        throttle: e.throttle,
+                        target,
+                        source: None,
+                    });
+                }
+            }
             for (key, value) in &e.annotations {
                 add_annotation(&mut annotations, key, value, service);
             }
@@ -346,6 +434,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         segment_end_times,
         document_count: docs.len() as u32,
         facts,
+        links,
     }
 }
 

@@ -129,13 +129,19 @@ pub fn services(graph: &ServiceGraph) -> Vec<api::Service> {
                 edges: node
                     .edges
                     .iter()
-                    .map(|edge| api::Edge {
-                        reference_id: edge.target,
-                        start_time: edge.series.start_time.floor(),
-                        end_time: edge.series.end_time.ceil(),
-                        summary_statistics: statistics(&edge.series.statistics),
-                        response_time_histogram: histogram(&edge.series.response_times),
-                        aliases: Vec::new(),
+                    .map(|edge| {
+                        let times = histogram(&edge.series.response_times);
+                        let (response_times, ages) = if edge.link { (None, Some(times)) } else { (Some(times), None) };
+                        api::Edge {
+                            reference_id: edge.target,
+                            start_time: edge.series.start_time.floor(),
+                            end_time: edge.series.end_time.ceil(),
+                            summary_statistics: statistics(&edge.series.statistics),
+                            response_time_histogram: response_times,
+                            aliases: Vec::new(),
+                            edge_type: edge.link.then(|| "link".to_owned()),
+                            received_event_age_histogram: ages,
+                        }
                     })
                     .collect(),
                 summary_statistics: measured.then(|| statistics(&series.statistics)),

@@ -161,7 +161,8 @@ pub async fn time_series(
                     histogram.merge(&node.series.response_times);
                 }
                 Selection::Edge(from, to) if !node.client && from.matches(&node.key) => {
-                    for edge in node.edges.iter().filter(|e| to.matches(&graph.nodes[e.target].key)) {
+                    // A link's series holds event ages, not response times.
+                    for edge in node.edges.iter().filter(|e| !e.link && to.matches(&graph.nodes[e.target].key)) {
                         found = true;
                         totals.add(&edge.series.statistics);
                         histogram.merge(&edge.series.response_times);

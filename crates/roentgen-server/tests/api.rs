@@ -700,8 +700,16 @@ fn place(doc: &Value, ids: &[String], shift: f64) -> Value {
         }
     }
     shift_times(&mut doc, shift);
-    let n: usize = doc["trace_id"].as_str().unwrap().trim_start_matches("TRACE").parse().unwrap();
-    doc["trace_id"] = json!(ids[n - 1]);
+    let place_id = |id: &mut Value| {
+        let n: usize = id.as_str().unwrap().trim_start_matches("TRACE").parse().unwrap();
+        *id = json!(ids[n - 1]);
+    };
+    place_id(&mut doc["trace_id"]);
+    if let Some(links) = doc.get_mut("links").and_then(Value::as_array_mut) {
+        for link in links {
+            place_id(&mut link["trace_id"]);
+        }
+    }
     doc
 }
 
@@ -729,8 +737,14 @@ fn canonical_graph(body: &Value) -> Value {
                 .unwrap()
                 .iter()
                 .map(|e| {
-                    json!({"To": by_id[&e["ReferenceId"].as_u64().unwrap()], "SummaryStatistics": canonical_statistics(&e["SummaryStatistics"]),
-                           "ResponseTimeHistogram": e["ResponseTimeHistogram"]})
+                    let mut edge = json!({"To": by_id[&e["ReferenceId"].as_u64().unwrap()], "SummaryStatistics": canonical_statistics(&e["SummaryStatistics"]),
+                           "ResponseTimeHistogram": e["ResponseTimeHistogram"]});
+                    for key in ["EdgeType", "ReceivedEventAgeHistogram"] {
+                        if let Some(value) = e.get(key) {
+                            edge[key] = value.clone();
+                        }
+                    }
+                    edge
                 })
                 .collect();
             edges.sort_by_key(|e| e["To"].as_str().unwrap().to_owned());
@@ -752,7 +766,7 @@ async fn golden_service_graph() {
     let h = Harness::start().await;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/service-graph.json");
     let mut golden: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let ids: Vec<String> = (1..=7).map(|n| trace_id(60 + n)).collect();
+    let ids: Vec<String> = (1..=8).map(|n| trace_id(60 + n)).collect();
     let shift = now() - 300.0 - 100.0;
     let send = |docs: &Value| -> Vec<String> {
         docs.as_array().unwrap().iter().map(|d| place(d, &ids, shift).to_string()).collect()

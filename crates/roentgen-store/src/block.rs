@@ -15,6 +15,8 @@
 //!             levels (version 3 on)
 //! kept        zstd(postcard(Rollups)): the hour and day levels, read when the block is opened
 //!             (version 3 on)
+//! links       zstd(postcard(Vec<Vec<LinkFact>>)): each trace's asynchronous links, in summary
+//!             order (version 3 on)
 //! ```
 //!
 //! Version 1 blocks have no facts section; they are read with empty facts, so `service() {…}`
@@ -30,7 +32,7 @@ use std::sync::{Arc, OnceLock};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use roentgen_model::TraceId;
-use roentgen_query::{TraceFacts, TraceSummary};
+use roentgen_query::{LinkFact, TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -63,6 +65,8 @@ pub(crate) struct Sections {
     pub rollups: Option<Range<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_rollups: Option<Range<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<Range<u64>>,
 }
 
 /// The content of `meta.json`.
@@ -184,6 +188,8 @@ pub(crate) fn build(
     let facts_range = section(&mut data, &encode("facts", postcard::to_stdvec(&facts))?);
     let rollups_range = section(&mut data, &encode("rollups", postcard::to_stdvec(rollups.0))?);
     let kept_range = section(&mut data, &encode("rollups", postcard::to_stdvec(rollups.1))?);
+    let links: Vec<&Vec<LinkFact>> = traces.iter().map(|t| &t.summary.links).collect();
+    let links_range = section(&mut data, &encode("links", postcard::to_stdvec(&links))?);
 
     let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
     let max_time = traces.iter().map(|t| t.summary.end_time).fold(f64::NEG_INFINITY, f64::max);
@@ -210,6 +216,7 @@ pub(crate) fn build(
             facts: Some(facts_range),
             rollups: Some(rollups_range),
             kept_rollups: Some(kept_range),
+            links: Some(links_range),
         },
         supersedes: options.supersedes,
     };
@@ -307,6 +314,7 @@ impl BlockHandle {
             || (meta.format_version >= 2) != s.facts.is_some()
             || v3 != s.rollups.is_some()
             || v3 != s.kept_rollups.is_some()
+            || v3 != s.links.is_some()
         {
             return Err(corrupt(&format!("format version {} is not supported", meta.format_version)));
         }
@@ -394,6 +402,7 @@ impl BlockHandle {
         let s = &self.meta.sections;
         let mut ranges = vec![s.summaries.clone()];
         ranges.extend(s.facts.clone());
+        ranges.extend(s.links.clone());
         ranges.extend(s.rollups.clone());
         let mut parts = store.get_ranges(&self.data_path, &ranges).await?.into_iter();
         let frame = parts.next().ok_or_else(|| corrupt("short read".into()))?;
@@ -405,6 +414,17 @@ impl BlockHandle {
             }
             for (summary, facts) in summaries.iter_mut().zip(facts) {
                 summary.facts = facts;
+            }
+        }
+        if s.links.is_some()
+            && let Some(frame) = parts.next()
+        {
+            let links: Vec<Vec<LinkFact>> = decode(&frame).map_err(|e| corrupt(format!("links: {e}")))?;
+            if links.len() != summaries.len() {
+                return Err(corrupt(format!("{} link lists for {} summaries", links.len(), summaries.len())));
+            }
+            for (summary, links) in summaries.iter_mut().zip(links) {
+                summary.links = links;
             }
         }
         let rollups = parts.next().map(|frame| decode(&frame)).transpose();
@@ -539,7 +559,8 @@ mod tests {
         (store, block)
     }
 
-    /// Format version 3, frozen: the rollups' sections.
+    /// Format version 3, frozen: the rollups' and the links' sections. The block holds a trace
+    /// that calls DynamoDB and a consumer linked to that call.
     #[tokio::test]
     async fn frozen_fixture_v3() {
         let (store, block) = open_fixture("block-v3").await;
@@ -549,15 +570,22 @@ mod tests {
         let (summaries, fine) = block.summaries(&store).await.unwrap();
         let fine = fine.expect("version 3 stores the fine rollups");
         assert_eq!(summaries[0].facts.nodes.len(), 3);
+        let consumer = &summaries[1];
+        let source = consumer.links[0].source.as_ref().expect("resolved when the block was written");
+        assert_eq!((source.node.name.as_str(), source.sent_time), ("orders", 1_465_510_280.16));
         let mut expected = roentgen_query::ServiceGraph::default();
-        expected.add(&summaries[0]);
+        for summary in &summaries {
+            expected.add(summary);
+        }
         let minute = crate::rollup::minute(summaries[0].end_time);
         let (mut by_minute, mut by_hour) = Default::default();
         fine.merge_into(&mut by_minute, &[(0, minute)]);
         kept.merge_into(&mut by_hour, &[(2, minute.div_euclid(60))]);
         assert_eq!((&by_minute, &by_hour), (&expected, &expected));
         let names: Vec<&str> = expected.nodes.iter().map(|n| n.key.name.as_str()).collect();
-        assert_eq!(names, ["fixture", "fixture-udp", "orders", "fixture"], "the last is the client");
+        assert_eq!(names, ["fixture", "fixture-udp", "orders", "fixture", "consumer", "consumer"]);
+        let orders = &expected.nodes[2];
+        assert!(orders.edges[0].link && expected.nodes[orders.edges[0].target].key.name == "consumer");
     }
 
     /// Format version 2, frozen: summaries plus the facts section.

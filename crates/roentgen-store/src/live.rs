@@ -79,6 +79,15 @@ impl LiveTrace {
         *cached = Some(summary.clone());
         summary
     }
+
+    /// Caches `refined` (the same summary with more filled in) in place of `summary`, unless the
+    /// documents changed in the meantime.
+    pub fn refine_summary(&self, summary: &Arc<TraceSummary>, refined: Arc<TraceSummary>) {
+        let mut cached = self.summary.lock().expect("summary cache lock");
+        if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, summary)) {
+            *cached = Some(refined);
+        }
+    }
 }
 
 #[derive(Debug, Default)]

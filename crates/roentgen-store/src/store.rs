@@ -12,9 +12,9 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use roentgen_model::{AnnotationValue, ParsedDocument, TraceId, parse_document};
+use roentgen_model::{AnnotationValue, Link, ParsedDocument, TraceId, parse_document};
 use roentgen_query::filter::Requirement;
-use roentgen_query::{ServiceGraph, TimeRangeType, TraceSummary, summarize};
+use roentgen_query::{LinkSource, ServiceGraph, TimeRangeType, TraceSummary, link_source, summarize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -501,6 +501,49 @@ impl Store {
         }
     }
 
+    /// Where each of these links comes from, read from the linked traces: those in `batch`
+    /// (traces being flushed together, sorted by id), else live or stored ones. Links into
+    /// traces not (yet) known are left out.
+    async fn link_sources(
+        &self,
+        links: HashSet<Link>,
+        batch: &[(TraceId, Vec<Arc<StoredDocument>>, u32)],
+    ) -> Result<HashMap<Link, LinkSource>, StoreError> {
+        let mut by_trace: HashMap<TraceId, Vec<Link>> = HashMap::new();
+        for link in links {
+            by_trace.entry(link.trace_id).or_default().push(link);
+        }
+        let mut sources = HashMap::new();
+        for (trace, links) in by_trace {
+            let docs = match batch.binary_search_by_key(&trace, |(id, _, _)| *id) {
+                Ok(at) => batch[at].1.clone(),
+                Err(_) => self.get_trace(trace).await?.unwrap_or_default(),
+            };
+            let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
+            for link in links {
+                if let Some(source) = link_source(&parsed, link.id) {
+                    sources.insert(link, source);
+                }
+            }
+        }
+        Ok(sources)
+    }
+
+    /// The summary with the sources of its links filled in where they can be found.
+    async fn with_link_sources(&self, summary: Arc<TraceSummary>) -> Result<Arc<TraceSummary>, StoreError> {
+        let unresolved: HashSet<Link> = summary.links.iter().filter(|l| l.source.is_none()).map(|l| l.target).collect();
+        if unresolved.is_empty() {
+            return Ok(summary);
+        }
+        let sources = self.link_sources(unresolved, &[]).await?;
+        if sources.is_empty() {
+            return Ok(summary);
+        }
+        let mut resolved = (*summary).clone();
+        fill_link_sources(&mut resolved, &sources);
+        Ok(Arc::new(resolved))
+    }
+
     /// The newest block revision of a trace and how many blocks hold a revision of it.
     async fn newest_block_revision(&self, id: TraceId) -> Result<Option<(Vec<Arc<StoredDocument>>, u32)>, StoreError> {
         let candidates = self.inner.catalog.read().expect("catalog lock").candidates(id);
@@ -625,6 +668,18 @@ impl Store {
             };
             let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
             summaries.push(Arc::new(summarize(id, &parsed, revisions + 1)));
+        }
+        for summary in &mut summaries {
+            if summary.links.iter().any(|l| l.source.is_none()) {
+                let refined = self.with_link_sources(summary.clone()).await?;
+                let live = self.inner.live.read().expect("live lock");
+                for trace in
+                    [live.flushing.get(&summary.trace_id), live.traces.get(&summary.trace_id)].into_iter().flatten()
+                {
+                    trace.refine_summary(summary, refined.clone());
+                }
+                *summary = refined;
+            }
         }
         Ok(LiveSummaries { summaries, ids, in_blocks: merge_later })
     }
@@ -753,6 +808,13 @@ impl Store {
             merged.push((id, all, revision));
         }
         merged.sort_unstable_by_key(|(id, _, _)| *id);
+        let mut links = HashSet::new();
+        for (_, docs, _) in &merged {
+            for doc in docs {
+                doc.parsed.entity.walk(&mut |e| links.extend(e.links.iter().copied()));
+            }
+        }
+        let link_sources = self.link_sources(links, &merged).await?;
 
         let options = BuildOptions {
             id: new_block_id(),
@@ -767,11 +829,9 @@ impl Store {
                 .iter()
                 .map(|(id, docs, revision)| {
                     let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
-                    BlockTrace {
-                        trace_id: *id,
-                        docs: docs.iter().map(|d| &*d.raw).collect(),
-                        summary: summarize(*id, &parsed, *revision),
-                    }
+                    let mut summary = summarize(*id, &parsed, *revision);
+                    fill_link_sources(&mut summary, &link_sources);
+                    BlockTrace { trace_id: *id, docs: docs.iter().map(|d| &*d.raw).collect(), summary }
                 })
                 .collect();
             let (fine, kept) = Rollups::of(traces.iter().map(|t| &t.summary)).split();
@@ -865,6 +925,12 @@ impl Inner {
         stats.block_bytes.store(catalog.blocks.iter().map(|b| b.meta.data_bytes).sum(), Ordering::Relaxed);
         stats.block_documents.store(catalog.blocks.iter().map(|b| b.meta.document_count).sum(), Ordering::Relaxed);
         stats.block_traces.store(catalog.blocks.iter().map(|b| b.meta.trace_count).sum(), Ordering::Relaxed);
+    }
+}
+
+fn fill_link_sources(summary: &mut TraceSummary, sources: &HashMap<Link, LinkSource>) {
+    for link in summary.links.iter_mut().filter(|l| l.source.is_none()) {
+        link.source = sources.get(&link.target).cloned();
     }
 }
 

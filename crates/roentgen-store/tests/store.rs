@@ -439,3 +439,56 @@ async fn service_graph_from_rollups_equals_a_scan() {
         }
     }
 }
+
+/// A consumer's link to the call that sent its message becomes a `link` edge from the queue,
+/// whether the consumer is live, flushed, or read back after a restart.
+#[tokio::test]
+async fn links_become_edges_from_the_sending_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(config(dir.path())).await.unwrap();
+    let (producer, consumer) = (trace(1), trace(2));
+    let sent = f64::from(producer.epoch()) + 0.3;
+    store
+        .append(vec![doc(
+            producer,
+            1,
+            &format!(
+                r#""end_time":{e}.5,"subsegments":[{{"id":"00000000000000aa","name":"SQS","namespace":"aws","start_time":{sent},"end_time":{e}.4,
+                "aws":{{"operation":"SendMessage","queue_url":"https://sqs.us-east-1.amazonaws.com/1/jobs"}}}}]"#,
+                e = producer.epoch()
+            ),
+        )])
+        .await
+        .unwrap();
+    store.flush_all().await.unwrap();
+    let received = f64::from(consumer.epoch()) + 0.25;
+    store
+        .append(vec![doc(
+            consumer,
+            2,
+            &format!(
+                r#""end_time":{}.5,"links":[{{"trace_id":"{producer}","id":"00000000000000aa"}},{{"trace_id":"{}","id":"00000000000000bb"}}]"#,
+                consumer.epoch(),
+                trace(3)
+            ),
+        )])
+        .await
+        .unwrap();
+    for phase in ["consumer live", "flushed", "reopened"] {
+        if phase == "flushed" {
+            store.flush_all().await.unwrap();
+        }
+        if phase == "reopened" {
+            store.close().await.unwrap();
+            store = Store::open(config(dir.path())).await.unwrap();
+        }
+        let graph = store.service_graph(0.0, 4e9).await.unwrap();
+        let queue = graph.nodes.iter().find(|n| n.key.name == "jobs").unwrap_or_else(|| panic!("{phase}: no queue"));
+        let links: Vec<_> = queue.edges.iter().filter(|e| e.link).collect();
+        assert_eq!(links.len(), 1, "{phase}: the link into an unknown trace is left out");
+        assert_eq!(graph.nodes[links[0].target].key.name, "svc", "{phase}");
+        let statistics = &links[0].series.statistics;
+        assert_eq!(statistics.ok, 1, "{phase}");
+        assert!((statistics.total_response_time() - (received - sent)).abs() < 1e-3, "{phase}: the event's age");
+    }
+}
