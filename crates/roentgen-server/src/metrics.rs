@@ -277,6 +277,16 @@ impl Metrics {
         for (name, kind, help, value) in store_metrics {
             simple(&mut out, name, kind, help, get(value));
         }
+        let name = "roentgen_flush_seconds_total";
+        header(&mut out, name, "counter", "Time the flusher spent building blocks, by phase.");
+        let phases = [
+            ("summaries", &store.flush_summaries_nanos),
+            ("rollups", &store.flush_rollups_nanos),
+            ("encode", &store.flush_encode_nanos),
+        ];
+        for (phase, nanos) in phases {
+            let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", get(nanos) as f64 / 1e9);
+        }
         out
     }
 }
@@ -301,7 +311,10 @@ mod tests {
         m.rejected(Source::Udp, DocumentErrorCode::InvalidName);
         m.datagram_dropped(DatagramError::InvalidHeader);
         m.request("PutTraceSegments", 200, Duration::from_millis(2));
-        let text = m.render(&StoreStats::default());
+        let stats = StoreStats::default();
+        stats.flush_rollups_nanos.store(1_500_000_000, std::sync::atomic::Ordering::Relaxed);
+        let text = m.render(&stats);
+        assert!(text.contains("roentgen_flush_seconds_total{phase=\"rollups\"} 1.5"));
         assert!(text.contains("roentgen_segments_received_total{source=\"udp\"} 3"));
         assert!(text.contains("roentgen_segments_rejected_total{source=\"udp\",reason=\"InvalidName\"} 1"));
         assert!(text.contains("roentgen_udp_datagrams_dropped_total{reason=\"invalid_header\"} 1"));

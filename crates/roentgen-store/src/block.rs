@@ -112,11 +112,27 @@ pub(crate) struct BuildOptions {
     pub supersedes: Vec<Superseded>,
 }
 
+/// The two rollup sections of a block, encoded: the rollups as [`Rollups::split`] divides them
+/// (fine levels, kept levels).
+pub(crate) struct RollupSections {
+    fine: Vec<u8>,
+    kept: Vec<u8>,
+}
+
+impl RollupSections {
+    pub fn encode(fine: &Rollups, kept: &Rollups, options: &BuildOptions) -> Result<Self, StoreError> {
+        Ok(Self {
+            fine: compress_section(options, "rollups", postcard::to_stdvec(fine))?,
+            kept: compress_section(options, "rollups", postcard::to_stdvec(kept))?,
+        })
+    }
+}
+
 /// Encodes a block; `traces` must be sorted by trace id with no duplicates, and `rollups` are
-/// their rollups as [`Rollups::split`] divides them: (fine levels, kept levels).
+/// theirs.
 pub(crate) fn build(
     traces: &[BlockTrace<'_>],
-    rollups: (&Rollups, &Rollups),
+    rollups: &RollupSections,
     options: BuildOptions,
 ) -> Result<(Vec<u8>, BlockMeta), StoreError> {
     debug_assert!(traces.windows(2).all(|w| w[0].trace_id < w[1].trace_id));
@@ -186,8 +202,8 @@ pub(crate) fn build(
     let bloom_range = section(&mut data, &bloom.to_bytes());
     let facts: Vec<&TraceFacts> = traces.iter().map(|t| &t.summary.facts).collect();
     let facts_range = section(&mut data, &encode("facts", postcard::to_stdvec(&facts))?);
-    let rollups_range = section(&mut data, &encode("rollups", postcard::to_stdvec(rollups.0))?);
-    let kept_range = section(&mut data, &encode("rollups", postcard::to_stdvec(rollups.1))?);
+    let rollups_range = section(&mut data, &rollups.fine);
+    let kept_range = section(&mut data, &rollups.kept);
     let links: Vec<&Vec<LinkFact>> = traces.iter().map(|t| &t.summary.links).collect();
     let links_range = section(&mut data, &encode("links", postcard::to_stdvec(&links))?);
 
@@ -511,7 +527,8 @@ mod tests {
             supersedes: vec![],
         };
         let (fine, kept) = Rollups::of(input.iter().map(|t| &t.summary)).split();
-        let (data, meta) = build(&input, (&fine, &kept), options).unwrap();
+        let rollups = RollupSections::encode(&fine, &kept, &options).unwrap();
+        let (data, meta) = build(&input, &rollups, options).unwrap();
         store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();
         BlockHandle::open(store, meta).await.unwrap()
     }

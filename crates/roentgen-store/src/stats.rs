@@ -19,6 +19,11 @@ pub struct StoreStats {
     pub corrupt_blocks: AtomicU64,
     pub trace_revisions: AtomicU64,
     pub summary_queries: AtomicU64,
+    /// Time the flusher spent, in nanoseconds: summarizing traces, building and encoding their
+    /// service-graph rollups, and encoding the rest of the block.
+    pub flush_summaries_nanos: AtomicU64,
+    pub flush_rollups_nanos: AtomicU64,
+    pub flush_encode_nanos: AtomicU64,
     /// Gauges.
     pub blocks: AtomicU64,
     pub block_bytes: AtomicU64,

@@ -18,7 +18,7 @@ use roentgen_query::{LinkSource, ServiceGraph, TimeRangeType, TraceSummary, link
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::block::{self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, Superseded};
+use crate::block::{self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, RollupSections, Superseded};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::live::{LiveState, StoredDocument, upsert};
@@ -824,7 +824,9 @@ impl Store {
             level: config.compression_level,
             supersedes,
         };
+        let stats = inner.stats.clone();
         let (data, meta, summaries) = tokio::task::spawn_blocking(move || {
+            let timer = Instant::now();
             let traces: Vec<BlockTrace<'_>> = merged
                 .iter()
                 .map(|(id, docs, revision)| {
@@ -834,8 +836,15 @@ impl Store {
                     BlockTrace { trace_id: *id, docs: docs.iter().map(|d| &*d.raw).collect(), summary }
                 })
                 .collect();
+            let summarized = timer.elapsed();
             let (fine, kept) = Rollups::of(traces.iter().map(|t| &t.summary)).split();
-            let (data, meta) = block::build(&traces, (&fine, &kept), options)?;
+            let rollups = RollupSections::encode(&fine, &kept, &options)?;
+            let rolled_up = timer.elapsed();
+            let (data, meta) = block::build(&traces, &rollups, options)?;
+            let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            stats.flush_summaries_nanos.fetch_add(nanos(summarized), Ordering::Relaxed);
+            stats.flush_rollups_nanos.fetch_add(nanos(rolled_up - summarized), Ordering::Relaxed);
+            stats.flush_encode_nanos.fetch_add(nanos(timer.elapsed() - rolled_up), Ordering::Relaxed);
             let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect(), fine);
             Ok::<_, StoreError>((data, meta, summaries))
         })
