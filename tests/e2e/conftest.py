@@ -29,7 +29,9 @@ class Roentgen:
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
-        env = dict(os.environ, ROENTGEN_STORE__TRACE_IDLE_SECONDS="1", ROENTGEN_STORE__FLUSH_INTERVAL_SECONDS="0.5")
+        # A trace size limit of 200 KB lets a test reach it with four documents.
+        env = dict(os.environ, ROENTGEN_STORE__TRACE_IDLE_SECONDS="1", ROENTGEN_STORE__FLUSH_INTERVAL_SECONDS="0.5",
+                   ROENTGEN_STORE__MAX_TRACE_BYTES="200000")
         self.process = subprocess.Popen(
             [str(BINARY), "serve", "--data-dir", str(data_dir),
              "--udp-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"],

@@ -255,3 +255,17 @@ def test_daemon_telemetry_through_boto3(roentgen, xray):
     import urllib.request
     metrics = urllib.request.urlopen(f"{roentgen.endpoint}/metrics").read().decode()
     assert "roentgen_daemon_segments_received_total 5" in metrics
+
+
+def test_a_trace_past_its_size_limit_reports_limit_exceeded(xray):
+    now = time.time()
+    trace_id = f"1-{int(now):08x}-{'1e' * 12}"
+    padding = "x" * 60_000
+    documents = [json.dumps({"trace_id": trace_id, "id": f"{n:016x}", "name": "big", "start_time": now - 1,
+                             "end_time": now, "metadata": {"default": {"padding": padding}}}) for n in range(1, 5)]
+    assert xray.put_trace_segments(TraceSegmentDocuments=documents)["UnprocessedTraceSegments"] == []
+    trace = xray.batch_get_traces(TraceIds=[trace_id])["Traces"][0]
+    assert trace["LimitExceeded"] is True
+    assert len(trace["Segments"]) == 3, "the fourth document would pass 200 KB"
+    small = xray.batch_get_traces(TraceIds=[trace_id.replace("1e" * 12, "2f" * 12)])
+    assert small["UnprocessedTraceIds"]

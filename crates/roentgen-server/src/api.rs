@@ -14,7 +14,7 @@ use roentgen_model::api;
 use roentgen_model::{TraceId, parse_document};
 use roentgen_query::TimeRangeType;
 use roentgen_query::filter::Filter;
-use roentgen_store::{Source, Store, StoredDocument, SummaryQuery};
+use roentgen_store::{Source, Store, StoredDocument, StoredTrace, SummaryQuery};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -241,8 +241,8 @@ async fn batch_get_traces(State(state): Shared, request: Request) -> Result<Resp
             response.unprocessed_trace_ids.push(text.clone());
             continue;
         };
-        match state.store.get_trace(id).await.map_err(ApiError::internal)? {
-            Some(mut docs) => {
+        match state.store.trace(id).await.map_err(ApiError::internal)? {
+            Some(StoredTrace { mut docs, limit_exceeded }) => {
                 docs.sort_by(|a, b| a.parsed.entity.start_time.total_cmp(&b.parsed.entity.start_time));
                 let first = docs.iter().map(|d| d.parsed.entity.start_time).fold(f64::INFINITY, f64::min);
                 let mut last = f64::NEG_INFINITY;
@@ -252,7 +252,7 @@ async fn batch_get_traces(State(state): Shared, request: Request) -> Result<Resp
                 response.traces.push(api::Trace {
                     id: id.to_string(),
                     duration: if first.is_finite() && last.is_finite() { (last - first).max(0.0) } else { 0.0 },
-                    limit_exceeded: false,
+                    limit_exceeded,
                     segments: roentgen_query::assemble(&docs.iter().map(|d| (&*d.raw, &d.parsed)).collect::<Vec<_>>())
                         .into_iter()
                         .map(|s| api::Segment { id: s.id.to_string(), document: s.document })

@@ -212,7 +212,7 @@ impl Metrics {
             );
         }
 
-        let store_metrics: [(&str, &str, &str, &AtomicU64); 20] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 21] = [
             (
                 "roentgen_store_documents_appended_total",
                 "counter",
@@ -260,6 +260,12 @@ impl Metrics {
                 &store.trace_revisions,
             ),
             ("roentgen_summary_queries_total", "counter", "Trace summary scans.", &store.summary_queries),
+            (
+                "roentgen_documents_over_trace_limit_total",
+                "counter",
+                "Documents dropped because their trace had reached storage.max_trace_bytes.",
+                &store.documents_over_trace_limit,
+            ),
             ("roentgen_wal_generation", "gauge", "Current write-ahead log generation.", &store.wal_generation),
             ("roentgen_blocks", "gauge", "Blocks stored.", &store.blocks),
             ("roentgen_block_bytes", "gauge", "Bytes of stored blocks.", &store.block_bytes),

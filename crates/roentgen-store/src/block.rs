@@ -5,7 +5,9 @@
 //! ```text
 //! "RGNBLK01"
 //! chunks      zstd frames; each holds whole traces, a trace being its documents as u32 length + bytes
-//! index       one 32-byte entry per trace, sorted: trace id u128, chunk u32, offset u32, length u32, count u32
+//! index       one 32-byte entry per trace, sorted: trace id u128, chunk u32, offset u32, length u32,
+//!             count u32 (its top bit set when documents were dropped at the trace's size limit,
+//!             version 3 on)
 //! fences      the trace id of every FENCE_EVERY-th index entry, so a lookup reads one index page
 //! chunk table per chunk: offset u64, length u32
 //! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id
@@ -100,7 +102,18 @@ pub(crate) struct BlockTrace<'a> {
     pub trace_id: TraceId,
     pub docs: Vec<&'a str>,
     pub summary: TraceSummary,
+    pub limit_exceeded: bool,
 }
+
+/// One trace read from a block.
+#[derive(Debug, PartialEq)]
+pub(crate) struct BlockRead {
+    pub docs: Vec<String>,
+    pub limit_exceeded: bool,
+}
+
+/// The top bit of an index entry's document count.
+const LIMIT_EXCEEDED: u32 = 1 << 31;
 
 pub(crate) struct BuildOptions {
     pub id: String,
@@ -172,7 +185,8 @@ pub(crate) fn build(
         index.extend_from_slice(&(chunk_table.len() as u32).to_le_bytes());
         index.extend_from_slice(&(pending.len() as u32).to_le_bytes());
         index.extend_from_slice(&(region as u32).to_le_bytes());
-        index.extend_from_slice(&(trace.docs.len() as u32).to_le_bytes());
+        let flag = if trace.limit_exceeded { LIMIT_EXCEEDED } else { 0 };
+        index.extend_from_slice(&(trace.docs.len() as u32 | flag).to_le_bytes());
         for doc in &trace.docs {
             pending.extend_from_slice(&(doc.len() as u32).to_le_bytes());
             pending.extend_from_slice(doc.as_bytes());
@@ -298,6 +312,7 @@ struct IndexEntry {
     offset: usize,
     length: usize,
     count: usize,
+    limit_exceeded: bool,
 }
 
 /// A block as kept in memory: its meta, bloom filter, fences and chunk table.
@@ -387,7 +402,14 @@ impl BlockHandle {
             .find(|e| u128::from_le_bytes(e[..16].try_into().expect("16 bytes")) == key);
         Ok(entry.map(|e| {
             let field = |at: usize| u32::from_le_bytes(e[at..at + 4].try_into().expect("4 bytes")) as usize;
-            IndexEntry { chunk: field(16), offset: field(20), length: field(24), count: field(28) }
+            let count = field(28) as u32;
+            IndexEntry {
+                chunk: field(16),
+                offset: field(20),
+                length: field(24),
+                count: (count & !LIMIT_EXCEEDED) as usize,
+                limit_exceeded: count & LIMIT_EXCEEDED != 0,
+            }
         }))
     }
 
@@ -397,7 +419,7 @@ impl BlockHandle {
     }
 
     /// The documents of one trace, or `None` when the block does not hold it.
-    pub async fn get(&self, store: &dyn ObjectStore, id: TraceId) -> Result<Option<Vec<String>>, StoreError> {
+    pub async fn get(&self, store: &dyn ObjectStore, id: TraceId) -> Result<Option<BlockRead>, StoreError> {
         let Some(entry) = self.find(store, id).await? else { return Ok(None) };
         let corrupt =
             |reason: &str| StoreError::CorruptBlock { block: self.meta.id.clone(), reason: reason.to_owned() };
@@ -408,7 +430,7 @@ impl BlockHandle {
         let region =
             plain.get(entry.offset..entry.offset + entry.length).ok_or_else(|| corrupt("trace region out of range"))?;
         let docs = split_documents(region, entry.count).ok_or_else(|| corrupt("damaged document framing"))?;
-        Ok(Some(docs))
+        Ok(Some(BlockRead { docs, limit_exceeded: entry.limit_exceeded }))
     }
 
     /// The block's summaries, with its minute and 10-minute rollups when the block stores them
@@ -512,10 +534,12 @@ mod tests {
         let input: Vec<BlockTrace<'_>> = traces
             .iter()
             .zip(&parsed)
-            .map(|((id, docs), parsed)| BlockTrace {
+            .enumerate()
+            .map(|(n, ((id, docs), parsed))| BlockTrace {
                 trace_id: *id,
                 docs: docs.iter().map(String::as_str).collect(),
                 summary: summarize(*id, &parsed.iter().collect::<Vec<_>>(), 1),
+                limit_exceeded: n % 10 == 3,
             })
             .collect();
         let options = BuildOptions {
@@ -539,8 +563,9 @@ mod tests {
         let traces = sample(1000);
         let block = write(&store, &traces, 4096).await;
         assert!(block.chunks.len() > 10, "small chunks force many frames");
-        for (id, docs) in &traces {
-            assert_eq!(block.get(&store, *id).await.unwrap().as_ref(), Some(docs));
+        for (n, (id, docs)) in traces.iter().enumerate() {
+            let read = block.get(&store, *id).await.unwrap().unwrap();
+            assert_eq!((&read.docs, read.limit_exceeded), (docs, n % 10 == 3));
         }
         let mut false_positives = 0;
         for i in 0..1000u128 {
@@ -582,7 +607,8 @@ mod tests {
     async fn frozen_fixture_v3() {
         let (store, block) = open_fixture("block-v3").await;
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
-        assert_eq!(block.get(&store, id).await.unwrap().unwrap().len(), 2);
+        let read = block.get(&store, id).await.unwrap().unwrap();
+        assert_eq!((read.docs.len(), read.limit_exceeded), (2, false));
         let kept = block.kept_rollups.get().expect("read at open").clone();
         let (summaries, fine) = block.summaries(&store).await.unwrap();
         let fine = fine.expect("version 3 stores the fine rollups");
@@ -610,7 +636,7 @@ mod tests {
     async fn frozen_fixture_v2() {
         let (store, block) = open_fixture("block-v2").await;
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
-        assert_eq!(block.get(&store, id).await.unwrap().unwrap().len(), 2);
+        assert_eq!(block.get(&store, id).await.unwrap().unwrap().docs.len(), 2);
         let (summaries, rollups) = block.summaries(&store).await.unwrap();
         assert!(rollups.is_none() && block.kept_rollups.get().is_none(), "version 2 has no rollups");
         assert_eq!(summaries[0].services[0].name, "fixture");
@@ -629,7 +655,7 @@ mod tests {
     async fn frozen_fixture_v1() {
         let (store, block) = open_fixture("block-v1").await;
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
-        let docs = block.get(&store, id).await.unwrap().unwrap();
+        let docs = block.get(&store, id).await.unwrap().unwrap().docs;
         assert_eq!(docs.len(), 2);
         assert!(docs[0].contains("\"fixture\""));
         let (summaries, _) = block.summaries(&store).await.unwrap();

@@ -32,6 +32,10 @@ pub struct StoreConfig {
     pub block_chunk_bytes: u32,
     /// zstd level for block chunks.
     pub compression_level: i32,
+    /// A trace keeps documents up to this many bytes; later ones are dropped (and counted), and
+    /// `BatchGetTraces` reports the trace with `LimitExceeded`. X-Ray's own limit is 100 to
+    /// 500 KB; this one protects the store from a runaway trace id.
+    pub max_trace_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -46,6 +50,7 @@ impl Default for StoreConfig {
             max_live_bytes: 512 * 1024 * 1024,
             block_chunk_bytes: 256 * 1024,
             compression_level: 3,
+            max_trace_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -70,6 +75,12 @@ impl StoreConfig {
         }
         if self.block_chunk_bytes < 4096 {
             return Err("storage.block_chunk_bytes must be at least 4096".into());
+        }
+        if self.max_trace_bytes < roentgen_model::MAX_DOCUMENT_BYTES as u64 {
+            return Err(format!(
+                "storage.max_trace_bytes must be at least one document's limit, {}",
+                roentgen_model::MAX_DOCUMENT_BYTES
+            ));
         }
         if !(1..=22).contains(&self.compression_level) {
             return Err("storage.compression_level must be between 1 and 22".into());

@@ -18,5 +18,5 @@ pub use config::StoreConfig;
 pub use error::StoreError;
 pub use live::StoredDocument;
 pub use stats::StoreStats;
-pub use store::{Store, SummaryCursor, SummaryPage, SummaryQuery};
+pub use store::{Store, StoredTrace, SummaryCursor, SummaryPage, SummaryQuery};
 pub use wal::Source;

@@ -52,6 +52,8 @@ pub(crate) struct LiveTrace {
     pub maybe_in_blocks: bool,
     /// The oldest WAL generation holding a document of this trace: it must not be deleted yet.
     pub first_generation: u64,
+    /// Documents were dropped because the trace reached its size limit.
+    pub limit_exceeded: bool,
     summary: std::sync::Mutex<Option<Arc<TraceSummary>>>,
 }
 
@@ -64,6 +66,7 @@ impl LiveTrace {
             bytes: 0,
             maybe_in_blocks,
             first_generation,
+            limit_exceeded: false,
             summary: Default::default(),
         }
     }
@@ -101,14 +104,16 @@ pub(crate) struct LiveState {
 
 impl LiveState {
     /// Adds one document, logged in WAL `generation`; `maybe_in_blocks` is asked only for a trace
-    /// not yet live.
+    /// not yet live. A new document that would take its trace past `max_trace_bytes` is dropped:
+    /// returns false then.
     pub fn apply(
         &mut self,
         doc: Arc<StoredDocument>,
         now: Instant,
         generation: u64,
+        max_trace_bytes: u64,
         maybe_in_blocks: impl FnOnce(TraceId) -> bool,
-    ) {
+    ) -> bool {
         let trace_id = doc.parsed.trace_id;
         let size = doc.raw.len() as u64;
         let trace = self.traces.entry(trace_id).or_insert_with(|| {
@@ -117,6 +122,10 @@ impl LiveState {
         });
         let before = trace.docs.len();
         let replaced_bytes = trace.docs.iter().find(|d| d.id() == doc.id()).map(|d| d.raw.len() as u64);
+        if replaced_bytes.is_none() && trace.bytes + size > max_trace_bytes {
+            trace.limit_exceeded = true;
+            return false;
+        }
         if upsert(&mut trace.docs, doc) {
             *trace.summary.get_mut().expect("summary cache lock") = None;
             trace.last_update = now;
@@ -124,6 +133,7 @@ impl LiveState {
             self.bytes = self.bytes + size - replaced_bytes.unwrap_or(0);
             self.documents += (trace.docs.len() - before) as u64;
         }
+        true
     }
 
     /// Moves the traces due for a block into `flushing` and returns their ids.
@@ -204,9 +214,9 @@ mod tests {
     fn accounting_and_flush_selection() {
         let mut live = LiveState::default();
         let t0 = Instant::now();
-        live.apply(doc("0000000000000001", r#""in_progress":true"#), t0, 1, |_| false);
-        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 2, |_| false);
-        live.apply(doc("0000000000000002", r#""end_time":2"#), t0, 2, |_| false);
+        live.apply(doc("0000000000000001", r#""in_progress":true"#), t0, 1, u64::MAX, |_| false);
+        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 2, u64::MAX, |_| false);
+        live.apply(doc("0000000000000002", r#""end_time":2"#), t0, 2, u64::MAX, |_| false);
         assert_eq!(live.oldest_generation_needed(), Some(1));
         assert_eq!(live.documents, 2);
         let expected: u64 = live.traces.values().flat_map(|t| &t.docs).map(|d| d.raw.len() as u64).sum();
@@ -220,10 +230,24 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_past_its_size_limit_drops_new_documents_but_takes_replacements() {
+        let mut live = LiveState::default();
+        let t0 = Instant::now();
+        let first = doc("0000000000000001", r#""in_progress":true"#);
+        let limit = first.raw.len() as u64 + 10;
+        assert!(live.apply(first, t0, 1, limit, |_| false));
+        assert!(!live.apply(doc("0000000000000002", r#""end_time":2"#), t0, 1, limit, |_| false));
+        assert!(live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 1, limit, |_| false));
+        let trace = live.traces.values().next().unwrap();
+        assert!(trace.limit_exceeded);
+        assert_eq!((trace.docs.len(), trace.docs[0].parsed.entity.end_time), (1, Some(2.0)));
+    }
+
+    #[test]
     fn memory_budget_forces_a_flush() {
         let mut live = LiveState::default();
         let t0 = Instant::now();
-        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 1, |_| false);
+        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 1, u64::MAX, |_| false);
         let due = live.take_due(t0, Duration::from_secs(10), Duration::from_secs(60), 10);
         assert_eq!(due.len(), 1);
     }

@@ -18,6 +18,8 @@ pub struct StoreStats {
     pub blocks_expired: AtomicU64,
     pub corrupt_blocks: AtomicU64,
     pub trace_revisions: AtomicU64,
+    /// Documents dropped because their trace had reached `max_trace_bytes`.
+    pub documents_over_trace_limit: AtomicU64,
     pub summary_queries: AtomicU64,
     /// Time the flusher spent, in nanoseconds: summarizing traces, building and encoding their
     /// service-graph rollups, and encoding the rest of the block.

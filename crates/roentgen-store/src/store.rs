@@ -176,6 +176,29 @@ impl SummaryCache {
     }
 }
 
+/// A trace as stored: its documents, and whether some were dropped at its size limit.
+#[derive(Debug)]
+pub struct StoredTrace {
+    pub docs: Vec<Arc<StoredDocument>>,
+    pub limit_exceeded: bool,
+}
+
+/// The newest block revision of a trace.
+struct BlockRevision {
+    docs: Vec<Arc<StoredDocument>>,
+    /// How many blocks hold a revision of the trace.
+    revisions: u32,
+    limit_exceeded: bool,
+}
+
+/// A trace going into the block being written.
+struct FlushTrace {
+    id: TraceId,
+    docs: Vec<Arc<StoredDocument>>,
+    revision: u32,
+    limit_exceeded: bool,
+}
+
 /// Summaries of the live traces, with the ids they stand for.
 struct LiveSummaries {
     summaries: Vec<Arc<TraceSummary>>,
@@ -345,7 +368,9 @@ impl Store {
             if generation <= cover {
                 continue;
             }
-            live.apply(doc, started, generation, |id| !catalog.candidates(id).is_empty());
+            if !live.apply(doc, started, generation, config.max_trace_bytes, |id| !catalog.candidates(id).is_empty()) {
+                stats.documents_over_trace_limit.fetch_add(1, Ordering::Relaxed);
+            }
             stats.documents_replayed.fetch_add(1, Ordering::Relaxed);
         }
         delete_generations_before(&wal_dir, live.oldest_generation_needed().unwrap_or(recovered.newest))?;
@@ -472,33 +497,42 @@ impl Store {
 
     /// All documents of a trace, merged across blocks and live state; `None` if unknown.
     pub async fn get_trace(&self, id: TraceId) -> Result<Option<Vec<Arc<StoredDocument>>>, StoreError> {
-        let (from_live, in_blocks) = {
+        Ok(self.trace(id).await?.map(|t| t.docs))
+    }
+
+    /// A trace as `BatchGetTraces` returns it: its documents, merged across blocks and live
+    /// state, and whether some were dropped at its size limit; `None` if unknown.
+    pub async fn trace(&self, id: TraceId) -> Result<Option<StoredTrace>, StoreError> {
+        let (from_live, in_blocks, mut limit_exceeded) = {
             let live = self.inner.live.read().expect("live lock");
             let mut docs: Vec<Arc<StoredDocument>> = Vec::new();
-            let mut seen = false;
+            let (mut seen, mut maybe, mut limited) = (false, false, false);
             for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
                 seen = true;
+                maybe |= trace.maybe_in_blocks;
+                limited |= trace.limit_exceeded;
                 for doc in &trace.docs {
                     upsert(&mut docs, doc.clone());
                 }
             }
-            let maybe = [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten().any(|t| t.maybe_in_blocks);
-            (seen.then_some(docs), !seen || maybe)
+            (seen.then_some(docs), !seen || maybe, limited)
         };
         let mut docs = Vec::new();
-        if in_blocks && let Some((stored, _)) = self.newest_block_revision(id).await? {
-            docs = stored;
+        if in_blocks && let Some(stored) = self.newest_block_revision(id).await? {
+            docs = stored.docs;
+            limit_exceeded |= stored.limit_exceeded;
         }
-        match from_live {
+        let docs = match from_live {
             Some(live_docs) => {
                 for doc in live_docs {
                     upsert(&mut docs, doc);
                 }
-                Ok(Some(docs))
+                docs
             }
-            None if docs.is_empty() => Ok(None),
-            None => Ok(Some(docs)),
-        }
+            None if docs.is_empty() => return Ok(None),
+            None => docs,
+        };
+        Ok(Some(StoredTrace { docs, limit_exceeded }))
     }
 
     /// Where each of these links comes from, read from the linked traces: those in `batch`
@@ -507,7 +541,7 @@ impl Store {
     async fn link_sources(
         &self,
         links: HashSet<Link>,
-        batch: &[(TraceId, Vec<Arc<StoredDocument>>, u32)],
+        batch: &[FlushTrace],
     ) -> Result<HashMap<Link, LinkSource>, StoreError> {
         let mut by_trace: HashMap<TraceId, Vec<Link>> = HashMap::new();
         for link in links {
@@ -515,8 +549,8 @@ impl Store {
         }
         let mut sources = HashMap::new();
         for (trace, links) in by_trace {
-            let docs = match batch.binary_search_by_key(&trace, |(id, _, _)| *id) {
-                Ok(at) => batch[at].1.clone(),
+            let docs = match batch.binary_search_by_key(&trace, |t| t.id) {
+                Ok(at) => batch[at].docs.clone(),
                 Err(_) => self.get_trace(trace).await?.unwrap_or_default(),
             };
             let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
@@ -544,22 +578,23 @@ impl Store {
         Ok(Arc::new(resolved))
     }
 
-    /// The newest block revision of a trace and how many blocks hold a revision of it.
-    async fn newest_block_revision(&self, id: TraceId) -> Result<Option<(Vec<Arc<StoredDocument>>, u32)>, StoreError> {
+    /// The newest block revision of a trace, with how many blocks hold a revision of it.
+    async fn newest_block_revision(&self, id: TraceId) -> Result<Option<BlockRevision>, StoreError> {
         let candidates = self.inner.catalog.read().expect("catalog lock").candidates(id);
         let mut newest = None;
         let mut revisions = 0u32;
         for block in candidates {
-            if let Some(raw) = block.get(self.inner.objects.as_ref(), id).await? {
+            if let Some(stored) = block.get(self.inner.objects.as_ref(), id).await? {
                 revisions += 1;
                 if newest.is_none() {
-                    newest = Some(raw);
+                    newest = Some(stored);
                 }
             }
         }
-        Ok(newest.map(|raw| {
-            let docs = raw.into_iter().filter_map(|r| parse_stored(r, Source::Api)).collect();
-            (docs, revisions)
+        Ok(newest.map(|stored| BlockRevision {
+            docs: stored.docs.into_iter().filter_map(|r| parse_stored(r, Source::Api)).collect(),
+            revisions,
+            limit_exceeded: stored.limit_exceeded,
         }))
     }
 
@@ -663,7 +698,7 @@ impl Store {
         summaries.retain(|s: &Arc<TraceSummary>| merge_later.binary_search(&s.trace_id).is_err());
         for &id in &merge_later {
             let (docs, revisions) = match self.get_trace(id).await? {
-                Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |(_, r)| r)),
+                Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |r| r.revisions)),
                 None => continue,
             };
             let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
@@ -783,33 +818,45 @@ impl Store {
         inner.publish_gauges();
         let Some(covered) = covered else { return Ok(()) };
         // Traces left in `flushing` by a failed attempt go into this block too.
-        let due: Vec<(TraceId, Vec<Arc<StoredDocument>>, bool)> = {
+        let due: Vec<(TraceId, Vec<Arc<StoredDocument>>, bool, bool)> = {
             let live = inner.live.read().expect("live lock");
-            live.flushing.iter().map(|(id, t)| (*id, t.docs.clone(), t.maybe_in_blocks)).collect()
+            live.flushing.iter().map(|(id, t)| (*id, t.docs.clone(), t.maybe_in_blocks, t.limit_exceeded)).collect()
         };
 
         let mut supersedes = Vec::new();
-        let mut merged: Vec<(TraceId, Vec<Arc<StoredDocument>>, u32)> = Vec::with_capacity(due.len());
-        for (id, docs, maybe_in_blocks) in due {
+        let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
+        for (id, docs, maybe_in_blocks, mut limit_exceeded) in due {
             let mut revision = 1;
             let mut all = Vec::new();
-            if maybe_in_blocks && let Some((earlier, revisions)) = self.newest_block_revision(id).await? {
+            if maybe_in_blocks && let Some(earlier) = self.newest_block_revision(id).await? {
                 let newest = inner.catalog.read().expect("catalog lock").candidates(id);
                 for block in newest {
                     supersedes.push(Superseded { block: block.meta.id.clone(), trace_id: id.to_string() });
                 }
-                all = earlier;
-                revision = revisions + 1;
+                all = earlier.docs;
+                revision = earlier.revisions + 1;
+                limit_exceeded |= earlier.limit_exceeded;
                 inner.stats.trace_revisions.fetch_add(1, Ordering::Relaxed);
             }
+            // The size limit holds across revisions: what the blocks hold comes first.
+            let mut bytes: u64 = all.iter().map(|d| d.raw.len() as u64).sum();
             for doc in docs {
-                upsert(&mut all, doc);
+                let replaced = all.iter().find(|d| d.id() == doc.id()).map(|d| d.raw.len() as u64);
+                let size = doc.raw.len() as u64;
+                if replaced.is_none() && bytes + size > config.max_trace_bytes {
+                    limit_exceeded = true;
+                    inner.stats.documents_over_trace_limit.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if upsert(&mut all, doc) {
+                    bytes = bytes + size - replaced.unwrap_or(0);
+                }
             }
-            merged.push((id, all, revision));
+            merged.push(FlushTrace { id, docs: all, revision, limit_exceeded });
         }
-        merged.sort_unstable_by_key(|(id, _, _)| *id);
+        merged.sort_unstable_by_key(|t| t.id);
         let mut links = HashSet::new();
-        for (_, docs, _) in &merged {
+        for FlushTrace { docs, .. } in &merged {
             for doc in docs {
                 doc.parsed.entity.walk(&mut |e| links.extend(e.links.iter().copied()));
             }
@@ -829,11 +876,16 @@ impl Store {
             let timer = Instant::now();
             let traces: Vec<BlockTrace<'_>> = merged
                 .iter()
-                .map(|(id, docs, revision)| {
-                    let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
-                    let mut summary = summarize(*id, &parsed, *revision);
+                .map(|t| {
+                    let parsed: Vec<&ParsedDocument> = t.docs.iter().map(|d| &d.parsed).collect();
+                    let mut summary = summarize(t.id, &parsed, t.revision);
                     fill_link_sources(&mut summary, &link_sources);
-                    BlockTrace { trace_id: *id, docs: docs.iter().map(|d| &*d.raw).collect(), summary }
+                    BlockTrace {
+                        trace_id: t.id,
+                        docs: t.docs.iter().map(|d| &*d.raw).collect(),
+                        summary,
+                        limit_exceeded: t.limit_exceeded,
+                    }
                 })
                 .collect();
             let summarized = timer.elapsed();
@@ -1116,8 +1168,11 @@ fn commit(
             let now = Instant::now();
             let catalog = inner.catalog.read().expect("catalog lock");
             let mut live = inner.live.write().expect("live lock");
+            let limit = inner.config.max_trace_bytes;
             for doc in pending.drain(..) {
-                live.apply(doc, now, generation, |id| !catalog.candidates(id).is_empty());
+                if !live.apply(doc, now, generation, limit, |id| !catalog.candidates(id).is_empty()) {
+                    stats.documents_over_trace_limit.fetch_add(1, Ordering::Relaxed);
+                }
             }
             stats.live_traces.store((live.traces.len() + live.flushing.len()) as u64, Ordering::Relaxed);
             stats.live_documents.store(live.documents, Ordering::Relaxed);

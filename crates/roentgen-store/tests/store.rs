@@ -492,3 +492,30 @@ async fn links_become_edges_from_the_sending_call() {
         assert!((statistics.total_response_time() - (received - sent)).abs() < 1e-3, "{phase}: the event's age");
     }
 }
+
+/// A trace stops growing at `max_trace_bytes`, live and across revisions, and says so; a
+/// replacement of a document it holds is still taken.
+#[tokio::test]
+async fn a_trace_past_its_size_limit_keeps_what_fits_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig { max_trace_bytes: 300, ..config(dir.path()) };
+    let mut store = Store::open(config.clone()).await.unwrap();
+    let t = trace(1);
+    let small = trace(2);
+    store.append(vec![complete(t, 1), complete(t, 2), complete(small, 1)]).await.unwrap();
+    let limited = |stored: roentgen_store::StoredTrace| (ids(&stored.docs), stored.limit_exceeded);
+    // Each document is about 110 bytes: two fit under 300, a third does not.
+    store.append(vec![complete(t, 3)]).await.unwrap();
+    assert_eq!(limited(store.trace(t).await.unwrap().unwrap()), (vec![1, 2], true));
+    assert_eq!(limited(store.trace(small).await.unwrap().unwrap()), (vec![1], false));
+    store.flush_all().await.unwrap();
+    // A late document for the stored trace is over the limit too; a replacement is not.
+    store.append(vec![complete(t, 4), doc(t, 2, &format!(r#""end_time":{}.75"#, t.epoch()))]).await.unwrap();
+    store.flush_all().await.unwrap();
+    store.close().await.unwrap();
+    store = Store::open(config).await.unwrap();
+    let stored = store.trace(t).await.unwrap().unwrap();
+    let replaced = stored.docs.iter().find(|d| d.id().as_u64() == 2).unwrap();
+    assert_eq!(replaced.parsed.entity.end_time, Some(f64::from(t.epoch()) + 0.75));
+    assert_eq!(limited(stored), (vec![1, 2], true));
+}
