@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::summary::{ServiceKey, TraceSummary};
 
+/// The window a service graph covers for a requested `[start, end)`: widened to whole minutes,
+/// the resolution of its rollups, so that no trace in the request is left out and the graph is a
+/// sum of rollups alone.
+pub fn whole_minutes(start: f64, end: f64) -> (f64, f64) {
+    ((start / 60.0).floor() * 60.0, (end / 60.0).ceil() * 60.0)
+}
+
 /// Counts of completed requests, as `ServiceStatistics` and `EdgeStatistics` report them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Statistics {

@@ -14,7 +14,7 @@ mod summary;
 
 pub use assemble::{AssembledSegment, assemble};
 pub use filter::{Filter, FilterError};
-pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistics};
+pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistics, whole_minutes};
 pub use inferred::inferred_service;
 pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use summary::{

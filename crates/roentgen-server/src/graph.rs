@@ -62,6 +62,8 @@ pub async fn service_graph(
     req: api::GetServiceGraphRequest,
 ) -> Result<api::GetServiceGraphResponse, ApiError> {
     let (start, end) = window(req.start_time, req.end_time)?;
+    // Graphs cover whole minutes, and the answer says which.
+    let (start, end) = roentgen_query::whole_minutes(start, end);
     let graph = match group_filter(state, req.group_name.as_deref(), req.group_arn.as_deref())? {
         // A group's filter must see each trace; the whole graph is summed from rollups.
         Some(filter) => {

@@ -13,23 +13,24 @@
 //! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id
 //! bloom       the trace ids' bloom filter, u64 words
 //! facts       zstd(postcard(Vec<TraceFacts>)), in summary order (version 2 on)
-//! rollups     zstd(postcard(Rollups)): the service-graph rollups of the minute and 10-minute
-//!             levels (version 3 on)
-//! kept        zstd(postcard(Rollups)): the hour and day levels, read when the block is opened
-//!             (version 3 on)
+//! rollups     the service-graph rollups of the minute and 10-minute levels, one
+//!             zstd(postcard(Rollups)) frame per hour (version 3 on)
+//! kept        zstd(postcard(KeptRollups)): the hour and day levels, and where each hour's frame
+//!             is in the rollups section; read when the block is opened (version 3 on)
 //! links       zstd(postcard(Vec<Vec<LinkFact>>)): each trace's asynchronous links, in summary
 //!             order (version 3 on)
 //! ```
 //!
 //! Version 1 blocks have no facts section; they are read with empty facts, so `service() {…}`
-//! and `edge() {…}` filters find nothing in them. Version 1 and 2 blocks have no rollups; they
-//! are computed from the summaries when those are first read.
+//! and `edge() {…}` filters find nothing in them. Version 1 and 2 blocks have no rollups: service
+//! graphs read their summaries.
 //!
 //! `meta.json` names the section ranges, the time range, the counts, and the WAL generation the
 //! block covers. It is written last: a block without it does not exist.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -38,7 +39,7 @@ use roentgen_query::{LinkFact, TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::rollup::Rollups;
+use crate::rollup::{KeptRollups, Rollups};
 
 pub(crate) const BLOCK_MAGIC: &[u8; 8] = b"RGNBLK01";
 pub(crate) const FORMAT_VERSION: u32 = 3;
@@ -125,19 +126,24 @@ pub(crate) struct BuildOptions {
     pub supersedes: Vec<Superseded>,
 }
 
-/// The two rollup sections of a block, encoded: the rollups as [`Rollups::split`] divides them
-/// (fine levels, kept levels).
+/// The two rollup sections of a block, encoded from the rollups as [`Rollups::split`] divides
+/// them: the kept levels, and the fine levels of each hour.
 pub(crate) struct RollupSections {
     fine: Vec<u8>,
     kept: Vec<u8>,
 }
 
 impl RollupSections {
-    pub fn encode(fine: &Rollups, kept: &Rollups, options: &BuildOptions) -> Result<Self, StoreError> {
-        Ok(Self {
-            fine: compress_section(options, "rollups", postcard::to_stdvec(fine))?,
-            kept: compress_section(options, "rollups", postcard::to_stdvec(kept))?,
-        })
+    pub fn encode(kept: Rollups, fine: &BTreeMap<i64, Rollups>, options: &BuildOptions) -> Result<Self, StoreError> {
+        let mut frames = Vec::new();
+        let mut fine_frames = Vec::with_capacity(fine.len());
+        for (&hour, rollups) in fine {
+            let start = frames.len() as u64;
+            frames.extend(compress_section(options, "rollups", postcard::to_stdvec(rollups))?);
+            fine_frames.push((hour, start..frames.len() as u64));
+        }
+        let kept = KeptRollups { rollups: kept, fine_frames };
+        Ok(Self { fine: frames, kept: compress_section(options, "rollups", postcard::to_stdvec(&kept))? })
     }
 }
 
@@ -323,9 +329,8 @@ pub(crate) struct BlockHandle {
     bloom: Bloom,
     fences: Vec<u128>,
     chunks: Vec<(u64, u32)>,
-    /// The hour and day rollups: read at open from version 3 on, else computed with the
-    /// summaries the first time they are read.
-    pub kept_rollups: OnceLock<Arc<Rollups>>,
+    /// The hour and day rollups and the index of the hourly ones, read at open (version 3 on).
+    pub kept_rollups: Option<Arc<KeptRollups>>,
 }
 
 pub(crate) fn meta_path(id: &str) -> ObjectPath {
@@ -357,11 +362,12 @@ impl BlockHandle {
         else {
             return Err(corrupt("short read"));
         };
-        let kept_rollups = OnceLock::new();
-        if let Some(frame) = kept {
-            let rollups = decode::<Rollups>(&frame).map_err(|e| corrupt(&format!("rollups: {e}")))?;
-            kept_rollups.get_or_init(|| Arc::new(rollups));
-        }
+        let kept_rollups = match kept {
+            Some(frame) => {
+                Some(Arc::new(decode::<KeptRollups>(&frame).map_err(|e| corrupt(&format!("rollups: {e}")))?))
+            }
+            None => None,
+        };
         if fences.len() % 16 != 0 || chunks.len() % 12 != 0 {
             return Err(corrupt("fence or chunk table has a partial entry"));
         }
@@ -433,15 +439,34 @@ impl BlockHandle {
         Ok(Some(BlockRead { docs, limit_exceeded: entry.limit_exceeded }))
     }
 
-    /// The block's summaries, with its minute and 10-minute rollups when the block stores them
-    /// (version 3 on).
-    pub async fn summaries(&self, store: &dyn ObjectStore) -> Result<(Vec<TraceSummary>, Option<Rollups>), StoreError> {
+    /// The minute and 10-minute rollups of one hour, with the size of their encoding; `None`
+    /// when the block has no rollups for that hour.
+    pub async fn fine_rollups(
+        &self,
+        store: &dyn ObjectStore,
+        hour: i64,
+    ) -> Result<Option<(Rollups, usize)>, StoreError> {
+        let (Some(kept), Some(section)) = (&self.kept_rollups, &self.meta.sections.rollups) else { return Ok(None) };
+        let Ok(at) = kept.fine_frames.binary_search_by_key(&hour, |(h, _)| *h) else { return Ok(None) };
+        let range = &kept.fine_frames[at].1;
+        let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
+        let (start, end) = (section.start + range.start, section.start + range.end);
+        if end > section.end || start > end {
+            return Err(corrupt(format!("rollups of hour {hour} lie outside their section")));
+        }
+        let frame = store.get_range(&self.data_path, start..end).await?;
+        let plain = decompress(&frame).map_err(|e| corrupt(format!("rollups: {e}")))?;
+        let rollups = postcard::from_bytes(&plain).map_err(|e| corrupt(format!("rollups: {e}")))?;
+        Ok(Some((rollups, plain.len())))
+    }
+
+    /// The block's summaries.
+    pub async fn summaries(&self, store: &dyn ObjectStore) -> Result<Vec<TraceSummary>, StoreError> {
         let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
         let s = &self.meta.sections;
         let mut ranges = vec![s.summaries.clone()];
         ranges.extend(s.facts.clone());
         ranges.extend(s.links.clone());
-        ranges.extend(s.rollups.clone());
         let mut parts = store.get_ranges(&self.data_path, &ranges).await?.into_iter();
         let frame = parts.next().ok_or_else(|| corrupt("short read".into()))?;
         let mut summaries: Vec<TraceSummary> = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
@@ -465,8 +490,7 @@ impl BlockHandle {
                 summary.links = links;
             }
         }
-        let rollups = parts.next().map(|frame| decode(&frame)).transpose();
-        Ok((summaries, rollups.map_err(|e| corrupt(format!("rollups: {e}")))?))
+        Ok(summaries)
     }
 }
 
@@ -550,8 +574,8 @@ mod tests {
             level: 3,
             supersedes: vec![],
         };
-        let (fine, kept) = Rollups::of(input.iter().map(|t| &t.summary)).split();
-        let rollups = RollupSections::encode(&fine, &kept, &options).unwrap();
+        let (kept, fine) = Rollups::of(input.iter().map(|t| &t.summary)).split();
+        let rollups = RollupSections::encode(kept, &fine, &options).unwrap();
         let (data, meta) = build(&input, &rollups, options).unwrap();
         store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();
         BlockHandle::open(store, meta).await.unwrap()
@@ -577,13 +601,17 @@ mod tests {
             assert_eq!(block.get(&store, other).await.unwrap(), None);
         }
         assert!(false_positives < 50, "bloom false positive rate too high: {false_positives}/1000");
-        let (summaries, fine) = block.summaries(&store).await.unwrap();
+        let summaries = block.summaries(&store).await.unwrap();
         assert_eq!(summaries.len(), 1000);
-        let (expected_fine, expected_kept) = Rollups::of(&summaries).split();
-        assert_eq!(
-            (fine.as_ref(), block.kept_rollups.get().map(|k| &**k)),
-            (Some(&expected_fine), Some(&expected_kept))
-        );
+        let (expected_kept, expected_fine) = Rollups::of(&summaries).split();
+        let kept = block.kept_rollups.as_ref().unwrap();
+        assert_eq!(kept.rollups, expected_kept);
+        assert_eq!(kept.fine_frames.len(), expected_fine.len(), "one frame per hour");
+        for (hour, expected) in &expected_fine {
+            let (fine, _) = block.fine_rollups(&store, *hour).await.unwrap().unwrap();
+            assert_eq!(&fine, expected, "hour {hour}");
+        }
+        assert!(block.fine_rollups(&store, 1).await.unwrap().is_none());
         assert!(summaries.windows(2).all(|w| w[0].trace_id < w[1].trace_id));
         assert_eq!(block.meta.trace_count, 1000);
         assert_eq!(block.meta.min_epoch, 1_700_000_000);
@@ -609,9 +637,8 @@ mod tests {
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
         let read = block.get(&store, id).await.unwrap().unwrap();
         assert_eq!((read.docs.len(), read.limit_exceeded), (2, false));
-        let kept = block.kept_rollups.get().expect("read at open").clone();
-        let (summaries, fine) = block.summaries(&store).await.unwrap();
-        let fine = fine.expect("version 3 stores the fine rollups");
+        let kept = block.kept_rollups.clone().expect("read at open");
+        let summaries = block.summaries(&store).await.unwrap();
         assert_eq!(summaries[0].facts.nodes.len(), 3);
         let consumer = &summaries[1];
         let source = consumer.links[0].source.as_ref().expect("resolved when the block was written");
@@ -621,9 +648,10 @@ mod tests {
             expected.add(summary);
         }
         let minute = crate::rollup::minute(summaries[0].end_time);
+        let (fine, _) = block.fine_rollups(&store, minute.div_euclid(60)).await.unwrap().expect("that hour's frame");
         let (mut by_minute, mut by_hour) = Default::default();
         fine.merge_into(&mut by_minute, &[(0, minute)]);
-        kept.merge_into(&mut by_hour, &[(2, minute.div_euclid(60))]);
+        kept.rollups.merge_into(&mut by_hour, &[(2, minute.div_euclid(60))]);
         assert_eq!((&by_minute, &by_hour), (&expected, &expected));
         let names: Vec<&str> = expected.nodes.iter().map(|n| n.key.name.as_str()).collect();
         assert_eq!(names, ["fixture", "fixture-udp", "orders", "fixture", "consumer", "consumer"]);
@@ -637,8 +665,8 @@ mod tests {
         let (store, block) = open_fixture("block-v2").await;
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
         assert_eq!(block.get(&store, id).await.unwrap().unwrap().docs.len(), 2);
-        let (summaries, rollups) = block.summaries(&store).await.unwrap();
-        assert!(rollups.is_none() && block.kept_rollups.get().is_none(), "version 2 has no rollups");
+        let summaries = block.summaries(&store).await.unwrap();
+        assert!(block.kept_rollups.is_none(), "version 2 has no rollups");
         assert_eq!(summaries[0].services[0].name, "fixture");
         let facts = &summaries[0].facts;
         assert_eq!(facts.nodes.len(), 2);
@@ -658,7 +686,7 @@ mod tests {
         let docs = block.get(&store, id).await.unwrap().unwrap().docs;
         assert_eq!(docs.len(), 2);
         assert!(docs[0].contains("\"fixture\""));
-        let (summaries, _) = block.summaries(&store).await.unwrap();
+        let summaries = block.summaries(&store).await.unwrap();
         assert_eq!(summaries[0].trace_id, id);
         assert_eq!(summaries[0].services[0].name, "fixture");
         assert!(summaries[0].facts.nodes.is_empty(), "version 1 has no facts");

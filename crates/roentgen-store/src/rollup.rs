@@ -15,6 +15,9 @@ pub(crate) const FIRST_KEPT_LEVEL: usize = 2;
 /// Service graphs of the traces whose last activity falls in each aligned span of
 /// [`ROLLUP_MINUTES`] minutes: one map per span length, keyed by span number. A part of the
 /// levels may be empty (see [`Rollups::split`]).
+///
+/// A block stores its kept levels in one section, read when the block is opened, and its fine
+/// levels as one zstd frame per hour, read (and cached) when a window's edge falls in that hour.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Rollups {
     levels: Vec<BTreeMap<i64, ServiceGraph>>,
@@ -38,13 +41,27 @@ impl Rollups {
         Self { levels }
     }
 
-    /// The fine levels and the kept levels, each with the other's levels left empty.
-    pub fn split(mut self) -> (Self, Self) {
+    /// The kept levels, and the fine levels of each hour that has any: a window's edges then
+    /// need only the fine rollups of the hours they fall in.
+    pub fn split(mut self) -> (Self, BTreeMap<i64, Self>) {
+        let hour = ROLLUP_MINUTES[FIRST_KEPT_LEVEL];
+        let mut fine: BTreeMap<i64, Self> = BTreeMap::new();
         let mut kept = Vec::with_capacity(self.levels.len());
         for (level, spans) in self.levels.iter_mut().enumerate() {
-            kept.push(if level >= FIRST_KEPT_LEVEL { std::mem::take(spans) } else { BTreeMap::new() });
+            let spans = std::mem::take(spans);
+            if level >= FIRST_KEPT_LEVEL {
+                kept.push(spans);
+                continue;
+            }
+            kept.push(BTreeMap::new());
+            for (key, graph) in spans {
+                let of_hour = fine
+                    .entry((key * ROLLUP_MINUTES[level]).div_euclid(hour))
+                    .or_insert_with(|| Self { levels: vec![BTreeMap::new(); ROLLUP_MINUTES.len()] });
+                of_hour.levels[level].insert(key, graph);
+            }
         }
-        (self, Self { levels: kept })
+        (Self { levels: kept }, fine)
     }
 
     /// Merges into `graph` the rollups of the given spans.
@@ -77,6 +94,14 @@ pub(crate) fn minute(time: f64) -> i64 {
     (time / 60.0).floor() as i64
 }
 
+/// What a block says of its rollups when it is opened: the kept levels, and where the fine
+/// rollups of each hour are in the block's rollups section (offsets from its start).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct KeptRollups {
+    pub rollups: Rollups,
+    pub fine_frames: Vec<(i64, std::ops::Range<u64>)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,16 +126,21 @@ mod tests {
     }
 
     #[test]
-    fn split_divides_the_levels() {
+    fn split_divides_the_levels_and_the_hours() {
         let mut levels = vec![BTreeMap::new(); ROLLUP_MINUTES.len()];
-        for (level, spans) in levels.iter_mut().enumerate() {
-            spans.insert(level as i64, ServiceGraph::default());
+        for spans in &mut levels {
+            for key in [0, 7, 200] {
+                spans.insert(key, ServiceGraph::default());
+            }
         }
-        let (fine, kept) = Rollups { levels }.split();
-        for level in 0..ROLLUP_MINUTES.len() {
-            let fine_has = !fine.levels[level].is_empty();
-            assert_eq!(fine_has, level < FIRST_KEPT_LEVEL);
-            assert_eq!(kept.levels[level].is_empty(), fine_has);
-        }
+        let (kept, fine) = Rollups { levels }.split();
+        assert!(kept.levels[0].is_empty() && kept.levels[1].is_empty());
+        assert_eq!(kept.levels[FIRST_KEPT_LEVEL].len(), 3);
+        // Minutes 0, 7 and 200 fall in hours 0, 0 and 3; 10-minute spans 0, 7, 200 in hours 0, 1, 33.
+        let hours: Vec<i64> = fine.keys().copied().collect();
+        assert_eq!(hours, [0, 1, 3, 33]);
+        assert_eq!(fine[&0].levels[0].len(), 2);
+        assert_eq!(fine[&0].levels[1].len(), 1);
+        assert!(fine[&33].levels[0].is_empty() && fine[&33].levels[FIRST_KEPT_LEVEL].is_empty());
     }
 }

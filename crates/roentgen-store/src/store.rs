@@ -61,6 +61,9 @@ const WRITER_QUEUE: usize = 4096;
 const GROUP_COMMIT_BYTES: usize = 8 << 20;
 /// Decoded block summaries kept in memory, in summaries (a few hundred bytes each).
 const SUMMARY_CACHE_ENTRIES: usize = 2_000_000;
+/// Hours of blocks' fine rollups kept in memory, by the size of their encoding (decoded, they
+/// take a few times that).
+const FINE_ROLLUP_CACHE_BYTES: usize = 64 << 20;
 
 /// A block's decoded summaries with the indexes that let a filter skip most of them.
 #[derive(Debug, Default)]
@@ -71,12 +74,10 @@ struct BlockSummaries {
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
     node_throttle: Vec<u32>,
-    /// The minute and 10-minute rollups; the block's handle keeps the coarser ones.
-    rollups: Rollups,
 }
 
 impl BlockSummaries {
-    fn new(mut summaries: Vec<Arc<TraceSummary>>, rollups: Rollups) -> Self {
+    fn new(mut summaries: Vec<Arc<TraceSummary>>) -> Self {
         if !summaries.is_sorted_by_key(|s| s.trace_id) {
             summaries.sort_unstable_by_key(|s| s.trace_id);
         }
@@ -107,13 +108,8 @@ impl BlockSummaries {
                 add(&mut index.node_throttle);
             }
         }
-        index.rollups = rollups;
         index.summaries = summaries;
         index
-    }
-
-    fn contains(&self, id: TraceId) -> bool {
-        self.summaries.binary_search_by_key(&id, |s| s.trace_id).is_ok()
     }
 
     /// The positions that can match, from the most selective requirement; `None` to scan all.
@@ -199,6 +195,51 @@ struct FlushTrace {
     limit_exceeded: bool,
 }
 
+/// Values kept until the sum of their sizes passes a bound; the oldest inserted leave first.
+#[derive(Debug)]
+struct ByteBoundedCache<K, V> {
+    entries: HashMap<K, (Arc<V>, usize)>,
+    order: std::collections::VecDeque<K>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> ByteBoundedCache<K, V> {
+    fn new(capacity: usize) -> Self {
+        Self { entries: HashMap::new(), order: Default::default(), bytes: 0, capacity }
+    }
+
+    fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.entries.get(key).map(|(v, _)| v.clone())
+    }
+
+    fn insert(&mut self, key: K, value: Arc<V>, bytes: usize) {
+        if let Some((_, old)) = self.entries.insert(key.clone(), (value, bytes)) {
+            self.bytes -= old;
+        } else {
+            self.order.push_back(key);
+        }
+        self.bytes += bytes;
+        while self.bytes > self.capacity && self.order.len() > 1 {
+            if let Some((_, size)) = self.order.pop_front().and_then(|k| self.entries.remove(&k)) {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.order.retain(|k| keep(k));
+        let entries = &mut self.entries;
+        let mut bytes = 0;
+        entries.retain(|k, (_, size)| {
+            let kept = keep(k);
+            bytes += if kept { *size } else { 0 };
+            kept
+        });
+        self.bytes = bytes;
+    }
+}
+
 /// Summaries of the live traces, with the ids they stand for.
 struct LiveSummaries {
     summaries: Vec<Arc<TraceSummary>>,
@@ -275,6 +316,8 @@ struct Inner {
     live: RwLock<LiveState>,
     catalog: RwLock<Catalog>,
     summary_cache: Mutex<SummaryCache>,
+    /// Blocks' minute and 10-minute rollups, an hour at a time, for the edges of graph windows.
+    fine_rollups: Mutex<ByteBoundedCache<(String, i64), Rollups>>,
     writer: mpsc::Sender<Command>,
     flush_lock: tokio::sync::Mutex<()>,
     stats: Arc<StoreStats>,
@@ -386,6 +429,7 @@ impl Store {
             live: RwLock::new(live),
             catalog: RwLock::new(catalog),
             summary_cache: Mutex::new(SummaryCache::default()),
+            fine_rollups: Mutex::new(ByteBoundedCache::new(FINE_ROLLUP_CACHE_BYTES)),
             writer,
             flush_lock: tokio::sync::Mutex::new(()),
             stats,
@@ -719,83 +763,89 @@ impl Store {
         Ok(LiveSummaries { summaries, ids, in_blocks: merge_later })
     }
 
-    /// The service graph of the traces whose last activity falls in `[start, end)`, X-Ray's
-    /// `Event` time range.
+    /// The service graph of the traces whose last activity falls in the whole minutes that
+    /// cover `[start, end)` (X-Ray's `Event` time range, widened to whole minutes; see
+    /// [`roentgen_query::whole_minutes`]).
     ///
-    /// Whole minutes come from the blocks' rollups; traces are read one by one only for the
-    /// partial minutes at the window's edges, for live traces, and for blocks that hold a trace
-    /// since superseded or live again (their rollups count an outdated revision). A block that
-    /// lies inside the window in whole hours needs only its kept rollups, not its summaries.
+    /// Blocks answer from their rollups: the hour and day rollups every open block holds, and,
+    /// for the window's first and last hours, the minute and 10-minute rollups of those hours,
+    /// read and cached. Only live traces, blocks written before rollups were stored, and blocks
+    /// that hold a trace since superseded or live again (their rollups count an outdated
+    /// revision) are read trace by trace.
     pub async fn service_graph(&self, start: f64, end: f64) -> Result<ServiceGraph, StoreError> {
+        let (start, end) = roentgen_query::whole_minutes(start, end);
         let mut graph = ServiceGraph::default();
         let inside = |s: &TraceSummary| s.matched_time(TimeRangeType::Event, start, end).is_some();
         let live = self.live_summaries().await?;
         for summary in live.summaries.iter().filter(|s| inside(s)) {
             graph.add(summary);
         }
-        // Minutes in [first_full, end_full) lie wholly inside the window.
-        let (first_full, end_full) = (minute(start).saturating_add(i64::from(start % 60.0 != 0.0)), minute(end));
-        let full = |t: f64| (first_full..end_full).contains(&minute(t));
+        let (first, last) = (minute(start), minute(end));
         let blocks: Vec<Arc<BlockHandle>> = {
             let catalog = self.inner.catalog.read().expect("catalog lock");
             catalog.blocks.iter().filter(|b| b.meta.max_time >= start && b.meta.min_time < end).cloned().collect()
         };
+        let hour = ROLLUP_MINUTES[FIRST_KEPT_LEVEL];
         for block in blocks {
             let superseded = self.inner.catalog.read().expect("catalog lock").superseded.get(&block.meta.id).cloned();
             let meta = &block.meta;
-            let may_hold_live = live.in_blocks.iter().any(|id| (meta.min_epoch..=meta.max_epoch).contains(&id.epoch()));
-            // The block's minutes, widened to whole hours (it holds nothing outside them) so
-            // that a block inside the window is tiled by kept spans only.
-            let hour = ROLLUP_MINUTES[FIRST_KEPT_LEVEL];
-            let (first, last) =
-                (minute(meta.min_time).div_euclid(hour) * hour, minute(meta.max_time).div_euclid(hour) * hour);
-            let spans = tiles(first_full.max(first), end_full.min(last + hour));
-            let whole = full(meta.min_time) && full(meta.max_time);
+            let mut holds_live = false;
+            for &id in live.in_blocks.iter().filter(|&&id| block.may_contain(id)) {
+                holds_live |= block.contains(self.inner.objects.as_ref(), id).await?;
+            }
             let nothing_superseded = superseded.as_ref().is_none_or(|s| s.is_empty());
-            if nothing_superseded
-                && !may_hold_live
-                && whole
-                && spans.iter().all(|&(level, _)| level >= FIRST_KEPT_LEVEL)
-                && let Some(kept) = block.kept_rollups.get()
+            if let Some(kept) = block.kept_rollups.as_ref()
+                && nothing_superseded
+                && !holds_live
             {
-                kept.merge_into(&mut graph, &spans);
+                // The block's minutes, widened to whole hours (it holds nothing outside them), so
+                // that a block inside the window is tiled by kept spans only.
+                let (from, to) = (
+                    minute(meta.min_time).div_euclid(hour) * hour,
+                    minute(meta.max_time).div_euclid(hour) * hour + hour,
+                );
+                for (level, key) in tiles(first.max(from), last.min(to)) {
+                    if level >= FIRST_KEPT_LEVEL {
+                        kept.rollups.merge_into(&mut graph, &[(level, key)]);
+                    } else if let Some(fine) =
+                        self.fine_rollups(&block, (key * ROLLUP_MINUTES[level]).div_euclid(hour)).await?
+                    {
+                        fine.merge_into(&mut graph, &[(level, key)]);
+                    }
+                }
                 continue;
             }
             let data = self.block_summaries(&block).await?;
-            let clean = nothing_superseded && !(may_hold_live && live.in_blocks.iter().any(|&id| data.contains(id)));
-            if clean {
-                data.rollups.merge_into(&mut graph, &spans);
-                if let Some(kept) = block.kept_rollups.get() {
-                    kept.merge_into(&mut graph, &spans);
-                }
-                if !whole {
-                    for summary in data.summaries.iter().filter(|s| inside(s) && !full(s.end_time)) {
-                        graph.add(summary);
-                    }
-                }
-            } else {
-                let skip = |s: &TraceSummary| {
-                    live.ids.contains(&s.trace_id) || superseded.as_ref().is_some_and(|set| set.contains(&s.trace_id))
-                };
-                for summary in data.summaries.iter().filter(|s| inside(s) && !skip(s)) {
-                    graph.add(summary);
-                }
+            let skip = |s: &TraceSummary| {
+                live.ids.contains(&s.trace_id) || superseded.as_ref().is_some_and(|set| set.contains(&s.trace_id))
+            };
+            for summary in data.summaries.iter().filter(|s| inside(s) && !skip(s)) {
+                graph.add(summary);
             }
         }
         Ok(graph)
+    }
+
+    /// One hour of a block's minute and 10-minute rollups, through a cache.
+    async fn fine_rollups(&self, block: &BlockHandle, hour: i64) -> Result<Option<Arc<Rollups>>, StoreError> {
+        let key = (block.meta.id.clone(), hour);
+        if let Some(hit) = self.inner.fine_rollups.lock().expect("rollups cache lock").get(&key) {
+            return Ok(Some(hit));
+        }
+        let Some((rollups, bytes)) = block.fine_rollups(self.inner.objects.as_ref(), hour).await? else {
+            return Ok(None);
+        };
+        let rollups = Arc::new(rollups);
+        self.inner.fine_rollups.lock().expect("rollups cache lock").insert(key, rollups.clone(), bytes);
+        Ok(Some(rollups))
     }
 
     async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<BlockSummaries>, StoreError> {
         if let Some(hit) = self.inner.summary_cache.lock().expect("cache lock").get(&block.meta.id) {
             return Ok(hit);
         }
-        let (summaries, stored) = block.summaries(self.inner.objects.as_ref()).await?;
-        let fine = stored.unwrap_or_else(|| {
-            let (fine, kept) = Rollups::of(&summaries).split();
-            block.kept_rollups.get_or_init(|| Arc::new(kept));
-            fine
-        });
-        let loaded = Arc::new(BlockSummaries::new(summaries.into_iter().map(Arc::new).collect(), fine));
+        let summaries = block.summaries(self.inner.objects.as_ref()).await?;
+        let loaded = Arc::new(BlockSummaries::new(summaries.into_iter().map(Arc::new).collect()));
         self.cache_summaries(&block.meta.id, loaded.clone());
         Ok(loaded)
     }
@@ -889,15 +939,15 @@ impl Store {
                 })
                 .collect();
             let summarized = timer.elapsed();
-            let (fine, kept) = Rollups::of(traces.iter().map(|t| &t.summary)).split();
-            let rollups = RollupSections::encode(&fine, &kept, &options)?;
+            let (kept, fine) = Rollups::of(traces.iter().map(|t| &t.summary)).split();
+            let rollups = RollupSections::encode(kept, &fine, &options)?;
             let rolled_up = timer.elapsed();
             let (data, meta) = block::build(&traces, &rollups, options)?;
             let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
             stats.flush_summaries_nanos.fetch_add(nanos(summarized), Ordering::Relaxed);
             stats.flush_rollups_nanos.fetch_add(nanos(rolled_up - summarized), Ordering::Relaxed);
             stats.flush_encode_nanos.fetch_add(nanos(timer.elapsed() - rolled_up), Ordering::Relaxed);
-            let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect(), fine);
+            let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect());
             Ok::<_, StoreError>((data, meta, summaries))
         })
         .await
@@ -965,6 +1015,7 @@ impl Store {
             catalog.blocks.retain(|b| b.meta.id != block.meta.id);
             catalog.superseded.remove(&block.meta.id);
             self.inner.summary_cache.lock().expect("cache lock").remove(&block.meta.id);
+            self.inner.fine_rollups.lock().expect("rollups cache lock").retain(|(id, _)| *id != block.meta.id);
             self.inner.stats.blocks_expired.fetch_add(1, Ordering::Relaxed);
         }
         self.inner.publish_gauges();
@@ -1217,7 +1268,6 @@ mod tests {
         let docs: Vec<&ParsedDocument> = Vec::new();
         Arc::new(BlockSummaries::new(
             (0..n).map(|i| Arc::new(summarize(TraceId::from_parts(1, i as u128), &docs, 1))).collect(),
-            Rollups::default(),
         ))
     }
 

@@ -421,6 +421,7 @@ async fn service_graph_from_rollups_equals_a_scan() {
             store = Store::open(config(dir.path())).await.unwrap();
         }
         for (start, end) in windows {
+            let (start, end) = roentgen_query::whole_minutes(start, end);
             let query = SummaryQuery {
                 start,
                 end,
