@@ -284,7 +284,12 @@ impl Metrics {
             simple(&mut out, name, kind, help, get(value));
         }
         let name = "roentgen_flush_seconds_total";
-        header(&mut out, name, "counter", "Time the flusher spent building blocks, by phase.");
+        header(
+            &mut out,
+            name,
+            "counter",
+            "CPU time the flusher spent building blocks, by phase (wall time where the OS does not say).",
+        );
         let phases = [
             ("summaries", &store.flush_summaries_nanos),
             ("rollups", &store.flush_rollups_nanos),

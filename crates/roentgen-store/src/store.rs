@@ -923,7 +923,7 @@ impl Store {
         };
         let stats = inner.stats.clone();
         let (data, meta, summaries) = tokio::task::spawn_blocking(move || {
-            let timer = Instant::now();
+            let timer = PhaseTimer::start();
             let traces: Vec<BlockTrace<'_>> = merged
                 .iter()
                 .map(|t| {
@@ -945,8 +945,8 @@ impl Store {
             let (data, meta) = block::build(&traces, &rollups, options)?;
             let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
             stats.flush_summaries_nanos.fetch_add(nanos(summarized), Ordering::Relaxed);
-            stats.flush_rollups_nanos.fetch_add(nanos(rolled_up - summarized), Ordering::Relaxed);
-            stats.flush_encode_nanos.fetch_add(nanos(timer.elapsed() - rolled_up), Ordering::Relaxed);
+            stats.flush_rollups_nanos.fetch_add(nanos(rolled_up.saturating_sub(summarized)), Ordering::Relaxed);
+            stats.flush_encode_nanos.fetch_add(nanos(timer.elapsed().saturating_sub(rolled_up)), Ordering::Relaxed);
             let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect());
             Ok::<_, StoreError>((data, meta, summaries))
         })
@@ -1038,6 +1038,33 @@ impl Inner {
         stats.block_documents.store(catalog.blocks.iter().map(|b| b.meta.document_count).sum(), Ordering::Relaxed);
         stats.block_traces.store(catalog.blocks.iter().map(|b| b.meta.trace_count).sum(), Ordering::Relaxed);
     }
+}
+
+/// Time spent by the current thread: its CPU time where Linux reports it (so that work sharing
+/// a core with other threads is not overcounted), else wall time.
+struct PhaseTimer {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl PhaseTimer {
+    fn start() -> Self {
+        Self { wall: Instant::now(), cpu: thread_cpu_time() }
+    }
+
+    fn elapsed(&self) -> Duration {
+        match (self.cpu, thread_cpu_time()) {
+            (Some(start), Some(now)) => now.saturating_sub(start),
+            _ => self.wall.elapsed(),
+        }
+    }
+}
+
+/// The CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds on the
+/// CPU come first).
+fn thread_cpu_time() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
 }
 
 fn fill_link_sources(summary: &mut TraceSummary, sources: &HashMap<Link, LinkSource>) {
