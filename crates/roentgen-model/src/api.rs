@@ -471,6 +471,8 @@ pub struct GetServiceGraphResponse {
     pub end_time: f64,
     pub services: Vec<Service>,
     pub contains_old_group_versions: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -89,13 +89,15 @@ pub struct QueryConfig {
     pub summaries_page_size: usize,
     /// Traces per `BatchGetTraces` page.
     pub traces_page_size: usize,
+    /// Services (nodes) per `GetServiceGraph` page.
+    pub graph_page_size: usize,
     /// Fraction of traces `Sampling: true` keeps when no `SamplingStrategy` value is given.
     pub default_sampling_rate: f64,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { summaries_page_size: 100, traces_page_size: 10, default_sampling_rate: 0.25 }
+        Self { summaries_page_size: 100, traces_page_size: 10, graph_page_size: 1000, default_sampling_rate: 0.25 }
     }
 }
 
@@ -178,7 +180,7 @@ impl Config {
         if self.ingest.max_documents_per_request == 0 || self.ingest.max_document_bytes == 0 {
             return Err(ConfigError::Invalid("ingest limits must be positive".into()));
         }
-        if self.query.summaries_page_size == 0 || self.query.traces_page_size == 0 {
+        if self.query.summaries_page_size == 0 || self.query.traces_page_size == 0 || self.query.graph_page_size == 0 {
             return Err(ConfigError::Invalid("query page sizes must be positive".into()));
         }
         let s = &self.sampling;

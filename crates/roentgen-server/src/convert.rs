@@ -101,13 +101,27 @@ pub fn histogram(h: &roentgen_query::Histogram) -> Vec<api::HistogramEntry> {
     h.iter().map(|(ms, count)| api::HistogramEntry { value: ms as f64 / 1000.0, count }).collect()
 }
 
-/// The graph's nodes as `Service` records; reference ids are the node positions.
+/// The graph's nodes as `Service` records, in a stable order (by name, type, account; a client
+/// after the service it calls) that reference ids follow.
 pub fn services(graph: &ServiceGraph) -> Vec<api::Service> {
-    graph
-        .nodes
+    let mut order: Vec<usize> = (0..graph.nodes.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&graph.nodes[a], &graph.nodes[b]);
+        (&a.key.name, a.client, &a.key.kind, &a.key.account_id).cmp(&(
+            &b.key.name,
+            b.client,
+            &b.key.kind,
+            &b.key.account_id,
+        ))
+    });
+    let mut reference = vec![0; order.len()];
+    for (position, &node) in order.iter().enumerate() {
+        reference[node] = position;
+    }
+    order
         .iter()
-        .enumerate()
-        .map(|(i, node)| {
+        .map(|&i| {
+            let node = &graph.nodes[i];
             let series = &node.series;
             let edges_bounds = node.edges.iter().map(|e| (e.series.start_time, e.series.end_time));
             let (start, end) = if node.client {
@@ -117,7 +131,7 @@ pub fn services(graph: &ServiceGraph) -> Vec<api::Service> {
             };
             let measured = !node.client && series.statistics.total() > 0;
             api::Service {
-                reference_id: i,
+                reference_id: reference[i],
                 name: node.key.name.clone(),
                 names: vec![node.key.name.clone()],
                 root: node.root,
@@ -133,7 +147,7 @@ pub fn services(graph: &ServiceGraph) -> Vec<api::Service> {
                         let times = histogram(&edge.series.response_times);
                         let (response_times, ages) = if edge.link { (None, Some(times)) } else { (Some(times), None) };
                         api::Edge {
-                            reference_id: edge.target,
+                            reference_id: reference[edge.target],
                             start_time: edge.series.start_time.floor(),
                             end_time: edge.series.end_time.ceil(),
                             summary_statistics: statistics(&edge.series.statistics),
@@ -172,6 +186,16 @@ pub fn decode_summary_token(token: &str, query_key: u64) -> Option<SummaryCursor
 /// `BatchGetTraces` tokens: the index of the next requested id, bound to the id list.
 pub fn encode_traces_token(next: usize, ids_key: u64) -> String {
     format!("t1.{next}.{ids_key:016x}")
+}
+
+pub fn encode_graph_token(next: usize, query_key: u64) -> String {
+    format!("g1.{next}.{query_key:016x}")
+}
+
+pub fn decode_graph_token(token: &str, query_key: u64) -> Option<usize> {
+    let rest = token.strip_prefix("g1.")?;
+    let (next, key) = rest.split_once('.')?;
+    (u64::from_str_radix(key, 16).ok()? == query_key).then(|| next.parse().ok()).flatten()
 }
 
 pub fn decode_traces_token(token: &str, ids_key: u64) -> Option<usize> {

@@ -75,11 +75,30 @@ pub async fn service_graph(
         }
         None => state.store.service_graph(start, end).await.map_err(ApiError::internal)?,
     };
+    // Pages slice one ordering of the whole graph, so reference ids hold across pages.
+    let key = convert::fnv1a(&[
+        &start.to_bits().to_le_bytes(),
+        &end.to_bits().to_le_bytes(),
+        req.group_name.as_deref().unwrap_or_default().as_bytes(),
+        req.group_arn.as_deref().unwrap_or_default().as_bytes(),
+    ]);
+    let mut services = convert::services(&graph);
+    let from = match req.next_token.as_deref() {
+        None | Some("") => 0,
+        Some(token) => convert::decode_graph_token(token, key)
+            .filter(|&n| n <= services.len())
+            .ok_or_else(|| ApiError::invalid("NextToken is not valid for this StartTime, EndTime and group"))?,
+    };
+    let to = (from + state.config.query.graph_page_size).min(services.len());
+    let next_token = (to < services.len()).then(|| convert::encode_graph_token(to, key));
+    services.truncate(to);
+    services.drain(..from);
     Ok(api::GetServiceGraphResponse {
         start_time: start,
         end_time: end,
-        services: convert::services(&graph),
+        services,
         contains_old_group_versions: false,
+        next_token,
     })
 }
 

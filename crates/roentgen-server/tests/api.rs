@@ -786,3 +786,55 @@ async fn golden_service_graph() {
     }
     assert_eq!(graph, golden["expected"], "the service graph differs from tests/golden/service-graph.json");
 }
+
+/// `GetServiceGraph` pages its services with `NextToken`; reference ids hold across pages, and
+/// a token only works for the request it came from.
+#[tokio::test]
+async fn service_graph_pages() {
+    let h = Harness::start_with(|c| c.query.graph_page_size = 2).await;
+    let t = trace_id(90);
+    let calls: String = (0..3)
+        .map(|n| {
+            format!(
+                r#"{{"id":"{:016x}","name":"dep-{n}","namespace":"remote","start_time":{s},"end_time":{s}.1}},"#,
+                0x100 + n,
+                s = now() as u64 - 30
+            )
+        })
+        .collect();
+    let body = h.put(&[segment(&t, 1, &format!(r#""subsegments":[{}],"#, calls.trim_end_matches(',')))]).await;
+    assert_eq!(body["UnprocessedTraceSegments"], json!([]));
+    let request = json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0});
+    let (mut pages, mut token, mut all) = (0, Value::Null, Vec::new());
+    loop {
+        let mut page_request = request.clone();
+        page_request["NextToken"] = token.clone();
+        let (status, body) = h.post("/ServiceGraph", page_request).await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        all.extend(body["Services"].as_array().unwrap().iter().cloned());
+        token = body.get("NextToken").cloned().unwrap_or(Value::Null);
+        if token.is_null() {
+            break;
+        }
+    }
+    // checkout, its client and three remote nodes: three pages of two.
+    assert_eq!((pages, all.len()), (3, 5));
+    let ids: Vec<u64> = all.iter().map(|s| s["ReferenceId"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [0, 1, 2, 3, 4]);
+    let checkout = all.iter().find(|s| s["Name"] == "checkout" && s.get("Type").is_none()).unwrap();
+    let targets: Vec<&str> = checkout["Edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| all[e["ReferenceId"].as_u64().unwrap() as usize]["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets.len(), 3);
+    assert!(targets.iter().all(|name| name.starts_with("dep-")), "{targets:?}");
+
+    let (_, first) = h.post("/ServiceGraph", request.clone()).await;
+    let mut other = json!({"StartTime": now() - 1200.0, "EndTime": now() + 60.0});
+    other["NextToken"] = first["NextToken"].clone();
+    let (_, code, message) = h.error("/ServiceGraph", other.to_string()).await;
+    assert_eq!(code, "InvalidRequestException", "{message}");
+}
