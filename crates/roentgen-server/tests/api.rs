@@ -638,7 +638,7 @@ async fn service_graph_trace_graph_and_time_series() {
 
     let (_, body) = h.post("/TraceGraph", json!({"TraceIds": [ok]})).await;
     let names: Vec<&str> = body["Services"].as_array().unwrap().iter().map(|s| s["Name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["web", "users", "web"]);
+    assert_eq!(names, ["users", "web", "web"], "by name; the client after the service");
 
     let series = |selector: Value| {
         let mut request = json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0, "Period": 60});
@@ -678,7 +678,7 @@ async fn service_graph_trace_graph_and_time_series() {
     let (_, body) =
         h.post("/ServiceGraph", json!({"StartTime": now() - 600.0, "EndTime": now() + 60.0, "GroupName": "db"})).await;
     let names: Vec<&str> = body["Services"].as_array().unwrap().iter().map(|s| s["Name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["web", "users", "web"], "the group keeps only the trace that reached the table");
+    assert_eq!(names, ["users", "web", "web"], "the group keeps only the trace that reached the table");
     let (_, code, _) =
         h.error("/ServiceGraph", json!({"StartTime": 1, "EndTime": 2, "GroupName": "nope"}).to_string()).await;
     assert_eq!(code, "InvalidRequestException");
