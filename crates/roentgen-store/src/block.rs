@@ -5,9 +5,10 @@
 //! ```text
 //! "RGNBLK01"
 //! chunks      zstd frames; each holds whole traces, a trace being its documents as u32 length + bytes
-//! index       one 32-byte entry per trace, sorted: trace id u128, chunk u32, offset u32, length u32,
-//!             count u32 (its top bit set when documents were dropped at the trace's size limit,
-//!             version 3 on)
+//! index       one entry per trace, sorted: trace id u128, chunk u32, offset u32, length u32,
+//!             count u32 (its top bit set when documents were dropped at the trace's size limit),
+//!             revision u32; 36 bytes (version 3 on; versions 1 and 2 have 32-byte entries, no
+//!             revision and no limit bit)
 //! fences      the trace id of every FENCE_EVERY-th index entry, so a lookup reads one index page
 //! chunk table per chunk: offset u64, length u32
 //! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id
@@ -44,7 +45,8 @@ use crate::rollup::{KeptRollups, Rollups};
 pub(crate) const BLOCK_MAGIC: &[u8; 8] = b"RGNBLK01";
 pub(crate) const FORMAT_VERSION: u32 = 3;
 const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
-const INDEX_ENTRY: usize = 32;
+const INDEX_ENTRY: usize = 36;
+const INDEX_ENTRY_V2: usize = 32;
 const FENCE_EVERY: usize = 128;
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_HASHES: u32 = 7;
@@ -111,6 +113,8 @@ pub(crate) struct BlockTrace<'a> {
 pub(crate) struct BlockRead {
     pub docs: Vec<String>,
     pub limit_exceeded: bool,
+    /// The trace's revision (version 3 on).
+    pub revision: Option<u32>,
 }
 
 /// The top bit of an index entry's document count.
@@ -193,6 +197,7 @@ pub(crate) fn build(
         index.extend_from_slice(&(region as u32).to_le_bytes());
         let flag = if trace.limit_exceeded { LIMIT_EXCEEDED } else { 0 };
         index.extend_from_slice(&(trace.docs.len() as u32 | flag).to_le_bytes());
+        index.extend_from_slice(&trace.summary.revision.to_le_bytes());
         for doc in &trace.docs {
             pending.extend_from_slice(&(doc.len() as u32).to_le_bytes());
             pending.extend_from_slice(doc.as_bytes());
@@ -319,6 +324,7 @@ struct IndexEntry {
     length: usize,
     count: usize,
     limit_exceeded: bool,
+    revision: Option<u32>,
 }
 
 /// A block as kept in memory: its meta, bloom filter, fences and chunk table.
@@ -401,22 +407,31 @@ impl BlockHandle {
         let first = (page - 1) * FENCE_EVERY;
         let last = (first + FENCE_EVERY).min(total);
         let base = self.meta.sections.index.start;
-        let range = base + (first * INDEX_ENTRY) as u64..base + (last * INDEX_ENTRY) as u64;
+        let size = self.index_entry_size();
+        let range = base + (first * size) as u64..base + (last * size) as u64;
         let entries = store.get_range(&self.data_path, range).await?;
-        let entry = entries
-            .chunks_exact(INDEX_ENTRY)
-            .find(|e| u128::from_le_bytes(e[..16].try_into().expect("16 bytes")) == key);
-        Ok(entry.map(|e| {
-            let field = |at: usize| u32::from_le_bytes(e[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let count = field(28) as u32;
-            IndexEntry {
-                chunk: field(16),
-                offset: field(20),
-                length: field(24),
-                count: (count & !LIMIT_EXCEEDED) as usize,
-                limit_exceeded: count & LIMIT_EXCEEDED != 0,
-            }
-        }))
+        let entry =
+            entries.chunks_exact(size).find(|e| u128::from_le_bytes(e[..16].try_into().expect("16 bytes")) == key);
+        Ok(entry.map(|e| self.index_entry(e)))
+    }
+
+    fn index_entry_size(&self) -> usize {
+        if self.meta.format_version >= 3 { INDEX_ENTRY } else { INDEX_ENTRY_V2 }
+    }
+
+    /// Decodes one index entry of this block's version.
+    fn index_entry(&self, e: &[u8]) -> IndexEntry {
+        let field = |at: usize| u32::from_le_bytes(e[at..at + 4].try_into().expect("4 bytes"));
+        let v3 = self.meta.format_version >= 3;
+        let count = field(28);
+        IndexEntry {
+            chunk: field(16) as usize,
+            offset: field(20) as usize,
+            length: field(24) as usize,
+            count: (if v3 { count & !LIMIT_EXCEEDED } else { count }) as usize,
+            limit_exceeded: v3 && count & LIMIT_EXCEEDED != 0,
+            revision: v3.then(|| field(32)),
+        }
     }
 
     /// Whether the block holds a revision of the trace (no false positives).
@@ -436,7 +451,7 @@ impl BlockHandle {
         let region =
             plain.get(entry.offset..entry.offset + entry.length).ok_or_else(|| corrupt("trace region out of range"))?;
         let docs = split_documents(region, entry.count).ok_or_else(|| corrupt("damaged document framing"))?;
-        Ok(Some(BlockRead { docs, limit_exceeded: entry.limit_exceeded }))
+        Ok(Some(BlockRead { docs, limit_exceeded: entry.limit_exceeded, revision: entry.revision }))
     }
 
     /// The minute and 10-minute rollups of one hour, with the size of their encoding; `None`
@@ -589,7 +604,7 @@ mod tests {
         assert!(block.chunks.len() > 10, "small chunks force many frames");
         for (n, (id, docs)) in traces.iter().enumerate() {
             let read = block.get(&store, *id).await.unwrap().unwrap();
-            assert_eq!((&read.docs, read.limit_exceeded), (docs, n % 10 == 3));
+            assert_eq!((&read.docs, read.limit_exceeded, read.revision), (docs, n % 10 == 3, Some(1)));
         }
         let mut false_positives = 0;
         for i in 0..1000u128 {
@@ -636,7 +651,7 @@ mod tests {
         let (store, block) = open_fixture("block-v3").await;
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
         let read = block.get(&store, id).await.unwrap().unwrap();
-        assert_eq!((read.docs.len(), read.limit_exceeded), (2, false));
+        assert_eq!((read.docs.len(), read.limit_exceeded, read.revision), (2, false, Some(1)));
         let kept = block.kept_rollups.clone().expect("read at open");
         let summaries = block.summaries(&store).await.unwrap();
         assert_eq!(summaries[0].facts.nodes.len(), 3);

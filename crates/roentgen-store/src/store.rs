@@ -182,8 +182,7 @@ pub struct StoredTrace {
 /// The newest block revision of a trace.
 struct BlockRevision {
     docs: Vec<Arc<StoredDocument>>,
-    /// How many blocks hold a revision of the trace.
-    revisions: u32,
+    revision: u32,
     limit_exceeded: bool,
 }
 
@@ -622,7 +621,7 @@ impl Store {
         Ok(Arc::new(resolved))
     }
 
-    /// The newest block revision of a trace, with how many blocks hold a revision of it.
+    /// The newest block revision of a trace.
     async fn newest_block_revision(&self, id: TraceId) -> Result<Option<BlockRevision>, StoreError> {
         let candidates = self.inner.catalog.read().expect("catalog lock").candidates(id);
         let mut newest = None;
@@ -637,7 +636,8 @@ impl Store {
         }
         Ok(newest.map(|stored| BlockRevision {
             docs: stored.docs.into_iter().filter_map(|r| parse_stored(r, Source::Api)).collect(),
-            revisions,
+            // Blocks before version 3 do not record it: each revision was in a block of its own.
+            revision: stored.revision.unwrap_or(revisions),
             limit_exceeded: stored.limit_exceeded,
         }))
     }
@@ -742,7 +742,7 @@ impl Store {
         summaries.retain(|s: &Arc<TraceSummary>| merge_later.binary_search(&s.trace_id).is_err());
         for &id in &merge_later {
             let (docs, revisions) = match self.get_trace(id).await? {
-                Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |r| r.revisions)),
+                Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |r| r.revision)),
                 None => continue,
             };
             let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
@@ -884,7 +884,7 @@ impl Store {
                     supersedes.push(Superseded { block: block.meta.id.clone(), trace_id: id.to_string() });
                 }
                 all = earlier.docs;
-                revision = earlier.revisions + 1;
+                revision = earlier.revision + 1;
                 limit_exceeded |= earlier.limit_exceeded;
                 inner.stats.trace_revisions.fetch_add(1, Ordering::Relaxed);
             }
