@@ -212,7 +212,7 @@ impl Metrics {
             );
         }
 
-        let store_metrics: [(&str, &str, &str, &AtomicU64); 21] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 23] = [
             (
                 "roentgen_store_documents_appended_total",
                 "counter",
@@ -247,6 +247,13 @@ impl Metrics {
                 &store.block_documents_written,
             ),
             ("roentgen_blocks_expired_total", "counter", "Blocks deleted by retention.", &store.blocks_expired),
+            ("roentgen_compactions_total", "counter", "Compactions: small blocks merged into one.", &store.compactions),
+            (
+                "roentgen_blocks_compacted_total",
+                "counter",
+                "Blocks merged into larger ones by compaction.",
+                &store.blocks_compacted,
+            ),
             (
                 "roentgen_blocks_corrupt_total",
                 "counter",

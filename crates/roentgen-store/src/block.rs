@@ -97,6 +97,10 @@ pub(crate) struct BlockMeta {
     pub sections: Sections,
     /// Earlier revisions of traces that this block holds a newer revision of.
     pub supersedes: Vec<Superseded>,
+    /// The blocks this one was compacted from: they are deleted once it is committed, and if
+    /// one is still there at start (a crash in between), it is deleted then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compacted_from: Vec<String>,
 }
 
 /// One trace going into a block.
@@ -260,6 +264,7 @@ pub(crate) fn build(
             links: Some(links_range),
         },
         supersedes: options.supersedes,
+        compacted_from: Vec::new(),
     };
     Ok((data, meta))
 }
@@ -432,6 +437,32 @@ impl BlockHandle {
             limit_exceeded: v3 && count & LIMIT_EXCEEDED != 0,
             revision: v3.then(|| field(32)),
         }
+    }
+
+    /// Every trace of the block, in trace id order, for compaction: the whole index and every
+    /// chunk are read.
+    pub async fn read_all(&self, store: &dyn ObjectStore) -> Result<Vec<(TraceId, BlockRead)>, StoreError> {
+        let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
+        let index = store.get_range(&self.data_path, self.meta.sections.index.clone()).await?;
+        let ranges: Vec<Range<u64>> = self.chunks.iter().map(|&(at, len)| at..at + u64::from(len)).collect();
+        let mut chunks = Vec::with_capacity(ranges.len());
+        for (n, frame) in store.get_ranges(&self.data_path, &ranges).await?.iter().enumerate() {
+            chunks.push(decompress(frame).map_err(|e| corrupt(format!("chunk {n}: {e}")))?);
+        }
+        let size = self.index_entry_size();
+        let mut traces = Vec::with_capacity(self.meta.trace_count as usize);
+        for e in index.chunks_exact(size) {
+            let id = TraceId::from_u128(u128::from_le_bytes(e[..16].try_into().expect("16 bytes")));
+            let entry = self.index_entry(e);
+            let region = chunks
+                .get(entry.chunk)
+                .and_then(|c| c.get(entry.offset..entry.offset + entry.length))
+                .ok_or_else(|| corrupt("trace region out of range".into()))?;
+            let docs =
+                split_documents(region, entry.count).ok_or_else(|| corrupt("damaged document framing".into()))?;
+            traces.push((id, BlockRead { docs, limit_exceeded: entry.limit_exceeded, revision: entry.revision }));
+        }
+        Ok(traces)
     }
 
     /// Whether the block holds a revision of the trace (no false positives).

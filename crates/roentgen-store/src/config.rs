@@ -32,6 +32,11 @@ pub struct StoreConfig {
     pub block_chunk_bytes: u32,
     /// zstd level for block chunks.
     pub compression_level: i32,
+    /// How often the compactor looks for small blocks to merge.
+    pub compaction_interval_seconds: f64,
+    /// Blocks of fewer than a quarter of this many traces are merged, into blocks of at most this
+    /// many.
+    pub compaction_target_traces: u64,
     /// A trace keeps documents up to this many bytes; later ones are dropped (and counted), and
     /// `BatchGetTraces` reports the trace with `LimitExceeded`. X-Ray's own limit is 100 to
     /// 500 KB; this one protects the store from a runaway trace id.
@@ -50,6 +55,8 @@ impl Default for StoreConfig {
             max_live_bytes: 512 * 1024 * 1024,
             block_chunk_bytes: 256 * 1024,
             compression_level: 3,
+            compaction_interval_seconds: 60.0,
+            compaction_target_traces: 1_000_000,
             max_trace_bytes: 4 * 1024 * 1024,
         }
     }
@@ -67,6 +74,7 @@ impl StoreConfig {
             ("trace_idle_seconds", self.trace_idle_seconds),
             ("trace_max_live_seconds", self.trace_max_live_seconds),
             ("flush_interval_seconds", self.flush_interval_seconds),
+            ("compaction_interval_seconds", self.compaction_interval_seconds),
         ];
         for (name, value) in positive {
             if !(value.is_finite() && value > 0.0) {
@@ -75,6 +83,9 @@ impl StoreConfig {
         }
         if self.block_chunk_bytes < 4096 {
             return Err("storage.block_chunk_bytes must be at least 4096".into());
+        }
+        if self.compaction_target_traces < 4 {
+            return Err("storage.compaction_target_traces must be at least 4".into());
         }
         if self.max_trace_bytes < roentgen_model::MAX_DOCUMENT_BYTES as u64 {
             return Err(format!(

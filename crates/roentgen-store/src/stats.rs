@@ -16,6 +16,9 @@ pub struct StoreStats {
     pub blocks_written: AtomicU64,
     pub block_documents_written: AtomicU64,
     pub blocks_expired: AtomicU64,
+    /// Compactions done, and the blocks they merged.
+    pub compactions: AtomicU64,
+    pub blocks_compacted: AtomicU64,
     pub corrupt_blocks: AtomicU64,
     pub trace_revisions: AtomicU64,
     /// Documents dropped because their trace had reached `max_trace_bytes`.

@@ -18,7 +18,7 @@ use roentgen_query::{LinkSource, ServiceGraph, TimeRangeType, TraceSummary, link
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::block::{self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, RollupSections, Superseded};
+use crate::block::{self, BlockHandle, BlockMeta, BlockRead, BlockTrace, BuildOptions, RollupSections, Superseded};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::live::{LiveState, StoredDocument, upsert};
@@ -386,7 +386,7 @@ impl Store {
         let objects: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&blocks_dir)?);
         let stats = Arc::new(StoreStats::default());
 
-        let catalog = load_catalog(objects.as_ref(), &stats).await?;
+        let catalog = load_catalog(objects.as_ref(), Some(&blocks_dir), &stats).await?;
         let recovered = read_wal(&wal_dir, &stats)?;
 
         // Replay what no block covers: a block covers its traces' documents up to its generation.
@@ -476,7 +476,29 @@ impl Store {
                 }
             })
         };
-        self.tasks.lock().expect("task list lock").extend([flusher, retention]);
+        let compactor = {
+            let store = self.clone();
+            let every = StoreConfig::duration(self.inner.config.compaction_interval_seconds);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    // One group at a time, until none is left.
+                    loop {
+                        match store.compact().await {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "compacting blocks failed; will retry");
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        self.tasks.lock().expect("task list lock").extend([flusher, retention, compactor]);
     }
 
     pub fn stats(&self) -> Arc<StoreStats> {
@@ -998,28 +1020,136 @@ impl Store {
 
     /// Deletes blocks whose newest data is older than the retention period.
     pub async fn apply_retention(&self, now: f64) -> Result<usize, StoreError> {
+        let _guard = self.inner.flush_lock.lock().await;
         let cutoff = now - self.inner.config.retention_days * 86_400.0;
         let expired: Vec<Arc<BlockHandle>> = {
             let catalog = self.inner.catalog.read().expect("catalog lock");
             catalog.blocks.iter().filter(|b| b.meta.max_time < cutoff).cloned().collect()
         };
         for block in &expired {
-            // Without its meta the block no longer exists, even if deleting the data fails.
-            delete_quietly(self.inner.objects.as_ref(), &block::meta_path(&block.meta.id)).await?;
-            delete_quietly(self.inner.objects.as_ref(), &block::data_path(&block.meta.id)).await?;
-            if let Some(root) = &self.inner.local_blocks {
-                // object_store leaves the emptied directory behind.
-                let _ = std::fs::remove_dir(root.join(&block.meta.id));
-            }
-            let mut catalog = self.inner.catalog.write().expect("catalog lock");
-            catalog.blocks.retain(|b| b.meta.id != block.meta.id);
-            catalog.superseded.remove(&block.meta.id);
-            self.inner.summary_cache.lock().expect("cache lock").remove(&block.meta.id);
-            self.inner.fine_rollups.lock().expect("rollups cache lock").retain(|(id, _)| *id != block.meta.id);
+            self.delete_block(&block.meta.id).await?;
             self.inner.stats.blocks_expired.fetch_add(1, Ordering::Relaxed);
         }
         self.inner.publish_gauges();
         Ok(expired.len())
+    }
+
+    /// Removes a block from the catalog and the caches, and deletes its files.
+    async fn delete_block(&self, id: &str) -> Result<(), StoreError> {
+        {
+            let mut catalog = self.inner.catalog.write().expect("catalog lock");
+            catalog.blocks.retain(|b| b.meta.id != id);
+            catalog.superseded.remove(id);
+        }
+        self.inner.summary_cache.lock().expect("cache lock").remove(id);
+        self.inner.fine_rollups.lock().expect("rollups cache lock").retain(|(block, _)| block != id);
+        delete_block_files(self.inner.objects.as_ref(), self.inner.local_blocks.as_deref(), id).await
+    }
+
+    /// Merges one group of small blocks into one block, if there is a group to merge; returns
+    /// how many blocks it merged.
+    ///
+    /// Traces superseded by a later block are left out, so compaction also reclaims the space
+    /// of revisions. Only blocks whose WAL generations are all deleted are merged: no replay can
+    /// then meet a document the merged block would wrongly claim to cover.
+    pub async fn compact(&self) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let _guard = inner.flush_lock.lock().await;
+        let current = inner.stats.wal_generation.load(Ordering::Relaxed);
+        let wal_floor = wal::list_generations(&inner.wal_dir)?.first().copied().unwrap_or(current).min(current);
+        let (group, hidden) = {
+            let catalog = inner.catalog.read().expect("catalog lock");
+            let group = compaction_group(&catalog.blocks, inner.config.compaction_target_traces, wal_floor);
+            let hidden: HashMap<String, HashSet<TraceId>> = group
+                .iter()
+                .filter_map(|b| catalog.superseded.get(&b.meta.id).map(|s| (b.meta.id.clone(), s.clone())))
+                .collect();
+            (group, hidden)
+        };
+        if group.len() < 2 {
+            return Ok(0);
+        }
+        let objects = inner.objects.as_ref();
+        let mut traces: Vec<(TraceId, BlockRead, TraceSummary)> = Vec::new();
+        for block in &group {
+            let corrupt =
+                |reason: &str| StoreError::CorruptBlock { block: block.meta.id.clone(), reason: reason.into() };
+            let summaries = block.summaries(objects).await?;
+            let reads = block.read_all(objects).await?;
+            if summaries.len() != reads.len() {
+                return Err(corrupt("its summaries and its index disagree"));
+            }
+            let hidden = hidden.get(&block.meta.id);
+            for (summary, (id, read)) in summaries.into_iter().zip(reads) {
+                if summary.trace_id != id {
+                    return Err(corrupt("its summaries and its index disagree"));
+                }
+                if !hidden.is_some_and(|h| h.contains(&id)) {
+                    traces.push((id, read, summary));
+                }
+            }
+        }
+        // Oldest block first, so that for a trace in two of them (which supersedes should
+        // prevent) the newest copy is the one kept.
+        traces.reverse();
+        traces.sort_by_key(|t| t.0);
+        traces.dedup_by_key(|t| t.0);
+        let ids: HashSet<&str> = group.iter().map(|b| b.meta.id.as_str()).collect();
+        let supersedes: Vec<Superseded> = group
+            .iter()
+            .flat_map(|b| &b.meta.supersedes)
+            .filter(|s| !ids.contains(s.block.as_str()))
+            .cloned()
+            .collect();
+        let options = BuildOptions {
+            id: new_block_id(),
+            created_at: now_seconds(),
+            wal_generation: group.iter().map(|b| b.meta.wal_generation).max().unwrap_or(0),
+            chunk_bytes: inner.config.block_chunk_bytes as usize,
+            level: inner.config.compression_level,
+            supersedes,
+        };
+        let (data, mut meta) = tokio::task::spawn_blocking(move || {
+            let (mut docs, mut rest) = (Vec::with_capacity(traces.len()), Vec::with_capacity(traces.len()));
+            for (id, read, summary) in traces {
+                docs.push(read.docs);
+                rest.push((id, read.limit_exceeded, summary));
+            }
+            let block_traces: Vec<BlockTrace<'_>> = rest
+                .into_iter()
+                .zip(&docs)
+                .map(|((trace_id, limit_exceeded, summary), docs)| BlockTrace {
+                    trace_id,
+                    docs: docs.iter().map(String::as_str).collect(),
+                    summary,
+                    limit_exceeded,
+                })
+                .collect();
+            let (kept, fine) = Rollups::of(block_traces.iter().map(|t| &t.summary)).split();
+            let rollups = RollupSections::encode(kept, &fine, &options)?;
+            block::build(&block_traces, &rollups, options)
+        })
+        .await
+        .map_err(|e| StoreError::CorruptBlock {
+            block: "compacted".into(),
+            reason: format!("compaction failed: {e}"),
+        })??;
+        meta.compacted_from = group.iter().map(|b| b.meta.id.clone()).collect();
+        self.write_block(data, &meta).await?;
+        let handle = Arc::new(BlockHandle::open(objects, meta).await?);
+        {
+            // Readers see the inputs or the merged block, never both.
+            let mut catalog = inner.catalog.write().expect("catalog lock");
+            catalog.add(handle);
+            catalog.blocks.retain(|b| !ids.contains(b.meta.id.as_str()));
+        }
+        for block in &group {
+            self.delete_block(&block.meta.id).await?;
+        }
+        inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        inner.stats.blocks_compacted.fetch_add(group.len() as u64, Ordering::Relaxed);
+        inner.publish_gauges();
+        Ok(group.len())
     }
 }
 
@@ -1148,9 +1278,59 @@ fn delete_generations_before(dir: &Path, keep_from: u64) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Raw document bytes one compaction reads into memory, at most.
+const COMPACTION_MAX_RAW_BYTES: u64 = 512 << 20;
+/// Small blocks are merged once this many have gathered, however few traces they hold.
+const COMPACTION_MIN_BLOCKS: usize = 8;
+
+/// The next blocks to compact: the first run of consecutive small blocks (under a quarter of
+/// `target` traces and of [`COMPACTION_MAX_RAW_BYTES`], WAL generations all below `wal_floor`)
+/// that holds a quarter of `target` traces or [`COMPACTION_MIN_BLOCKS`] blocks, up to `target`
+/// traces. Empty if there is none.
+fn compaction_group(blocks: &[Arc<BlockHandle>], target: u64, wal_floor: u64) -> Vec<Arc<BlockHandle>> {
+    let ready = |run: &[Arc<BlockHandle>]| {
+        run.len() >= 2
+            && (run.iter().map(|b| b.meta.trace_count).sum::<u64>() >= target / 4 || run.len() >= COMPACTION_MIN_BLOCKS)
+    };
+    let mut run: Vec<Arc<BlockHandle>> = Vec::new();
+    for block in blocks {
+        let small = block.meta.trace_count < target / 4
+            && block.meta.raw_document_bytes < COMPACTION_MAX_RAW_BYTES / 4
+            && block.meta.wal_generation < wal_floor;
+        let fits = run.iter().map(|b| b.meta.trace_count).sum::<u64>() + block.meta.trace_count <= target
+            && run.iter().map(|b| b.meta.raw_document_bytes).sum::<u64>() + block.meta.raw_document_bytes
+                <= COMPACTION_MAX_RAW_BYTES;
+        if small && fits {
+            run.push(block.clone());
+            continue;
+        }
+        if ready(&run) {
+            return run;
+        }
+        run = if small { vec![block.clone()] } else { Vec::new() };
+    }
+    if ready(&run) { run } else { Vec::new() }
+}
+
+/// Deletes a block's files: the meta first, since without it the block no longer exists.
+async fn delete_block_files(objects: &dyn ObjectStore, local: Option<&Path>, id: &str) -> Result<(), StoreError> {
+    delete_quietly(objects, &block::meta_path(id)).await?;
+    delete_quietly(objects, &block::data_path(id)).await?;
+    if let Some(root) = local {
+        // object_store leaves the emptied directory behind.
+        let _ = std::fs::remove_dir(root.join(id));
+    }
+    Ok(())
+}
+
 /// Loads every committed block. Data without a meta is left over from an interrupted flush
-/// whose documents are still in the WAL: it is deleted.
-async fn load_catalog(objects: &dyn ObjectStore, stats: &StoreStats) -> Result<Catalog, StoreError> {
+/// whose documents are still in the WAL: it is deleted. So is a block that a committed block
+/// was compacted from (a crash came between the two).
+async fn load_catalog(
+    objects: &dyn ObjectStore,
+    local: Option<&Path>,
+    stats: &StoreStats,
+) -> Result<Catalog, StoreError> {
     let listed: Vec<object_store::ObjectMeta> = objects.list(None).try_collect().await?;
     let mut metas = HashSet::new();
     let mut datas = HashSet::new();
@@ -1170,16 +1350,24 @@ async fn load_catalog(objects: &dyn ObjectStore, stats: &StoreStats) -> Result<C
             delete_quietly(objects, &block::data_path(id)).await?;
         }
     }
+    let mut parsed = Vec::with_capacity(metas.len());
     for id in metas {
         let raw = objects.get(&block::meta_path(&id)).await?.bytes().await?;
-        let meta: BlockMeta = match serde_json::from_slice(&raw) {
-            Ok(meta) => meta,
+        match serde_json::from_slice::<BlockMeta>(&raw) {
+            Ok(meta) => parsed.push(meta),
             Err(e) => {
                 tracing::error!(block = %id, error = %e, "skipping a block whose meta.json cannot be read");
                 stats.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
-                continue;
             }
-        };
+        }
+    }
+    let compacted: HashSet<String> = parsed.iter().flat_map(|m| m.compacted_from.iter().cloned()).collect();
+    for meta in parsed {
+        if compacted.contains(&meta.id) {
+            delete_block_files(objects, local, &meta.id).await?;
+            continue;
+        }
+        let id = meta.id.clone();
         match BlockHandle::open(objects, meta).await {
             Ok(handle) => catalog.add(Arc::new(handle)),
             Err(e) => {

@@ -520,3 +520,80 @@ async fn a_trace_past_its_size_limit_keeps_what_fits_and_says_so() {
     assert_eq!(replaced.parsed.entity.end_time, Some(f64::from(t.epoch()) + 0.75));
     assert_eq!(limited(stored), (vec![1, 2], true));
 }
+
+/// Everything a reader can see of the store: each trace's documents, limit flag and revision,
+/// and the service graph.
+async fn snapshot(store: &Store, traces: &[TraceId]) -> (Vec<(Vec<u64>, bool, u32)>, Vec<String>) {
+    let mut seen = Vec::new();
+    let summaries = store.summaries(&all_time()).await.unwrap().summaries;
+    for &id in traces {
+        let stored = store.trace(id).await.unwrap().unwrap();
+        let revision = summaries.iter().find(|(s, _)| s.trace_id == id).map(|(s, _)| s.revision).unwrap();
+        seen.push((ids(&stored.docs), stored.limit_exceeded, revision));
+    }
+    assert_eq!(summaries.len(), traces.len(), "each trace once");
+    (seen, canonical(&store.service_graph(0.0, 4e9).await.unwrap()))
+}
+
+/// Small blocks are merged into one: every trace reads back the same, the revision a late
+/// segment made replaces the old one, graphs are unchanged, and a crash between committing the
+/// merged block and deleting its inputs leaves no duplicate.
+#[tokio::test]
+async fn compaction_merges_small_blocks_and_drops_superseded_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        StoreConfig { compaction_target_traces: 40, compaction_interval_seconds: 3600.0, ..config(dir.path()) };
+    let mut store = Store::open(config.clone()).await.unwrap();
+    let traces: Vec<TraceId> =
+        (0..30).map(|n| TraceId::from_parts(epoch() + n * 7, u128::from(n) * 0x1_0000_0001 + 9)).collect();
+    let with_call = |t: TraceId, n: u32| {
+        doc(
+            t,
+            1,
+            &format!(
+                r#""end_time":{e}.5,"subsegments":[{{"id":"00000000000000aa","name":"db{}","namespace":"remote","start_time":{e}.3,"end_time":{e}.4}}]"#,
+                n % 4,
+                e = t.epoch()
+            ),
+        )
+    };
+    // Five blocks of six traces (each under a quarter of the target), then a revision of trace 0.
+    for chunk in 0..5u32 {
+        let docs = (chunk * 6..chunk * 6 + 6).map(|n| with_call(traces[n as usize], n)).collect();
+        store.append(docs).await.unwrap();
+        store.flush_all().await.unwrap();
+    }
+    store.append(vec![complete(traces[0], 2)]).await.unwrap();
+    store.flush_all().await.unwrap();
+    assert_eq!(store.stats().blocks.load(std::sync::atomic::Ordering::Relaxed), 6);
+    let before = snapshot(&store, &traces).await;
+    assert_eq!(before.0[0], (vec![1, 2], false, 2));
+
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("blocks"), backup.path());
+    assert_eq!(store.compact().await.unwrap(), 6);
+    assert_eq!(store.compact().await.unwrap(), 0, "one block is left: nothing to merge");
+    assert_eq!(store.stats().blocks.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(snapshot(&store, &traces).await, before);
+
+    // The inputs come back, as if the process died before deleting them.
+    store.close().await.unwrap();
+    copy_dir(backup.path(), &dir.path().join("blocks"));
+    store = Store::open(config).await.unwrap();
+    assert_eq!(store.stats().blocks.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(snapshot(&store, &traces).await, before);
+    assert_eq!(std::fs::read_dir(dir.path().join("blocks")).unwrap().count(), 1, "the inputs' files are gone");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else if !target.exists() {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
