@@ -352,6 +352,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Merging histograms, in place or not, counts what recording every latency would.
+        #[test]
+        fn merging_equals_recording(a in proptest::collection::vec(0u64..3000, 0..60), b in proptest::collection::vec(0u64..3000, 0..60)) {
+            let record = |latencies: &[u64]| {
+                let mut h = Histogram::new();
+                for &ms in latencies {
+                    h.record(ms as f64 / 1000.0);
+                }
+                h
+            };
+            let all: Vec<u64> = a.iter().chain(&b).copied().collect();
+            let mut merged = record(&a);
+            merged.merge(&record(&b));
+            proptest::prop_assert_eq!(&merged, &record(&all));
+            // A small histogram merged into a large one.
+            let mut large = record(&(0..3000).step_by(3).collect::<Vec<_>>());
+            large.merge(&record(&b));
+            let both: Vec<u64> = (0..3000).step_by(3).chain(b.iter().copied()).collect();
+            proptest::prop_assert_eq!(large, record(&both));
+        }
+    }
+
     /// Two requests to `web`: one ok that reads a table, one that fails calling `api`.
     #[test]
     fn nodes_edges_and_statistics() {
