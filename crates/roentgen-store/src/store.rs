@@ -315,6 +315,9 @@ struct Inner {
     live: RwLock<LiveState>,
     catalog: RwLock<Catalog>,
     summary_cache: Mutex<SummaryCache>,
+    /// Blocks out of the catalog (compacted or expired) whose files wait until no reader holds
+    /// them.
+    retired: Mutex<Vec<Arc<BlockHandle>>>,
     /// Blocks' minute and 10-minute rollups, an hour at a time, for the edges of graph windows.
     fine_rollups: Mutex<ByteBoundedCache<(String, i64), Rollups>>,
     writer: mpsc::Sender<Command>,
@@ -428,6 +431,7 @@ impl Store {
             live: RwLock::new(live),
             catalog: RwLock::new(catalog),
             summary_cache: Mutex::new(SummaryCache::default()),
+            retired: Mutex::new(Vec::new()),
             fine_rollups: Mutex::new(ByteBoundedCache::new(FINE_ROLLUP_CACHE_BYTES)),
             writer,
             flush_lock: tokio::sync::Mutex::new(()),
@@ -1026,24 +1030,44 @@ impl Store {
             let catalog = self.inner.catalog.read().expect("catalog lock");
             catalog.blocks.iter().filter(|b| b.meta.max_time < cutoff).cloned().collect()
         };
-        for block in &expired {
-            self.delete_block(&block.meta.id).await?;
+        let count = expired.len();
+        for block in expired {
+            self.delete_block(block).await?;
             self.inner.stats.blocks_expired.fetch_add(1, Ordering::Relaxed);
         }
         self.inner.publish_gauges();
-        Ok(expired.len())
+        Ok(count)
     }
 
     /// Removes a block from the catalog and the caches, and deletes its files.
-    async fn delete_block(&self, id: &str) -> Result<(), StoreError> {
+    ///
+    /// A reader may still hold the block's handle (it looked the block up just before): the
+    /// files are then deleted by a later [`Store::delete_retired`], once nothing holds it.
+    async fn delete_block(&self, block: Arc<BlockHandle>) -> Result<(), StoreError> {
+        let id = block.meta.id.as_str();
         {
             let mut catalog = self.inner.catalog.write().expect("catalog lock");
             catalog.blocks.retain(|b| b.meta.id != id);
             catalog.superseded.remove(id);
         }
         self.inner.summary_cache.lock().expect("cache lock").remove(id);
-        self.inner.fine_rollups.lock().expect("rollups cache lock").retain(|(block, _)| block != id);
-        delete_block_files(self.inner.objects.as_ref(), self.inner.local_blocks.as_deref(), id).await
+        self.inner.fine_rollups.lock().expect("rollups cache lock").retain(|(cached, _)| cached != id);
+        self.inner.retired.lock().expect("retired lock").push(block);
+        self.delete_retired().await
+    }
+
+    /// Deletes the files of the blocks taken out of the catalog that no reader holds any more.
+    async fn delete_retired(&self) -> Result<(), StoreError> {
+        let unused: Vec<Arc<BlockHandle>> = {
+            let mut retired = self.inner.retired.lock().expect("retired lock");
+            let (unused, held) = std::mem::take(&mut *retired).into_iter().partition(|b| Arc::strong_count(b) == 1);
+            *retired = held;
+            unused
+        };
+        for block in unused {
+            delete_block_files(self.inner.objects.as_ref(), self.inner.local_blocks.as_deref(), &block.meta.id).await?;
+        }
+        Ok(())
     }
 
     /// Merges one group of small blocks into one block, if there is a group to merge; returns
@@ -1055,6 +1079,7 @@ impl Store {
     pub async fn compact(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let _guard = inner.flush_lock.lock().await;
+        self.delete_retired().await?;
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
         let wal_floor = wal::list_generations(&inner.wal_dir)?.first().copied().unwrap_or(current).min(current);
         let (group, hidden) = {
@@ -1143,13 +1168,14 @@ impl Store {
             catalog.add(handle);
             catalog.blocks.retain(|b| !ids.contains(b.meta.id.as_str()));
         }
-        for block in &group {
-            self.delete_block(&block.meta.id).await?;
-        }
+        let merged = group.len();
         inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
-        inner.stats.blocks_compacted.fetch_add(group.len() as u64, Ordering::Relaxed);
+        inner.stats.blocks_compacted.fetch_add(merged as u64, Ordering::Relaxed);
+        for block in group {
+            self.delete_block(block).await?;
+        }
         inner.publish_gauges();
-        Ok(group.len())
+        Ok(merged)
     }
 }
 

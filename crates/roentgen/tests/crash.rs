@@ -16,6 +16,14 @@ struct Roentgen {
     base: String,
 }
 
+/// A failing test must not leave its server running (and holding the test's output open).
+impl Drop for Roentgen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `roentgen serve` on ephemeral ports and reads the bound HTTP address from its log.
 fn start(data_dir: &Path) -> Roentgen {
     let mut child = Command::new(env!("CARGO_BIN_EXE_roentgen"))
@@ -110,7 +118,8 @@ async fn acknowledged_segments_survive_kill_9() {
                 .json()
                 .await
                 .unwrap();
-            missing.extend(body["UnprocessedTraceIds"].as_array().unwrap().iter().cloned());
+            let unprocessed = body["UnprocessedTraceIds"].as_array();
+            missing.extend(unprocessed.unwrap_or_else(|| panic!("BatchGetTraces failed: {body}")).iter().cloned());
             token = body.get("NextToken").cloned().unwrap_or(Value::Null);
             if token.is_null() {
                 break;
@@ -147,10 +156,10 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
 #[test]
 fn sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
+    let mut server = start(dir.path());
     let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let mut child = server.child;
+    let child = &mut server.child;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
