@@ -195,6 +195,56 @@ fn duration_of(e: &Entity) -> Option<f64> {
 }
 
 impl TraceSummary {
+    /// Roughly the memory this summary holds, its own size included, for caches bounded by
+    /// bytes.
+    pub fn approximate_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let key = |k: &ServiceKey| size_of::<ServiceKey>() + k.name.len() + text(&k.kind) + text(&k.account_id);
+        let http = self.http.as_ref().map_or(0, |h| {
+            size_of::<Http>() + text(&h.method) + text(&h.url) + text(&h.user_agent) + text(&h.client_ip)
+        });
+        let value = |v: &AnnotationValue| match v {
+            AnnotationValue::String(s) => s.len(),
+            _ => 0,
+        };
+        let annotations: usize = self
+            .annotations
+            .iter()
+            .map(|a| {
+                let values: usize = a.values.iter().map(|(v, s)| 48 + value(v) + 4 * s.len()).sum();
+                size_of::<AnnotationSummary>() + a.key.len() + values
+            })
+            .sum();
+        let users: usize =
+            self.users.iter().map(|u| size_of::<UserSummary>() + u.name.len() + 4 * u.services.len()).sum();
+        let strings = |list: &[String]| list.iter().map(|s| size_of::<String>() + s.len()).sum::<usize>();
+        let causes = |causes: &[RootCause]| -> usize {
+            causes
+                .iter()
+                .flat_map(|c| &c.services)
+                .flat_map(|s| &s.entity_path)
+                .map(|e| 64 + e.name.len() + e.exceptions.iter().map(|(t, m)| 48 + text(t) + text(m)).sum::<usize>())
+                .sum()
+        };
+        let facts = &self.facts;
+        size_of::<Self>()
+            + self.services.iter().map(key).sum::<usize>()
+            + http
+            + annotations
+            + users
+            + strings(&self.resource_arns)
+            + strings(&self.instance_ids)
+            + strings(&self.availability_zones)
+            + 8 * self.segment_end_times.len()
+            + facts.nodes.len() * size_of::<NodeFact>()
+            + facts.edges.len() * size_of::<EdgeFact>()
+            + causes(&facts.fault_root_causes)
+            + causes(&facts.error_root_causes)
+            + causes(&facts.response_time_root_causes)
+            + self.links.len() * size_of::<LinkFact>()
+    }
+
     pub fn duration(&self) -> f64 {
         (self.end_time - self.start_time).max(0.0)
     }

@@ -212,7 +212,7 @@ impl Metrics {
             );
         }
 
-        let store_metrics: [(&str, &str, &str, &AtomicU64); 23] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 24] = [
             (
                 "roentgen_store_documents_appended_total",
                 "counter",
@@ -286,6 +286,12 @@ impl Metrics {
                 &store.live_documents,
             ),
             ("roentgen_live_bytes", "gauge", "Bytes of documents held in memory.", &store.live_bytes),
+            (
+                "roentgen_summary_cache_bytes",
+                "gauge",
+                "Memory held by decoded block summaries (an estimate), at most storage.summary_cache_bytes.",
+                &store.summary_cache_bytes,
+            ),
         ];
         for (name, kind, help, value) in store_metrics {
             simple(&mut out, name, kind, help, get(value));

@@ -37,6 +37,9 @@ pub struct StoreConfig {
     /// Blocks of fewer than a quarter of this many traces are merged, into blocks of at most this
     /// many.
     pub compaction_target_traces: u64,
+    /// Memory for decoded block summaries, which filters and summary queries read; the blocks
+    /// used longest ago leave first.
+    pub summary_cache_bytes: u64,
     /// A trace keeps documents up to this many bytes; later ones are dropped (and counted), and
     /// `BatchGetTraces` reports the trace with `LimitExceeded`. X-Ray's own limit is 100 to
     /// 500 KB; this one protects the store from a runaway trace id.
@@ -57,6 +60,7 @@ impl Default for StoreConfig {
             compression_level: 3,
             compaction_interval_seconds: 60.0,
             compaction_target_traces: 1_000_000,
+            summary_cache_bytes: 2 << 30,
             max_trace_bytes: 4 * 1024 * 1024,
         }
     }

@@ -37,4 +37,6 @@ pub struct StoreStats {
     pub live_traces: AtomicU64,
     pub live_documents: AtomicU64,
     pub live_bytes: AtomicU64,
+    /// Memory held by decoded block summaries (an estimate).
+    pub summary_cache_bytes: AtomicU64,
 }

@@ -59,8 +59,6 @@ struct DueRule {
 const WRITER_QUEUE: usize = 4096;
 /// The writer commits at most this many bytes of records in one group.
 const GROUP_COMMIT_BYTES: usize = 8 << 20;
-/// Decoded block summaries kept in memory, in summaries (a few hundred bytes each).
-const SUMMARY_CACHE_ENTRIES: usize = 2_000_000;
 /// Hours of blocks' fine rollups kept in memory, by the size of their encoding (decoded, they
 /// take a few times that).
 const FINE_ROLLUP_CACHE_BYTES: usize = 64 << 20;
@@ -69,6 +67,8 @@ const FINE_ROLLUP_CACHE_BYTES: usize = 64 << 20;
 #[derive(Debug, Default)]
 struct BlockSummaries {
     summaries: Vec<Arc<TraceSummary>>,
+    /// Roughly the memory all this holds.
+    bytes: usize,
     by_annotation: HashMap<(String, AnnotationValue), Vec<u32>>,
     by_service: HashMap<String, Vec<u32>>,
     node_fault: Vec<u32>,
@@ -82,6 +82,8 @@ impl BlockSummaries {
             summaries.sort_unstable_by_key(|s| s.trace_id);
         }
         let mut index = Self::default();
+        // Each index entry: a key (with a copy of its strings) and positions.
+        let mut index_bytes = 0;
         for (i, s) in summaries.iter().enumerate() {
             let i = i as u32;
             let add = |list: &mut Vec<u32>| {
@@ -92,10 +94,12 @@ impl BlockSummaries {
             for annotation in &s.annotations {
                 for (value, _) in &annotation.values {
                     add(index.by_annotation.entry((annotation.key.clone(), value.clone())).or_default());
+                    index_bytes += 4;
                 }
             }
             for service in &s.services {
                 add(index.by_service.entry(service.name.clone()).or_default());
+                index_bytes += 4;
             }
             let nodes = &s.facts.nodes;
             if nodes.iter().any(|n| n.fault) {
@@ -108,6 +112,14 @@ impl BlockSummaries {
                 add(&mut index.node_throttle);
             }
         }
+        index_bytes += 4 * (index.node_fault.len() + index.node_error.len() + index.node_throttle.len());
+        let value_bytes = |v: &AnnotationValue| match v {
+            AnnotationValue::String(s) => s.len(),
+            _ => 0,
+        };
+        index_bytes += index.by_annotation.keys().map(|(k, v)| 96 + k.len() + value_bytes(v)).sum::<usize>();
+        index_bytes += index.by_service.keys().map(|k| 64 + k.len()).sum::<usize>();
+        index.bytes = index_bytes + summaries.iter().map(|s| 8 + s.approximate_bytes()).sum::<usize>();
         index.summaries = summaries;
         index
     }
@@ -127,48 +139,6 @@ impl BlockSummaries {
                 list.map_or(&[][..], Vec::as_slice)
             })
             .min_by_key(|list| list.len())
-    }
-}
-
-/// Decoded summaries of recently used blocks; the oldest inserted leave first.
-#[derive(Debug)]
-struct SummaryCache {
-    blocks: HashMap<String, Arc<BlockSummaries>>,
-    order: std::collections::VecDeque<String>,
-    entries: usize,
-    capacity: usize,
-}
-
-impl Default for SummaryCache {
-    fn default() -> Self {
-        Self { blocks: HashMap::new(), order: Default::default(), entries: 0, capacity: SUMMARY_CACHE_ENTRIES }
-    }
-}
-
-impl SummaryCache {
-    fn get(&self, block: &str) -> Option<Arc<BlockSummaries>> {
-        self.blocks.get(block).cloned()
-    }
-
-    fn insert(&mut self, block: &str, summaries: Arc<BlockSummaries>) {
-        self.entries += summaries.summaries.len();
-        if let Some(old) = self.blocks.insert(block.to_owned(), summaries) {
-            self.entries -= old.summaries.len();
-        } else {
-            self.order.push_back(block.to_owned());
-        }
-        while self.entries > self.capacity && self.order.len() > 1 {
-            if let Some(evicted) = self.order.pop_front().and_then(|b| self.blocks.remove(&b)) {
-                self.entries -= evicted.summaries.len();
-            }
-        }
-    }
-
-    fn remove(&mut self, block: &str) {
-        if let Some(old) = self.blocks.remove(block) {
-            self.entries -= old.summaries.len();
-            self.order.retain(|b| b != block);
-        }
     }
 }
 
@@ -208,7 +178,10 @@ impl<K: std::hash::Hash + Eq + Clone, V> ByteBoundedCache<K, V> {
         Self { entries: HashMap::new(), order: Default::default(), bytes: 0, capacity }
     }
 
-    fn get(&self, key: &K) -> Option<Arc<V>> {
+    fn get<Q: std::hash::Hash + Eq + ?Sized>(&self, key: &Q) -> Option<Arc<V>>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.entries.get(key).map(|(v, _)| v.clone())
     }
 
@@ -223,6 +196,16 @@ impl<K: std::hash::Hash + Eq + Clone, V> ByteBoundedCache<K, V> {
             if let Some((_, size)) = self.order.pop_front().and_then(|k| self.entries.remove(&k)) {
                 self.bytes -= size;
             }
+        }
+    }
+
+    fn remove<Q: std::hash::Hash + Eq + ?Sized>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        if let Some((_, size)) = self.entries.remove(key) {
+            self.bytes -= size;
+            self.order.retain(|k| k.borrow() != key);
         }
     }
 
@@ -314,7 +297,8 @@ struct Inner {
     local_blocks: Option<PathBuf>,
     live: RwLock<LiveState>,
     catalog: RwLock<Catalog>,
-    summary_cache: Mutex<SummaryCache>,
+    /// Decoded summaries of recently used blocks, bounded by `summary_cache_bytes`.
+    summary_cache: Mutex<ByteBoundedCache<String, BlockSummaries>>,
     /// Blocks out of the catalog (compacted or expired) whose files wait until no reader holds
     /// them.
     retired: Mutex<Vec<Arc<BlockHandle>>>,
@@ -361,6 +345,7 @@ impl Store {
     /// Opens (or creates) the store in `config.data_dir`: takes the directory lock, loads the
     /// blocks, replays the WAL, and starts the writer and the background tasks.
     pub async fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        let summary_cache_bytes = usize::try_from(config.summary_cache_bytes).unwrap_or(usize::MAX);
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StoreError::io(&data_dir))?;
         let lock_path = data_dir.join("LOCK");
@@ -430,7 +415,7 @@ impl Store {
             local_blocks: Some(blocks_dir),
             live: RwLock::new(live),
             catalog: RwLock::new(catalog),
-            summary_cache: Mutex::new(SummaryCache::default()),
+            summary_cache: Mutex::new(ByteBoundedCache::new(summary_cache_bytes)),
             retired: Mutex::new(Vec::new()),
             fine_rollups: Mutex::new(ByteBoundedCache::new(FINE_ROLLUP_CACHE_BYTES)),
             writer,
@@ -877,7 +862,10 @@ impl Store {
     }
 
     fn cache_summaries(&self, block: &str, summaries: Arc<BlockSummaries>) {
-        self.inner.summary_cache.lock().expect("cache lock").insert(block, summaries);
+        let bytes = summaries.bytes;
+        let mut cache = self.inner.summary_cache.lock().expect("cache lock");
+        cache.insert(block.to_owned(), summaries, bytes);
+        self.inner.stats.summary_cache_bytes.store(cache.bytes as u64, Ordering::Relaxed);
     }
 
     /// Writes the traces that are due (or all live traces) into one new block.
@@ -1050,7 +1038,11 @@ impl Store {
             catalog.blocks.retain(|b| b.meta.id != id);
             catalog.superseded.remove(id);
         }
-        self.inner.summary_cache.lock().expect("cache lock").remove(id);
+        {
+            let mut cache = self.inner.summary_cache.lock().expect("cache lock");
+            cache.remove(id);
+            self.inner.stats.summary_cache_bytes.store(cache.bytes as u64, Ordering::Relaxed);
+        }
         self.inner.fine_rollups.lock().expect("rollups cache lock").retain(|(cached, _)| cached != id);
         self.inner.retired.lock().expect("retired lock").push(block);
         self.delete_retired().await
@@ -1513,18 +1505,29 @@ mod tests {
     }
 
     #[test]
-    fn summary_cache_evicts_the_oldest_beyond_capacity() {
-        let mut cache = SummaryCache { capacity: 10, ..SummaryCache::default() };
-        cache.insert("a", summaries(4));
-        cache.insert("b", summaries(4));
-        cache.insert("c", summaries(4));
+    fn summaries_count_their_memory() {
+        let (four, eight) = (summaries(4).bytes, summaries(8).bytes);
+        assert!(four > 4 * std::mem::size_of::<TraceSummary>(), "{four}");
+        assert_eq!(eight, 2 * four);
+    }
+
+    #[test]
+    fn byte_bounded_cache_evicts_the_oldest_beyond_capacity() {
+        let mut cache = ByteBoundedCache::new(10);
+        let insert = |cache: &mut ByteBoundedCache<String, BlockSummaries>, key: &str, bytes| {
+            cache.insert(key.to_owned(), summaries(1), bytes);
+        };
+        insert(&mut cache, "a", 4);
+        insert(&mut cache, "b", 4);
+        insert(&mut cache, "c", 4);
         assert!(cache.get("a").is_none());
         assert!(cache.get("b").is_some() && cache.get("c").is_some());
-        assert_eq!(cache.entries, 8);
+        assert_eq!(cache.bytes, 8);
         cache.remove("b");
-        assert_eq!((cache.entries, cache.order.len()), (4, 1));
-        cache.insert("huge", summaries(50));
+        assert_eq!((cache.bytes, cache.order.len()), (4, 1));
+        insert(&mut cache, "huge", 50);
         assert!(cache.get("huge").is_some(), "the newest block stays even when alone over capacity");
+        assert_eq!(cache.order.len(), 1);
     }
 
     #[test]
