@@ -237,6 +237,13 @@ mod tests {
         format!(r#"{{"trace_id":"{TRACE}",{body}}}"#)
     }
 
+    /// An independent subsegment of one second or less.
+    fn independent(id: u64, parent: u64, name: &str, start: f64, end: f64) -> String {
+        doc(&format!(
+            r#""id":"{id:016x}","type":"subsegment","parent_id":"{parent:016x}","name":"{name}","start_time":{start},"end_time":{end}"#
+        ))
+    }
+
     #[test]
     fn independent_subsegments_are_merged_into_their_segment() {
         let segment =
@@ -244,18 +251,10 @@ mod tests {
             "subsegments":[{"id":"0000000000000002","name":"local","start_time":1,"end_time":2}]"#);
         let raw = vec![
             segment.clone(),
-            doc(
-                r#""id":"0000000000000003","type":"subsegment","parent_id":"0000000000000002","name":"inner","start_time":1.1,"end_time":1.2"#,
-            ),
-            doc(
-                r#""id":"0000000000000004","type":"subsegment","parent_id":"0000000000000003","name":"deeper","start_time":1.1,"end_time":1.15"#,
-            ),
-            doc(
-                r#""id":"0000000000000005","type":"subsegment","parent_id":"0000000000000001","name":"late","start_time":3,"end_time":4"#,
-            ),
-            doc(
-                r#""id":"0000000000000006","type":"subsegment","parent_id":"00000000000000ff","name":"orphan","start_time":3,"end_time":4"#,
-            ),
+            independent(0x3, 0x2, "inner", 1.1, 1.2),
+            independent(0x4, 0x3, "deeper", 1.1, 1.15),
+            independent(0x5, 0x1, "late", 3.0, 4.0),
+            independent(0x6, 0xff, "orphan", 3.0, 4.0),
         ];
         let out = assembled(&raw);
         let ids: Vec<String> = out.iter().map(|(id, _)| id.to_string()).collect();
@@ -309,15 +308,9 @@ mod tests {
     fn cycles_and_self_parents_do_not_loop() {
         let raw = vec![
             doc(r#""id":"0000000000000001","name":"api","start_time":1,"end_time":5"#),
-            doc(
-                r#""id":"0000000000000002","type":"subsegment","parent_id":"0000000000000003","name":"a","start_time":1,"end_time":2"#,
-            ),
-            doc(
-                r#""id":"0000000000000003","type":"subsegment","parent_id":"0000000000000002","name":"b","start_time":1,"end_time":2"#,
-            ),
-            doc(
-                r#""id":"0000000000000004","type":"subsegment","parent_id":"0000000000000004","name":"c","start_time":1,"end_time":2"#,
-            ),
+            independent(0x2, 0x3, "a", 1.0, 2.0),
+            independent(0x3, 0x2, "b", 1.0, 2.0),
+            independent(0x4, 0x4, "c", 1.0, 2.0),
         ];
         assert_eq!(assembled(&raw).len(), 4, "orphans stay as they are");
     }

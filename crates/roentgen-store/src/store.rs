@@ -439,55 +439,39 @@ impl Store {
     }
 
     fn start_background(&self) {
-        let flusher = {
-            let store = self.clone();
-            let every = StoreConfig::duration(self.inner.config.flush_interval_seconds);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = store.flush_due(false).await {
-                        tracing::error!(error = %e, "flushing live traces into a block failed; will retry");
-                    }
-                }
-            })
-        };
-        let retention = {
-            let store = self.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = store.apply_retention(now_seconds()).await {
-                        tracing::error!(error = %e, "applying retention failed; will retry");
-                    }
-                }
-            })
-        };
-        let compactor = {
-            let store = self.clone();
-            let every = StoreConfig::duration(self.inner.config.compaction_interval_seconds);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    // One group at a time, until none is left.
-                    loop {
-                        match store.compact().await {
-                            Ok(0) => break,
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::error!(error = %e, "compacting blocks failed; will retry");
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-        };
+        let config = &self.inner.config;
+        let flusher = self.every(StoreConfig::duration(config.flush_interval_seconds), |store| async move {
+            store.flush_due(false).await.map_err(|e| ("flushing live traces into a block failed", e))
+        });
+        let retention = self.every(Duration::from_secs(60), |store| async move {
+            store.apply_retention(now_seconds()).await.map(drop).map_err(|e| ("applying retention failed", e))
+        });
+        let compactor = self.every(StoreConfig::duration(config.compaction_interval_seconds), |store| async move {
+            // One group at a time, until none is left.
+            while store.compact().await.map_err(|e| ("compacting blocks failed", e))? > 0 {}
+            Ok(())
+        });
         self.tasks.lock().expect("task list lock").extend([flusher, retention, compactor]);
+    }
+
+    /// Runs `work` every `period` (the first time at once) until the store closes; a failure is
+    /// logged and the work retried at the next tick.
+    fn every<F, Fut>(&self, period: Duration, work: F) -> JoinHandle<()>
+    where
+        F: Fn(Store) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), (&'static str, StoreError)>> + Send,
+    {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err((what, e)) = work(store.clone()).await {
+                    tracing::error!(error = %e, "{what}; will retry");
+                }
+            }
+        })
     }
 
     pub fn stats(&self) -> Arc<StoreStats> {
