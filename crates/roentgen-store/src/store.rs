@@ -1060,7 +1060,9 @@ impl Store {
         let wal_floor = wal::list_generations(&inner.wal_dir)?.first().copied().unwrap_or(current).min(current);
         let (group, hidden) = {
             let catalog = inner.catalog.read().expect("catalog lock");
-            let group = compaction_group(&catalog.blocks, inner.config.compaction_target_traces, wal_floor);
+            let metas: Vec<&BlockMeta> = catalog.blocks.iter().map(|b| &b.meta).collect();
+            let run = compaction_group(&metas, inner.config.compaction_target_traces, wal_floor);
+            let group = catalog.blocks[run].to_vec();
             let hidden: HashMap<String, HashSet<TraceId>> = group
                 .iter()
                 .filter_map(|b| catalog.superseded.get(&b.meta.id).map(|s| (b.meta.id.clone(), s.clone())))
@@ -1288,30 +1290,29 @@ const COMPACTION_MIN_BLOCKS: usize = 8;
 /// The next blocks to compact: the first run of consecutive small blocks (under a quarter of
 /// `target` traces and of [`COMPACTION_MAX_RAW_BYTES`], WAL generations all below `wal_floor`)
 /// that holds a quarter of `target` traces or [`COMPACTION_MIN_BLOCKS`] blocks, up to `target`
-/// traces. Empty if there is none.
-fn compaction_group(blocks: &[Arc<BlockHandle>], target: u64, wal_floor: u64) -> Vec<Arc<BlockHandle>> {
-    let ready = |run: &[Arc<BlockHandle>]| {
-        run.len() >= 2
-            && (run.iter().map(|b| b.meta.trace_count).sum::<u64>() >= target / 4 || run.len() >= COMPACTION_MIN_BLOCKS)
+/// traces. Given the blocks' metas in catalog order, returns the run's positions.
+fn compaction_group(blocks: &[&BlockMeta], target: u64, wal_floor: u64) -> std::ops::Range<usize> {
+    let sum = |run: &[&BlockMeta], of: fn(&BlockMeta) -> u64| run.iter().map(|m| of(m)).sum::<u64>();
+    let ready = |run: &[&BlockMeta]| {
+        run.len() >= 2 && (sum(run, |m| m.trace_count) >= target / 4 || run.len() >= COMPACTION_MIN_BLOCKS)
     };
-    let mut run: Vec<Arc<BlockHandle>> = Vec::new();
-    for block in blocks {
-        let small = block.meta.trace_count < target / 4
-            && block.meta.raw_document_bytes < COMPACTION_MAX_RAW_BYTES / 4
-            && block.meta.wal_generation < wal_floor;
-        let fits = run.iter().map(|b| b.meta.trace_count).sum::<u64>() + block.meta.trace_count <= target
-            && run.iter().map(|b| b.meta.raw_document_bytes).sum::<u64>() + block.meta.raw_document_bytes
-                <= COMPACTION_MAX_RAW_BYTES;
+    let mut start = 0;
+    for (at, meta) in blocks.iter().enumerate() {
+        let small = meta.trace_count < target / 4
+            && meta.raw_document_bytes < COMPACTION_MAX_RAW_BYTES / 4
+            && meta.wal_generation < wal_floor;
+        let run = &blocks[start..at];
+        let fits = sum(run, |m| m.trace_count) + meta.trace_count <= target
+            && sum(run, |m| m.raw_document_bytes) + meta.raw_document_bytes <= COMPACTION_MAX_RAW_BYTES;
         if small && fits {
-            run.push(block.clone());
             continue;
         }
-        if ready(&run) {
-            return run;
+        if ready(run) {
+            return start..at;
         }
-        run = if small { vec![block.clone()] } else { Vec::new() };
+        start = if small { at } else { at + 1 };
     }
-    if ready(&run) { run } else { Vec::new() }
+    if ready(&blocks[start.min(blocks.len())..]) { start..blocks.len() } else { 0..0 }
 }
 
 /// Deletes a block's files: the meta first, since without it the block no longer exists.
@@ -1512,6 +1513,57 @@ mod tests {
         insert(&mut cache, "huge", 50);
         assert!(cache.get("huge").is_some(), "the newest block stays even when alone over capacity");
         assert_eq!(cache.order.len(), 1);
+    }
+
+    fn meta(traces: u64, raw_bytes: u64, wal_generation: u64) -> BlockMeta {
+        BlockMeta {
+            format_version: block::FORMAT_VERSION,
+            id: String::new(),
+            created_at: 0.0,
+            wal_generation,
+            trace_count: traces,
+            document_count: traces,
+            data_bytes: raw_bytes / 8,
+            raw_document_bytes: raw_bytes,
+            min_epoch: 0,
+            max_epoch: 0,
+            min_time: 0.0,
+            max_time: 0.0,
+            bloom_hashes: 7,
+            sections: block::Sections {
+                index: 0..0,
+                fences: 0..0,
+                chunks: 0..0,
+                summaries: 0..0,
+                bloom: 0..0,
+                facts: None,
+                rollups: None,
+                kept_rollups: None,
+                links: None,
+            },
+            supersedes: Vec::new(),
+            compacted_from: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn compaction_picks_runs_of_small_blocks() {
+        let group = |blocks: &[BlockMeta], floor: u64| compaction_group(&blocks.iter().collect::<Vec<_>>(), 100, floor);
+        let small = |traces| meta(traces, 1000, 1);
+        // Small blocks gather until a quarter of the target (25 traces) is reached.
+        assert_eq!(group(&[small(10), small(10)], 9), 0..0, "20 traces in 2 blocks: wait for more");
+        assert_eq!(group(&[small(10), small(10), small(10)], 9), 0..3);
+        // A big block breaks runs; the run after it is taken.
+        assert_eq!(group(&[small(10), meta(60, 1000, 1), small(20), small(20)], 9), 2..4);
+        // A run stops before the target: 24 + 24 + 24 + 24 = 96 fits, a fifth would not.
+        assert_eq!(group(&[small(24), small(24), small(24), small(24), small(24)], 9), 0..4);
+        // Eight small blocks are merged whatever they hold.
+        assert_eq!(group(&vec![small(1); 8], 9), 0..8);
+        // Blocks whose WAL generation is still on disk wait.
+        assert_eq!(group(&[small(10), small(10), small(10)], 1), 0..0);
+        // A block with a quarter of the raw-bytes bound is big.
+        let bulky = meta(10, COMPACTION_MAX_RAW_BYTES / 4, 1);
+        assert_eq!(group(&[bulky.clone(), bulky.clone(), bulky], 9), 0..0);
     }
 
     #[test]
