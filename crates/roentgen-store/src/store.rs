@@ -903,13 +903,32 @@ impl Store {
             merged.push(FlushTrace { id, docs: all, revision, limit_exceeded });
         }
         merged.sort_unstable_by_key(|t| t.id);
-        let mut links = HashSet::new();
-        for FlushTrace { docs, .. } in &merged {
-            for doc in docs {
-                doc.parsed.entity.walk(&mut |e| links.extend(e.links.iter().copied()));
+        let builder_failed = |e: tokio::task::JoinError| StoreError::CorruptBlock {
+            block: "new".into(),
+            reason: format!("block builder failed: {e}"),
+        };
+        let stats = inner.stats.clone();
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let (merged, mut summaries) = tokio::task::spawn_blocking(move || {
+            let timer = PhaseTimer::start();
+            let summaries: Vec<TraceSummary> = merged
+                .iter()
+                .map(|t| summarize(t.id, &t.docs.iter().map(|d| &d.parsed).collect::<Vec<_>>(), t.revision))
+                .collect();
+            stats.flush_summaries_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
+            (merged, summaries)
+        })
+        .await
+        .map_err(builder_failed)?;
+        // Links need the linked traces, which may be anywhere in the store: resolved here, between
+        // the blocking steps.
+        let links: HashSet<Link> = summaries.iter().flat_map(|s| &s.links).map(|l| l.target).collect();
+        if !links.is_empty() {
+            let link_sources = self.link_sources(links, &merged).await?;
+            for summary in &mut summaries {
+                fill_link_sources(summary, &link_sources);
             }
         }
-        let link_sources = self.link_sources(links, &merged).await?;
 
         let options = BuildOptions {
             id: new_block_id(),
@@ -924,35 +943,25 @@ impl Store {
             let timer = PhaseTimer::start();
             let traces: Vec<BlockTrace<'_>> = merged
                 .iter()
-                .map(|t| {
-                    let parsed: Vec<&ParsedDocument> = t.docs.iter().map(|d| &d.parsed).collect();
-                    let mut summary = summarize(t.id, &parsed, t.revision);
-                    fill_link_sources(&mut summary, &link_sources);
-                    BlockTrace {
-                        trace_id: t.id,
-                        docs: t.docs.iter().map(|d| &*d.raw).collect(),
-                        summary,
-                        limit_exceeded: t.limit_exceeded,
-                    }
+                .zip(summaries)
+                .map(|(t, summary)| BlockTrace {
+                    trace_id: t.id,
+                    docs: t.docs.iter().map(|d| &*d.raw).collect(),
+                    summary,
+                    limit_exceeded: t.limit_exceeded,
                 })
                 .collect();
-            let summarized = timer.elapsed();
             let (kept, fine) = Rollups::of(traces.iter().map(|t| &t.summary)).split();
             let rollups = RollupSections::encode(kept, &fine, &options)?;
             let rolled_up = timer.elapsed();
             let (data, meta) = block::build(&traces, &rollups, options)?;
-            let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-            stats.flush_summaries_nanos.fetch_add(nanos(summarized), Ordering::Relaxed);
-            stats.flush_rollups_nanos.fetch_add(nanos(rolled_up.saturating_sub(summarized)), Ordering::Relaxed);
+            stats.flush_rollups_nanos.fetch_add(nanos(rolled_up), Ordering::Relaxed);
             stats.flush_encode_nanos.fetch_add(nanos(timer.elapsed().saturating_sub(rolled_up)), Ordering::Relaxed);
             let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect());
             Ok::<_, StoreError>((data, meta, summaries))
         })
         .await
-        .map_err(|e| StoreError::CorruptBlock {
-            block: "new".into(),
-            reason: format!("block builder failed: {e}"),
-        })??;
+        .map_err(builder_failed)??;
 
         self.write_block(data, &meta).await?;
         let handle = Arc::new(BlockHandle::open(inner.objects.as_ref(), meta).await?);
@@ -1092,8 +1101,8 @@ impl Store {
                 }
             }
         }
-        // Oldest block first, so that for a trace in two of them (which supersedes should
-        // prevent) the newest copy is the one kept.
+        // Newest block first, an order the stable sort keeps among equal ids, so that for a trace
+        // in two of them (which supersedes should prevent) the newest copy is the one kept.
         traces.reverse();
         traces.sort_by_key(|t| t.0);
         traces.dedup_by_key(|t| t.0);
@@ -1292,27 +1301,25 @@ const COMPACTION_MIN_BLOCKS: usize = 8;
 /// that holds a quarter of `target` traces or [`COMPACTION_MIN_BLOCKS`] blocks, up to `target`
 /// traces. Given the blocks' metas in catalog order, returns the run's positions.
 fn compaction_group(blocks: &[&BlockMeta], target: u64, wal_floor: u64) -> std::ops::Range<usize> {
-    let sum = |run: &[&BlockMeta], of: fn(&BlockMeta) -> u64| run.iter().map(|m| of(m)).sum::<u64>();
-    let ready = |run: &[&BlockMeta]| {
-        run.len() >= 2 && (sum(run, |m| m.trace_count) >= target / 4 || run.len() >= COMPACTION_MIN_BLOCKS)
-    };
-    let mut start = 0;
+    let ready = |len: usize, traces: u64| len >= 2 && (traces >= target / 4 || len >= COMPACTION_MIN_BLOCKS);
+    // The run is blocks[start..at], with its totals kept as it grows: a low-traffic server may
+    // have thousands of tiny blocks in one run.
+    let (mut start, mut traces, mut raw) = (0, 0u64, 0u64);
     for (at, meta) in blocks.iter().enumerate() {
         let small = meta.trace_count < target / 4
             && meta.raw_document_bytes < COMPACTION_MAX_RAW_BYTES / 4
             && meta.wal_generation < wal_floor;
-        let run = &blocks[start..at];
-        let fits = sum(run, |m| m.trace_count) + meta.trace_count <= target
-            && sum(run, |m| m.raw_document_bytes) + meta.raw_document_bytes <= COMPACTION_MAX_RAW_BYTES;
+        let fits = traces + meta.trace_count <= target && raw + meta.raw_document_bytes <= COMPACTION_MAX_RAW_BYTES;
         if small && fits {
+            (traces, raw) = (traces + meta.trace_count, raw + meta.raw_document_bytes);
             continue;
         }
-        if ready(run) {
+        if ready(at - start, traces) {
             return start..at;
         }
-        start = if small { at } else { at + 1 };
+        (start, traces, raw) = if small { (at, meta.trace_count, meta.raw_document_bytes) } else { (at + 1, 0, 0) };
     }
-    if ready(&blocks[start.min(blocks.len())..]) { start..blocks.len() } else { 0..0 }
+    if ready(blocks.len() - start, traces) { start..blocks.len() } else { 0..0 }
 }
 
 /// Deletes a block's files: the meta first, since without it the block no longer exists.
