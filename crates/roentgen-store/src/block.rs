@@ -121,6 +121,11 @@ pub(crate) struct BlockRead {
     pub revision: Option<u32>,
 }
 
+/// zstd level of the sections derived from the documents (summaries, facts, rollups, links):
+/// binary encodings for which level 3 compresses better than level 1, and that are a fraction of
+/// the documents' bytes.
+const SECTION_LEVEL: i32 = 3;
+
 /// The top bit of an index entry's document count.
 const LIMIT_EXCEEDED: u32 = 1 << 31;
 
@@ -130,6 +135,7 @@ pub(crate) struct BuildOptions {
     /// Every WAL document of this block's traces is in this generation or an earlier one.
     pub wal_generation: u64,
     pub chunk_bytes: usize,
+    /// zstd level of the document chunks.
     pub level: i32,
     pub supersedes: Vec<Superseded>,
 }
@@ -276,7 +282,7 @@ fn compress_section(
 ) -> Result<Vec<u8>, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptBlock { block: options.id.clone(), reason };
     let encoded = encoded.map_err(|e| corrupt(format!("{what} encoding: {e}")))?;
-    zstd::bulk::compress(&encoded, options.level).map_err(|e| corrupt(format!("compression failed: {e}")))
+    zstd::bulk::compress(&encoded, SECTION_LEVEL).map_err(|e| corrupt(format!("compression failed: {e}")))
 }
 
 /// A bloom filter over trace ids; the ids' random bits are the hash.
