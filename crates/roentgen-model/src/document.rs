@@ -168,8 +168,9 @@ pub struct Entity {
     pub origin: Option<String>,
     pub user: Option<String>,
     pub resource_arn: Option<String>,
-    pub http: Option<Http>,
-    pub aws: Option<Aws>,
+    /// Boxed, as `aws` is: most entities have one or neither, and live traces hold many entities.
+    pub http: Option<Box<Http>>,
+    pub aws: Option<Box<Aws>>,
     pub annotations: Vec<(String, AnnotationValue)>,
     pub exceptions: Vec<Exception>,
     pub subsegments: Vec<Entity>,
@@ -442,25 +443,25 @@ impl Validator {
             http: wire.http.0.map(|h| {
                 let req = h.request.0.unwrap_or_default();
                 let status = h.response.0.and_then(|r| r.status.as_number());
-                Http {
+                Box::new(Http {
                     method: req.method.into_string(),
                     url: req.url.into_string(),
                     user_agent: req.user_agent.into_string(),
                     client_ip: req.client_ip.into_string(),
                     status: status.filter(|s| (0.0..=999.0).contains(s)).map(|s| s as u16),
                     traced: req.traced.truthy(),
-                }
+                })
             }),
             aws: wire.aws.0.map(|a| {
                 let ec2 = a.ec2.0.unwrap_or_default();
-                Aws {
+                Box::new(Aws {
                     account_id: a.account_id.into_string(),
                     instance_id: ec2.instance_id.into_string(),
                     availability_zone: ec2.availability_zone.into_string(),
                     operation: a.operation.into_string(),
                     table_name: a.table_name.into_string(),
                     queue_url: a.queue_url.into_string(),
-                }
+                })
             }),
             annotations,
             exceptions: wire

@@ -89,7 +89,7 @@ impl SegmentId {
         if bytes.len() != 16 {
             return None;
         }
-        parse_hex(bytes).map(|v| Self(v as u64))
+        parse_hex64(bytes).map(Self)
     }
 }
 
@@ -106,18 +106,45 @@ impl fmt::Debug for SegmentId {
 }
 
 fn parse_hex(digits: &[u8]) -> Option<u128> {
-    let mut value = 0u128;
-    for &d in digits {
-        let nibble = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            b'A'..=b'F' => d - b'A' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u128::from(nibble);
+    match digits.len() {
+        0..=16 => parse_hex64(digits).map(u128::from),
+        _ => {
+            let (high, low) = digits.split_at(digits.len() - 16);
+            Some((u128::from(parse_hex64(high)?) << 64) | u128::from(parse_hex64(low)?))
+        }
     }
-    Some(value)
 }
+
+/// Every segment id in every document goes through here, so it is a table lookup per digit
+/// with one check at the end.
+fn parse_hex64(digits: &[u8]) -> Option<u64> {
+    debug_assert!(digits.len() <= 16);
+    let mut value = 0u64;
+    let mut invalid = 0u8;
+    for &d in digits {
+        let nibble = HEX[usize::from(d)];
+        invalid |= nibble;
+        value = (value << 4) | u64::from(nibble & 0x0f);
+    }
+    (invalid & 0x80 == 0).then_some(value)
+}
+
+/// The value of each hex digit; 0xff for any other byte.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -165,6 +192,13 @@ mod tests {
         fn trace_id_round_trips(epoch: u32, random: u128) {
             let id = TraceId::from_parts(epoch, random);
             prop_assert_eq!(TraceId::parse(&id.to_string()).unwrap(), id);
+        }
+
+        #[test]
+        fn segment_ids_parse_as_hex_numbers(text in "[0-9a-fA-F]{15,17}|[0-9a-fA-Fg-z+ ]{16}") {
+            let expected = (text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(&text, 16).unwrap());
+            prop_assert_eq!(SegmentId::parse(&text).map(|id| id.0), expected);
         }
 
         #[test]

@@ -472,7 +472,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         has_error: root_entity.is_some_and(|r| r.error),
         has_throttle,
         is_partial,
-        http: root_entity.and_then(|r| r.http.clone()),
+        http: root_entity.and_then(|r| r.http.as_deref().cloned()),
         entry_point: root_entity.map(|r| services.index(ServiceKey::of_segment(r))),
         services: services.keys,
         annotations,
