@@ -12,6 +12,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+/// The server's allocator, so `pipeline` measures what the server does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "roentgen-loadgen", about = "Send realistic X-Ray load to roentgen and measure it")]
 struct Cli {
@@ -85,6 +89,16 @@ enum Command {
         #[arg(long = "window-minutes", default_values_t = [10, 60])]
         windows: Vec<u64>,
     },
+    /// Measure the server's work per segment in this process, without HTTP or a second process:
+    /// parsing and validating, the store's append (WAL with fsync, live traces) and the flush
+    /// into a block. CPU time of all threads, the best of several rounds: steadier than a load
+    /// test on a shared machine, for comparing two builds.
+    Pipeline {
+        #[arg(long, default_value_t = 100_000)]
+        segments: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Measure read latency against what `ingest` wrote.
     Query {
         #[arg(long, default_value = "127.0.0.1:2000")]
@@ -146,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(filters(&address, &expressions, requests))?;
         }
         Command::Graph { address, requests, windows } => runtime.block_on(graph(&address, requests, &windows))?,
+        Command::Pipeline { segments, rounds } => runtime.block_on(pipeline(segments, rounds))?,
         Command::Query { address, trace_ids, requests } => {
             let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
             if ids.is_empty() {
@@ -546,5 +561,82 @@ async fn graph(address: &str, requests: usize, windows: &[u64]) -> anyhow::Resul
             "latency": percentiles(latencies),
         }));
     }
+    Ok(())
+}
+
+/// CPU time of every thread of this process so far (`/proc/self/task/*/schedstat`, in ns).
+fn process_cpu() -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        // A thread may end between the listing and the read.
+        if let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) {
+            total += stat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
+    let generator = Generator::new(3600);
+    let mut documents = Vec::new();
+    let traces = segments / 2;
+    while (documents.len() as u64) < segments {
+        documents.extend(generator.trace(traces).1);
+    }
+    let raw_bytes: usize = documents.iter().map(String::len).sum();
+    let (mut parse, mut append, mut flush) = (f64::MAX, f64::MAX, f64::MAX);
+    // The flusher's own phases (thread CPU), from the store's counters.
+    let (mut summaries, mut rollups, mut encode) = (f64::MAX, f64::MAX, f64::MAX);
+    for round in 0..rounds {
+        let dir = std::env::temp_dir().join(format!("roentgen-pipeline-{}-{round}", std::process::id()));
+        let config = roentgen_store::StoreConfig {
+            data_dir: dir.clone(),
+            // Only the measured calls write blocks.
+            flush_interval_seconds: 1e6,
+            compaction_interval_seconds: 1e6,
+            ..Default::default()
+        };
+        let store = roentgen_store::Store::open(config).await?;
+        let cpu = process_cpu()?;
+        let mut parsed = Vec::with_capacity(documents.len());
+        for raw in &documents {
+            let doc = roentgen_model::parse_document(raw.as_bytes(), roentgen_model::MAX_DOCUMENT_BYTES)?;
+            parsed.push(Arc::new(roentgen_store::StoredDocument {
+                raw: raw.as_str().into(),
+                parsed: doc,
+                source: roentgen_store::Source::Api,
+            }));
+        }
+        let parsed_at = process_cpu()?;
+        let mut rest = parsed.as_slice();
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at(rest.len().min(50));
+            store.submit(batch.to_vec()).await?;
+            rest = tail;
+        }
+        drop(parsed);
+        store.sync().await?;
+        let appended_at = process_cpu()?;
+        store.flush_all().await?;
+        let flushed_at = process_cpu()?;
+        let stats = store.stats();
+        store.close().await?;
+        std::fs::remove_dir_all(&dir)?;
+        let per_segment = |d: Duration| d.as_secs_f64() * 1e6 / documents.len() as f64;
+        let phase = |nanos: &AtomicU64| per_segment(Duration::from_nanos(nanos.load(Ordering::Relaxed)));
+        summaries = summaries.min(phase(&stats.flush_summaries_nanos));
+        rollups = rollups.min(phase(&stats.flush_rollups_nanos));
+        encode = encode.min(phase(&stats.flush_encode_nanos));
+        parse = parse.min(per_segment(parsed_at - cpu));
+        append = append.min(per_segment(appended_at - parsed_at));
+        flush = flush.min(per_segment(flushed_at - appended_at));
+    }
+    emit(json!({
+        "segments": documents.len(),
+        "mean_document_bytes": raw_bytes / documents.len(),
+        "rounds": rounds,
+        "cpu_us_per_segment": { "parse": parse, "append": append, "flush": flush, "total": parse + append + flush },
+        "flush_phases_us_per_segment": { "summaries": summaries, "rollups": rollups, "encode": encode },
+    }));
     Ok(())
 }
