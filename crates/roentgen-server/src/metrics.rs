@@ -212,7 +212,7 @@ impl Metrics {
             );
         }
 
-        let store_metrics: [(&str, &str, &str, &AtomicU64); 24] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 25] = [
             (
                 "roentgen_store_documents_appended_total",
                 "counter",
@@ -270,8 +270,14 @@ impl Metrics {
             (
                 "roentgen_documents_over_trace_limit_total",
                 "counter",
-                "Documents dropped because their trace had reached storage.max_trace_bytes.",
+                "Documents dropped because their trace had reached store.max_trace_bytes.",
                 &store.documents_over_trace_limit,
+            ),
+            (
+                "roentgen_appends_held_back_total",
+                "counter",
+                "Appends (API calls, UDP batches) made to wait because the documents in memory had reached twice store.max_live_bytes.",
+                &store.appends_held_back,
             ),
             ("roentgen_wal_generation", "gauge", "Current write-ahead log generation.", &store.wal_generation),
             ("roentgen_blocks", "gauge", "Blocks stored.", &store.blocks),
@@ -289,7 +295,7 @@ impl Metrics {
             (
                 "roentgen_summary_cache_bytes",
                 "gauge",
-                "Memory held by decoded block summaries (an estimate), at most storage.summary_cache_bytes.",
+                "Memory held by decoded block summaries (an estimate), at most store.summary_cache_bytes.",
                 &store.summary_cache_bytes,
             ),
         ];

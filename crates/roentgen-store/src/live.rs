@@ -98,7 +98,10 @@ pub(crate) struct LiveState {
     pub traces: HashMap<TraceId, LiveTrace>,
     /// Traces taken out by a flush that is still writing their block; readers still see them.
     pub flushing: HashMap<TraceId, LiveTrace>,
+    /// Raw bytes of the documents in `traces`.
     pub bytes: u64,
+    /// Raw bytes of the documents in `flushing`.
+    pub flushing_bytes: u64,
     pub documents: u64,
 }
 
@@ -172,11 +175,18 @@ impl LiveState {
         for id in &due {
             if let Some(trace) = self.traces.remove(id) {
                 self.bytes -= trace.bytes;
+                self.flushing_bytes += trace.bytes;
                 self.documents -= trace.docs.len() as u64;
                 self.flushing.insert(*id, trace);
             }
         }
         due
+    }
+
+    /// The flushing traces are in a block now: they leave memory.
+    pub fn flushed(&mut self) {
+        self.flushing.clear();
+        self.flushing_bytes = 0;
     }
 
     /// The oldest WAL generation any live or flushing trace still needs.
@@ -227,6 +237,9 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!((live.bytes, live.documents), (0, 0));
         assert_eq!(live.flushing.len(), 1);
+        assert_eq!(live.flushing_bytes, expected);
+        live.flushed();
+        assert_eq!((live.flushing.len(), live.flushing_bytes), (0, 0));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct StoreStats {
     /// Documents dropped because their trace had reached `max_trace_bytes`.
     pub documents_over_trace_limit: AtomicU64,
     pub summary_queries: AtomicU64,
+    /// Appends that waited for a flush because the documents in memory had reached twice
+    /// `max_live_bytes`.
+    pub appends_held_back: AtomicU64,
     /// Time the flusher spent, in nanoseconds: summarizing traces, building and encoding their
     /// service-graph rollups, and encoding the rest of the block.
     pub flush_summaries_nanos: AtomicU64,

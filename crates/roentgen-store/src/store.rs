@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -306,6 +306,12 @@ struct Inner {
     fine_rollups: Mutex<ByteBoundedCache<(String, i64), Rollups>>,
     writer: mpsc::Sender<Command>,
     flush_lock: tokio::sync::Mutex<()>,
+    /// Raw bytes of the documents in memory, live or flushing: what appends are held back on.
+    held_bytes: AtomicU64,
+    /// Wakes the flusher before its next tick: live documents passed `max_live_bytes`.
+    flush_now: tokio::sync::Notify,
+    /// Wakes appends held back: a flush freed memory.
+    room: tokio::sync::Notify,
     stats: Arc<StoreStats>,
     /// Held while the store is open; released by `close`.
     lock: Mutex<Option<File>>,
@@ -408,6 +414,7 @@ impl Store {
         stats.wal_generation.store(recovered.newest, Ordering::Relaxed);
 
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
+        let held_bytes = AtomicU64::new(live.bytes);
         let inner = Arc::new(Inner {
             config,
             wal_dir,
@@ -420,6 +427,9 @@ impl Store {
             fine_rollups: Mutex::new(ByteBoundedCache::new(FINE_ROLLUP_CACHE_BYTES)),
             writer,
             flush_lock: tokio::sync::Mutex::new(()),
+            held_bytes,
+            flush_now: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
             stats,
             lock: Mutex::new(Some(lock)),
         });
@@ -443,6 +453,17 @@ impl Store {
         let flusher = self.every(StoreConfig::duration(config.flush_interval_seconds), |store| async move {
             store.flush_due(false).await.map_err(|e| ("flushing live traces into a block failed", e))
         });
+        let early_flusher = {
+            let store = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    store.inner.flush_now.notified().await;
+                    if let Err(e) = store.flush_due(false).await {
+                        tracing::error!(error = %e, "flushing live traces into a block failed; will retry");
+                    }
+                }
+            })
+        };
         let retention = self.every(Duration::from_secs(60), |store| async move {
             store.apply_retention(now_seconds()).await.map(drop).map_err(|e| ("applying retention failed", e))
         });
@@ -451,7 +472,7 @@ impl Store {
             while store.compact().await.map_err(|e| ("compacting blocks failed", e))? > 0 {}
             Ok(())
         });
-        self.tasks.lock().expect("task list lock").extend([flusher, retention, compactor]);
+        self.tasks.lock().expect("task list lock").extend([flusher, early_flusher, retention, compactor]);
     }
 
     /// Runs `work` every `period` (the first time at once) until the store closes; a failure is
@@ -487,6 +508,7 @@ impl Store {
         if docs.is_empty() {
             return Ok(());
         }
+        self.wait_for_room().await;
         let (ack, done) = oneshot::channel();
         self.inner.writer.send(Command::Append { docs, ack: Some(ack) }).await.map_err(|_| StoreError::Closed)?;
         done.await.map_err(|_| StoreError::Closed)?
@@ -497,7 +519,32 @@ impl Store {
         if docs.is_empty() {
             return Ok(());
         }
+        self.wait_for_room().await;
         self.inner.writer.send(Command::Append { docs, ack: None }).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Holds an append back while the documents in memory (live, and being written into a block)
+    /// pass twice `max_live_bytes`, until a flush frees room: ingest faster than blocks can be
+    /// written slows its senders down instead of growing memory without bound. An API caller
+    /// waits for its answer; the UDP receiver stops reading, and the kernel drops what overflows
+    /// its socket buffer, as it would for a daemon that cannot keep up.
+    async fn wait_for_room(&self) {
+        let inner = &self.inner;
+        let limit = inner.config.max_live_bytes.saturating_mul(2);
+        let mut held_back = false;
+        loop {
+            let room = inner.room.notified();
+            if inner.held_bytes.load(Ordering::Relaxed) <= limit {
+                return;
+            }
+            if !held_back {
+                inner.stats.appends_held_back.fetch_add(1, Ordering::Relaxed);
+                held_back = true;
+            }
+            inner.flush_now.notify_one();
+            // Checked again at least this often, in case a flush failed and will be retried.
+            let _ = tokio::time::timeout(Duration::from_millis(100), room).await;
+        }
     }
 
     /// Waits until everything sent so far is durable and visible.
@@ -976,9 +1023,11 @@ impl Store {
         // needs any more are deleted.
         let keep_from = {
             let mut live = inner.live.write().expect("live lock");
-            live.flushing.clear();
+            live.flushed();
+            inner.held_bytes.store(live.bytes, Ordering::Relaxed);
             live.oldest_generation_needed()
         };
+        inner.room.notify_waiters();
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
         delete_generations_before(&inner.wal_dir, keep_from.unwrap_or(current).min(current))?;
         inner.publish_gauges();
@@ -1453,6 +1502,10 @@ fn commit(
             stats.live_traces.store((live.traces.len() + live.flushing.len()) as u64, Ordering::Relaxed);
             stats.live_documents.store(live.documents, Ordering::Relaxed);
             stats.live_bytes.store(live.bytes, Ordering::Relaxed);
+            inner.held_bytes.store(live.bytes + live.flushing_bytes, Ordering::Relaxed);
+            if live.bytes > inner.config.max_live_bytes {
+                inner.flush_now.notify_one();
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "write-ahead log append failed; the batch is refused");

@@ -597,3 +597,36 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn memory_past_its_budget_is_flushed_at_once_and_bounds_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let max_live_bytes = 20_000;
+    let config = StoreConfig {
+        max_live_bytes,
+        trace_idle_seconds: 3600.0,
+        trace_max_live_seconds: 3600.0,
+        ..config(dir.path())
+    };
+    let store = Store::open(config).await.unwrap();
+    let traces: Vec<TraceId> = (0..600).map(trace).collect();
+    let stats = store.stats();
+    let appends = async {
+        for &t in &traces {
+            let doc = complete(t, 1);
+            let size = doc.raw.len() as u64;
+            store.append(vec![doc]).await.unwrap();
+            let live = stats.live_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(live <= 2 * max_live_bytes + size, "{live} bytes live");
+        }
+    };
+    // Neither the flush tick (an hour) nor idleness (an hour) writes a block here: only the
+    // memory budget does, and appends past twice the budget would wait forever without it.
+    tokio::time::timeout(std::time::Duration::from_secs(60), appends).await.expect("appends were never let through");
+    assert!(stats.blocks_written.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    for &t in &traces {
+        let docs = store.get_trace(t).await.unwrap().expect("every appended trace is found");
+        assert_eq!(ids(&docs), vec![1]);
+    }
+    store.close().await.unwrap();
+}
