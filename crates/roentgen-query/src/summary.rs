@@ -195,6 +195,26 @@ fn duration_of(e: &Entity) -> Option<f64> {
 }
 
 impl TraceSummary {
+    /// Blocks keep a summary's times to the microsecond (the precision X-Ray's SDKs send), so
+    /// summaries are rounded so from the start: one read back from a block equals, to the bit,
+    /// the one made from live documents, and so do the graphs and statistics computed from them.
+    pub fn round_to_microseconds(&mut self) {
+        self.start_time = whole_microseconds(self.start_time);
+        self.end_time = whole_microseconds(self.end_time);
+        self.response_time = self.response_time.map(whole_microseconds);
+        for time in &mut self.segment_end_times {
+            *time = whole_microseconds(*time);
+        }
+        for node in &mut self.facts.nodes {
+            node.start_time = whole_microseconds(node.start_time);
+            node.response_time = node.response_time.map(whole_microseconds);
+        }
+        for edge in &mut self.facts.edges {
+            edge.start_time = whole_microseconds(edge.start_time);
+            edge.response_time = edge.response_time.map(whole_microseconds);
+        }
+    }
+
     /// Roughly the memory this summary holds, its own size included, for caches bounded by
     /// bytes.
     pub fn approximate_bytes(&self) -> usize {
@@ -463,7 +483,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     facts.fault_root_causes = tree.flagged(|e| e.fault).into_iter().collect();
     facts.error_root_causes = tree.flagged(|e| e.error).into_iter().collect();
     facts.response_time_root_causes = tree.slowest().into_iter().collect();
-    TraceSummary {
+    let mut summary = TraceSummary {
         trace_id,
         start_time,
         end_time,
@@ -485,7 +505,14 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         document_count: docs.len() as u32,
         facts,
         links,
-    }
+    };
+    summary.round_to_microseconds();
+    summary
+}
+
+/// A time or a duration in seconds, rounded to whole microseconds.
+pub fn whole_microseconds(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e6
 }
 
 fn edge_fact(from: u32, to: u32, call: &Entity) -> EdgeFact {

@@ -11,9 +11,12 @@
 //!             revision and no limit bit)
 //! fences      the trace id of every FENCE_EVERY-th index entry, so a lookup reads one index page
 //! chunk table per chunk: offset u64, length u32
-//! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id
+//! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id; from version 4 on,
+//!             Vec<compact::SummaryOut>: times in microseconds after the trace's start, no
+//!             trace id, revision or document count (the index's entry in the same place has them)
 //! bloom       the trace ids' bloom filter, u64 words
-//! facts       zstd(postcard(Vec<TraceFacts>)), in summary order (version 2 on)
+//! facts       zstd(postcard(Vec<TraceFacts>)), in summary order (version 2 on); from version 4
+//!             on, Vec<compact::FactsOut>, times in microseconds after the trace's start
 //! rollups     the service-graph rollups of the minute and 10-minute levels, one
 //!             zstd(postcard(Rollups)) frame per hour (version 3 on)
 //! kept        zstd(postcard(KeptRollups)): the hour and day levels, and where each hour's frame
@@ -39,12 +42,13 @@ use roentgen_model::TraceId;
 use roentgen_query::{LinkFact, TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::{FactsIn, FactsOut, SummaryIn, SummaryOut};
 use crate::error::StoreError;
 use crate::rollup::{KeptRollups, Rollups};
 
 pub(crate) const BLOCK_MAGIC: &[u8; 8] = b"RGNBLK01";
-pub(crate) const FORMAT_VERSION: u32 = 3;
-const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
+pub(crate) const FORMAT_VERSION: u32 = 4;
+const READABLE_VERSIONS: [u32; 4] = [1, 2, 3, 4];
 const INDEX_ENTRY: usize = 36;
 const INDEX_ENTRY_V2: usize = 32;
 const FENCE_EVERY: usize = 128;
@@ -231,11 +235,12 @@ pub(crate) fn build(
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
     let encode = |what: &str, encoded: Result<Vec<u8>, postcard::Error>| compress_section(&options, what, encoded);
-    let summaries: Vec<&TraceSummary> = traces.iter().map(|t| &t.summary).collect();
+    let summaries: Vec<SummaryOut<'_>> = traces.iter().map(|t| SummaryOut::new(&t.summary)).collect();
     let summaries_range = section(&mut data, &encode("summary", postcard::to_stdvec(&summaries))?);
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
-    let facts: Vec<&TraceFacts> = traces.iter().map(|t| &t.summary.facts).collect();
+    let facts: Vec<FactsOut<'_>> =
+        traces.iter().map(|t| FactsOut::new(&t.summary.facts, t.summary.start_time)).collect();
     let facts_range = section(&mut data, &encode("facts", postcard::to_stdvec(&facts))?);
     let rollups_range = section(&mut data, &rollups.fine);
     let kept_range = section(&mut data, &rollups.kept);
@@ -516,14 +521,42 @@ impl BlockHandle {
     pub async fn summaries(&self, store: &dyn ObjectStore) -> Result<Vec<TraceSummary>, StoreError> {
         let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
         let s = &self.meta.sections;
+        let compact = self.meta.format_version >= 4;
         let mut ranges = vec![s.summaries.clone()];
         ranges.extend(s.facts.clone());
         ranges.extend(s.links.clone());
+        if compact {
+            ranges.push(s.index.clone());
+        }
         let mut parts = store.get_ranges(&self.data_path, &ranges).await?.into_iter();
         let frame = parts.next().ok_or_else(|| corrupt("short read".into()))?;
-        let mut summaries: Vec<TraceSummary> = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
-        if let Some(frame) = parts.next() {
-            let facts: Vec<TraceFacts> = decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?;
+        let facts_frame = if s.facts.is_some() { parts.next() } else { None };
+        let links_frame = if s.links.is_some() { parts.next() } else { None };
+        let mut summaries: Vec<TraceSummary> = if compact {
+            let index = parts.next().ok_or_else(|| corrupt("short read".into()))?;
+            let read: Vec<SummaryIn> = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
+            let entries = index.chunks_exact(INDEX_ENTRY);
+            if read.len() != entries.len() {
+                return Err(corrupt(format!("{} summaries for {} index entries", read.len(), entries.len())));
+            }
+            read.into_iter()
+                .zip(entries)
+                .map(|(summary, e)| {
+                    let id = TraceId::from_u128(u128::from_le_bytes(e[..16].try_into().expect("16 bytes")));
+                    let entry = self.index_entry(e);
+                    summary.into_summary(id, entry.revision.unwrap_or(1), entry.count as u32)
+                })
+                .collect()
+        } else {
+            decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?
+        };
+        if let Some(frame) = facts_frame {
+            let facts: Vec<TraceFacts> = if compact {
+                let read: Vec<FactsIn> = decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?;
+                read.into_iter().zip(&summaries).map(|(f, s)| f.into_facts(s.start_time)).collect()
+            } else {
+                decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?
+            };
             if facts.len() != summaries.len() {
                 return Err(corrupt(format!("{} facts for {} summaries", facts.len(), summaries.len())));
             }
@@ -531,9 +564,7 @@ impl BlockHandle {
                 summary.facts = facts;
             }
         }
-        if s.links.is_some()
-            && let Some(frame) = parts.next()
-        {
+        if let Some(frame) = links_frame {
             let links: Vec<Vec<LinkFact>> = decode(&frame).map_err(|e| corrupt(format!("links: {e}")))?;
             if links.len() != summaries.len() {
                 return Err(corrupt(format!("{} link lists for {} summaries", links.len(), summaries.len())));
@@ -681,11 +712,31 @@ mod tests {
         (store, block)
     }
 
+    /// Format version 4, frozen: the compact summaries and facts; the same documents as the
+    /// version 3 fixture.
+    #[tokio::test]
+    async fn frozen_fixture_v4() {
+        let (store, block) = open_fixture("block-v4").await;
+        let summaries = block.summaries(&store).await.unwrap();
+        let (_, v3) = open_fixture("block-v3").await;
+        let (v3_store, _) = open_fixture("block-v3").await;
+        let mut expected = v3.summaries(&v3_store).await.unwrap();
+        expected.iter_mut().for_each(TraceSummary::round_to_microseconds);
+        assert_eq!(summaries, expected, "what version 3 stored, to the microsecond");
+        assert_eq!(summaries[0].trace_id.to_string(), "1-5759e988-bd862e3fe1be46a994272793");
+        assert_eq!((summaries[0].revision, summaries[0].document_count), (1, 2));
+        frozen_links_and_rollups(store, block).await;
+    }
+
     /// Format version 3, frozen: the rollups' and the links' sections. The block holds a trace
     /// that calls DynamoDB and a consumer linked to that call.
     #[tokio::test]
     async fn frozen_fixture_v3() {
         let (store, block) = open_fixture("block-v3").await;
+        frozen_links_and_rollups(store, block).await;
+    }
+
+    async fn frozen_links_and_rollups(store: InMemory, block: BlockHandle) {
         let id = TraceId::parse("1-5759e988-bd862e3fe1be46a994272793").unwrap();
         let read = block.get(&store, id).await.unwrap().unwrap();
         assert_eq!((read.docs.len(), read.limit_exceeded, read.revision), (2, false, Some(1)));

@@ -6,6 +6,7 @@
 //! crash-safety argument.
 
 mod block;
+mod compact;
 mod config;
 mod error;
 mod live;
