@@ -191,7 +191,13 @@ pub struct TraceFacts {
 }
 
 fn duration_of(e: &Entity) -> Option<f64> {
-    e.end_time.map(|end| (end - e.start_time).max(0.0))
+    e.end_time.map(|end| span(e.start_time, end))
+}
+
+/// The time from `start` to `end`, both taken to the microsecond first, as summaries keep them:
+/// so a response time never exceeds the duration of the same interval by a rounding.
+fn span(start: f64, end: f64) -> f64 {
+    whole_microseconds((whole_microseconds(end) - whole_microseconds(start)).max(0.0))
 }
 
 impl TraceSummary {
@@ -266,7 +272,7 @@ impl TraceSummary {
     }
 
     pub fn duration(&self) -> f64 {
-        (self.end_time - self.start_time).max(0.0)
+        span(self.start_time, self.end_time)
     }
 
     /// The time that places this trace in `[start, end)` for the given range type, if it is in it.
@@ -487,7 +493,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         trace_id,
         start_time,
         end_time,
-        response_time: root_entity.and_then(|r| r.end_time.map(|end| (end - r.start_time).max(0.0))),
+        response_time: root_entity.and_then(duration_of),
         has_fault: root_entity.is_some_and(|r| r.fault),
         has_error: root_entity.is_some_and(|r| r.error),
         has_throttle,
@@ -619,6 +625,22 @@ mod tests {
                 "parent_id":"0000000000000004","start_time":100.3,"in_progress":true,"annotations":{{"tenant":"beta"}}}}"#
             )),
         ]
+    }
+
+    #[test]
+    fn times_are_kept_to_the_microsecond_and_the_response_time_never_exceeds_the_duration() {
+        // Sub-microsecond digits (the Python SDK sends seven decimals) that round in opposite
+        // directions at each end.
+        let root = doc(&format!(
+            r#"{{"trace_id":"{TRACE}","id":"0000000000000001","name":"api","start_time":1700000000.7637746,"end_time":1700000000.8147883}}"#
+        ));
+        let s = summarize(TraceId::parse(TRACE).unwrap(), &[&root], 1);
+        assert_eq!((s.start_time, s.end_time), (1_700_000_000.763775, 1_700_000_000.814788));
+        assert_eq!(s.response_time, Some(s.duration()));
+        assert_eq!(s.duration(), 0.051013);
+        let mut again = s.clone();
+        again.round_to_microseconds();
+        assert_eq!(again, s, "rounding is idempotent");
     }
 
     #[test]
