@@ -13,13 +13,11 @@
 //! The path is grouped by service. When it ends at an `aws` or `remote` call that no segment
 //! answered, the inferred node it called closes the list.
 
-use std::collections::HashMap;
-
 use roentgen_model::api;
 use roentgen_model::{Entity, SegmentId};
 use serde::{Deserialize, Serialize};
 
-use crate::summary::ServiceKey;
+use crate::summary::{Map, ServiceKey};
 
 /// One root cause: the services on the path to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,11 +91,11 @@ pub(crate) struct TraceTree<'a> {
     /// Every entity of the trace, top-level documents first.
     pub all: Vec<&'a Entity>,
     /// Entities that are the top of a document whose parent is the key.
-    pub attached: HashMap<SegmentId, Vec<&'a Entity>>,
+    pub attached: Map<SegmentId, Vec<&'a Entity>>,
     /// The service each entity belongs to.
-    pub owner: &'a HashMap<SegmentId, u32>,
+    pub owner: &'a Map<SegmentId, u32>,
     /// The inferred service an `aws`/`remote` call with no answering segment stands for.
-    pub inferred: HashMap<SegmentId, u32>,
+    pub inferred: Map<SegmentId, u32>,
 }
 
 fn duration(e: &Entity) -> Option<f64> {

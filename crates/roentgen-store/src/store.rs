@@ -69,7 +69,7 @@ struct BlockSummaries {
     summaries: Vec<Arc<TraceSummary>>,
     /// Roughly the memory all this holds.
     bytes: usize,
-    by_annotation: HashMap<(String, AnnotationValue), Vec<u32>>,
+    by_annotation: HashMap<String, HashMap<AnnotationValue, Vec<u32>>>,
     by_service: HashMap<String, Vec<u32>>,
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
@@ -91,14 +91,25 @@ impl BlockSummaries {
                     list.push(i);
                 }
             };
+            // Keys are copied only the first time they are seen.
             for annotation in &s.annotations {
+                if !index.by_annotation.contains_key(&annotation.key) {
+                    index.by_annotation.insert(annotation.key.clone(), HashMap::new());
+                }
+                let by_value = index.by_annotation.get_mut(&annotation.key).expect("inserted above");
                 for (value, _) in &annotation.values {
-                    add(index.by_annotation.entry((annotation.key.clone(), value.clone())).or_default());
+                    match by_value.get_mut(value) {
+                        Some(list) => add(list),
+                        None => drop(by_value.insert(value.clone(), vec![i])),
+                    }
                     index_bytes += 4;
                 }
             }
             for service in &s.services {
-                add(index.by_service.entry(service.name.clone()).or_default());
+                match index.by_service.get_mut(&service.name) {
+                    Some(list) => add(list),
+                    None => drop(index.by_service.insert(service.name.clone(), vec![i])),
+                }
                 index_bytes += 4;
             }
             let nodes = &s.facts.nodes;
@@ -117,7 +128,11 @@ impl BlockSummaries {
             AnnotationValue::String(s) => s.len(),
             _ => 0,
         };
-        index_bytes += index.by_annotation.keys().map(|(k, v)| 96 + k.len() + value_bytes(v)).sum::<usize>();
+        index_bytes += index
+            .by_annotation
+            .iter()
+            .map(|(k, values)| 48 + k.len() + values.keys().map(|v| 48 + value_bytes(v)).sum::<usize>())
+            .sum::<usize>();
         index_bytes += index.by_service.keys().map(|k| 64 + k.len()).sum::<usize>();
         index.bytes = index_bytes + summaries.iter().map(|s| 8 + s.approximate_bytes()).sum::<usize>();
         index.summaries = summaries;
@@ -130,7 +145,7 @@ impl BlockSummaries {
             .iter()
             .map(|r| {
                 let list = match r {
-                    Requirement::Annotation(key, value) => self.by_annotation.get(&(key.clone(), value.clone())),
+                    Requirement::Annotation(key, value) => self.by_annotation.get(key).and_then(|v| v.get(value)),
                     Requirement::Service(name) => self.by_service.get(name),
                     Requirement::NodeFault => Some(&self.node_fault),
                     Requirement::NodeError => Some(&self.node_error),
