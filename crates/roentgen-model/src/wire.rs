@@ -240,12 +240,14 @@ pub(crate) struct WireEntity {
     pub origin: Scalar,
     pub user: Scalar,
     pub resource_arn: Scalar,
-    pub http: MapOr<WireHttp>,
-    pub aws: MapOr<WireAws>,
+    /// Boxed, as are `aws` and `cause`: an entity is moved several times while it is parsed,
+    /// and most entities have at most one of them.
+    pub http: MapOr<Box<WireHttp>>,
+    pub aws: MapOr<Box<WireAws>>,
     pub annotations: Entries,
     pub subsegments: Items<WireEntity>,
     /// An object with `exceptions`, or (ignored here) the id of an exception recorded elsewhere.
-    pub cause: MapOr<WireCause>,
+    pub cause: MapOr<Box<WireCause>>,
     pub links: Items<WireLink>,
 }
 
