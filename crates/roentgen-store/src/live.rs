@@ -183,10 +183,13 @@ impl LiveState {
         due
     }
 
-    /// The flushing traces are in a block now: they leave memory.
-    pub fn flushed(&mut self) {
-        self.flushing.clear();
+    /// The flushing traces are in a block now: they leave live state. Returned, so that the
+    /// caller frees them after releasing its lock: freeing a flush's documents takes a while,
+    /// and appends wait for the lock.
+    #[must_use]
+    pub fn flushed(&mut self) -> HashMap<TraceId, LiveTrace> {
         self.flushing_bytes = 0;
+        std::mem::take(&mut self.flushing)
     }
 
     /// The oldest WAL generation any live or flushing trace still needs.
@@ -238,7 +241,7 @@ mod tests {
         assert_eq!((live.bytes, live.documents), (0, 0));
         assert_eq!(live.flushing.len(), 1);
         assert_eq!(live.flushing_bytes, expected);
-        live.flushed();
+        assert_eq!(live.flushed().len(), 1);
         assert_eq!((live.flushing.len(), live.flushing_bytes), (0, 0));
     }
 

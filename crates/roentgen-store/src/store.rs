@@ -1036,13 +1036,14 @@ impl Store {
 
         // The block is durable: its traces leave memory, and WAL generations no live trace
         // needs any more are deleted.
-        let keep_from = {
+        let (keep_from, flushed) = {
             let mut live = inner.live.write().expect("live lock");
-            live.flushed();
+            let flushed = live.flushed();
             inner.held_bytes.store(live.bytes, Ordering::Relaxed);
-            live.oldest_generation_needed()
+            (live.oldest_generation_needed(), flushed)
         };
         inner.room.notify_waiters();
+        tokio::task::spawn_blocking(move || drop(flushed));
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
         delete_generations_before(&inner.wal_dir, keep_from.unwrap_or(current).min(current))?;
         inner.publish_gauges();
