@@ -299,6 +299,12 @@ impl Catalog {
         self.blocks.insert(at, handle);
     }
 
+    /// Whether any block may hold the trace: asked for every new live trace, so it stops at the
+    /// first block that may and clones nothing.
+    fn may_hold(&self, id: TraceId) -> bool {
+        self.blocks.iter().any(|b| b.may_contain(id))
+    }
+
     fn candidates(&self, id: TraceId) -> Vec<Arc<BlockHandle>> {
         self.blocks.iter().rev().filter(|b| b.may_contain(id)).cloned().collect()
     }
@@ -419,7 +425,7 @@ impl Store {
             if generation <= cover {
                 continue;
             }
-            if !live.apply(doc, started, generation, config.max_trace_bytes, |id| !catalog.candidates(id).is_empty()) {
+            if !live.apply(doc, started, generation, config.max_trace_bytes, |id| catalog.may_hold(id)) {
                 stats.documents_over_trace_limit.fetch_add(1, Ordering::Relaxed);
             }
             stats.documents_replayed.fetch_add(1, Ordering::Relaxed);
@@ -1511,7 +1517,7 @@ fn commit(
             let mut live = inner.live.write().expect("live lock");
             let limit = inner.config.max_trace_bytes;
             for doc in pending.drain(..) {
-                if !live.apply(doc, now, generation, limit, |id| !catalog.candidates(id).is_empty()) {
+                if !live.apply(doc, now, generation, limit, |id| catalog.may_hold(id)) {
                     stats.documents_over_trace_limit.fetch_add(1, Ordering::Relaxed);
                 }
             }
