@@ -481,6 +481,8 @@ impl Store {
                     store.inner.flush_now.notified().await;
                     if let Err(e) = store.flush_due(false).await {
                         tracing::error!(error = %e, "flushing live traces into a block failed; will retry");
+                        // A failing disk is not retried on every append's wake-up.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
             })
