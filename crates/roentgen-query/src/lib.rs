@@ -19,5 +19,5 @@ pub use inferred::inferred_service;
 pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use summary::{
     AnnotationSummary, EdgeFact, LinkFact, LinkSource, MAX_INDEXED_ANNOTATIONS, MAX_TRACE_LINKS, NodeFact, ServiceKey,
-    TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source, summarize, whole_microseconds,
+    TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source, span, summarize, whole_microseconds,
 };

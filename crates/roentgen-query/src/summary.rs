@@ -200,8 +200,9 @@ fn duration_of(e: &Entity) -> Option<f64> {
 }
 
 /// The time from `start` to `end`, both taken to the microsecond first, as summaries keep them:
-/// so a response time never exceeds the duration of the same interval by a rounding.
-fn span(start: f64, end: f64) -> f64 {
+/// so a response time never exceeds the duration of the same interval by a rounding, and
+/// `BatchGetTraces` and `GetTraceSummaries` report the same duration.
+pub fn span(start: f64, end: f64) -> f64 {
     whole_microseconds((whole_microseconds(end) - whole_microseconds(start)).max(0.0))
 }
 

@@ -251,7 +251,11 @@ async fn batch_get_traces(State(state): Shared, request: Request) -> Result<Resp
                 }
                 response.traces.push(api::Trace {
                     id: id.to_string(),
-                    duration: if first.is_finite() && last.is_finite() { (last - first).max(0.0) } else { 0.0 },
+                    duration: if first.is_finite() && last.is_finite() {
+                        roentgen_query::span(first, last)
+                    } else {
+                        0.0
+                    },
                     limit_exceeded,
                     segments: roentgen_query::assemble(&docs.iter().map(|d| (&*d.raw, &d.parsed)).collect::<Vec<_>>())
                         .into_iter()
