@@ -557,7 +557,8 @@ impl Store {
         let mut held_back = false;
         loop {
             let room = inner.room.notified();
-            if inner.held_bytes.load(Ordering::Relaxed) <= limit {
+            // A closed store frees nothing more: the append goes on, to be refused.
+            if inner.held_bytes.load(Ordering::Relaxed) <= limit || inner.writer.is_closed() {
                 return;
             }
             if !held_back {
