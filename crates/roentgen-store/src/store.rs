@@ -330,7 +330,7 @@ struct Inner {
     /// Raw bytes of the documents in memory, live or flushing: what appends are held back on.
     held_bytes: AtomicU64,
     /// Wakes the flusher before its next tick: live documents passed `max_live_bytes`.
-    flush_now: tokio::sync::Notify,
+    flush_now: Arc<tokio::sync::Notify>,
     /// Wakes appends held back: a flush freed memory.
     room: tokio::sync::Notify,
     stats: Arc<StoreStats>,
@@ -449,7 +449,7 @@ impl Store {
             writer,
             flush_lock: tokio::sync::Mutex::new(()),
             held_bytes,
-            flush_now: tokio::sync::Notify::new(),
+            flush_now: Arc::new(tokio::sync::Notify::new()),
             room: tokio::sync::Notify::new(),
             stats,
             lock: Mutex::new(Some(lock)),
@@ -471,36 +471,26 @@ impl Store {
 
     fn start_background(&self) {
         let config = &self.inner.config;
-        let flusher = self.every(StoreConfig::duration(config.flush_interval_seconds), |store| async move {
+        let flush_now = Some(self.inner.flush_now.clone());
+        let flusher = self.every(StoreConfig::duration(config.flush_interval_seconds), flush_now, |store| async move {
             store.flush_due(false).await.map_err(|e| ("flushing live traces into a block failed", e))
         });
-        let early_flusher = {
-            let store = self.clone();
-            tokio::spawn(async move {
-                loop {
-                    store.inner.flush_now.notified().await;
-                    if let Err(e) = store.flush_due(false).await {
-                        tracing::error!(error = %e, "flushing live traces into a block failed; will retry");
-                        // A failing disk is not retried on every append's wake-up.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            })
-        };
-        let retention = self.every(Duration::from_secs(60), |store| async move {
+        let retention = self.every(Duration::from_secs(60), None, |store| async move {
             store.apply_retention(now_seconds()).await.map(drop).map_err(|e| ("applying retention failed", e))
         });
-        let compactor = self.every(StoreConfig::duration(config.compaction_interval_seconds), |store| async move {
-            // One group at a time, until none is left.
-            while store.compact().await.map_err(|e| ("compacting blocks failed", e))? > 0 {}
-            Ok(())
-        });
-        self.tasks.lock().expect("task list lock").extend([flusher, early_flusher, retention, compactor]);
+        let compactor =
+            self.every(StoreConfig::duration(config.compaction_interval_seconds), None, |store| async move {
+                // One group at a time, until none is left.
+                while store.compact().await.map_err(|e| ("compacting blocks failed", e))? > 0 {}
+                Ok(())
+            });
+        self.tasks.lock().expect("task list lock").extend([flusher, retention, compactor]);
     }
 
-    /// Runs `work` every `period` (the first time at once) until the store closes; a failure is
-    /// logged and the work retried at the next tick.
-    fn every<F, Fut>(&self, period: Duration, work: F) -> JoinHandle<()>
+    /// Runs `work` every `period` (the first time at once), and whenever `wake` is notified,
+    /// until the store closes. A failure is logged and the work retried at the next tick or
+    /// wake-up, a second later at the earliest: a failing disk is not retried on every append.
+    fn every<F, Fut>(&self, period: Duration, wake: Option<Arc<tokio::sync::Notify>>, work: F) -> JoinHandle<()>
     where
         F: Fn(Store) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<(), (&'static str, StoreError)>> + Send,
@@ -510,9 +500,18 @@ impl Store {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                match &wake {
+                    Some(wake) => tokio::select! {
+                        _ = tick.tick() => {}
+                        () = wake.notified() => {}
+                    },
+                    None => {
+                        tick.tick().await;
+                    }
+                }
                 if let Err((what, e)) = work(store.clone()).await {
                     tracing::error!(error = %e, "{what}; will retry");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         })
