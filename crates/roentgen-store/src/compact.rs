@@ -21,7 +21,8 @@ fn after(base: f64, time: f64) -> i64 {
 /// The time `micros` after `base`, computed in whole microseconds so that a time sent with at most
 /// six decimals comes back as the very f64 it was parsed into.
 fn at(base: f64, micros: i64) -> f64 {
-    (whole_micros(base) + micros) as f64 / 1e6
+    // Saturating: a damaged section decodes to some time, never to an overflow.
+    whole_micros(base).saturating_add(micros) as f64 / 1e6
 }
 
 fn whole_micros(time: f64) -> i64 {
@@ -240,6 +241,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use roentgen_query::whole_microseconds;
+
+    #[test]
+    fn extreme_offsets_decode_without_overflow() {
+        assert_eq!(at(1e300, i64::MAX), i64::MAX as f64 / 1e6);
+        assert_eq!(at(0.0, i64::MIN), i64::MIN as f64 / 1e6);
+    }
 
     proptest! {
         /// Summaries as `summarize` makes them (times in whole microseconds) come back exactly.
