@@ -329,6 +329,19 @@ async fn indexed_and_scanned_filters_agree() {
 }
 
 /// A graph as comparable text, nodes and edges by identity: rollups add them in another order.
+/// Moves the store to a phase of a live-then-blocks test: `flushed` writes every live trace into
+/// a block, `reopened` restarts the store on the same directory; any other phase leaves it be.
+async fn enter(store: &mut Store, phase: &str, dir: &std::path::Path) {
+    match phase {
+        "flushed" => store.flush_all().await.unwrap(),
+        "reopened" => {
+            store.close().await.unwrap();
+            *store = Store::open(config(dir)).await.unwrap();
+        }
+        _ => {}
+    }
+}
+
 fn canonical(graph: &roentgen_query::ServiceGraph) -> Vec<String> {
     let series = |s: &roentgen_query::Series| {
         let st = &s.statistics;
@@ -413,13 +426,7 @@ async fn service_graph_from_rollups_equals_a_scan() {
     }
     // Live and in blocks, then all in blocks, then with the rollups read back from the blocks.
     for phase in ["late segment live", "flushed", "reopened"] {
-        if phase == "flushed" {
-            store.flush_all().await.unwrap();
-        }
-        if phase == "reopened" {
-            store.close().await.unwrap();
-            store = Store::open(config(dir.path())).await.unwrap();
-        }
+        enter(&mut store, phase, dir.path()).await;
         for (start, end) in windows {
             let (start, end) = roentgen_query::whole_minutes(start, end);
             let query = SummaryQuery {
@@ -476,13 +483,7 @@ async fn links_become_edges_from_the_sending_call() {
         .await
         .unwrap();
     for phase in ["consumer live", "flushed", "reopened"] {
-        if phase == "flushed" {
-            store.flush_all().await.unwrap();
-        }
-        if phase == "reopened" {
-            store.close().await.unwrap();
-            store = Store::open(config(dir.path())).await.unwrap();
-        }
+        enter(&mut store, phase, dir.path()).await;
         let graph = store.service_graph(0.0, 4e9).await.unwrap();
         let queue = graph.nodes.iter().find(|n| n.key.name == "jobs").unwrap_or_else(|| panic!("{phase}: no queue"));
         let links: Vec<_> = queue.edges.iter().filter(|e| e.link).collect();
