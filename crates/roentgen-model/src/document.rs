@@ -101,10 +101,15 @@ impl DocumentError {
     }
 }
 
+/// Text of a parsed document. Most of a segment's strings (names, methods, annotation keys and
+/// values) are under 24 bytes and are held inline, with no allocation of their own: live traces
+/// hold millions of them, each allocated at parse and freed at flush.
+pub type Text = compact_str::CompactString;
+
 /// A typed annotation value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AnnotationValue {
-    String(String),
+    String(Text),
     Number(f64),
     Bool(bool),
 }
@@ -124,10 +129,10 @@ impl std::hash::Hash for AnnotationValue {
 /// The `http` block: only what is indexed or summarised.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Http {
-    pub method: Option<String>,
-    pub url: Option<String>,
-    pub user_agent: Option<String>,
-    pub client_ip: Option<String>,
+    pub method: Option<Text>,
+    pub url: Option<Text>,
+    pub user_agent: Option<Text>,
+    pub client_ip: Option<Text>,
     pub status: Option<u16>,
     pub traced: bool,
 }
@@ -135,19 +140,19 @@ pub struct Http {
 /// The `aws` block: only what is indexed or summarised.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Aws {
-    pub account_id: Option<String>,
-    pub instance_id: Option<String>,
-    pub availability_zone: Option<String>,
-    pub operation: Option<String>,
-    pub table_name: Option<String>,
-    pub queue_url: Option<String>,
+    pub account_id: Option<Text>,
+    pub instance_id: Option<Text>,
+    pub availability_zone: Option<Text>,
+    pub operation: Option<Text>,
+    pub table_name: Option<Text>,
+    pub queue_url: Option<Text>,
 }
 
 /// An exception recorded in a `cause`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exception {
-    pub kind: Option<String>,
-    pub message: Option<String>,
+    pub kind: Option<Text>,
+    pub message: Option<Text>,
     /// The exception came from a downstream service.
     pub remote: bool,
 }
@@ -157,21 +162,21 @@ pub struct Exception {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entity {
     pub id: SegmentId,
-    pub name: String,
+    pub name: Text,
     pub start_time: f64,
     pub end_time: Option<f64>,
     pub in_progress: bool,
     pub error: bool,
     pub fault: bool,
     pub throttle: bool,
-    pub namespace: Option<String>,
-    pub origin: Option<String>,
-    pub user: Option<String>,
-    pub resource_arn: Option<String>,
+    pub namespace: Option<Text>,
+    pub origin: Option<Text>,
+    pub user: Option<Text>,
+    pub resource_arn: Option<Text>,
     /// Boxed, as `aws` is: most entities have one or neither, and live traces hold many entities.
     pub http: Option<Box<Http>>,
     pub aws: Option<Box<Aws>>,
-    pub annotations: Vec<(String, AnnotationValue)>,
+    pub annotations: Vec<(Text, AnnotationValue)>,
     pub exceptions: Vec<Exception>,
     pub subsegments: Vec<Entity>,
     /// The entities this one follows from in other traces (asynchronous links), at most
@@ -486,8 +491,8 @@ impl Validator {
         })
     }
 
-    fn annotations(&mut self, entries: Vec<(String, Scalar)>) -> Vec<(String, AnnotationValue)> {
-        let mut out: Vec<(String, AnnotationValue)> = Vec::with_capacity(entries.len());
+    fn annotations(&mut self, entries: Vec<(Text, Scalar)>) -> Vec<(Text, AnnotationValue)> {
+        let mut out: Vec<(Text, AnnotationValue)> = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let value = match value {
                 Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationValue::String(s),

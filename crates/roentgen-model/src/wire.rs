@@ -8,6 +8,8 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
+
+use crate::Text;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
 
 /// Visitor methods that answer every non-container JSON value with `$value`.
@@ -40,7 +42,7 @@ pub(crate) enum Scalar {
     #[default]
     Absent,
     Null,
-    Str(String),
+    Str(Text),
     Num(f64),
     Bool(bool),
     /// An object or an array where a leaf was expected.
@@ -55,7 +57,7 @@ impl Scalar {
         }
     }
 
-    pub(crate) fn into_string(self) -> Option<String> {
+    pub(crate) fn into_string(self) -> Option<Text> {
         match self {
             Scalar::Str(s) => Some(s),
             _ => None,
@@ -101,10 +103,10 @@ impl<'de> Deserialize<'de> for Scalar {
                 Ok(Scalar::Num(v))
             }
             fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Str(v.to_owned()))
+                Ok(Scalar::Str(Text::new(v)))
             }
             fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
-                Ok(Scalar::Str(v))
+                Ok(Scalar::Str(Text::from(v)))
             }
             fn visit_unit<E>(self) -> Result<Scalar, E> {
                 Ok(Scalar::Null)
@@ -158,7 +160,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOr<T> {
 
 /// The entries of an object in document order, or an empty list for anything but an object.
 #[derive(Debug, Default)]
-pub(crate) struct Entries(pub Vec<(String, Scalar)>);
+pub(crate) struct Entries(pub Vec<(Text, Scalar)>);
 
 impl<'de> Deserialize<'de> for Entries {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -170,7 +172,7 @@ impl<'de> Deserialize<'de> for Entries {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, Scalar>()? {
+                while let Some((k, v)) = map.next_entry::<Text, Scalar>()? {
                     out.push((k, v));
                 }
                 Ok(Entries(out))

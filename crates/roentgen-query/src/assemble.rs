@@ -174,7 +174,7 @@ fn inferred_segments(docs: &[(&str, &ParsedDocument)]) -> Vec<AssembledSegment> 
             let mut segment = Map::new();
             let id = SegmentId::from_u64(inferred_id(call.id.as_u64()));
             segment.insert("id".into(), id.to_string().into());
-            segment.insert("name".into(), call.name.clone().into());
+            segment.insert("name".into(), call.name.as_str().into());
             segment.insert("trace_id".into(), doc.trace_id.to_string().into());
             segment.insert("start_time".into(), call.start_time.into());
             match call.end_time {
@@ -184,7 +184,7 @@ fn inferred_segments(docs: &[(&str, &ParsedDocument)]) -> Vec<AssembledSegment> 
             segment.insert("parent_id".into(), call.id.to_string().into());
             segment.insert("inferred".into(), true.into());
             if let Some(origin) = key.kind {
-                segment.insert("origin".into(), origin.into());
+                segment.insert("origin".into(), origin.as_str().into());
             }
             let source = value.as_ref().and_then(|v| find_entity(v, &call.id.to_string(), 0));
             for field in ["http", "aws", "error", "fault", "throttle", "cause"] {

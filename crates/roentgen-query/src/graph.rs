@@ -8,6 +8,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
+use roentgen_model::Text;
 use serde::{Deserialize, Serialize};
 
 use crate::summary::{ServiceKey, TraceSummary};
@@ -200,7 +201,7 @@ pub struct ServiceGraph {
     pub nodes: Vec<GraphNode>,
     services: HashMap<ServiceKey, usize>,
     /// Client nodes, by the name of the root service they call.
-    clients: HashMap<String, usize>,
+    clients: HashMap<Text, usize>,
 }
 
 impl From<Vec<GraphNode>> for ServiceGraph {
@@ -254,9 +255,9 @@ impl ServiceGraph {
         if let Some(&i) = self.clients.get(root) {
             return i;
         }
-        let key = ServiceKey { name: root.to_owned(), kind: Some("client".into()), account_id: None };
+        let key = ServiceKey { name: root.into(), kind: Some("client".into()), account_id: None };
         let i = self.push(key, true);
-        self.clients.insert(root.to_owned(), i);
+        self.clients.insert(root.into(), i);
         i
     }
 

@@ -1,6 +1,6 @@
 //! Nodes for downstream calls that sent no segment of their own.
 
-use roentgen_model::Entity;
+use roentgen_model::{Entity, Text};
 
 use crate::summary::ServiceKey;
 
@@ -13,7 +13,7 @@ pub fn inferred_service(sub: &Entity) -> Option<ServiceKey> {
         Some("aws") => {
             let aws = sub.aws.as_ref();
             let resource = aws.and_then(|a| {
-                a.table_name.clone().or_else(|| a.queue_url.as_deref().and_then(queue_name).map(str::to_owned))
+                a.table_name.clone().or_else(|| a.queue_url.as_deref().and_then(queue_name).map(Text::from))
             });
             Some(ServiceKey {
                 name: resource.unwrap_or_else(|| sub.name.clone()),
@@ -22,7 +22,7 @@ pub fn inferred_service(sub: &Entity) -> Option<ServiceKey> {
             })
         }
         Some("remote") => {
-            Some(ServiceKey { name: sub.name.clone(), kind: Some("remote".to_owned()), account_id: None })
+            Some(ServiceKey { name: sub.name.clone(), kind: Some(Text::const_new("remote")), account_id: None })
         }
         _ => None,
     }
@@ -34,7 +34,7 @@ fn queue_name(url: &str) -> Option<&str> {
 
 /// SDKs disagree on case: Java and Node name the subsegment "DynamoDB", Python's botocore patch
 /// uses the endpoint prefix "dynamodb".
-fn aws_resource_type(service: &str) -> String {
+fn aws_resource_type(service: &str) -> Text {
     const KNOWN: [(&str, &str); 5] = [
         ("DynamoDB", "AWS::DynamoDB::Table"),
         ("SQS", "AWS::SQS::Queue"),
@@ -45,7 +45,7 @@ fn aws_resource_type(service: &str) -> String {
     KNOWN
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(service))
-        .map_or_else(|| format!("AWS::{service}"), |(_, kind)| (*kind).to_owned())
+        .map_or_else(|| Text::from(format!("AWS::{service}")), |(_, kind)| Text::const_new(kind))
 }
 
 #[cfg(test)]

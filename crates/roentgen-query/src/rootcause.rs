@@ -14,7 +14,7 @@
 //! answered, the inferred node it called closes the list.
 
 use roentgen_model::api;
-use roentgen_model::{Entity, SegmentId};
+use roentgen_model::{Entity, SegmentId, Text};
 use serde::{Deserialize, Serialize};
 
 use crate::summary::{Map, ServiceKey};
@@ -36,10 +36,10 @@ impl RootCause {
                 .filter_map(|svc| {
                     let key = services.get(svc.service as usize)?;
                     Some(api::RootCauseService {
-                        name: key.name.clone(),
-                        names: vec![key.name.clone()],
-                        kind: key.kind.clone(),
-                        account_id: key.account_id.clone(),
+                        name: key.name.to_string(),
+                        names: vec![key.name.to_string()],
+                        kind: key.kind.as_deref().map(str::to_owned),
+                        account_id: key.account_id.as_deref().map(str::to_owned),
                         inferred: svc.inferred,
                         entity_path: svc.entity_path.iter().map(RootCauseEntity::to_api).collect(),
                     })
@@ -55,10 +55,13 @@ impl RootCauseEntity {
         let exceptions = self
             .exceptions
             .iter()
-            .map(|(name, message)| api::RootCauseException { name: name.clone(), message: message.clone() })
+            .map(|(name, message)| api::RootCauseException {
+                name: name.as_deref().map(str::to_owned),
+                message: message.as_deref().map(str::to_owned),
+            })
             .collect();
         api::RootCauseEntity {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             exceptions: self.coverage.is_none().then_some(exceptions),
             coverage: self.coverage,
             remote: self.remote,
@@ -76,9 +79,9 @@ pub struct RootCauseService {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RootCauseEntity {
-    pub name: String,
+    pub name: Text,
     /// (type, message) of each exception the entity recorded.
-    pub exceptions: Vec<(Option<String>, Option<String>)>,
+    pub exceptions: Vec<(Option<Text>, Option<Text>)>,
     /// The entity is a call to another service (`aws` or `remote`).
     pub remote: bool,
     /// Response-time causes only: the entity's duration over the root's response time.

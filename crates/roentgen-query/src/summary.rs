@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
-use roentgen_model::{AnnotationValue, DocumentKind, Entity, Http, Link, ParsedDocument, SegmentId, TraceId};
+use roentgen_model::{AnnotationValue, DocumentKind, Entity, Http, Link, ParsedDocument, SegmentId, Text, TraceId};
 use serde::{Deserialize, Serialize};
 
 use crate::inferred::inferred_service;
@@ -23,9 +23,9 @@ pub const MAX_TRACE_LINKS: usize = 100;
 /// A service-graph node identity: (name, type, account).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceKey {
-    pub name: String,
-    pub kind: Option<String>,
-    pub account_id: Option<String>,
+    pub name: Text,
+    pub kind: Option<Text>,
+    pub account_id: Option<Text>,
 }
 
 impl ServiceKey {
@@ -231,7 +231,7 @@ impl TraceSummary {
     /// bytes.
     pub fn approximate_bytes(&self) -> usize {
         use std::mem::size_of;
-        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let text = |s: &Option<Text>| s.as_ref().map_or(0, Text::len);
         let key = |k: &ServiceKey| size_of::<ServiceKey>() + k.name.len() + text(&k.kind) + text(&k.account_id);
         let http = self.http.as_ref().map_or(0, |h| {
             size_of::<Http>() + text(&h.method) + text(&h.url) + text(&h.user_agent) + text(&h.client_ip)

@@ -3,16 +3,20 @@
 use std::collections::BTreeMap;
 
 use roentgen_model::api;
-use roentgen_model::{AnnotationValue, TraceId};
+use roentgen_model::{AnnotationValue, Text, TraceId};
 use roentgen_query::{ServiceGraph, ServiceKey, TraceSummary};
 use roentgen_store::SummaryCursor;
 
+fn owned(text: Option<&Text>) -> Option<String> {
+    text.map(Text::to_string)
+}
+
 fn service_id(key: &ServiceKey) -> api::ServiceId {
     api::ServiceId {
-        name: key.name.clone(),
-        names: vec![key.name.clone()],
-        account_id: key.account_id.clone(),
-        kind: key.kind.clone(),
+        name: key.name.to_string(),
+        names: vec![key.name.to_string()],
+        account_id: owned(key.account_id.as_ref()),
+        kind: owned(key.kind.as_ref()),
     }
 }
 
@@ -29,7 +33,7 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
             .iter()
             .map(|(value, services)| api::ValueWithServiceIds {
                 annotation_value: match value {
-                    AnnotationValue::String(s) => api::AnnotationValue::StringValue(s.clone()),
+                    AnnotationValue::String(s) => api::AnnotationValue::StringValue(s.to_string()),
                     AnnotationValue::Number(n) => api::AnnotationValue::NumberValue(*n),
                     AnnotationValue::Bool(b) => api::AnnotationValue::BooleanValue(*b),
                 },
@@ -48,11 +52,11 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
         has_throttle: summary.has_throttle,
         is_partial: summary.is_partial,
         http: api::Http {
-            http_url: http.url,
+            http_url: owned(http.url.as_ref()),
             http_status: http.status,
-            http_method: http.method,
-            user_agent: http.user_agent,
-            client_ip: http.client_ip,
+            http_method: owned(http.method.as_ref()),
+            user_agent: owned(http.user_agent.as_ref()),
+            client_ip: owned(http.client_ip.as_ref()),
         },
         annotations,
         users: summary
@@ -132,11 +136,11 @@ pub fn services(graph: &ServiceGraph) -> Vec<api::Service> {
             let measured = !node.client && series.statistics.total() > 0;
             api::Service {
                 reference_id: reference[i],
-                name: node.key.name.clone(),
-                names: vec![node.key.name.clone()],
+                name: node.key.name.to_string(),
+                names: vec![node.key.name.to_string()],
                 root: node.root,
-                account_id: node.key.account_id.clone(),
-                kind: node.key.kind.clone(),
+                account_id: owned(node.key.account_id.as_ref()),
+                kind: owned(node.key.kind.as_ref()),
                 state: if node.active { "active" } else { "unknown" }.to_owned(),
                 start_time: if start.is_finite() { start.floor() } else { 0.0 },
                 end_time: if end.is_finite() { end.ceil() } else { 0.0 },

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use roentgen_model::{AnnotationValue, Link, ParsedDocument, TraceId, parse_document};
+use roentgen_model::{AnnotationValue, Link, ParsedDocument, Text, TraceId, parse_document};
 use roentgen_query::filter::Requirement;
 use roentgen_query::{LinkSource, ServiceGraph, TimeRangeType, TraceSummary, link_source, summarize};
 use tokio::sync::{mpsc, oneshot};
@@ -70,7 +70,7 @@ struct BlockSummaries {
     /// Roughly the memory all this holds.
     bytes: usize,
     by_annotation: HashMap<String, HashMap<AnnotationValue, Vec<u32>>>,
-    by_service: HashMap<String, Vec<u32>>,
+    by_service: HashMap<Text, Vec<u32>>,
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
     node_throttle: Vec<u32>,
@@ -146,7 +146,7 @@ impl BlockSummaries {
             .map(|r| {
                 let list = match r {
                     Requirement::Annotation(key, value) => self.by_annotation.get(key).and_then(|v| v.get(value)),
-                    Requirement::Service(name) => self.by_service.get(name),
+                    Requirement::Service(name) => self.by_service.get(name.as_str()),
                     Requirement::NodeFault => Some(&self.node_fault),
                     Requirement::NodeError => Some(&self.node_error),
                     Requirement::NodeThrottle => Some(&self.node_throttle),

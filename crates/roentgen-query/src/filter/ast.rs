@@ -57,8 +57,8 @@ impl Node {
             Node::Name(name) => key.name == *name,
             Node::Id { name, kind, account } => {
                 name.as_ref().is_none_or(|n| *n == key.name)
-                    && kind.as_ref().is_none_or(|k| key.kind.as_ref() == Some(k))
-                    && account.as_ref().is_none_or(|a| key.account_id.as_ref() == Some(a))
+                    && kind.as_ref().is_none_or(|k| key.kind.as_deref() == Some(k.as_str()))
+                    && account.as_ref().is_none_or(|a| key.account_id.as_deref() == Some(a.as_str()))
             }
         }
     }

@@ -198,8 +198,9 @@ fn ok(error: bool, fault: bool, throttle: bool) -> bool {
 fn trace_test(test: &Test, s: &TraceSummary) -> bool {
     let c = &test.compare;
     let http = s.http.as_ref();
-    let root_http =
-        |get: fn(&roentgen_model::Http) -> Option<&String>| http.and_then(get).map(String::as_str).into_iter();
+    let root_http = |get: fn(&roentgen_model::Http) -> Option<&roentgen_model::Text>| {
+        http.and_then(get).map(|t| t.as_str()).into_iter()
+    };
     match &test.field {
         Field::Ok => boolean(ok(s.has_error, s.has_fault, s.has_throttle), c),
         Field::Error => boolean(s.has_error, c),

@@ -41,7 +41,7 @@ pub(super) fn requirements(expr: &Expr) -> Vec<Requirement> {
         match term {
             Expr::Test(Test { field: Field::Annotation(key), compare: Some((Op::Eq, value)) }) => {
                 let value = match value {
-                    Value::Str(s) => AnnotationValue::String(s.clone()),
+                    Value::Str(s) => AnnotationValue::String(s.into()),
                     Value::Num(n) => AnnotationValue::Number(*n),
                     Value::Bool(b) => AnnotationValue::Bool(*b),
                 };
