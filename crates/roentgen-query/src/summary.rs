@@ -42,13 +42,13 @@ impl ServiceKey {
 /// [`TraceSummary::services`]) that recorded it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnnotationSummary {
-    pub key: String,
+    pub key: Text,
     pub values: Vec<(AnnotationValue, Vec<u32>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserSummary {
-    pub name: String,
+    pub name: Text,
     pub services: Vec<u32>,
 }
 
@@ -71,9 +71,9 @@ pub struct TraceSummary {
     pub entry_point: Option<u32>,
     pub annotations: Vec<AnnotationSummary>,
     pub users: Vec<UserSummary>,
-    pub resource_arns: Vec<String>,
-    pub instance_ids: Vec<String>,
-    pub availability_zones: Vec<String>,
+    pub resource_arns: Vec<Text>,
+    pub instance_ids: Vec<Text>,
+    pub availability_zones: Vec<Text>,
     pub revision: u32,
     /// End times of the top-level segments, for `TimeRangeType: Service`.
     pub segment_end_times: Vec<f64>,
@@ -231,13 +231,13 @@ impl TraceSummary {
     /// bytes.
     pub fn approximate_bytes(&self) -> usize {
         use std::mem::size_of;
-        let text = |s: &Option<Text>| s.as_ref().map_or(0, Text::len);
-        let key = |k: &ServiceKey| size_of::<ServiceKey>() + k.name.len() + text(&k.kind) + text(&k.account_id);
+        let text = |s: &Option<Text>| s.as_ref().map_or(0, heap);
+        let key = |k: &ServiceKey| size_of::<ServiceKey>() + heap(&k.name) + text(&k.kind) + text(&k.account_id);
         let http = self.http.as_ref().map_or(0, |h| {
             size_of::<Http>() + text(&h.method) + text(&h.url) + text(&h.user_agent) + text(&h.client_ip)
         });
         let value = |v: &AnnotationValue| match v {
-            AnnotationValue::String(s) => s.len(),
+            AnnotationValue::String(s) => heap(s),
             _ => 0,
         };
         let annotations: usize = self
@@ -245,18 +245,18 @@ impl TraceSummary {
             .iter()
             .map(|a| {
                 let values: usize = a.values.iter().map(|(v, s)| 48 + value(v) + 4 * s.len()).sum();
-                size_of::<AnnotationSummary>() + a.key.len() + values
+                size_of::<AnnotationSummary>() + heap(&a.key) + values
             })
             .sum();
         let users: usize =
-            self.users.iter().map(|u| size_of::<UserSummary>() + u.name.len() + 4 * u.services.len()).sum();
-        let strings = |list: &[String]| list.iter().map(|s| size_of::<String>() + s.len()).sum::<usize>();
+            self.users.iter().map(|u| size_of::<UserSummary>() + heap(&u.name) + 4 * u.services.len()).sum();
+        let strings = |list: &[Text]| list.iter().map(|s| size_of::<Text>() + heap(s)).sum::<usize>();
         let causes = |causes: &[RootCause]| -> usize {
             causes
                 .iter()
                 .flat_map(|c| &c.services)
                 .flat_map(|s| &s.entity_path)
-                .map(|e| 64 + e.name.len() + e.exceptions.iter().map(|(t, m)| 48 + text(t) + text(m)).sum::<usize>())
+                .map(|e| 64 + heap(&e.name) + e.exceptions.iter().map(|(t, m)| 48 + text(t) + text(m)).sum::<usize>())
                 .sum()
         };
         let facts = &self.facts;
@@ -540,6 +540,11 @@ fn edge_fact(from: u32, to: u32, call: &Entity) -> EdgeFact {
     }
 }
 
+/// The bytes a text holds apart from itself: none when it is short enough to be inline.
+fn heap(text: &Text) -> usize {
+    if text.is_heap_allocated() { text.len() } else { 0 }
+}
+
 #[derive(Default)]
 struct Services {
     keys: Vec<ServiceKey>,
@@ -561,7 +566,7 @@ fn add_annotation(out: &mut Vec<AnnotationSummary>, key: &str, value: &Annotatio
     let entry = match out.iter_mut().position(|a| a.key == key) {
         Some(i) => &mut out[i],
         None if out.len() < MAX_INDEXED_ANNOTATIONS => {
-            out.push(AnnotationSummary { key: key.to_owned(), values: Vec::new() });
+            out.push(AnnotationSummary { key: key.into(), values: Vec::new() });
             out.last_mut().expect("just pushed")
         }
         None => return,
@@ -582,7 +587,7 @@ fn add_user(out: &mut Vec<UserSummary>, name: &str, service: Option<u32>) {
     let entry = match out.iter_mut().position(|u| u.name == name) {
         Some(i) => &mut out[i],
         None => {
-            out.push(UserSummary { name: name.to_owned(), services: Vec::new() });
+            out.push(UserSummary { name: name.into(), services: Vec::new() });
             out.last_mut().expect("just pushed")
         }
     };
@@ -591,9 +596,9 @@ fn add_user(out: &mut Vec<UserSummary>, name: &str, service: Option<u32>) {
     }
 }
 
-fn push_unique(out: &mut Vec<String>, value: &str) {
+fn push_unique(out: &mut Vec<Text>, value: &str) {
     if !out.iter().any(|v| v == value) {
-        out.push(value.to_owned());
+        out.push(value.into());
     }
 }
 

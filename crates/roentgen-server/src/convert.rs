@@ -40,7 +40,7 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
                 service_ids: service_ids(summary, services),
             })
             .collect();
-        annotations.insert(a.key.clone(), values);
+        annotations.insert(a.key.to_string(), values);
     }
     api::TraceSummary {
         id: summary.trace_id.to_string(),
@@ -62,15 +62,19 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
         users: summary
             .users
             .iter()
-            .map(|u| api::TraceUser { user_name: u.name.clone(), service_ids: service_ids(summary, &u.services) })
+            .map(|u| api::TraceUser { user_name: u.name.to_string(), service_ids: service_ids(summary, &u.services) })
             .collect(),
         service_ids: summary.services.iter().map(service_id).collect(),
-        resource_arns: summary.resource_arns.iter().map(|arn| api::ResourceArnDetail { arn: arn.clone() }).collect(),
-        instance_ids: summary.instance_ids.iter().map(|id| api::InstanceIdDetail { id: id.clone() }).collect(),
+        resource_arns: summary
+            .resource_arns
+            .iter()
+            .map(|arn| api::ResourceArnDetail { arn: arn.to_string() })
+            .collect(),
+        instance_ids: summary.instance_ids.iter().map(|id| api::InstanceIdDetail { id: id.to_string() }).collect(),
         availability_zones: summary
             .availability_zones
             .iter()
-            .map(|name| api::AvailabilityZoneDetail { name: name.clone() })
+            .map(|name| api::AvailabilityZoneDetail { name: name.to_string() })
             .collect(),
         entry_point: summary.entry_point.and_then(|i| summary.services.get(i as usize)).map(service_id),
         fault_root_causes: summary.facts.fault_root_causes.iter().map(|c| c.to_api(&summary.services)).collect(),

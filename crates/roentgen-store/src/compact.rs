@@ -7,7 +7,7 @@
 //! revision and the document count are left out: the index holds them, in the same order.
 //! Microseconds are the precision X-Ray's SDKs send.
 
-use roentgen_model::{Http, TraceId};
+use roentgen_model::{Http, Text, TraceId};
 use roentgen_query::{
     AnnotationSummary, EdgeFact, NodeFact, RootCause, ServiceKey, TraceFacts, TraceSummary, UserSummary,
 };
@@ -49,9 +49,9 @@ pub(crate) struct SummaryOut<'a> {
     entry_point: Option<u32>,
     annotations: &'a [AnnotationSummary],
     users: &'a [UserSummary],
-    resource_arns: &'a [String],
-    instance_ids: &'a [String],
-    availability_zones: &'a [String],
+    resource_arns: &'a [Text],
+    instance_ids: &'a [Text],
+    availability_zones: &'a [Text],
     segment_end_times: Vec<i64>,
 }
 
@@ -66,9 +66,9 @@ pub(crate) struct SummaryIn {
     entry_point: Option<u32>,
     annotations: Vec<AnnotationSummary>,
     users: Vec<UserSummary>,
-    resource_arns: Vec<String>,
-    instance_ids: Vec<String>,
-    availability_zones: Vec<String>,
+    resource_arns: Vec<Text>,
+    instance_ids: Vec<Text>,
+    availability_zones: Vec<Text>,
     segment_end_times: Vec<i64>,
 }
 

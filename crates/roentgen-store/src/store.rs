@@ -69,7 +69,7 @@ struct BlockSummaries {
     summaries: Vec<Arc<TraceSummary>>,
     /// Roughly the memory all this holds.
     bytes: usize,
-    by_annotation: HashMap<String, HashMap<AnnotationValue, Vec<u32>>>,
+    by_annotation: HashMap<Text, HashMap<AnnotationValue, Vec<u32>>>,
     by_service: HashMap<Text, Vec<u32>>,
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
@@ -145,7 +145,9 @@ impl BlockSummaries {
             .iter()
             .map(|r| {
                 let list = match r {
-                    Requirement::Annotation(key, value) => self.by_annotation.get(key).and_then(|v| v.get(value)),
+                    Requirement::Annotation(key, value) => {
+                        self.by_annotation.get(key.as_str()).and_then(|v| v.get(value))
+                    }
                     Requirement::Service(name) => self.by_service.get(name.as_str()),
                     Requirement::NodeFault => Some(&self.node_fault),
                     Requirement::NodeError => Some(&self.node_error),

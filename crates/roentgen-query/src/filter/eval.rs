@@ -216,9 +216,9 @@ fn trace_test(test: &Test, s: &TraceSummary) -> bool {
         Field::HttpUserAgent => strings(root_http(|h| h.user_agent.as_ref()), c),
         Field::HttpClientIp => strings(root_http(|h| h.client_ip.as_ref()), c),
         Field::User => strings(s.users.iter().map(|u| u.name.as_str()), c),
-        Field::AvailabilityZone => strings(s.availability_zones.iter().map(String::as_str), c),
-        Field::InstanceId => strings(s.instance_ids.iter().map(String::as_str), c),
-        Field::ResourceArn => strings(s.resource_arns.iter().map(String::as_str), c),
+        Field::AvailabilityZone => strings(s.availability_zones.iter().map(|t| t.as_str()), c),
+        Field::InstanceId => strings(s.instance_ids.iter().map(|t| t.as_str()), c),
+        Field::ResourceArn => strings(s.resource_arns.iter().map(|t| t.as_str()), c),
         Field::Annotation(key) => {
             let Some(annotation) = s.annotations.iter().find(|a| a.key == *key) else { return false };
             match c {
