@@ -33,6 +33,7 @@
 //! block covers. It is written last: a block without it does not exist.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -129,6 +130,8 @@ pub(crate) struct BlockRead {
 /// binary encodings for which level 3 compresses better than level 1, and that are a fraction of
 /// the documents' bytes.
 const SECTION_LEVEL: i32 = 3;
+/// How much of a section's encoding is handed to the compressor at a time.
+const SECTION_BUFFER_BYTES: usize = 128 << 10;
 
 /// The top bit of an index entry's document count.
 const LIMIT_EXCEEDED: u32 = 1 << 31;
@@ -156,12 +159,12 @@ impl RollupSections {
         let mut frames = Vec::new();
         let mut fine_frames = Vec::with_capacity(fine.len());
         for (&hour, rollups) in fine {
-            let start = frames.len() as u64;
-            frames.extend(compress_section(options, "rollups", postcard::to_stdvec(rollups))?);
-            fine_frames.push((hour, start..frames.len() as u64));
+            fine_frames.push((hour, compressed_section(options, &mut frames, "rollups", rollups)?));
         }
         let kept = KeptRollups { rollups: kept, fine_frames };
-        Ok(Self { fine: frames, kept: compress_section(options, "rollups", postcard::to_stdvec(&kept))? })
+        let mut kept_frame = Vec::new();
+        compressed_section(options, &mut kept_frame, "rollups", &kept)?;
+        Ok(Self { fine: frames, kept: kept_frame })
     }
 }
 
@@ -234,18 +237,16 @@ pub(crate) fn build(
     let table: Vec<u8> =
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
-    let encode = |what: &str, encoded: Result<Vec<u8>, postcard::Error>| compress_section(&options, what, encoded);
-    let summaries: Vec<SummaryOut<'_>> = traces.iter().map(|t| SummaryOut::new(&t.summary)).collect();
-    let summaries_range = section(&mut data, &encode("summary", postcard::to_stdvec(&summaries))?);
+    let summaries = Seq(|| traces.iter().map(|t| SummaryOut::new(&t.summary)));
+    let summaries_range = compressed_section(&options, &mut data, "summary", &summaries)?;
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
-    let facts: Vec<FactsOut<'_>> =
-        traces.iter().map(|t| FactsOut::new(&t.summary.facts, t.summary.start_time)).collect();
-    let facts_range = section(&mut data, &encode("facts", postcard::to_stdvec(&facts))?);
+    let facts = Seq(|| traces.iter().map(|t| FactsOut::new(&t.summary.facts, t.summary.start_time)));
+    let facts_range = compressed_section(&options, &mut data, "facts", &facts)?;
     let rollups_range = section(&mut data, &rollups.fine);
     let kept_range = section(&mut data, &rollups.kept);
-    let links: Vec<&Vec<LinkFact>> = traces.iter().map(|t| &t.summary.links).collect();
-    let links_range = section(&mut data, &encode("links", postcard::to_stdvec(&links))?);
+    let links = Seq(|| traces.iter().map(|t| &t.summary.links));
+    let links_range = compressed_section(&options, &mut data, "links", &links)?;
 
     let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
     let max_time = traces.iter().map(|t| t.summary.end_time).fold(f64::NEG_INFINITY, f64::max);
@@ -280,14 +281,85 @@ pub(crate) fn build(
     Ok((data, meta))
 }
 
-fn compress_section(
+/// A sequence encoded straight from an iterator, the same bytes as a `Vec` of its items: a
+/// block's summaries and facts are never all held in a vector of their own.
+struct Seq<F>(F);
+
+impl<F, I> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: ExactSizeIterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
+    }
+}
+
+/// Appends `value`'s postcard encoding to `out` as one zstd frame, and returns where it is. The
+/// encoding is compressed as it is made, a buffer at a time, rather than made whole first: for a
+/// block's summaries that whole would be tens of megabytes to allocate, fault in and copy.
+fn compressed_section<T: Serialize + ?Sized>(
     options: &BuildOptions,
+    out: &mut Vec<u8>,
     what: &str,
-    encoded: Result<Vec<u8>, postcard::Error>,
-) -> Result<Vec<u8>, StoreError> {
+    value: &T,
+) -> Result<Range<u64>, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptBlock { block: options.id.clone(), reason };
-    let encoded = encoded.map_err(|e| corrupt(format!("{what} encoding: {e}")))?;
-    zstd::bulk::compress(&encoded, SECTION_LEVEL).map_err(|e| corrupt(format!("compression failed: {e}")))
+    let start = out.len() as u64;
+    let mut io_error = None;
+    let encoder = zstd::stream::write::Encoder::new(&mut *out, SECTION_LEVEL)
+        .map_err(|e| corrupt(format!("{what} compression: {e}")))?;
+    let flavor = Compressing { buffer: Vec::with_capacity(SECTION_BUFFER_BYTES), encoder, error: &mut io_error };
+    postcard::serialize_with_flavor(value, flavor).map_err(|e| match io_error.take() {
+        Some(io) => corrupt(format!("{what} compression: {io}")),
+        None => corrupt(format!("{what} encoding: {e}")),
+    })?;
+    Ok(start..out.len() as u64)
+}
+
+/// A postcard output that hands its bytes to a zstd stream each time it holds
+/// [`SECTION_BUFFER_BYTES`]. The stream's error, which postcard has no variant for, is kept aside.
+struct Compressing<'a, 'e> {
+    buffer: Vec<u8>,
+    encoder: zstd::stream::write::Encoder<'static, &'a mut Vec<u8>>,
+    error: &'e mut Option<std::io::Error>,
+}
+
+impl Compressing<'_, '_> {
+    #[cold]
+    fn drain(&mut self) -> postcard::Result<()> {
+        let written = self.encoder.write_all(&self.buffer);
+        self.buffer.clear();
+        written.map_err(|e| {
+            *self.error = Some(e);
+            postcard::Error::SerializeBufferFull
+        })
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Compressing<'_, '_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.buffer.push(byte);
+        if self.buffer.len() >= SECTION_BUFFER_BYTES { self.drain() } else { Ok(()) }
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= SECTION_BUFFER_BYTES { self.drain() } else { Ok(()) }
+    }
+
+    fn finalize(mut self) -> postcard::Result<()> {
+        self.drain()?;
+        self.encoder.finish().map(drop).map_err(|e| {
+            *self.error = Some(e);
+            postcard::Error::SerializeBufferFull
+        })
+    }
 }
 
 /// A bloom filter over trace ids; the ids' random bits are the hash.
@@ -586,8 +658,15 @@ fn decode<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, String> {
 /// Decompresses one zstd frame, refusing to expand beyond what a block can legitimately hold.
 fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
     const LIMIT: usize = 1 << 30;
-    let size = zstd::zstd_safe::get_frame_content_size(frame).ok().flatten().unwrap_or(LIMIT as u64);
-    zstd::bulk::decompress(frame, (size as usize).min(LIMIT))
+    match zstd::zstd_safe::get_frame_content_size(frame).ok().flatten() {
+        Some(size) => zstd::bulk::decompress(frame, (size as usize).min(LIMIT)),
+        // Sections compressed as a stream (see `compressed_section`) do not record their size.
+        None => {
+            let mut plain = Vec::new();
+            zstd::stream::read::Decoder::with_buffer(frame)?.take(LIMIT as u64).read_to_end(&mut plain)?;
+            Ok(plain)
+        }
+    }
 }
 
 fn split_documents(mut region: &[u8], count: usize) -> Option<Vec<String>> {
