@@ -875,6 +875,29 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_section_decodes_to_the_encoding_of_a_vector() {
+        let options = BuildOptions {
+            id: "b".into(),
+            created_at: 0.0,
+            wal_generation: 0,
+            chunk_bytes: 1 << 16,
+            level: 1,
+            supersedes: vec![],
+        };
+        // Several times the buffer, so the stream is fed in many pieces.
+        let items: Vec<(u64, String)> = (0..100_000u64).map(|i| (i * 7919, format!("item-{i}"))).collect();
+        let mut out = b"prefix".to_vec();
+        let range = compressed_section(&options, &mut out, "items", &Seq(|| items.iter())).unwrap();
+        assert_eq!(range.start, 6);
+        assert_eq!(range.end as usize, out.len());
+        let frame = &out[range.start as usize..];
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(frame).ok().flatten(), None, "a stream");
+        assert_eq!(decompress(frame).unwrap(), postcard::to_stdvec(&items).unwrap());
+        assert_eq!(decode::<Vec<(u64, String)>>(frame).unwrap(), items);
+        assert!(decode::<Vec<(u64, String)>>(&frame[..frame.len() / 2]).is_err(), "a cut frame");
+    }
+
+    #[test]
     fn damaged_framing_is_detected() {
         assert_eq!(split_documents(&[3, 0, 0, 0, b'a'], 1), None);
         assert_eq!(split_documents(&[1, 0, 0, 0, b'a'], 2), None);
