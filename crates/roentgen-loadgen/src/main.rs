@@ -600,7 +600,7 @@ async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
         let cpu = process_cpu()?;
         let mut parsed = Vec::with_capacity(documents.len());
         for raw in &documents {
-            let doc = roentgen_model::parse_document(raw.as_bytes(), roentgen_model::MAX_DOCUMENT_BYTES)?;
+            let doc = roentgen_model::parse_document_text(raw, roentgen_model::MAX_DOCUMENT_BYTES)?;
             parsed.push(Arc::new(roentgen_store::StoredDocument {
                 raw: raw.as_str().into(),
                 parsed: doc,

@@ -243,6 +243,21 @@ impl ParsedDocument {
 
 /// Parses and validates one segment document.
 pub fn parse_document(bytes: &[u8], max_bytes: usize) -> Result<ParsedDocument, DocumentError> {
+    check_size(bytes, max_bytes)?;
+    // Documents are returned inside JSON strings, so they must be UTF-8 throughout, not only in
+    // the parts serde reads.
+    let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("not valid UTF-8: {e}")))?;
+    parse_valid_text(text)
+}
+
+/// [`parse_document`] for a document already known to be UTF-8, such as one decoded from a
+/// JSON string: the check is not made twice.
+pub fn parse_document_text(text: &str, max_bytes: usize) -> Result<ParsedDocument, DocumentError> {
+    check_size(text.as_bytes(), max_bytes)?;
+    parse_valid_text(text)
+}
+
+fn check_size(bytes: &[u8], max_bytes: usize) -> Result<(), DocumentError> {
     if bytes.len() > max_bytes {
         return Err(DocumentError {
             code: DocumentErrorCode::SegmentTooLarge,
@@ -251,15 +266,14 @@ pub fn parse_document(bytes: &[u8], max_bytes: usize) -> Result<ParsedDocument, 
             detail: format!("document is {} bytes, over the limit of {max_bytes}", bytes.len()),
         });
     }
-    let invalid = |detail: String| DocumentError {
-        code: DocumentErrorCode::InvalidSegment,
-        id: None,
-        in_subsegment: false,
-        detail,
-    };
-    // Documents are returned inside JSON strings, so they must be UTF-8 throughout, not only in
-    // the parts serde reads.
-    let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("not valid UTF-8: {e}")))?;
+    Ok(())
+}
+
+fn invalid(detail: String) -> DocumentError {
+    DocumentError { code: DocumentErrorCode::InvalidSegment, id: None, in_subsegment: false, detail }
+}
+
+fn parse_valid_text(text: &str) -> Result<ParsedDocument, DocumentError> {
     let value: crate::wire::MapOr<WireEntity> =
         serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     let Some(wire) = value.0 else {
@@ -725,6 +739,16 @@ mod tests {
         let err = parse(&json).unwrap_err();
         assert_eq!(err.code, DocumentErrorCode::SegmentTooLarge);
         assert_eq!(err.id.as_deref(), Some("70de5b6f19ff9a0a"));
+        assert_eq!(parse_document_text(&json, MAX_DOCUMENT_BYTES).unwrap_err(), err);
+    }
+
+    #[test]
+    fn text_already_known_to_be_utf8_parses_the_same() {
+        let good =
+            format!(r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"é","start_time":1,"end_time":2}}"#);
+        assert_eq!(parse_document_text(&good, MAX_DOCUMENT_BYTES).unwrap(), parse(&good).unwrap());
+        let bad = format!(r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","start_time":1,"end_time":2}}"#);
+        assert_eq!(parse_document_text(&bad, MAX_DOCUMENT_BYTES).unwrap_err(), parse(&bad).unwrap_err());
     }
 
     #[test]

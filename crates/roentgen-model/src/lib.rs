@@ -12,6 +12,6 @@ mod wire;
 
 pub use document::{
     AnnotationValue, Aws, DocumentError, DocumentErrorCode, DocumentKind, Entity, Exception, Http, Link,
-    MAX_DOCUMENT_BYTES, MAX_LINKS, MAX_NAME_CHARS, ParsedDocument, Text, parse_document,
+    MAX_DOCUMENT_BYTES, MAX_LINKS, MAX_NAME_CHARS, ParsedDocument, Text, parse_document, parse_document_text,
 };
 pub use ids::{InvalidTraceId, SegmentId, TraceId};

@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use roentgen_model::api;
-use roentgen_model::{TraceId, parse_document};
+use roentgen_model::{TraceId, parse_document_text};
 use roentgen_query::TimeRangeType;
 use roentgen_query::filter::Filter;
 use roentgen_store::{Source, Store, StoredDocument, StoredTrace, SummaryQuery};
@@ -203,7 +203,7 @@ async fn put_trace_segments(State(state): Shared, request: Request) -> Result<Re
     let mut unprocessed = Vec::new();
     let mut dropped_annotations = 0u64;
     for raw in documents {
-        match parse_document(raw.as_bytes(), state.config.ingest.max_document_bytes) {
+        match parse_document_text(&raw, state.config.ingest.max_document_bytes) {
             Ok(parsed) => {
                 dropped_annotations += u64::from(parsed.dropped_annotations);
                 accepted.push(Arc::new(StoredDocument { raw: raw.into_boxed_str(), parsed, source: Source::Api }));

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use roentgen_model::{AnnotationValue, Link, ParsedDocument, Text, TraceId, parse_document};
+use roentgen_model::{AnnotationValue, Link, ParsedDocument, Text, TraceId, parse_document_text};
 use roentgen_query::filter::Requirement;
 use roentgen_query::{LinkSource, ServiceGraph, TimeRangeType, TraceSummary, link_source, summarize};
 use tokio::sync::{mpsc, oneshot};
@@ -370,7 +370,7 @@ fn new_block_id() -> String {
 }
 
 fn parse_stored(raw: String, source: Source) -> Option<Arc<StoredDocument>> {
-    let parsed = parse_document(raw.as_bytes(), usize::MAX).ok()?;
+    let parsed = parse_document_text(&raw, usize::MAX).ok()?;
     Some(Arc::new(StoredDocument { raw: raw.into_boxed_str(), parsed, source }))
 }
 
