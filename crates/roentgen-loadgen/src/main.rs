@@ -139,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "segments_sent": report.sent,
                 "segments_rejected": report.rejected,
                 "raw_document_bytes": report.bytes,
+                "entities_sent": report.entities,
                 "seconds": report.elapsed.as_secs_f64(),
                 "segments_per_second": report.sent as f64 / report.elapsed.as_secs_f64(),
             }));
@@ -266,6 +267,11 @@ impl Generator {
     }
 }
 
+/// Segments and subsegments in one of the generator's documents: each has one `start_time`.
+fn entity_count(document: &str) -> u64 {
+    document.matches("\"start_time\":").count() as u64
+}
+
 fn subsegment(parent: u64, i: u64, t: f64, duration: f64) -> String {
     let id = mix(parent ^ (i + 100));
     let start = t + duration * (i as f64 / 25.0);
@@ -284,10 +290,13 @@ fn subsegment(parent: u64, i: u64, t: f64, duration: f64) -> String {
     }
 }
 
+#[derive(Default)]
 struct Report {
     sent: u64,
     rejected: u64,
     bytes: u64,
+    /// Segments and subsegments in the documents sent.
+    entities: u64,
     elapsed: Duration,
     sample_ids: Vec<String>,
 }
@@ -312,6 +321,7 @@ async fn ingest_api(
         tasks.push(tokio::spawn(async move {
             let mut rejected = 0u64;
             let mut bytes = 0u64;
+            let mut entities = 0u64;
             let mut samples = Vec::new();
             // Whole traces only, so a sampled trace id is one whose documents were all sent.
             let mut carry: Option<(String, Vec<String>)> = None;
@@ -338,6 +348,7 @@ async fn ingest_api(
                 }
                 samples.extend(batch_samples);
                 bytes += docs.iter().map(|d| d.len() as u64).sum::<u64>();
+                entities += docs.iter().map(|d| entity_count(d)).sum::<u64>();
                 let body = serde_json::to_vec(&json!({ "TraceSegmentDocuments": docs }))?;
                 let response = client.post(&url).body(body).send().await?;
                 if !response.status().is_success() {
@@ -346,14 +357,15 @@ async fn ingest_api(
                 let answer: Value = response.json().await?;
                 rejected += answer["UnprocessedTraceSegments"].as_array().map_or(0, |a| a.len() as u64);
             }
-            Ok::<_, anyhow::Error>((rejected, bytes, samples))
+            Ok::<_, anyhow::Error>((rejected, bytes, entities, samples))
         }));
     }
-    let mut report = Report { sent: 0, rejected: 0, bytes: 0, elapsed: Duration::ZERO, sample_ids: Vec::new() };
+    let mut report = Report::default();
     for task in tasks {
-        let (rejected, bytes, samples) = task.await??;
+        let (rejected, bytes, entities, samples) = task.await??;
         report.rejected += rejected;
         report.bytes += bytes;
+        report.entities += entities;
         report.sample_ids.extend(samples);
     }
     report.elapsed = started.elapsed();
@@ -364,7 +376,7 @@ async fn ingest_api(
 fn ingest_udp(address: &str, generator: Generator, segments: u64, rate: u64) -> anyhow::Result<Report> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.connect(address)?;
-    let mut report = Report { sent: 0, rejected: 0, bytes: 0, elapsed: Duration::ZERO, sample_ids: Vec::new() };
+    let mut report = Report::default();
     let started = Instant::now();
     let header = b"{\"format\":\"json\",\"version\":1}\n";
     let mut datagram = Vec::with_capacity(65_536);
@@ -383,6 +395,7 @@ fn ingest_udp(address: &str, generator: Generator, segments: u64, rate: u64) -> 
             let _ = socket.send(&datagram);
             report.sent += 1;
             report.bytes += doc.len() as u64;
+            report.entities += entity_count(&doc);
         }
         if rate > 0 {
             let due = Duration::from_secs_f64(report.sent as f64 / rate as f64);
