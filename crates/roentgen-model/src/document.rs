@@ -2,10 +2,11 @@
 
 use std::fmt;
 
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{SegmentId, TraceId};
-use crate::wire::{Scalar, WireEntity};
+use crate::wire::{Items, MapOr, Scalar, WireAws, WireCause, WireEntity, WireHttp, WireLink};
 
 /// X-Ray's limit on one segment document.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
@@ -274,8 +275,7 @@ fn invalid(detail: String) -> DocumentError {
 }
 
 fn parse_valid_text(text: &str) -> Result<ParsedDocument, DocumentError> {
-    let value: crate::wire::MapOr<WireEntity> =
-        serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let value: MapOr<WireEntity> = serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     let Some(wire) = value.0 else {
         return Err(DocumentError {
             code: DocumentErrorCode::MissingId,
@@ -284,7 +284,7 @@ fn parse_valid_text(text: &str) -> Result<ParsedDocument, DocumentError> {
             detail: "document is not a JSON object".to_owned(),
         });
     };
-    Validator::default().document(wire)
+    document(wire)
 }
 
 /// Best effort at the `id` of a document too large to parse, so the client can tell which it was.
@@ -298,24 +298,173 @@ fn sniff_id(bytes: &[u8]) -> Option<String> {
     SegmentId::parse(id).map(|_| id.to_owned())
 }
 
-#[derive(Default)]
-struct Validator {
-    top_id: Option<String>,
+/// A document's subsegments, each validated as soon as it is read rather than kept as it
+/// arrived: the entities, or the first error in document order, and the annotations dropped.
+#[derive(Debug)]
+pub(crate) struct Subsegments {
+    entities: Result<Vec<Entity>, DocumentError>,
     dropped_annotations: u32,
 }
 
-impl Validator {
-    fn document(mut self, mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
-        self.top_id = wire.id.as_str().map(str::to_owned);
+impl Default for Subsegments {
+    fn default() -> Self {
+        Self { entities: Ok(Vec::new()), dropped_annotations: 0 }
+    }
+}
+
+impl<'de> Deserialize<'de> for Subsegments {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Subsegments;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Subsegments, A::Error> {
+                let mut dropped_annotations = 0;
+                let mut entities = Vec::new();
+                loop {
+                    let child = match seq.next_element::<MapOr<WireEntity>>()? {
+                        None => break,
+                        Some(MapOr(Some(child))) => entity(child, true, &mut dropped_annotations),
+                        Some(MapOr(None)) => {
+                            Err(fail(DocumentErrorCode::MissingId, true, "a subsegment is not a JSON object".into()))
+                        }
+                    };
+                    match child {
+                        Ok(child) => entities.push(child),
+                        Err(e) => {
+                            // The rest are still read in full: a malformed one (a duplicate
+                            // field, a number out of range) makes the document invalid JSON,
+                            // which is reported before any field's error.
+                            while seq.next_element::<MapOr<WireEntity>>()?.is_some() {}
+                            return Ok(Subsegments { entities: Err(e), dropped_annotations });
+                        }
+                    }
+                }
+                Ok(Subsegments { entities: Ok(entities), dropped_annotations })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Subsegments, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Subsegments::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Subsegments, E> {
+                Ok(Subsegments::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Subsegments, E> {
+                Ok(Subsegments::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Subsegments, E> {
+                Ok(Subsegments::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Subsegments, E> {
+                Ok(Subsegments::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Subsegments, E> {
+                Ok(Subsegments::default())
+            }
+            fn visit_unit<E>(self) -> Result<Subsegments, E> {
+                Ok(Subsegments::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `http` block, as the entity keeps it.
+#[derive(Debug, Default)]
+pub(crate) struct HttpBlock(pub Option<Box<Http>>);
+
+impl<'de> Deserialize<'de> for HttpBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let MapOr(wire) = MapOr::<WireHttp>::deserialize(d)?;
+        Ok(HttpBlock(wire.map(|h| {
+            let req = h.request.0.unwrap_or_default();
+            let status = h.response.0.and_then(|r| r.status.as_number());
+            Box::new(Http {
+                method: req.method.into_string(),
+                url: req.url.into_string(),
+                user_agent: req.user_agent.into_string(),
+                client_ip: req.client_ip.into_string(),
+                status: status.filter(|s| (0.0..=999.0).contains(s)).map(|s| s as u16),
+                traced: req.traced.truthy(),
+            })
+        })))
+    }
+}
+
+/// The `aws` block, as the entity keeps it.
+#[derive(Debug, Default)]
+pub(crate) struct AwsBlock(pub Option<Box<Aws>>);
+
+impl<'de> Deserialize<'de> for AwsBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let MapOr(wire) = MapOr::<WireAws>::deserialize(d)?;
+        Ok(AwsBlock(wire.map(|a| {
+            let ec2 = a.ec2.0.unwrap_or_default();
+            Box::new(Aws {
+                account_id: a.account_id.into_string(),
+                instance_id: ec2.instance_id.into_string(),
+                availability_zone: ec2.availability_zone.into_string(),
+                operation: a.operation.into_string(),
+                table_name: a.table_name.into_string(),
+                queue_url: a.queue_url.into_string(),
+            })
+        })))
+    }
+}
+
+/// The exceptions of a `cause` object.
+#[derive(Debug, Default)]
+pub(crate) struct Exceptions(pub Vec<Exception>);
+
+impl<'de> Deserialize<'de> for Exceptions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let MapOr(cause) = MapOr::<WireCause>::deserialize(d)?;
+        let exceptions = cause.map(|c| {
+            c.exceptions.0.into_iter().flatten().map(|e| Exception {
+                kind: e.kind.into_string(),
+                message: e.message.into_string(),
+                remote: e.remote.truthy(),
+            })
+        });
+        Ok(Exceptions(exceptions.map(Iterator::collect).unwrap_or_default()))
+    }
+}
+
+/// Span links, at most [`MAX_LINKS`]; links whose ids are not valid are left out.
+#[derive(Debug, Default)]
+pub(crate) struct Links(pub Vec<Link>);
+
+impl<'de> Deserialize<'de> for Links {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Items(links) = Items::<WireLink>::deserialize(d)?;
+        let valid = links.into_iter().flatten().filter_map(|link| {
+            let trace_id = TraceId::parse(link.trace_id.as_str()?).ok()?;
+            Some(Link { trace_id, id: SegmentId::parse(link.id.as_str()?)? })
+        });
+        Ok(Links(valid.take(MAX_LINKS).collect()))
+    }
+}
+
+/// An error without the document's id, which [`document`] adds to every error it returns.
+fn fail(code: DocumentErrorCode, in_subsegment: bool, detail: String) -> DocumentError {
+    DocumentError { code, id: None, in_subsegment, detail }
+}
+
+fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
+    let top_id = wire.id.as_str().map(str::to_owned);
+    let mut dropped_annotations = 0;
+    let mut checked = || {
         let trace_id = match std::mem::take(&mut wire.trace_id) {
             s if s.is_missing() => {
-                return Err(self.fail(DocumentErrorCode::MissingTraceId, false, "trace_id is missing".into()));
+                return Err(fail(DocumentErrorCode::MissingTraceId, false, "trace_id is missing".into()));
             }
             Scalar::Str(s) => {
-                TraceId::parse(&s).map_err(|e| self.fail(DocumentErrorCode::InvalidTraceId, false, e.to_string()))?
+                TraceId::parse(&s).map_err(|e| fail(DocumentErrorCode::InvalidTraceId, false, e.to_string()))?
             }
             other => {
-                return Err(self.fail(
+                return Err(fail(
                     DocumentErrorCode::InvalidTraceId,
                     false,
                     format!("trace_id must be a string, not {}", describe(&other)),
@@ -326,7 +475,7 @@ impl Validator {
             s if s.is_missing() => DocumentKind::Segment,
             Scalar::Str(s) if s == "subsegment" => DocumentKind::Subsegment,
             other => {
-                return Err(self.fail(
+                return Err(fail(
                     DocumentErrorCode::InvalidType,
                     false,
                     format!("type must be \"subsegment\" or absent, not {}", describe(other)),
@@ -336,10 +485,10 @@ impl Validator {
         let parent_id = match std::mem::take(&mut wire.parent_id) {
             s if s.is_missing() => None,
             Scalar::Str(s) => Some(SegmentId::parse(&s).ok_or_else(|| {
-                self.fail(DocumentErrorCode::InvalidParentId, false, format!("parent_id {s:?} is not 16 hex digits"))
+                fail(DocumentErrorCode::InvalidParentId, false, format!("parent_id {s:?} is not 16 hex digits"))
             })?),
             other => {
-                return Err(self.fail(
+                return Err(fail(
                     DocumentErrorCode::InvalidParentId,
                     false,
                     format!("parent_id must be a string, not {}", describe(&other)),
@@ -347,187 +496,131 @@ impl Validator {
             }
         };
         if kind == DocumentKind::Subsegment && parent_id.is_none() {
-            return Err(self.fail(
+            return Err(fail(
                 DocumentErrorCode::MissingParentId,
                 false,
                 "an independent subsegment needs a parent_id".into(),
             ));
         }
-        let entity = self.entity(wire, false)?;
-        Ok(ParsedDocument { trace_id, parent_id, kind, entity, dropped_annotations: self.dropped_annotations })
-    }
+        let entity = entity(std::mem::take(&mut wire), false, &mut dropped_annotations)?;
+        Ok(ParsedDocument { trace_id, parent_id, kind, entity, dropped_annotations })
+    };
+    checked().map_err(|e| DocumentError { id: top_id, ..e })
+}
 
-    fn fail(&self, code: DocumentErrorCode, in_subsegment: bool, detail: String) -> DocumentError {
-        DocumentError { code, id: self.top_id.clone(), in_subsegment, detail }
-    }
-
-    fn entity(&mut self, wire: WireEntity, sub: bool) -> Result<Entity, DocumentError> {
-        let id = match &wire.id {
-            s if s.is_missing() => return Err(self.fail(DocumentErrorCode::MissingId, sub, "id is missing".into())),
-            Scalar::Str(s) => SegmentId::parse(s).ok_or_else(|| {
-                self.fail(DocumentErrorCode::InvalidId, sub, format!("id {s:?} is not 16 hex digits"))
-            })?,
-            other => {
-                return Err(self.fail(
-                    DocumentErrorCode::InvalidId,
-                    sub,
-                    format!("id must be a string, not {}", describe(other)),
-                ));
-            }
-        };
-        let name = match wire.name {
-            s if s.is_missing() => {
-                return Err(self.fail(DocumentErrorCode::MissingName, sub, "name is missing".into()));
-            }
-            Scalar::Str(s) => {
-                if let Some(problem) = name_problem(&s) {
-                    return Err(self.fail(DocumentErrorCode::InvalidName, sub, problem));
-                }
-                s
-            }
-            other => {
-                return Err(self.fail(
-                    DocumentErrorCode::InvalidName,
-                    sub,
-                    format!("name must be a string, not {}", describe(&other)),
-                ));
-            }
-        };
-        let start_time = match &wire.start_time {
-            s if s.is_missing() => {
-                return Err(self.fail(DocumentErrorCode::MissingStartTime, sub, "start_time is missing".into()));
-            }
-            Scalar::Num(n) if n.is_finite() && *n >= 0.0 => *n,
-            other => {
-                return Err(self.fail(
-                    DocumentErrorCode::InvalidStartTime,
-                    sub,
-                    format!("start_time must be epoch seconds as a non-negative number, not {}", describe(other)),
-                ));
-            }
-        };
-        let in_progress = wire.in_progress.truthy();
-        let end_time = match &wire.end_time {
-            s if s.is_missing() => {
-                if !in_progress {
-                    return Err(self.fail(
-                        DocumentErrorCode::MissingEndTime,
-                        sub,
-                        "end_time is missing and in_progress is not true".into(),
-                    ));
-                }
-                None
-            }
-            Scalar::Num(n) if n.is_finite() && *n >= 0.0 => Some(*n),
-            other => {
-                return Err(self.fail(
-                    DocumentErrorCode::InvalidEndTime,
-                    sub,
-                    format!("end_time must be epoch seconds as a non-negative number, not {}", describe(other)),
-                ));
-            }
-        };
-        let mut subsegments = Vec::with_capacity(wire.subsegments.0.len());
-        for item in wire.subsegments.0 {
-            let Some(child) = item else {
-                return Err(self.fail(DocumentErrorCode::MissingId, true, "a subsegment is not a JSON object".into()));
-            };
-            subsegments.push(self.entity(child, true)?);
+/// Validates one entity whose subsegments were validated as they were read: its own fields
+/// first, then the first error among its subsegments, as X-Ray reports them.
+fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<Entity, DocumentError> {
+    let id = match &wire.id {
+        s if s.is_missing() => return Err(fail(DocumentErrorCode::MissingId, sub, "id is missing".into())),
+        Scalar::Str(s) => SegmentId::parse(s)
+            .ok_or_else(|| fail(DocumentErrorCode::InvalidId, sub, format!("id {s:?} is not 16 hex digits")))?,
+        other => {
+            return Err(fail(
+                DocumentErrorCode::InvalidId,
+                sub,
+                format!("id must be a string, not {}", describe(other)),
+            ));
         }
-        let annotations = self.annotations(wire.annotations.0);
-        let links = wire
-            .links
-            .0
-            .into_iter()
-            .flatten()
-            .filter_map(|link| {
-                let trace_id = TraceId::parse(link.trace_id.as_str()?).ok()?;
-                Some(Link { trace_id, id: SegmentId::parse(link.id.as_str()?)? })
-            })
-            .take(MAX_LINKS)
-            .collect();
-        Ok(Entity {
-            id,
-            name,
-            start_time,
-            end_time,
-            in_progress: in_progress && end_time.is_none(),
-            error: wire.error.truthy(),
-            fault: wire.fault.truthy(),
-            throttle: wire.throttle.truthy(),
-            namespace: wire.namespace.into_string(),
-            origin: wire.origin.into_string(),
-            user: wire.user.into_string(),
-            resource_arn: wire.resource_arn.into_string(),
-            http: wire.http.0.map(|h| {
-                let req = h.request.0.unwrap_or_default();
-                let status = h.response.0.and_then(|r| r.status.as_number());
-                Box::new(Http {
-                    method: req.method.into_string(),
-                    url: req.url.into_string(),
-                    user_agent: req.user_agent.into_string(),
-                    client_ip: req.client_ip.into_string(),
-                    status: status.filter(|s| (0.0..=999.0).contains(s)).map(|s| s as u16),
-                    traced: req.traced.truthy(),
-                })
-            }),
-            aws: wire.aws.0.map(|a| {
-                let ec2 = a.ec2.0.unwrap_or_default();
-                Box::new(Aws {
-                    account_id: a.account_id.into_string(),
-                    instance_id: ec2.instance_id.into_string(),
-                    availability_zone: ec2.availability_zone.into_string(),
-                    operation: a.operation.into_string(),
-                    table_name: a.table_name.into_string(),
-                    queue_url: a.queue_url.into_string(),
-                })
-            }),
-            annotations,
-            exceptions: wire
-                .cause
-                .0
-                .map(|cause| {
-                    cause
-                        .exceptions
-                        .0
-                        .into_iter()
-                        .flatten()
-                        .map(|e| Exception {
-                            kind: e.kind.into_string(),
-                            message: e.message.into_string(),
-                            remote: e.remote.truthy(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            subsegments,
-            links,
-        })
-    }
+    };
+    let name = match wire.name {
+        s if s.is_missing() => {
+            return Err(fail(DocumentErrorCode::MissingName, sub, "name is missing".into()));
+        }
+        Scalar::Str(s) => {
+            if let Some(problem) = name_problem(&s) {
+                return Err(fail(DocumentErrorCode::InvalidName, sub, problem));
+            }
+            s
+        }
+        other => {
+            return Err(fail(
+                DocumentErrorCode::InvalidName,
+                sub,
+                format!("name must be a string, not {}", describe(&other)),
+            ));
+        }
+    };
+    let start_time = match &wire.start_time {
+        s if s.is_missing() => {
+            return Err(fail(DocumentErrorCode::MissingStartTime, sub, "start_time is missing".into()));
+        }
+        Scalar::Num(n) if n.is_finite() && *n >= 0.0 => *n,
+        other => {
+            return Err(fail(
+                DocumentErrorCode::InvalidStartTime,
+                sub,
+                format!("start_time must be epoch seconds as a non-negative number, not {}", describe(other)),
+            ));
+        }
+    };
+    let in_progress = wire.in_progress.0;
+    let end_time = match &wire.end_time {
+        s if s.is_missing() => {
+            if !in_progress {
+                return Err(fail(
+                    DocumentErrorCode::MissingEndTime,
+                    sub,
+                    "end_time is missing and in_progress is not true".into(),
+                ));
+            }
+            None
+        }
+        Scalar::Num(n) if n.is_finite() && *n >= 0.0 => Some(*n),
+        other => {
+            return Err(fail(
+                DocumentErrorCode::InvalidEndTime,
+                sub,
+                format!("end_time must be epoch seconds as a non-negative number, not {}", describe(other)),
+            ));
+        }
+    };
+    let subsegments = wire.subsegments.entities?;
+    *dropped_annotations += wire.subsegments.dropped_annotations;
+    Ok(Entity {
+        id,
+        name,
+        start_time,
+        end_time,
+        in_progress: in_progress && end_time.is_none(),
+        error: wire.error.0,
+        fault: wire.fault.0,
+        throttle: wire.throttle.0,
+        namespace: wire.namespace.into_string(),
+        origin: wire.origin.into_string(),
+        user: wire.user.into_string(),
+        resource_arn: wire.resource_arn.into_string(),
+        http: wire.http.0,
+        aws: wire.aws.0,
+        annotations: annotations(wire.annotations.0, dropped_annotations),
+        exceptions: wire.cause.0,
+        subsegments,
+        links: wire.links.0,
+    })
+}
 
-    fn annotations(&mut self, entries: Vec<(Text, Scalar)>) -> Vec<(Text, AnnotationValue)> {
-        let mut out: Vec<(Text, AnnotationValue)> = Vec::with_capacity(entries.len());
-        for (key, value) in entries {
-            let value = match value {
-                Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationValue::String(s),
-                Scalar::Num(n) => AnnotationValue::Number(n),
-                Scalar::Bool(b) => AnnotationValue::Bool(b),
-                _ => {
-                    self.dropped_annotations += 1;
-                    continue;
-                }
-            };
-            if !valid_annotation_key(&key) {
-                self.dropped_annotations += 1;
+fn annotations(entries: Vec<(Text, Scalar)>, dropped: &mut u32) -> Vec<(Text, AnnotationValue)> {
+    let mut out: Vec<(Text, AnnotationValue)> = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        let value = match value {
+            Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationValue::String(s),
+            Scalar::Num(n) => AnnotationValue::Number(n),
+            Scalar::Bool(b) => AnnotationValue::Bool(b),
+            _ => {
+                *dropped += 1;
                 continue;
             }
-            match out.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = value,
-                None => out.push((key, value)),
-            }
+        };
+        if !valid_annotation_key(&key) {
+            *dropped += 1;
+            continue;
         }
-        out
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => out.push((key, value)),
+        }
     }
+    out
 }
 
 /// Keys must be alphanumeric or underscore to work in filters; dots are accepted since 2024.
@@ -740,6 +833,27 @@ mod tests {
         assert_eq!(err.code, DocumentErrorCode::SegmentTooLarge);
         assert_eq!(err.id.as_deref(), Some("70de5b6f19ff9a0a"));
         assert_eq!(parse_document_text(&json, MAX_DOCUMENT_BYTES).unwrap_err(), err);
+    }
+
+    #[test]
+    fn malformed_json_after_an_invalid_subsegment_is_still_malformed() {
+        let sub = |name: &str, extra: &str| {
+            format!(r#"{{"id":"70de5b6f19ff9a0b","name":"{name}","start_time":1,"end_time":2{extra}}}"#)
+        };
+        let doc = |subs: &[String]| {
+            format!(
+                r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"subsegments":[{}]}}"#,
+                subs.join(",")
+            )
+        };
+        let bad_name = sub("x!", "");
+        assert_eq!(code(&doc(std::slice::from_ref(&bad_name))), DocumentErrorCode::InvalidName);
+        // Subsegments are validated as they are read; those after the first invalid one must
+        // still be read in full, so that invalid JSON is reported first, as before.
+        for malformed in [sub("s", r#","id":"70de5b6f19ff9a0c""#), sub("s", r#","error":1e400"#)] {
+            let both = doc(&[bad_name.clone(), malformed]);
+            assert_eq!(code(&both), DocumentErrorCode::InvalidSegment, "{both}");
+        }
     }
 
     #[test]

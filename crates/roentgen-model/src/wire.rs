@@ -2,7 +2,9 @@
 //!
 //! Every leaf is a [`Scalar`] and every object a [`MapOr`], so a value of the wrong type never
 //! aborts the parse: validation then decides, per field, whether that is an error code
-//! (`InvalidStartTime`) or a value to ignore, as the X-Ray service does.
+//! (`InvalidStartTime`) or a value to ignore, as the X-Ray service does. An entity's `http`,
+//! `aws`, `cause`, `links` and `subsegments` are read by the document module straight into the
+//! entity's own shapes, subsegments validated as they come.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -10,6 +12,7 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 
 use crate::Text;
+use crate::document::{AwsBlock, Exceptions, HttpBlock, Links, Subsegments};
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
 
 /// Visitor methods that answer every non-container JSON value with `$value`.
@@ -222,7 +225,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Items<T> {
     }
 }
 
-/// One segment or subsegment as it arrives.
+/// One segment or subsegment as it arrives. The fields that decide whether it is valid are kept
+/// as they came, to be judged once the object is whole, in X-Ray's order; the rest is read
+/// straight into the shapes of [`crate::Entity`], and subsegments are validated as they are read.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireEntity {
@@ -234,23 +239,64 @@ pub(crate) struct WireEntity {
     pub kind: Scalar,
     pub start_time: Scalar,
     pub end_time: Scalar,
-    pub in_progress: Scalar,
-    pub error: Scalar,
-    pub fault: Scalar,
-    pub throttle: Scalar,
+    pub in_progress: Flag,
+    pub error: Flag,
+    pub fault: Flag,
+    pub throttle: Flag,
     pub namespace: Scalar,
     pub origin: Scalar,
     pub user: Scalar,
     pub resource_arn: Scalar,
-    /// Boxed, as are `aws` and `cause`: an entity is moved several times while it is parsed,
-    /// and most entities have at most one of them.
-    pub http: MapOr<Box<WireHttp>>,
-    pub aws: MapOr<Box<WireAws>>,
+    pub http: HttpBlock,
+    pub aws: AwsBlock,
     pub annotations: Entries,
-    pub subsegments: Items<WireEntity>,
+    pub subsegments: Subsegments,
     /// An object with `exceptions`, or (ignored here) the id of an exception recorded elsewhere.
-    pub cause: MapOr<Box<WireCause>>,
-    pub links: Items<WireLink>,
+    pub cause: Exceptions,
+    pub links: Links,
+}
+
+/// `true` only for JSON `true`; any other value, of any type, is `false`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Flag(pub bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Flag;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Flag, E> {
+                Ok(Flag(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_unit<E>(self) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Flag, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Flag(false))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Flag, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Flag(false))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A span link: the trace and entity this one follows from (an SQS message's sender, say).
