@@ -33,7 +33,7 @@
 //! block covers. It is written last: a block without it does not exist.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -130,8 +130,8 @@ pub(crate) struct BlockRead {
 /// binary encodings for which level 3 compresses better than level 1, and that are a fraction of
 /// the documents' bytes.
 const SECTION_LEVEL: i32 = 3;
-/// How much of a section's encoding is handed to the compressor at a time.
-const SECTION_BUFFER_BYTES: usize = 128 << 10;
+/// How much of a section's encoding each of its zstd frames holds.
+const SECTION_FRAME_BYTES: usize = 1 << 20;
 
 /// The top bit of an index entry's document count.
 const LIMIT_EXCEEDED: u32 = 1 << 31;
@@ -296,9 +296,11 @@ where
     }
 }
 
-/// Appends `value`'s postcard encoding to `out` as one zstd frame, and returns where it is. The
-/// encoding is compressed as it is made, a buffer at a time, rather than made whole first: for a
-/// block's summaries that whole would be tens of megabytes to allocate, fault in and copy.
+/// Appends `value`'s postcard encoding to `out` as zstd frames of [`SECTION_FRAME_BYTES`] of
+/// encoding each, and returns where they are. The encoding is compressed as it is made rather
+/// than made whole first: for a block's summaries that whole would be tens of megabytes to
+/// allocate, fault in and copy. Whole frames from one contiguous buffer compress faster than a
+/// zstd stream fed the same bytes, and lose almost nothing with a 2 MiB window at this level.
 fn compressed_section<T: Serialize + ?Sized>(
     options: &BuildOptions,
     out: &mut Vec<u8>,
@@ -308,9 +310,16 @@ fn compressed_section<T: Serialize + ?Sized>(
     let corrupt = |reason: String| StoreError::CorruptBlock { block: options.id.clone(), reason };
     let start = out.len() as u64;
     let mut io_error = None;
-    let encoder = zstd::stream::write::Encoder::new(&mut *out, SECTION_LEVEL)
-        .map_err(|e| corrupt(format!("{what} compression: {e}")))?;
-    let flavor = Compressing { buffer: Vec::with_capacity(SECTION_BUFFER_BYTES), encoder, error: &mut io_error };
+    let compressor =
+        zstd::bulk::Compressor::new(SECTION_LEVEL).map_err(|e| corrupt(format!("{what} compression: {e}")))?;
+    let flavor = Compressing {
+        buffer: Vec::with_capacity(SECTION_FRAME_BYTES),
+        frame: Vec::new(),
+        frames: 0,
+        compressor,
+        out,
+        error: &mut io_error,
+    };
     postcard::serialize_with_flavor(value, flavor).map_err(|e| match io_error.take() {
         Some(io) => corrupt(format!("{what} compression: {io}")),
         None => corrupt(format!("{what} encoding: {e}")),
@@ -318,23 +327,36 @@ fn compressed_section<T: Serialize + ?Sized>(
     Ok(start..out.len() as u64)
 }
 
-/// A postcard output that hands its bytes to a zstd stream each time it holds
-/// [`SECTION_BUFFER_BYTES`]. The stream's error, which postcard has no variant for, is kept aside.
+/// A postcard output that compresses its bytes into a frame each time it holds
+/// [`SECTION_FRAME_BYTES`]. The compressor's error, which postcard has no variant for, is kept
+/// aside.
 struct Compressing<'a, 'e> {
     buffer: Vec<u8>,
-    encoder: zstd::stream::write::Encoder<'static, &'a mut Vec<u8>>,
+    frame: Vec<u8>,
+    frames: usize,
+    compressor: zstd::bulk::Compressor<'static>,
+    out: &'a mut Vec<u8>,
     error: &'e mut Option<std::io::Error>,
 }
 
 impl Compressing<'_, '_> {
     #[cold]
     fn drain(&mut self) -> postcard::Result<()> {
-        let written = self.encoder.write_all(&self.buffer);
+        self.frame.clear();
+        self.frame.reserve(zstd::zstd_safe::compress_bound(self.buffer.len()));
+        let compressed = self.compressor.compress_to_buffer(&self.buffer, &mut self.frame);
         self.buffer.clear();
-        written.map_err(|e| {
-            *self.error = Some(e);
-            postcard::Error::SerializeBufferFull
-        })
+        match compressed {
+            Ok(_) => {
+                self.out.extend_from_slice(&self.frame);
+                self.frames += 1;
+                Ok(())
+            }
+            Err(e) => {
+                *self.error = Some(e);
+                Err(postcard::Error::SerializeBufferFull)
+            }
+        }
     }
 }
 
@@ -344,21 +366,18 @@ impl postcard::ser_flavors::Flavor for Compressing<'_, '_> {
     #[inline]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         self.buffer.push(byte);
-        if self.buffer.len() >= SECTION_BUFFER_BYTES { self.drain() } else { Ok(()) }
+        if self.buffer.len() >= SECTION_FRAME_BYTES { self.drain() } else { Ok(()) }
     }
 
     #[inline]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= SECTION_BUFFER_BYTES { self.drain() } else { Ok(()) }
+        if self.buffer.len() >= SECTION_FRAME_BYTES { self.drain() } else { Ok(()) }
     }
 
     fn finalize(mut self) -> postcard::Result<()> {
-        self.drain()?;
-        self.encoder.finish().map(drop).map_err(|e| {
-            *self.error = Some(e);
-            postcard::Error::SerializeBufferFull
-        })
+        // Even an empty encoding is a frame: a section is never empty.
+        if self.buffer.is_empty() && self.frames > 0 { Ok(()) } else { self.drain() }
     }
 }
 
@@ -655,18 +674,29 @@ fn decode<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, String> {
     postcard::from_bytes(&plain).map_err(|e| e.to_string())
 }
 
-/// Decompresses one zstd frame, refusing to expand beyond what a block can legitimately hold.
-fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
-    const LIMIT: usize = 1 << 30;
-    match zstd::zstd_safe::get_frame_content_size(frame).ok().flatten() {
-        Some(size) => zstd::bulk::decompress(frame, (size as usize).min(LIMIT)),
-        // Sections compressed as a stream (see `compressed_section`) do not record their size.
+/// Decompresses a run of zstd frames (a chunk is one, a section one or more), refusing to
+/// expand beyond what a block can legitimately hold.
+fn decompress(frames: &[u8]) -> std::io::Result<Vec<u8>> {
+    const LIMIT: u64 = 1 << 30;
+    match decompressed_size(frames) {
+        Some(size) => zstd::bulk::decompress(frames, size.min(LIMIT) as usize),
+        // A frame that does not record its size is read as a stream.
         None => {
             let mut plain = Vec::new();
-            zstd::stream::read::Decoder::with_buffer(frame)?.take(LIMIT as u64).read_to_end(&mut plain)?;
+            zstd::stream::read::Decoder::with_buffer(frames)?.take(LIMIT).read_to_end(&mut plain)?;
             Ok(plain)
         }
     }
+}
+
+/// The sum of the frames' recorded sizes, if every frame records one.
+fn decompressed_size(mut frames: &[u8]) -> Option<u64> {
+    let mut total = 0u64;
+    while !frames.is_empty() {
+        total = total.checked_add(zstd::zstd_safe::get_frame_content_size(frames).ok()??)?;
+        frames = frames.get(zstd::zstd_safe::find_frame_compressed_size(frames).ok()?..)?;
+    }
+    Some(total)
 }
 
 fn split_documents(mut region: &[u8], count: usize) -> Option<Vec<String>> {
@@ -875,7 +905,7 @@ mod tests {
     }
 
     #[test]
-    fn a_streamed_section_decodes_to_the_encoding_of_a_vector() {
+    fn a_section_in_frames_decodes_to_the_encoding_of_a_vector() {
         let options = BuildOptions {
             id: "b".into(),
             created_at: 0.0,
@@ -884,17 +914,22 @@ mod tests {
             level: 1,
             supersedes: vec![],
         };
-        // Several times the buffer, so the stream is fed in many pieces.
-        let items: Vec<(u64, String)> = (0..100_000u64).map(|i| (i * 7919, format!("item-{i}"))).collect();
+        // Several frames' worth.
+        let items: Vec<(u64, String)> = (0..250_000u64).map(|i| (i * 7919, format!("item-{i}"))).collect();
         let mut out = b"prefix".to_vec();
         let range = compressed_section(&options, &mut out, "items", &Seq(|| items.iter())).unwrap();
         assert_eq!(range.start, 6);
         assert_eq!(range.end as usize, out.len());
         let frame = &out[range.start as usize..];
-        assert_eq!(zstd::zstd_safe::get_frame_content_size(frame).ok().flatten(), None, "a stream");
-        assert_eq!(decompress(frame).unwrap(), postcard::to_stdvec(&items).unwrap());
+        let encoded = postcard::to_stdvec(&items).unwrap();
+        assert!(encoded.len() > 2 * SECTION_FRAME_BYTES, "several frames");
+        assert_eq!(decompressed_size(frame), Some(encoded.len() as u64));
+        assert_eq!(decompress(frame).unwrap(), encoded);
         assert_eq!(decode::<Vec<(u64, String)>>(frame).unwrap(), items);
         assert!(decode::<Vec<(u64, String)>>(&frame[..frame.len() / 2]).is_err(), "a cut frame");
+        let streamed = zstd::stream::encode_all(&encoded[..], SECTION_LEVEL).unwrap();
+        assert_eq!(decompressed_size(&streamed), None, "a stream records no size");
+        assert_eq!(decompress(&streamed).unwrap(), encoded);
     }
 
     #[test]
