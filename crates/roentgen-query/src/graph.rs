@@ -6,12 +6,11 @@
 //! still in progress are not counted. Fault wins over error; a throttle is an error.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
 use roentgen_model::Text;
 use serde::{Deserialize, Serialize};
 
-use crate::summary::{ServiceKey, TraceSummary};
+use crate::summary::{Map, ServiceKey, TraceSummary};
 
 /// The window a service graph covers for a requested `[start, end)`: widened to whole minutes,
 /// the resolution of its rollups, so that no trace in the request is left out and the graph is a
@@ -199,9 +198,9 @@ pub struct GraphNode {
 #[serde(from = "Vec<GraphNode>", into = "Vec<GraphNode>")]
 pub struct ServiceGraph {
     pub nodes: Vec<GraphNode>,
-    services: HashMap<ServiceKey, usize>,
+    services: Map<ServiceKey, usize>,
     /// Client nodes, by the name of the root service they call.
-    clients: HashMap<Text, usize>,
+    clients: Map<Text, usize>,
 }
 
 impl From<Vec<GraphNode>> for ServiceGraph {

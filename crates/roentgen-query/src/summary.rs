@@ -335,9 +335,11 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     docs.sort_by(|a, b| a.entity.start_time.total_cmp(&b.entity.start_time).then(a.id().cmp(&b.id())));
 
     let mut services = Services::default();
+    // Sized once for the entities at the top two levels, most of a trace's.
+    let sized = docs.iter().map(|d| 1 + d.entity.subsegments.len()).sum::<usize>();
     // Which service each entity id belongs to: a segment's subsegments belong to its service.
-    let mut owner: Map<SegmentId, u32> = Map::default();
-    let mut entities: Map<SegmentId, &Entity> = Map::default();
+    let mut owner: Map<SegmentId, u32> = Map::with_capacity_and_hasher(sized, Default::default());
+    let mut entities: Map<SegmentId, &Entity> = Map::with_capacity_and_hasher(sized, Default::default());
     let mut doc_owner: Vec<Option<u32>> = vec![None; docs.len()];
     for (i, doc) in docs.iter().enumerate() {
         doc.entity.walk(&mut |e| {
