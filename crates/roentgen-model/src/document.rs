@@ -6,7 +6,7 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{SegmentId, TraceId};
-use crate::wire::{Items, MapOr, Scalar, WireAws, WireCause, WireEntity, WireHttp, WireLink};
+use crate::wire::{Items, MapOr, Scalar, WireAws, WireCause, WireEntity, WireHttp, WireLink, ignore_leaves};
 
 /// X-Ray's limit on one segment document.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
@@ -348,24 +348,7 @@ impl<'de> Deserialize<'de> for Subsegments {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Subsegments::default())
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Subsegments, E> {
-                Ok(Subsegments::default())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Subsegments, E> {
-                Ok(Subsegments::default())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Subsegments, E> {
-                Ok(Subsegments::default())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Subsegments, E> {
-                Ok(Subsegments::default())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Subsegments, E> {
-                Ok(Subsegments::default())
-            }
-            fn visit_unit<E>(self) -> Result<Subsegments, E> {
-                Ok(Subsegments::default())
-            }
+            ignore_leaves!(Subsegments::default());
         }
         d.deserialize_any(V)
     }

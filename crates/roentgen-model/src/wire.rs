@@ -38,6 +38,7 @@ macro_rules! ignore_leaves {
         }
     };
 }
+pub(crate) use ignore_leaves;
 
 /// Any JSON value, reduced to what a leaf field can be.
 #[derive(Debug, Clone, Default, PartialEq)]
