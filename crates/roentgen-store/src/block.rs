@@ -324,7 +324,8 @@ fn compressed_in_frames<T: Serialize + ?Sized>(
     let compressor =
         zstd::bulk::Compressor::new(SECTION_LEVEL).map_err(|e| corrupt(format!("{what} compression: {e}")))?;
     let flavor = Compressing {
-        buffer: Vec::with_capacity(frame_bytes),
+        // Grown as needed: most of a block's sections (an hour's rollups) are small.
+        buffer: Vec::with_capacity(frame_bytes.min(64 << 10)),
         frame_bytes,
         frame: Vec::new(),
         frames: 0,
