@@ -524,40 +524,17 @@ fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<
             ));
         }
     };
-    let start_time = match &wire.start_time {
-        s if s.is_missing() => {
-            return Err(fail(DocumentErrorCode::MissingStartTime, sub, "start_time is missing".into()));
-        }
-        Scalar::Num(n) if n.is_finite() && *n >= 0.0 => *n,
-        other => {
-            return Err(fail(
-                DocumentErrorCode::InvalidStartTime,
-                sub,
-                format!("start_time must be epoch seconds as a non-negative number, not {}", describe(other)),
-            ));
-        }
-    };
+    let start_time = epoch_seconds(&wire.start_time, "start_time", DocumentErrorCode::InvalidStartTime, sub)?
+        .ok_or_else(|| fail(DocumentErrorCode::MissingStartTime, sub, "start_time is missing".into()))?;
     let in_progress = wire.in_progress.0;
-    let end_time = match &wire.end_time {
-        s if s.is_missing() => {
-            if !in_progress {
-                return Err(fail(
-                    DocumentErrorCode::MissingEndTime,
-                    sub,
-                    "end_time is missing and in_progress is not true".into(),
-                ));
-            }
-            None
-        }
-        Scalar::Num(n) if n.is_finite() && *n >= 0.0 => Some(*n),
-        other => {
-            return Err(fail(
-                DocumentErrorCode::InvalidEndTime,
-                sub,
-                format!("end_time must be epoch seconds as a non-negative number, not {}", describe(other)),
-            ));
-        }
-    };
+    let end_time = epoch_seconds(&wire.end_time, "end_time", DocumentErrorCode::InvalidEndTime, sub)?;
+    if end_time.is_none() && !in_progress {
+        return Err(fail(
+            DocumentErrorCode::MissingEndTime,
+            sub,
+            "end_time is missing and in_progress is not true".into(),
+        ));
+    }
     let subsegments = wire.subsegments.entities?;
     *dropped_annotations += wire.subsegments.dropped_annotations;
     Ok(Entity {
@@ -580,6 +557,24 @@ fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<
         subsegments,
         links: wire.links.0,
     })
+}
+
+/// A time field: `None` when absent or null, else epoch seconds as a non-negative number.
+fn epoch_seconds(
+    value: &Scalar,
+    field: &str,
+    invalid: DocumentErrorCode,
+    sub: bool,
+) -> Result<Option<f64>, DocumentError> {
+    match value {
+        s if s.is_missing() => Ok(None),
+        Scalar::Num(n) if n.is_finite() && *n >= 0.0 => Ok(Some(*n)),
+        other => Err(fail(
+            invalid,
+            sub,
+            format!("{field} must be epoch seconds as a non-negative number, not {}", describe(other)),
+        )),
+    }
 }
 
 fn annotations(entries: Vec<(Text, Scalar)>, dropped: &mut u32) -> Vec<(Text, AnnotationValue)> {

@@ -10,10 +10,10 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
 
 use crate::Text;
 use crate::document::{AwsBlock, Exceptions, HttpBlock, Links, Subsegments};
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
 
 /// Visitor methods that answer every non-container JSON value with `$value`.
 macro_rules! ignore_leaves {
@@ -263,40 +263,7 @@ pub(crate) struct Flag(pub bool);
 
 impl<'de> Deserialize<'de> for Flag {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Flag;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a boolean")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Flag, E> {
-                Ok(Flag(v))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_unit<E>(self) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Flag, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Flag(false))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Flag, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Flag(false))
-            }
-        }
-        d.deserialize_any(V)
+        Scalar::deserialize(d).map(|value| Flag(value.truthy()))
     }
 }
 
