@@ -25,7 +25,7 @@ fn service_ids(summary: &TraceSummary, indexes: &[u32]) -> Vec<api::ServiceId> {
 }
 
 pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::TraceSummary {
-    let http = summary.http.clone().unwrap_or_default();
+    let http = summary.http.as_ref();
     let mut annotations = BTreeMap::new();
     for a in &summary.annotations {
         let values = a
@@ -52,11 +52,11 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
         has_throttle: summary.has_throttle,
         is_partial: summary.is_partial,
         http: api::Http {
-            http_url: owned(http.url.as_ref()),
-            http_status: http.status,
-            http_method: owned(http.method.as_ref()),
-            user_agent: owned(http.user_agent.as_ref()),
-            client_ip: owned(http.client_ip.as_ref()),
+            http_url: http.and_then(|h| owned(h.url.as_ref())),
+            http_status: http.and_then(|h| h.status),
+            http_method: http.and_then(|h| owned(h.method.as_ref())),
+            user_agent: http.and_then(|h| owned(h.user_agent.as_ref())),
+            client_ip: http.and_then(|h| owned(h.client_ip.as_ref())),
         },
         annotations,
         users: summary
