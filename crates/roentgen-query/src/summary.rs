@@ -4,16 +4,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// Hash maps keyed by ids from documents: foldhash is several times faster than the default
-/// SipHash on these small keys and, seeded per process, still unpredictable to a sender.
-pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-pub(crate) type Set<K> = HashSet<K, foldhash::fast::RandomState>;
-
 use roentgen_model::{AnnotationValue, DocumentKind, Entity, Http, Link, ParsedDocument, SegmentId, Text, TraceId};
 use serde::{Deserialize, Serialize};
 
 use crate::inferred::inferred_service;
 use crate::rootcause::{RootCause, TraceTree};
+
+/// Hash maps keyed by ids from documents: foldhash is several times faster than the default
+/// SipHash on these small keys and, seeded per process, still unpredictable to a sender.
+pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// X-Ray indexes at most 50 annotation keys per trace; later keys are kept in the documents only.
 pub const MAX_INDEXED_ANNOTATIONS: usize = 50;

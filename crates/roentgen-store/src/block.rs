@@ -840,8 +840,7 @@ mod tests {
     async fn frozen_fixture_v4() {
         let (store, block) = open_fixture("block-v4").await;
         let summaries = block.summaries(&store).await.unwrap();
-        let (_, v3) = open_fixture("block-v3").await;
-        let (v3_store, _) = open_fixture("block-v3").await;
+        let (v3_store, v3) = open_fixture("block-v3").await;
         let mut expected = v3.summaries(&v3_store).await.unwrap();
         expected.iter_mut().for_each(TraceSummary::round_to_microseconds);
         assert_eq!(summaries, expected, "what version 3 stored, to the microsecond");
