@@ -6,7 +6,9 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{SegmentId, TraceId};
-use crate::wire::{Items, MapOr, Scalar, WireAws, WireCause, WireEntity, WireHttp, WireLink, ignore_leaves};
+use crate::wire::{
+    Items, MapOr, Scalar, WireAws, WireCause, WireEntity, WireHttp, WireLink, WireTraceId, ignore_leaves,
+};
 
 /// X-Ray's limit on one segment document.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
@@ -322,7 +324,7 @@ impl<'de> Deserialize<'de> for Subsegments {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Subsegments, A::Error> {
                 let mut dropped_annotations = 0;
-                let mut entities = Vec::new();
+                let pending = PendingSubsegments::begin();
                 loop {
                     let child = match seq.next_element::<MapOr<WireEntity>>()? {
                         None => break,
@@ -332,7 +334,7 @@ impl<'de> Deserialize<'de> for Subsegments {
                         }
                     };
                     match child {
-                        Ok(child) => entities.push(child),
+                        Ok(child) => pending.push(child),
                         Err(e) => {
                             // The rest are still read in full: a malformed one (a duplicate
                             // field, a number out of range) makes the document invalid JSON,
@@ -342,13 +344,103 @@ impl<'de> Deserialize<'de> for Subsegments {
                         }
                     }
                 }
-                Ok(Subsegments { entities: Ok(entities), dropped_annotations })
+                Ok(Subsegments { entities: Ok(pending.finish()), dropped_annotations })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Subsegments, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Subsegments::default())
             }
             ignore_leaves!(Subsegments::default());
+        }
+        d.deserialize_any(V)
+    }
+}
+
+thread_local! {
+    /// Subsegments read but whose array is not finished yet, innermost array last. JSON gives no
+    /// length up front: growing each array's own vector would allocate four times for twenty
+    /// subsegments and keep up to twice the room needed, for as long as the trace is live.
+    static PENDING_SUBSEGMENTS: std::cell::RefCell<Vec<Entity>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One subsegment array being read: its entities sit on [`PENDING_SUBSEGMENTS`] above `start`
+/// until the array ends, and are taken off whatever the outcome, a nested array's first.
+struct PendingSubsegments {
+    start: usize,
+}
+
+impl PendingSubsegments {
+    fn begin() -> Self {
+        Self { start: PENDING_SUBSEGMENTS.with_borrow(Vec::len) }
+    }
+
+    fn push(&self, entity: Entity) {
+        PENDING_SUBSEGMENTS.with_borrow_mut(|pending| pending.push(entity));
+    }
+
+    /// The array's entities, in a vector of exactly their number.
+    fn finish(self) -> Vec<Entity> {
+        PENDING_SUBSEGMENTS.with_borrow_mut(|pending| pending.drain(self.start..).collect())
+    }
+}
+
+impl Drop for PendingSubsegments {
+    fn drop(&mut self) {
+        PENDING_SUBSEGMENTS.with_borrow_mut(|pending| pending.truncate(self.start));
+    }
+}
+
+/// An entity's annotations, read straight into typed values. X-Ray drops an annotation whose
+/// value is not a string, number or boolean, or whose key or value is not valid, without failing
+/// the document; a repeated key keeps its first place and takes the later value.
+#[derive(Debug, Default)]
+pub(crate) struct Annotations {
+    values: Vec<(Text, AnnotationValue)>,
+    dropped: u32,
+}
+
+impl Annotations {
+    fn add(&mut self, key: Text, value: Scalar) {
+        let value = match value {
+            Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationValue::String(s),
+            Scalar::Num(n) => AnnotationValue::Number(n),
+            Scalar::Bool(b) => AnnotationValue::Bool(b),
+            _ => {
+                self.dropped += 1;
+                return;
+            }
+        };
+        if !valid_annotation_key(&key) {
+            self.dropped += 1;
+            return;
+        }
+        match self.values.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.values.push((key, value)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Annotations {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Annotations;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+                let mut annotations = Annotations::default();
+                while let Some((key, value)) = map.next_entry::<Text, Scalar>()? {
+                    annotations.add(key, value);
+                }
+                Ok(annotations)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Annotations, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Annotations::default())
+            }
+            ignore_leaves!(Annotations::default());
         }
         d.deserialize_any(V)
     }
@@ -436,17 +528,18 @@ fn fail(code: DocumentErrorCode, in_subsegment: bool, detail: String) -> Documen
 }
 
 fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
-    let top_id = wire.id.as_str().map(str::to_owned);
+    // A 16-digit id is held inline: copied out as a `String` only for an error.
+    let top_id = wire.id.clone();
     let mut dropped_annotations = 0;
     let mut checked = || {
         let trace_id = match std::mem::take(&mut wire.trace_id) {
-            s if s.is_missing() => {
+            WireTraceId::Text(parsed) => {
+                parsed.map_err(|e| fail(DocumentErrorCode::InvalidTraceId, false, e.to_string()))?
+            }
+            WireTraceId::NotText(s) if s.is_missing() => {
                 return Err(fail(DocumentErrorCode::MissingTraceId, false, "trace_id is missing".into()));
             }
-            Scalar::Str(s) => {
-                TraceId::parse(&s).map_err(|e| fail(DocumentErrorCode::InvalidTraceId, false, e.to_string()))?
-            }
-            other => {
+            WireTraceId::NotText(other) => {
                 return Err(fail(
                     DocumentErrorCode::InvalidTraceId,
                     false,
@@ -488,7 +581,7 @@ fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
         let entity = entity(std::mem::take(&mut wire), false, &mut dropped_annotations)?;
         Ok(ParsedDocument { trace_id, parent_id, kind, entity, dropped_annotations })
     };
-    checked().map_err(|e| DocumentError { id: top_id, ..e })
+    checked().map_err(|e| DocumentError { id: top_id.as_str().map(str::to_owned), ..e })
 }
 
 /// Validates one entity whose subsegments were validated as they were read: its own fields
@@ -536,7 +629,7 @@ fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<
         ));
     }
     let subsegments = wire.subsegments.entities?;
-    *dropped_annotations += wire.subsegments.dropped_annotations;
+    *dropped_annotations += wire.subsegments.dropped_annotations + wire.annotations.dropped;
     Ok(Entity {
         id,
         name,
@@ -552,7 +645,7 @@ fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<
         resource_arn: wire.resource_arn.into_string(),
         http: wire.http.0,
         aws: wire.aws.0,
-        annotations: annotations(wire.annotations.0, dropped_annotations),
+        annotations: wire.annotations.values,
         exceptions: wire.cause.0,
         subsegments,
         links: wire.links.0,
@@ -575,30 +668,6 @@ fn epoch_seconds(
             format!("{field} must be epoch seconds as a non-negative number, not {}", describe(other)),
         )),
     }
-}
-
-fn annotations(entries: Vec<(Text, Scalar)>, dropped: &mut u32) -> Vec<(Text, AnnotationValue)> {
-    let mut out: Vec<(Text, AnnotationValue)> = Vec::with_capacity(entries.len());
-    for (key, value) in entries {
-        let value = match value {
-            Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationValue::String(s),
-            Scalar::Num(n) => AnnotationValue::Number(n),
-            Scalar::Bool(b) => AnnotationValue::Bool(b),
-            _ => {
-                *dropped += 1;
-                continue;
-            }
-        };
-        if !valid_annotation_key(&key) {
-            *dropped += 1;
-            continue;
-        }
-        match out.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => out.push((key, value)),
-        }
-    }
-    out
 }
 
 /// Keys must be alphanumeric or underscore to work in filters; dots are accepted since 2024.
@@ -832,6 +901,38 @@ mod tests {
             let both = doc(&[bad_name.clone(), malformed]);
             assert_eq!(code(&both), DocumentErrorCode::InvalidSegment, "{both}");
         }
+    }
+
+    #[test]
+    fn subsegment_arrays_are_exactly_their_size_and_failures_leave_nothing_behind() {
+        let sub =
+            |n: u64, extra: &str| format!(r#"{{"id":"{n:016x}","name":"s{n}","start_time":1,"end_time":2{extra}}}"#);
+        let doc = |subs: &[String]| {
+            format!(
+                r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"subsegments":[{}]}}"#,
+                subs.join(",")
+            )
+        };
+        let nested = |n: u64, inner: &[String]| sub(n, &format!(r#","subsegments":[{}]"#, inner.join(",")));
+        // Failures inside nested arrays (a field, a duplicate key, a truncation), then a good document.
+        let bad_id = r#"{"id":"zz","name":"s","start_time":1,"end_time":2}"#.to_owned();
+        let inner_bad = nested(1, &[sub(2, ""), nested(3, &[sub(4, ""), bad_id])]);
+        assert_eq!(code(&doc(&[sub(9, ""), inner_bad])), DocumentErrorCode::InvalidId);
+        let inner_bad = nested(1, &[sub(2, ""), sub(3, r#","name":"again""#)]);
+        assert_eq!(code(&doc(&[sub(9, ""), inner_bad])), DocumentErrorCode::InvalidSegment);
+        let whole = doc(&[nested(1, &[sub(2, ""), sub(3, "")])]);
+        assert_eq!(code(&whole[..whole.len() - 10]), DocumentErrorCode::InvalidSegment);
+        assert_eq!(PENDING_SUBSEGMENTS.with_borrow(Vec::len), 0);
+
+        let twenty: Vec<String> = (1..=20).map(|n| sub(n, "")).collect();
+        let parsed = parse(&doc(&[nested(100, &twenty), sub(101, "")])).unwrap();
+        let top = &parsed.entity.subsegments;
+        assert_eq!((top.len(), top.capacity()), (2, 2));
+        assert_eq!((top[0].subsegments.len(), top[0].subsegments.capacity()), (20, 20));
+        let names: Vec<&str> = top[0].subsegments.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, (1..=20).map(|n| format!("s{n}")).collect::<Vec<_>>());
+        assert!(top[1].subsegments.is_empty());
+        assert_eq!(PENDING_SUBSEGMENTS.with_borrow(Vec::len), 0);
     }
 
     #[test]

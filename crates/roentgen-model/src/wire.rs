@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
 
 use crate::Text;
-use crate::document::{AwsBlock, Exceptions, HttpBlock, Links, Subsegments};
+use crate::document::{Annotations, AwsBlock, Exceptions, HttpBlock, Links, Subsegments};
+use crate::ids::{InvalidTraceId, TraceId};
 
 /// Visitor methods that answer every non-container JSON value with `$value`.
 macro_rules! ignore_leaves {
@@ -86,48 +87,100 @@ impl Scalar {
     }
 }
 
+/// What a leaf field makes of a JSON value: a string, or anything else as a [`Scalar`].
+pub(crate) trait Leaf: Sized {
+    fn text(text: &str) -> Self;
+    fn owned_text(text: String) -> Self {
+        Self::text(&text)
+    }
+    fn other(value: Scalar) -> Self;
+}
+
+impl Leaf for Scalar {
+    fn text(text: &str) -> Self {
+        Scalar::Str(Text::new(text))
+    }
+    fn owned_text(text: String) -> Self {
+        Scalar::Str(Text::from(text))
+    }
+    fn other(value: Scalar) -> Self {
+        value
+    }
+}
+
+struct LeafVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Leaf> Visitor<'de> for LeafVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<T, E> {
+        Ok(T::other(Scalar::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<T, E> {
+        Ok(T::other(Scalar::Num(v as f64)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<T, E> {
+        Ok(T::other(Scalar::Num(v as f64)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<T, E> {
+        Ok(T::other(Scalar::Num(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<T, E> {
+        Ok(T::text(v))
+    }
+    fn visit_string<E>(self, v: String) -> Result<T, E> {
+        Ok(T::owned_text(v))
+    }
+    fn visit_unit<E>(self) -> Result<T, E> {
+        Ok(T::other(Scalar::Null))
+    }
+    fn visit_none<E>(self) -> Result<T, E> {
+        Ok(T::other(Scalar::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(T::other(Scalar::Other))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(T::other(Scalar::Other))
+    }
+}
+
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar::Num(v as f64))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar::Num(v as f64))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar::Num(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Str(Text::new(v)))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
-                Ok(Scalar::Str(Text::from(v)))
-            }
-            fn visit_unit<E>(self) -> Result<Scalar, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_none<E>(self) -> Result<Scalar, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(LeafVisitor(PhantomData))
+    }
+}
+
+/// A `trace_id`, parsed as it is read: the 35 characters are too many to hold inline, and every
+/// document has one.
+#[derive(Debug)]
+pub(crate) enum WireTraceId {
+    Text(Result<TraceId, InvalidTraceId>),
+    NotText(Scalar),
+}
+
+impl Default for WireTraceId {
+    fn default() -> Self {
+        Self::NotText(Scalar::Absent)
+    }
+}
+
+impl Leaf for WireTraceId {
+    fn text(text: &str) -> Self {
+        Self::Text(TraceId::parse(text))
+    }
+    fn other(value: Scalar) -> Self {
+        Self::NotText(value)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireTraceId {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LeafVisitor(PhantomData))
     }
 }
 
@@ -159,35 +212,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOr<T> {
             ignore_leaves!(MapOr(None));
         }
         d.deserialize_any(V(PhantomData))
-    }
-}
-
-/// The entries of an object in document order, or an empty list for anything but an object.
-#[derive(Debug, Default)]
-pub(crate) struct Entries(pub Vec<(Text, Scalar)>);
-
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<Text, Scalar>()? {
-                    out.push((k, v));
-                }
-                Ok(Entries(out))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Entries::default())
-            }
-            ignore_leaves!(Entries::default());
-        }
-        d.deserialize_any(V)
     }
 }
 
@@ -234,7 +258,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Items<T> {
 pub(crate) struct WireEntity {
     pub id: Scalar,
     pub name: Scalar,
-    pub trace_id: Scalar,
+    pub trace_id: WireTraceId,
     pub parent_id: Scalar,
     #[serde(rename = "type")]
     pub kind: Scalar,
@@ -250,7 +274,7 @@ pub(crate) struct WireEntity {
     pub resource_arn: Scalar,
     pub http: HttpBlock,
     pub aws: AwsBlock,
-    pub annotations: Entries,
+    pub annotations: Annotations,
     pub subsegments: Subsegments,
     /// An object with `exceptions`, or (ignored here) the id of an exception recorded elsewhere.
     pub cause: Exceptions,
