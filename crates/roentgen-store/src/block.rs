@@ -5,11 +5,14 @@
 //! ```text
 //! "RGNBLK01"
 //! chunks      zstd frames; each holds whole traces, a trace being its documents as u32 length + bytes
-//! index       one entry per trace, sorted: trace id u128, chunk u32, offset u32, length u32,
-//!             count u32 (its top bit set when documents were dropped at the trace's size limit),
-//!             revision u32; 36 bytes (version 3 on; versions 1 and 2 have 32-byte entries, no
-//!             revision and no limit bit)
-//! fences      the trace id of every FENCE_EVERY-th index entry, so a lookup reads one index page
+//! index       one entry per trace, sorted: trace id, chunk, offset, length, document count,
+//!             whether documents were dropped at the trace's size limit, revision; from
+//!             version 5 on, each entry relative to the one before it in pages of 128 (see the
+//!             `index` module); before, fixed entries of trace id u128, chunk u32, offset u32,
+//!             length u32, count u32 (its top bit the limit), revision u32: 36 bytes (versions 1
+//!             and 2: 32 bytes, no revision and no limit bit)
+//! fences      the first trace id of every index page of 128 entries, and from version 5 on where
+//!             the page starts in the index, so a lookup reads one index page
 //! chunk table per chunk: offset u64, length u32
 //! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id; from version 4 on,
 //!             Vec<compact::SummaryOut>: times in microseconds after the trace's start, no
@@ -45,14 +48,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::compact::{FactsIn, FactsOut, SummaryIn, SummaryOut};
 use crate::error::StoreError;
+use crate::index::{Fences, IndexEntry, IndexReader, IndexWriter};
 use crate::rollup::{KeptRollups, Rollups};
 
 pub(crate) const BLOCK_MAGIC: &[u8; 8] = b"RGNBLK01";
-pub(crate) const FORMAT_VERSION: u32 = 4;
-const READABLE_VERSIONS: [u32; 4] = [1, 2, 3, 4];
-const INDEX_ENTRY: usize = 36;
-const INDEX_ENTRY_V2: usize = 32;
-const FENCE_EVERY: usize = 128;
+pub(crate) const FORMAT_VERSION: u32 = 5;
+const READABLE_VERSIONS: [u32; 5] = [1, 2, 3, 4, 5];
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_HASHES: u32 = 7;
 
@@ -134,9 +135,6 @@ const SECTION_LEVEL: i32 = 3;
 /// for smaller inputs made the facts section 40% larger; from 8 MiB it is as small as one frame.
 const SECTION_FRAME_BYTES: usize = 8 << 20;
 
-/// The top bit of an index entry's document count.
-const LIMIT_EXCEEDED: u32 = 1 << 31;
-
 pub(crate) struct BuildOptions {
     pub id: String,
     pub created_at: f64,
@@ -181,7 +179,7 @@ pub(crate) fn build(
     // Documents compress about 8:1; reserving a quarter avoids regrowing (and re-copying) the block.
     let mut data = Vec::with_capacity(raw / 4 + 4096);
     data.extend_from_slice(BLOCK_MAGIC);
-    let mut index = Vec::with_capacity(traces.len() * INDEX_ENTRY);
+    let mut index = IndexWriter::with_capacity(traces.len());
     let mut chunk_table: Vec<(u64, u32)> = Vec::new();
     let mut pending: Vec<u8> = Vec::with_capacity(options.chunk_bytes + 4096);
     let mut document_count = 0u64;
@@ -209,13 +207,15 @@ pub(crate) fn build(
         if !pending.is_empty() && pending.len() + region > options.chunk_bytes {
             flush_chunk(&mut pending, &mut data, &mut chunk_table)?;
         }
-        index.extend_from_slice(&trace.trace_id.as_u128().to_le_bytes());
-        index.extend_from_slice(&(chunk_table.len() as u32).to_le_bytes());
-        index.extend_from_slice(&(pending.len() as u32).to_le_bytes());
-        index.extend_from_slice(&(region as u32).to_le_bytes());
-        let flag = if trace.limit_exceeded { LIMIT_EXCEEDED } else { 0 };
-        index.extend_from_slice(&(trace.docs.len() as u32 | flag).to_le_bytes());
-        index.extend_from_slice(&trace.summary.revision.to_le_bytes());
+        let entry = IndexEntry {
+            chunk: chunk_table.len(),
+            offset: pending.len(),
+            length: region,
+            count: trace.docs.len(),
+            limit_exceeded: trace.limit_exceeded,
+            revision: Some(trace.summary.revision),
+        };
+        index.push(trace.trace_id, entry);
         for doc in &trace.docs {
             pending.extend_from_slice(&(doc.len() as u32).to_le_bytes());
             pending.extend_from_slice(doc.as_bytes());
@@ -232,8 +232,8 @@ pub(crate) fn build(
         data.extend_from_slice(bytes);
         start..data.len() as u64
     };
+    let (index, fences) = index.finish();
     let index_range = section(&mut data, &index);
-    let fences: Vec<u8> = traces.iter().step_by(FENCE_EVERY).flat_map(|t| t.trace_id.as_u128().to_le_bytes()).collect();
     let fences_range = section(&mut data, &fences);
     let table: Vec<u8> =
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
@@ -438,22 +438,13 @@ impl Bloom {
     }
 }
 
-struct IndexEntry {
-    chunk: usize,
-    offset: usize,
-    length: usize,
-    count: usize,
-    limit_exceeded: bool,
-    revision: Option<u32>,
-}
-
 /// A block as kept in memory: its meta, bloom filter, fences and chunk table.
 #[derive(Debug)]
 pub(crate) struct BlockHandle {
     pub meta: BlockMeta,
     data_path: ObjectPath,
     bloom: Bloom,
-    fences: Vec<u128>,
+    fences: Fences,
     chunks: Vec<(u64, u32)>,
     /// The hour and day rollups and the index of the hourly ones, read at open (version 3 on).
     pub kept_rollups: Option<Arc<KeptRollups>>,
@@ -494,10 +485,10 @@ impl BlockHandle {
             }
             None => None,
         };
-        if fences.len() % 16 != 0 || chunks.len() % 12 != 0 {
-            return Err(corrupt("fence or chunk table has a partial entry"));
+        if chunks.len() % 12 != 0 {
+            return Err(corrupt("chunk table has a partial entry"));
         }
-        let fences = fences.chunks_exact(16).map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))).collect();
+        let fences = Fences::parse(&fences, meta.format_version).ok_or_else(|| corrupt("damaged fences"))?;
         let chunks = chunks
             .chunks_exact(12)
             .map(|c| {
@@ -518,40 +509,36 @@ impl BlockHandle {
         if !self.may_contain(id) {
             return Ok(None);
         }
-        let key = id.as_u128();
-        let page = self.fences.partition_point(|&f| f <= key);
-        if page == 0 {
-            return Ok(None);
+        let Some(page) = self.fences.page_of(id) else { return Ok(None) };
+        let version = self.meta.format_version;
+        let index = &self.meta.sections.index;
+        let index_len = (index.end - index.start) as usize;
+        let (range, first) =
+            IndexReader::page_range(version, &self.fences, page, self.meta.trace_count as usize, index_len)
+                .ok_or_else(|| self.corrupt("index page out of range".into()))?;
+        let bytes =
+            store.get_range(&self.data_path, index.start + range.start as u64..index.start + range.end as u64).await?;
+        let mut entries = IndexReader::page(&bytes, first, version, &self.fences);
+        while let Some((entry_id, entry)) = entries.next_entry().map_err(|e| self.corrupt(e.into()))? {
+            if entry_id >= id {
+                return Ok((entry_id == id).then_some(entry));
+            }
         }
-        let total = self.meta.trace_count as usize;
-        let first = (page - 1) * FENCE_EVERY;
-        let last = (first + FENCE_EVERY).min(total);
-        let base = self.meta.sections.index.start;
-        let size = self.index_entry_size();
-        let range = base + (first * size) as u64..base + (last * size) as u64;
-        let entries = store.get_range(&self.data_path, range).await?;
-        let entry =
-            entries.chunks_exact(size).find(|e| u128::from_le_bytes(e[..16].try_into().expect("16 bytes")) == key);
-        Ok(entry.map(|e| self.index_entry(e)))
+        Ok(None)
     }
 
-    fn index_entry_size(&self) -> usize {
-        if self.meta.format_version >= 3 { INDEX_ENTRY } else { INDEX_ENTRY_V2 }
+    fn corrupt(&self, reason: String) -> StoreError {
+        StoreError::CorruptBlock { block: self.meta.id.clone(), reason }
     }
 
-    /// Decodes one index entry of this block's version.
-    fn index_entry(&self, e: &[u8]) -> IndexEntry {
-        let field = |at: usize| u32::from_le_bytes(e[at..at + 4].try_into().expect("4 bytes"));
-        let v3 = self.meta.format_version >= 3;
-        let count = field(28);
-        IndexEntry {
-            chunk: field(16) as usize,
-            offset: field(20) as usize,
-            length: field(24) as usize,
-            count: (if v3 { count & !LIMIT_EXCEEDED } else { count }) as usize,
-            limit_exceeded: v3 && count & LIMIT_EXCEEDED != 0,
-            revision: v3.then(|| field(32)),
+    /// Every entry of the index, in trace id order.
+    fn entries(&self, index: &[u8]) -> Result<Vec<(TraceId, IndexEntry)>, StoreError> {
+        let mut reader = IndexReader::new(index, self.meta.format_version, &self.fences);
+        let mut entries = Vec::with_capacity(self.meta.trace_count as usize);
+        while let Some(entry) = reader.next_entry().map_err(|e| self.corrupt(e.into()))? {
+            entries.push(entry);
         }
+        Ok(entries)
     }
 
     /// Every trace of the block, in trace id order, for compaction: the whole index and every
@@ -564,11 +551,8 @@ impl BlockHandle {
         for (n, frame) in store.get_ranges(&self.data_path, &ranges).await?.iter().enumerate() {
             chunks.push(decompress(frame).map_err(|e| corrupt(format!("chunk {n}: {e}")))?);
         }
-        let size = self.index_entry_size();
         let mut traces = Vec::with_capacity(self.meta.trace_count as usize);
-        for e in index.chunks_exact(size) {
-            let id = TraceId::from_u128(u128::from_le_bytes(e[..16].try_into().expect("16 bytes")));
-            let entry = self.index_entry(e);
+        for (id, entry) in self.entries(&index)? {
             let region = chunks
                 .get(entry.chunk)
                 .and_then(|c| c.get(entry.offset..entry.offset + entry.length))
@@ -639,17 +623,13 @@ impl BlockHandle {
         let mut summaries: Vec<TraceSummary> = if compact {
             let index = parts.next().ok_or_else(|| corrupt("short read".into()))?;
             let read: Vec<SummaryIn> = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
-            let entries = index.chunks_exact(INDEX_ENTRY);
+            let entries = self.entries(&index)?;
             if read.len() != entries.len() {
                 return Err(corrupt(format!("{} summaries for {} index entries", read.len(), entries.len())));
             }
             read.into_iter()
                 .zip(entries)
-                .map(|(summary, e)| {
-                    let id = TraceId::from_u128(u128::from_le_bytes(e[..16].try_into().expect("16 bytes")));
-                    let entry = self.index_entry(e);
-                    summary.into_summary(id, entry.revision.unwrap_or(1), entry.count as u32)
-                })
+                .map(|(summary, (id, entry))| summary.into_summary(id, entry.revision.unwrap_or(1), entry.count as u32))
                 .collect()
         } else {
             decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?
@@ -834,11 +814,47 @@ mod tests {
         (store, block)
     }
 
+    /// Format version 5, frozen: the index in pages of entries relative to one another; the same
+    /// documents as the version 3 fixture.
+    #[tokio::test]
+    async fn frozen_fixture_v5() {
+        same_as_v3("block-v5").await;
+    }
+
+    /// Format version 5 with three index pages and chunks of 4 KiB: entries that follow the one
+    /// before in its chunk, and entries that start a chunk or a page.
+    #[tokio::test]
+    async fn frozen_fixture_v5_pages() {
+        let (store, block) = open_fixture("block-v5-pages").await;
+        let traces = sample(300);
+        assert!(block.chunks.len() > 20);
+        for (n, (id, docs)) in traces.iter().enumerate() {
+            let read = block.get(&store, *id).await.unwrap().unwrap();
+            let expected = (docs, n % 10 == 3, Some(1 + (n % 4) as u32));
+            assert_eq!((&read.docs, read.limit_exceeded, read.revision), expected);
+            let next = TraceId::from_u128(id.as_u128() + 1);
+            assert_eq!(block.get(&store, next).await.unwrap(), None);
+        }
+        let summaries = block.summaries(&store).await.unwrap();
+        let read: Vec<(TraceId, u32, u32)> =
+            summaries.iter().map(|s| (s.trace_id, s.revision, s.document_count)).collect();
+        let expected: Vec<(TraceId, u32, u32)> =
+            traces.iter().enumerate().map(|(n, (id, docs))| (*id, 1 + (n % 4) as u32, docs.len() as u32)).collect();
+        assert_eq!(read, expected);
+        assert_eq!(block.read_all(&store).await.unwrap().len(), 300);
+    }
+
     /// Format version 4, frozen: the compact summaries and facts; the same documents as the
     /// version 3 fixture.
     #[tokio::test]
     async fn frozen_fixture_v4() {
-        let (store, block) = open_fixture("block-v4").await;
+        same_as_v3("block-v4").await;
+    }
+
+    /// A fixture of the version 3 fixture's documents reads back as it does: the same traces, and
+    /// the same summaries to the microsecond.
+    async fn same_as_v3(name: &str) {
+        let (store, block) = open_fixture(name).await;
         let summaries = block.summaries(&store).await.unwrap();
         let (v3_store, v3) = open_fixture("block-v3").await;
         let mut expected = v3.summaries(&v3_store).await.unwrap();
@@ -846,6 +862,7 @@ mod tests {
         assert_eq!(summaries, expected, "what version 3 stored, to the microsecond");
         assert_eq!(summaries[0].trace_id.to_string(), "1-5759e988-bd862e3fe1be46a994272793");
         assert_eq!((summaries[0].revision, summaries[0].document_count), (1, 2));
+        assert_eq!(block.read_all(&store).await.unwrap(), v3.read_all(&v3_store).await.unwrap());
         frozen_links_and_rollups(store, block).await;
     }
 

@@ -9,6 +9,7 @@ mod block;
 mod compact;
 mod config;
 mod error;
+mod index;
 mod live;
 mod rollup;
 mod stats;

@@ -631,3 +631,40 @@ async fn memory_past_its_budget_is_flushed_at_once_and_bounds_appends() {
     }
     store.close().await.unwrap();
 }
+
+/// A block of an older format (the frozen version 4 fixture) is read beside new ones, and
+/// compaction rewrites its traces into a block of the current format.
+#[tokio::test]
+async fn compaction_rewrites_older_formats_as_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/block-v4");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture.join("meta.json")).unwrap()).unwrap();
+    let old_id = meta["id"].as_str().unwrap();
+    std::fs::create_dir_all(dir.path().join("blocks").join(old_id)).unwrap();
+    copy_dir(&fixture, &dir.path().join("blocks").join(old_id));
+    let config = StoreConfig {
+        compaction_target_traces: 40,
+        compaction_interval_seconds: 3600.0,
+        retention_days: 36_500.0,
+        ..config(dir.path())
+    };
+    let store = Store::open(config).await.unwrap();
+    let old = ["1-5759e988-bd862e3fe1be46a994272793", "1-5759e98a-00000000000000000000000b"]
+        .map(|id| TraceId::parse(id).unwrap());
+    // Each block under a quarter of the target, together over it: a run to merge.
+    let new: Vec<TraceId> = (0..9).map(trace).collect();
+    store.append(new.iter().map(|&t| complete(t, 1)).collect()).await.unwrap();
+    store.flush_all().await.unwrap();
+    let traces: Vec<TraceId> = old.iter().chain(&new).copied().collect();
+    let before = snapshot(&store, &traces).await;
+    assert_eq!((before.0[0].0.len(), before.0[1].0.len()), (2, 1), "the fixture's documents");
+
+    // The compactor the store started may run first: either way, the two blocks are one after this.
+    store.compact().await.unwrap();
+    assert_eq!(snapshot(&store, &traces).await, before);
+    let blocks: Vec<std::path::PathBuf> =
+        std::fs::read_dir(dir.path().join("blocks")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(blocks.len(), 1);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(blocks[0].join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["format_version"], 5);
+}
