@@ -15,11 +15,13 @@
 //!             the page starts in the index, so a lookup reads one index page
 //! chunk table per chunk: offset u64, length u32
 //! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id; from version 4 on,
-//!             Vec<compact::SummaryOut>: times in microseconds after the trace's start, no
-//!             trace id, revision or document count (the index's entry in the same place has them)
+//!             compact records: times in microseconds after the trace's start, no trace id,
+//!             revision or document count (the index's entry in the same place has them); from
+//!             version 5 on, compact::SummaryColumns: the same in columns
 //! bloom       the trace ids' bloom filter, u64 words
 //! facts       zstd(postcard(Vec<TraceFacts>)), in summary order (version 2 on); from version 4
-//!             on, Vec<compact::FactsOut>, times in microseconds after the trace's start
+//!             on, compact records, times in microseconds after the trace's start; from version 5
+//!             on, compact::FactColumns: the nodes' and edges' fields in columns
 //! rollups     the service-graph rollups of the minute and 10-minute levels, one
 //!             zstd(postcard(Rollups)) frame per hour (version 3 on)
 //! kept        zstd(postcard(KeptRollups)): the hour and day levels, and where each hour's frame
@@ -46,7 +48,7 @@ use roentgen_model::TraceId;
 use roentgen_query::{LinkFact, TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
-use crate::compact::{FactsIn, FactsOut, SummaryIn, SummaryOut};
+use crate::compact::{FactColumns, FactColumnsIn, FactsIn, Seq, SummaryColumns, SummaryColumnsIn, SummaryIn};
 use crate::error::StoreError;
 use crate::index::{Fences, IndexEntry, IndexReader, IndexWriter};
 use crate::rollup::{KeptRollups, Rollups};
@@ -238,15 +240,14 @@ pub(crate) fn build(
     let table: Vec<u8> =
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
-    let summaries = Seq(|| traces.iter().map(|t| SummaryOut::new(&t.summary)));
-    let summaries_range = compressed_section(&options, &mut data, "summary", &summaries)?;
+    let summaries: Vec<&TraceSummary> = traces.iter().map(|t| &t.summary).collect();
+    let summaries_range = compressed_section(&options, &mut data, "summary", &SummaryColumns(&summaries))?;
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
-    let facts = Seq(|| traces.iter().map(|t| FactsOut::new(&t.summary.facts, t.summary.start_time)));
-    let facts_range = compressed_section(&options, &mut data, "facts", &facts)?;
+    let facts_range = compressed_section(&options, &mut data, "facts", &FactColumns(&summaries))?;
     let rollups_range = section(&mut data, &rollups.fine);
     let kept_range = section(&mut data, &rollups.kept);
-    let links = Seq(|| traces.iter().map(|t| &t.summary.links));
+    let links = Seq::of(|| traces.iter().map(|t| &t.summary.links));
     let links_range = compressed_section(&options, &mut data, "links", &links)?;
 
     let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
@@ -280,21 +281,6 @@ pub(crate) fn build(
         compacted_from: Vec::new(),
     };
     Ok((data, meta))
-}
-
-/// A sequence encoded straight from an iterator, the same bytes as a `Vec` of its items: a
-/// block's summaries and facts are never all held in a vector of their own.
-struct Seq<F>(F);
-
-impl<F, I> Serialize for Seq<F>
-where
-    F: Fn() -> I,
-    I: ExactSizeIterator,
-    I::Item: Serialize,
-{
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq((self.0)())
-    }
 }
 
 /// Appends `value`'s postcard encoding to `out` as zstd frames of [`SECTION_FRAME_BYTES`] of
@@ -620,7 +606,14 @@ impl BlockHandle {
         let frame = parts.next().ok_or_else(|| corrupt("short read".into()))?;
         let facts_frame = if s.facts.is_some() { parts.next() } else { None };
         let links_frame = if s.links.is_some() { parts.next() } else { None };
-        let mut summaries: Vec<TraceSummary> = if compact {
+        let columns = self.meta.format_version >= 5;
+        let mut summaries: Vec<TraceSummary> = if columns {
+            let index = parts.next().ok_or_else(|| corrupt("short read".into()))?;
+            let read: SummaryColumnsIn = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
+            let entries = self.entries(&index)?;
+            let index = entries.iter().map(|(id, e)| (*id, e.revision.unwrap_or(1), e.count as u32));
+            read.into_summaries(index).map_err(|e| corrupt(format!("summaries: {e}")))?
+        } else if compact {
             let index = parts.next().ok_or_else(|| corrupt("short read".into()))?;
             let read: Vec<SummaryIn> = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
             let entries = self.entries(&index)?;
@@ -635,7 +628,10 @@ impl BlockHandle {
             decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?
         };
         if let Some(frame) = facts_frame {
-            let facts: Vec<TraceFacts> = if compact {
+            let facts: Vec<TraceFacts> = if columns {
+                let read: FactColumnsIn = decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?;
+                read.into_facts(summaries.iter().map(|s| s.start_time)).map_err(|e| corrupt(format!("facts: {e}")))?
+            } else if compact {
                 let read: Vec<FactsIn> = decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?;
                 read.into_iter().zip(&summaries).map(|(f, s)| f.into_facts(s.start_time)).collect()
             } else {
@@ -946,7 +942,7 @@ mod tests {
         let frame_bytes = 64 << 10;
         let items: Vec<(u64, String)> = (0..50_000u64).map(|i| (i * 7919, format!("item-{i}"))).collect();
         let mut out = b"prefix".to_vec();
-        let range = compressed_in_frames(&options, &mut out, "items", &Seq(|| items.iter()), frame_bytes).unwrap();
+        let range = compressed_in_frames(&options, &mut out, "items", &Seq::of(|| items.iter()), frame_bytes).unwrap();
         assert_eq!(range.start, 6);
         assert_eq!(range.end as usize, out.len());
         let frame = &out[range.start as usize..];

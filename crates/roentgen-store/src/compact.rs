@@ -2,16 +2,23 @@
 //!
 //! Version 3 wrote [`TraceSummary`] and [`TraceFacts`] as they are, every time an f64 of epoch
 //! seconds: 8 bytes whose low bits are noise to zstd, and the most of those sections' size on
-//! disk. Here every time but the trace's start is whole microseconds after it (or a duration in
-//! microseconds), a varint of 2 to 4 bytes, and a fact's flags are one byte. The trace id, the
-//! revision and the document count are left out: the index holds them, in the same order.
-//! Microseconds are the precision X-Ray's SDKs send.
+//! disk. From version 4 on every time but the trace's start is whole microseconds after it (or a
+//! duration in microseconds), a varint of 2 to 4 bytes, and a fact's flags are one byte. The
+//! trace id, the revision and the document count are left out: the index holds them, in the
+//! same order. Microseconds are the precision X-Ray's SDKs send.
+//!
+//! Version 4 wrote one record per trace. Version 5 writes columns: each field of every trace,
+//! then the next field, and the facts of all traces as one column per field of their nodes and
+//! of their edges. Values of one kind side by side are what zstd compresses well: on the load
+//! generator's traces, the summaries take 17 bytes a segment instead of 19.6 and the facts 11
+//! instead of 15.4. The trace's start is kept as microseconds after its id's epoch.
 
 use roentgen_model::{Http, Text, TraceId};
 use roentgen_query::{
     AnnotationSummary, EdgeFact, NodeFact, RootCause, ServiceKey, TraceFacts, TraceSummary, UserSummary,
 };
-use serde::{Deserialize, Serialize};
+use serde::ser::{Error as _, SerializeTuple};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Microseconds from `base` to `time`, both rounded to whole microseconds first.
 fn after(base: f64, time: f64) -> i64 {
@@ -37,24 +44,7 @@ fn seconds(micros: u64) -> f64 {
     micros as f64 / 1e6
 }
 
-/// A summary as written; `Vec`s are borrowed slices when written, owned when read.
-#[derive(Serialize)]
-pub(crate) struct SummaryOut<'a> {
-    start_time: f64,
-    end_time: i64,
-    response_time: Option<u64>,
-    flags: u8,
-    http: &'a Option<Http>,
-    services: &'a [ServiceKey],
-    entry_point: Option<u32>,
-    annotations: &'a [AnnotationSummary],
-    users: &'a [UserSummary],
-    resource_arns: &'a [Text],
-    instance_ids: &'a [Text],
-    availability_zones: &'a [Text],
-    segment_end_times: Vec<i64>,
-}
-
+/// A summary as version 4 wrote it.
 #[derive(Deserialize)]
 pub(crate) struct SummaryIn {
     start_time: f64,
@@ -81,32 +71,6 @@ const INFERRED: u8 = 32;
 
 fn flags(pairs: &[(bool, u8)]) -> u8 {
     pairs.iter().filter(|(set, _)| *set).fold(0, |all, (_, bit)| all | bit)
-}
-
-impl<'a> SummaryOut<'a> {
-    pub(crate) fn new(s: &'a TraceSummary) -> Self {
-        let base = s.start_time;
-        Self {
-            start_time: base,
-            end_time: after(base, s.end_time),
-            response_time: s.response_time.map(micros),
-            flags: flags(&[
-                (s.has_fault, FAULT),
-                (s.has_error, ERROR),
-                (s.has_throttle, THROTTLE),
-                (s.is_partial, PARTIAL),
-            ]),
-            http: &s.http,
-            services: &s.services,
-            entry_point: s.entry_point,
-            annotations: &s.annotations,
-            users: &s.users,
-            resource_arns: &s.resource_arns,
-            instance_ids: &s.instance_ids,
-            availability_zones: &s.availability_zones,
-            segment_end_times: s.segment_end_times.iter().map(|&t| after(base, t)).collect(),
-        }
-    }
 }
 
 impl SummaryIn {
@@ -139,8 +103,9 @@ impl SummaryIn {
     }
 }
 
-/// A node or an edge fact: `from` is the node's service, `to` unused for nodes.
-#[derive(Serialize, Deserialize)]
+/// A node or an edge fact as version 4 wrote it (and version 5 in columns): `from` is the node's
+/// service, `to` unused for nodes.
+#[derive(Deserialize)]
 struct Fact {
     from: u32,
     to: u32,
@@ -150,15 +115,7 @@ struct Fact {
     http_status: Option<u16>,
 }
 
-#[derive(Serialize)]
-pub(crate) struct FactsOut<'a> {
-    nodes: Vec<Fact>,
-    edges: Vec<Fact>,
-    fault_root_causes: &'a [RootCause],
-    error_root_causes: &'a [RootCause],
-    response_time_root_causes: &'a [RootCause],
-}
-
+/// A trace's facts as version 4 wrote them.
 #[derive(Deserialize)]
 pub(crate) struct FactsIn {
     nodes: Vec<Fact>,
@@ -166,41 +123,6 @@ pub(crate) struct FactsIn {
     fault_root_causes: Vec<RootCause>,
     error_root_causes: Vec<RootCause>,
     response_time_root_causes: Vec<RootCause>,
-}
-
-impl<'a> FactsOut<'a> {
-    /// `base` is the trace's start time.
-    pub(crate) fn new(facts: &'a TraceFacts, base: f64) -> Self {
-        let node = |n: &NodeFact| Fact {
-            from: n.service,
-            to: 0,
-            start_time: after(base, n.start_time),
-            flags: flags(&[
-                (n.fault, FAULT),
-                (n.error, ERROR),
-                (n.throttle, THROTTLE),
-                (n.root, ROOT),
-                (n.inferred, INFERRED),
-            ]),
-            response_time: n.response_time.map(micros),
-            http_status: n.http_status,
-        };
-        let edge = |e: &EdgeFact| Fact {
-            from: e.from,
-            to: e.to,
-            start_time: after(base, e.start_time),
-            flags: flags(&[(e.fault, FAULT), (e.error, ERROR), (e.throttle, THROTTLE)]),
-            response_time: e.response_time.map(micros),
-            http_status: e.http_status,
-        };
-        Self {
-            nodes: facts.nodes.iter().map(node).collect(),
-            edges: facts.edges.iter().map(edge).collect(),
-            fault_root_causes: &facts.fault_root_causes,
-            error_root_causes: &facts.error_root_causes,
-            response_time_root_causes: &facts.response_time_root_causes,
-        }
-    }
 }
 
 impl FactsIn {
@@ -236,6 +158,351 @@ impl FactsIn {
     }
 }
 
+/// A sequence of `len` items, encoded straight from an iterator that `items` makes anew: the same
+/// bytes as a `Vec` of them, which a block's sections are never held in.
+pub(crate) struct Seq<F> {
+    len: usize,
+    items: F,
+}
+
+impl<F, I> Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+{
+    pub(crate) fn new(len: usize, items: F) -> Self {
+        Self { len, items }
+    }
+
+    pub(crate) fn of(items: F) -> Self
+    where
+        I: ExactSizeIterator,
+    {
+        Self { len: items().len(), items }
+    }
+}
+
+impl<F, I> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        let mut count = 0;
+        for item in (self.items)() {
+            seq.serialize_element(&item)?;
+            count += 1;
+        }
+        if count != self.len {
+            return Err(S::Error::custom(format!("{count} items where {} were announced", self.len)));
+        }
+        seq.end()
+    }
+}
+
+/// When a trace started: microseconds after its id's epoch, or the time itself when those would
+/// not give it back exactly (a time far from the epoch, or not in whole microseconds).
+#[derive(Serialize, Deserialize)]
+enum Start {
+    AfterEpoch(i64),
+    Exact(f64),
+}
+
+impl Start {
+    fn of(summary: &TraceSummary) -> Self {
+        let epoch = f64::from(summary.trace_id.epoch());
+        let micros = after(epoch, summary.start_time);
+        if at(epoch, micros).to_bits() == summary.start_time.to_bits() {
+            Start::AfterEpoch(micros)
+        } else {
+            Start::Exact(summary.start_time)
+        }
+    }
+
+    fn time(&self, trace_id: TraceId) -> f64 {
+        match *self {
+            Start::AfterEpoch(micros) => at(f64::from(trace_id.epoch()), micros),
+            Start::Exact(time) => time,
+        }
+    }
+}
+
+fn summary_flags(s: &TraceSummary) -> u8 {
+    flags(&[(s.has_fault, FAULT), (s.has_error, ERROR), (s.has_throttle, THROTTLE), (s.is_partial, PARTIAL)])
+}
+
+/// The summaries section from format 5 on: a block's summaries in index order, one column per
+/// field.
+pub(crate) struct SummaryColumns<'a>(pub &'a [&'a TraceSummary]);
+
+impl<'a> Serialize for SummaryColumns<'a> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut columns = serializer.serialize_tuple(13)?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| Start::of(s))))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| after(s.start_time, s.end_time))))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.response_time.map(micros))))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| summary_flags(s))))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.http)))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.services)))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.entry_point)))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.annotations)))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.users)))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.resource_arns)))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.instance_ids)))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.availability_zones)))?;
+        let ends =
+            |&s: &&'a TraceSummary| Seq::of(move || s.segment_end_times.iter().map(|&end| after(s.start_time, end)));
+        columns.serialize_element(&Seq::of(|| t.iter().map(ends)))?;
+        columns.end()
+    }
+}
+
+/// The summaries section from format 5 on, as read.
+#[derive(Deserialize)]
+pub(crate) struct SummaryColumnsIn {
+    start: Vec<Start>,
+    end_time: Vec<i64>,
+    response_time: Vec<Option<u64>>,
+    flags: Vec<u8>,
+    http: Vec<Option<Http>>,
+    services: Vec<Vec<ServiceKey>>,
+    entry_point: Vec<Option<u32>>,
+    annotations: Vec<Vec<AnnotationSummary>>,
+    users: Vec<Vec<UserSummary>>,
+    resource_arns: Vec<Vec<Text>>,
+    instance_ids: Vec<Vec<Text>>,
+    availability_zones: Vec<Vec<Text>>,
+    segment_end_times: Vec<Vec<i64>>,
+}
+
+impl SummaryColumnsIn {
+    /// The summaries, given what the index holds for each trace (its id, revision and document
+    /// count), in the same order.
+    pub(crate) fn into_summaries(
+        self,
+        index: impl ExactSizeIterator<Item = (TraceId, u32, u32)>,
+    ) -> Result<Vec<TraceSummary>, String> {
+        let lengths = [
+            self.start.len(),
+            self.end_time.len(),
+            self.response_time.len(),
+            self.flags.len(),
+            self.http.len(),
+            self.services.len(),
+            self.entry_point.len(),
+            self.annotations.len(),
+            self.users.len(),
+            self.resource_arns.len(),
+            self.instance_ids.len(),
+            self.availability_zones.len(),
+            self.segment_end_times.len(),
+        ];
+        let traces = index.len();
+        if lengths.iter().any(|&len| len != traces) {
+            return Err(format!("summary columns of {lengths:?} for {traces} index entries"));
+        }
+        let mut start = self.start.into_iter();
+        let mut end_time = self.end_time.into_iter();
+        let mut response_time = self.response_time.into_iter();
+        let mut flags = self.flags.into_iter();
+        let mut http = self.http.into_iter();
+        let mut services = self.services.into_iter();
+        let mut entry_point = self.entry_point.into_iter();
+        let mut annotations = self.annotations.into_iter();
+        let mut users = self.users.into_iter();
+        let mut resource_arns = self.resource_arns.into_iter();
+        let mut instance_ids = self.instance_ids.into_iter();
+        let mut availability_zones = self.availability_zones.into_iter();
+        let mut segment_end_times = self.segment_end_times.into_iter();
+        let summaries = index.map(|(trace_id, revision, document_count)| {
+            let base = start.next()?.time(trace_id);
+            let flags = flags.next()?;
+            Some(TraceSummary {
+                trace_id,
+                start_time: base,
+                end_time: at(base, end_time.next()?),
+                response_time: response_time.next()?.map(seconds),
+                has_fault: flags & FAULT != 0,
+                has_error: flags & ERROR != 0,
+                has_throttle: flags & THROTTLE != 0,
+                is_partial: flags & PARTIAL != 0,
+                http: http.next()?,
+                services: services.next()?,
+                entry_point: entry_point.next()?,
+                annotations: annotations.next()?,
+                users: users.next()?,
+                resource_arns: resource_arns.next()?,
+                instance_ids: instance_ids.next()?,
+                availability_zones: availability_zones.next()?,
+                revision,
+                segment_end_times: segment_end_times.next()?.into_iter().map(|t| at(base, t)).collect(),
+                document_count,
+                facts: TraceFacts::default(),
+                links: Vec::new(),
+            })
+        });
+        summaries.collect::<Option<Vec<_>>>().ok_or_else(|| "a summary column ended early".to_owned())
+    }
+}
+
+fn node_flags(n: &NodeFact) -> u8 {
+    flags(&[(n.fault, FAULT), (n.error, ERROR), (n.throttle, THROTTLE), (n.root, ROOT), (n.inferred, INFERRED)])
+}
+
+fn edge_flags(e: &EdgeFact) -> u8 {
+    flags(&[(e.fault, FAULT), (e.error, ERROR), (e.throttle, THROTTLE)])
+}
+
+/// The facts section from format 5 on: per trace the number of its nodes, then one column per
+/// field of every trace's nodes; the same for edges; then each trace's root causes. Times are
+/// microseconds after the trace's start.
+pub(crate) struct FactColumns<'a>(pub &'a [&'a TraceSummary]);
+
+impl<'a> Serialize for FactColumns<'a> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let nodes = || t.iter().flat_map(|s| s.facts.nodes.iter().map(move |n| (s.start_time, n)));
+        let edges = || t.iter().flat_map(|s| s.facts.edges.iter().map(move |e| (s.start_time, e)));
+        let (node_count, edge_count) = (nodes().count(), edges().count());
+        let mut columns = serializer.serialize_tuple(14)?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.facts.nodes.len() as u64)))?;
+        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| n.service)))?;
+        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(base, n)| after(base, n.start_time))))?;
+        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| node_flags(n))))?;
+        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| n.response_time.map(micros))))?;
+        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| n.http_status)))?;
+        columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.facts.edges.len() as u64)))?;
+        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| e.from)))?;
+        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| e.to)))?;
+        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(base, e)| after(base, e.start_time))))?;
+        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| edge_flags(e))))?;
+        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| e.response_time.map(micros))))?;
+        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| e.http_status)))?;
+        let causes = |&s: &&'a TraceSummary| {
+            let f = &s.facts;
+            (&f.fault_root_causes, &f.error_root_causes, &f.response_time_root_causes)
+        };
+        columns.serialize_element(&Seq::of(|| t.iter().map(causes)))?;
+        columns.end()
+    }
+}
+
+/// The next facts of a run of fact columns, as version 4 recorded them.
+struct FactColumnReader {
+    from: std::vec::IntoIter<u32>,
+    /// `None` for nodes, which have no `to`.
+    to: Option<std::vec::IntoIter<u32>>,
+    start_time: std::vec::IntoIter<i64>,
+    flags: std::vec::IntoIter<u8>,
+    response_time: std::vec::IntoIter<Option<u64>>,
+    http_status: std::vec::IntoIter<Option<u16>>,
+}
+
+impl FactColumnReader {
+    fn take(&mut self, count: u64) -> Option<Vec<Fact>> {
+        (0..count)
+            .map(|_| {
+                Some(Fact {
+                    from: self.from.next()?,
+                    to: match &mut self.to {
+                        Some(to) => to.next()?,
+                        None => 0,
+                    },
+                    start_time: self.start_time.next()?,
+                    flags: self.flags.next()?,
+                    response_time: self.response_time.next()?,
+                    http_status: self.http_status.next()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The facts section from format 5 on, as read.
+#[derive(Deserialize)]
+pub(crate) struct FactColumnsIn {
+    node_counts: Vec<u64>,
+    node_service: Vec<u32>,
+    node_start: Vec<i64>,
+    node_flags: Vec<u8>,
+    node_response_time: Vec<Option<u64>>,
+    node_http_status: Vec<Option<u16>>,
+    edge_counts: Vec<u64>,
+    edge_from: Vec<u32>,
+    edge_to: Vec<u32>,
+    edge_start: Vec<i64>,
+    edge_flags: Vec<u8>,
+    edge_response_time: Vec<Option<u64>>,
+    edge_http_status: Vec<Option<u16>>,
+    root_causes: Vec<(Vec<RootCause>, Vec<RootCause>, Vec<RootCause>)>,
+}
+
+impl FactColumnsIn {
+    /// Each trace's facts, given each one's start, in index order.
+    pub(crate) fn into_facts(self, starts: impl ExactSizeIterator<Item = f64>) -> Result<Vec<TraceFacts>, String> {
+        let traces = starts.len();
+        let nodes = self.node_counts.iter().try_fold(0u64, |sum, &n| sum.checked_add(n));
+        let edges = self.edge_counts.iter().try_fold(0u64, |sum, &n| sum.checked_add(n));
+        let node_columns = [
+            self.node_service.len(),
+            self.node_start.len(),
+            self.node_flags.len(),
+            self.node_response_time.len(),
+            self.node_http_status.len(),
+        ];
+        let edge_columns = [
+            self.edge_from.len(),
+            self.edge_to.len(),
+            self.edge_start.len(),
+            self.edge_flags.len(),
+            self.edge_response_time.len(),
+            self.edge_http_status.len(),
+        ];
+        let per_trace = [self.node_counts.len(), self.edge_counts.len(), self.root_causes.len()];
+        if per_trace.iter().any(|&len| len != traces)
+            || node_columns.iter().any(|&len| Some(len as u64) != nodes)
+            || edge_columns.iter().any(|&len| Some(len as u64) != edges)
+        {
+            return Err(format!(
+                "fact columns of {per_trace:?} traces, {node_columns:?} nodes and {edge_columns:?} edges for {traces} traces"
+            ));
+        }
+        let mut nodes = FactColumnReader {
+            from: self.node_service.into_iter(),
+            to: None,
+            start_time: self.node_start.into_iter(),
+            flags: self.node_flags.into_iter(),
+            response_time: self.node_response_time.into_iter(),
+            http_status: self.node_http_status.into_iter(),
+        };
+        let mut edges = FactColumnReader {
+            from: self.edge_from.into_iter(),
+            to: Some(self.edge_to.into_iter()),
+            start_time: self.edge_start.into_iter(),
+            flags: self.edge_flags.into_iter(),
+            response_time: self.edge_response_time.into_iter(),
+            http_status: self.edge_http_status.into_iter(),
+        };
+        let counts = self.node_counts.into_iter().zip(self.edge_counts);
+        let facts = starts.zip(counts).zip(self.root_causes).map(|((base, (node_count, edge_count)), causes)| {
+            let (fault_root_causes, error_root_causes, response_time_root_causes) = causes;
+            let read = FactsIn {
+                nodes: nodes.take(node_count)?,
+                edges: edges.take(edge_count)?,
+                fault_root_causes,
+                error_root_causes,
+                response_time_root_causes,
+            };
+            Some(read.into_facts(base))
+        });
+        facts.collect::<Option<Vec<_>>>().ok_or_else(|| "a fact column ended early".to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,69 +515,117 @@ mod tests {
         assert_eq!(at(0.0, i64::MIN), i64::MIN as f64 / 1e6);
     }
 
-    proptest! {
-        /// Summaries as `summarize` makes them (times in whole microseconds) come back exactly.
-        #[test]
-        fn summaries_and_facts_round_trip(
-            start in 1.0e9f64..2.0e9,
-            offsets in proptest::collection::vec(0.0f64..3600.0, 1..6),
-            bits in any::<u8>(),
-            status in proptest::option::of(100u16..600),
-        ) {
-            let us = whole_microseconds;
-            let (start, last) = (us(start), offsets.len() - 1);
-            let facts = TraceFacts {
-                nodes: vec![NodeFact {
-                    service: 0,
-                    start_time: us(start + offsets[0]),
-                    root: bits & 1 != 0,
-                    inferred: bits & 2 != 0,
-                    error: bits & 4 != 0,
-                    fault: bits & 8 != 0,
-                    throttle: bits & 16 != 0,
-                    response_time: Some(us(offsets[last])),
-                    http_status: status,
-                }],
-                edges: vec![EdgeFact {
+    fn summary(start: f64, offsets: &[f64], bits: u8, status: Option<u16>, epoch: u32) -> TraceSummary {
+        let us = whole_microseconds;
+        let last = offsets.len() - 1;
+        let facts = TraceFacts {
+            nodes: vec![NodeFact {
+                service: 0,
+                start_time: us(start + offsets[0]),
+                root: bits & 1 != 0,
+                inferred: bits & 2 != 0,
+                error: bits & 4 != 0,
+                fault: bits & 8 != 0,
+                throttle: bits & 16 != 0,
+                response_time: Some(us(offsets[last])),
+                http_status: status,
+            }],
+            edges: (0..last)
+                .map(|n| EdgeFact {
                     from: 0,
-                    to: 1,
-                    start_time: us(start + offsets[last / 2]),
+                    to: n as u32 + 1,
+                    start_time: us(start + offsets[n]),
                     error: bits & 32 != 0,
                     fault: bits & 64 != 0,
                     throttle: bits & 128 != 0,
                     response_time: None,
                     http_status: status,
-                }],
-                ..TraceFacts::default()
-            };
-            let summary = TraceSummary {
-                trace_id: TraceId::from_parts(1_700_000_000, 7),
-                start_time: start,
-                end_time: us(start + offsets.iter().cloned().fold(0.0, f64::max)),
-                response_time: Some(us(offsets[0])),
-                has_fault: bits & 1 != 0,
-                has_error: bits & 2 != 0,
-                has_throttle: bits & 4 != 0,
-                is_partial: bits & 8 != 0,
-                http: None,
-                services: vec![ServiceKey { name: "a".into(), kind: None, account_id: Some("1".into()) }],
-                entry_point: Some(0),
-                annotations: Vec::new(),
-                users: Vec::new(),
-                resource_arns: vec!["arn".into()],
-                instance_ids: Vec::new(),
-                availability_zones: Vec::new(),
-                revision: 3,
-                segment_end_times: offsets.iter().map(|o| us(start + o)).collect(),
-                document_count: 2,
-                facts: facts.clone(),
-                links: Vec::new(),
-            };
-            let encoded = postcard::to_stdvec(&SummaryOut::new(&summary)).unwrap();
-            let mut read = postcard::from_bytes::<SummaryIn>(&encoded).unwrap().into_summary(summary.trace_id, 3, 2);
-            let encoded = postcard::to_stdvec(&FactsOut::new(&facts, start)).unwrap();
-            read.facts = postcard::from_bytes::<FactsIn>(&encoded).unwrap().into_facts(start);
-            prop_assert_eq!(read, summary);
+                })
+                .collect(),
+            ..TraceFacts::default()
+        };
+        TraceSummary {
+            trace_id: TraceId::from_parts(epoch, u128::from(bits) + 7),
+            start_time: start,
+            end_time: us(start + offsets.iter().cloned().fold(0.0, f64::max)),
+            response_time: Some(us(offsets[0])),
+            has_fault: bits & 1 != 0,
+            has_error: bits & 2 != 0,
+            has_throttle: bits & 4 != 0,
+            is_partial: bits & 8 != 0,
+            http: None,
+            services: vec![ServiceKey { name: "a".into(), kind: None, account_id: Some("1".into()) }],
+            entry_point: Some(0),
+            annotations: Vec::new(),
+            users: Vec::new(),
+            resource_arns: vec!["arn".into()],
+            instance_ids: Vec::new(),
+            availability_zones: Vec::new(),
+            revision: 3,
+            segment_end_times: offsets.iter().map(|o| us(start + o)).collect(),
+            document_count: 2,
+            facts,
+            links: Vec::new(),
         }
+    }
+
+    fn round_trip(summaries: &[TraceSummary]) -> Result<Vec<TraceSummary>, String> {
+        let refs: Vec<&TraceSummary> = summaries.iter().collect();
+        let columns = postcard::to_stdvec(&SummaryColumns(&refs)).unwrap();
+        let index = summaries.iter().map(|s| (s.trace_id, s.revision, s.document_count));
+        let mut read = postcard::from_bytes::<SummaryColumnsIn>(&columns).unwrap().into_summaries(index)?;
+        let facts = postcard::to_stdvec(&FactColumns(&refs)).unwrap();
+        let starts = read.iter().map(|s| s.start_time).collect::<Vec<_>>();
+        let facts = postcard::from_bytes::<FactColumnsIn>(&facts).unwrap().into_facts(starts.into_iter())?;
+        for (summary, facts) in read.iter_mut().zip(facts) {
+            summary.facts = facts;
+        }
+        Ok(read)
+    }
+
+    proptest! {
+        /// Summaries as `summarize` makes them (times in whole microseconds) come back exactly,
+        /// whether their start is near their id's epoch or not.
+        #[test]
+        fn summaries_and_facts_round_trip(
+            traces in proptest::collection::vec(
+                (1.0e9f64..2.0e9, proptest::collection::vec(0.0f64..3600.0, 1..6), any::<u8>(),
+                 proptest::option::of(100u16..600), -5i64..5),
+                0..8,
+            ),
+        ) {
+            let summaries: Vec<TraceSummary> = traces
+                .iter()
+                .map(|(start, offsets, bits, status, skew)| {
+                    let start = whole_microseconds(*start);
+                    let epoch = (start as i64 + skew * 100_000_000).clamp(0, i64::from(u32::MAX)) as u32;
+                    summary(start, offsets, *bits, *status, epoch)
+                })
+                .collect();
+            prop_assert_eq!(round_trip(&summaries), Ok(summaries));
+        }
+    }
+
+    #[test]
+    fn starts_that_microseconds_after_the_epoch_would_change_are_kept_exactly() {
+        for start in [1.0e9 + 0.123_456_7, 1e300, -3.5, 0.0] {
+            let s = summary(start, &[0.5], 0, None, 1_700_000_000);
+            assert_eq!(round_trip(std::slice::from_ref(&s)).unwrap()[0].start_time.to_bits(), start.to_bits());
+        }
+    }
+
+    #[test]
+    fn columns_that_disagree_with_the_index_are_refused() {
+        let s = summary(1.7e9, &[0.5, 1.0], 0, Some(200), 1_700_000_000);
+        let columns = postcard::to_stdvec(&SummaryColumns(&[&s])).unwrap();
+        let read = postcard::from_bytes::<SummaryColumnsIn>(&columns).unwrap();
+        let index = [(s.trace_id, 1, 1), (s.trace_id, 1, 1)];
+        assert!(read.into_summaries(index.into_iter()).is_err(), "two index entries for one summary");
+        let facts = postcard::to_stdvec(&FactColumns(&[&s, &s])).unwrap();
+        let read = postcard::from_bytes::<FactColumnsIn>(&facts).unwrap();
+        assert!(read.into_facts([1.7e9].into_iter()).is_err(), "two traces' facts for one trace");
+        let mut damaged = postcard::from_bytes::<FactColumnsIn>(&facts).unwrap();
+        damaged.node_counts[0] += 1;
+        assert!(damaged.into_facts([1.7e9, 1.7e9].into_iter()).is_err(), "more nodes counted than there are");
     }
 }
