@@ -17,11 +17,11 @@
 //! summaries   zstd(postcard(Vec<TraceSummary>)), sorted by trace id; from version 4 on,
 //!             compact records: times in microseconds after the trace's start, no trace id,
 //!             revision or document count (the index's entry in the same place has them); from
-//!             version 5 on, compact::SummaryColumns: the same in columns
+//!             version 5 on, the same in columns, in batches (compact::summary_section)
 //! bloom       the trace ids' bloom filter, u64 words
 //! facts       zstd(postcard(Vec<TraceFacts>)), in summary order (version 2 on); from version 4
 //!             on, compact records, times in microseconds after the trace's start; from version 5
-//!             on, compact::FactColumns: the nodes' and edges' fields in columns
+//!             on, the nodes' and edges' fields in columns, in batches (compact::facts_section)
 //! rollups     the service-graph rollups of the minute and 10-minute levels, one
 //!             zstd(postcard(Rollups)) frame per hour (version 3 on)
 //! kept        zstd(postcard(KeptRollups)): the hour and day levels, and where each hour's frame
@@ -48,7 +48,9 @@ use roentgen_model::TraceId;
 use roentgen_query::{LinkFact, TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
-use crate::compact::{FactColumns, FactColumnsIn, FactsIn, Seq, SummaryColumns, SummaryColumnsIn, SummaryIn};
+use crate::compact::{
+    FactsIn, Seq, SummaryIn, facts_section, read_facts_section, read_summary_section, summary_section,
+};
 use crate::error::StoreError;
 use crate::index::{Fences, IndexEntry, IndexReader, IndexWriter};
 use crate::rollup::{KeptRollups, Rollups};
@@ -241,10 +243,10 @@ pub(crate) fn build(
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
     let summaries: Vec<&TraceSummary> = traces.iter().map(|t| &t.summary).collect();
-    let summaries_range = compressed_section(&options, &mut data, "summary", &SummaryColumns(&summaries))?;
+    let summaries_range = compressed_section(&options, &mut data, "summary", &summary_section(&summaries))?;
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
-    let facts_range = compressed_section(&options, &mut data, "facts", &FactColumns(&summaries))?;
+    let facts_range = compressed_section(&options, &mut data, "facts", &facts_section(&summaries))?;
     let rollups_range = section(&mut data, &rollups.fine);
     let kept_range = section(&mut data, &rollups.kept);
     let links = Seq::of(|| traces.iter().map(|t| &t.summary.links));
@@ -609,10 +611,10 @@ impl BlockHandle {
         let columns = self.meta.format_version >= 5;
         let mut summaries: Vec<TraceSummary> = if columns {
             let index = parts.next().ok_or_else(|| corrupt("short read".into()))?;
-            let read: SummaryColumnsIn = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
+            let read = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
             let entries = self.entries(&index)?;
             let index = entries.iter().map(|(id, e)| (*id, e.revision.unwrap_or(1), e.count as u32));
-            read.into_summaries(index).map_err(|e| corrupt(format!("summaries: {e}")))?
+            read_summary_section(read, index).map_err(|e| corrupt(format!("summaries: {e}")))?
         } else if compact {
             let index = parts.next().ok_or_else(|| corrupt("short read".into()))?;
             let read: Vec<SummaryIn> = decode(&frame).map_err(|e| corrupt(format!("summaries: {e}")))?;
@@ -629,8 +631,9 @@ impl BlockHandle {
         };
         if let Some(frame) = facts_frame {
             let facts: Vec<TraceFacts> = if columns {
-                let read: FactColumnsIn = decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?;
-                read.into_facts(summaries.iter().map(|s| s.start_time)).map_err(|e| corrupt(format!("facts: {e}")))?
+                let read = decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?;
+                let starts = summaries.iter().map(|s| s.start_time);
+                read_facts_section(read, starts).map_err(|e| corrupt(format!("facts: {e}")))?
             } else if compact {
                 let read: Vec<FactsIn> = decode(&frame).map_err(|e| corrupt(format!("facts: {e}")))?;
                 read.into_iter().zip(&summaries).map(|(f, s)| f.into_facts(s.start_time)).collect()

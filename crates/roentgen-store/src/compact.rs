@@ -7,11 +7,12 @@
 //! trace id, the revision and the document count are left out: the index holds them, in the
 //! same order. Microseconds are the precision X-Ray's SDKs send.
 //!
-//! Version 4 wrote one record per trace. Version 5 writes columns: each field of every trace,
-//! then the next field, and the facts of all traces as one column per field of their nodes and
-//! of their edges. Values of one kind side by side are what zstd compresses well: on the load
-//! generator's traces, the summaries take 17 bytes a segment instead of 19.6 and the facts 11
-//! instead of 15.4. The trace's start is kept as microseconds after its id's epoch.
+//! Version 4 wrote one record per trace. Version 5 writes columns, in batches of
+//! [`COLUMN_BATCH`] traces: each field of every trace of the batch, then the next field, and
+//! the facts as one column per field of the batch's nodes and of its edges. Values of one kind
+//! side by side are what zstd compresses well: on the load generator's traces, the summaries
+//! take 16.6 bytes a segment instead of 19.6 and the facts 11.6 instead of 15.4. The trace's
+//! start is kept as microseconds after its id's epoch.
 
 use roentgen_model::{Http, Text, TraceId};
 use roentgen_query::{
@@ -203,6 +204,56 @@ where
     }
 }
 
+/// Traces per batch of columns. Each column is written in a pass over the batch's summaries, so
+/// a batch's worth of them should stay in the processor's cache from one column to the next: in
+/// one batch per block, encoding took 20-25% longer than records did, in batches of 16,384
+/// traces about 10%; they store 0.8 bytes a segment more than one batch.
+pub(crate) const COLUMN_BATCH: usize = 16_384;
+
+/// A block's summaries in batches of columns: the summaries section from format 5 on.
+pub(crate) fn summary_section<'a>(summaries: &'a [&'a TraceSummary]) -> impl Serialize + 'a {
+    Seq::of(move || summaries.chunks(COLUMN_BATCH).map(SummaryColumns))
+}
+
+/// A block's facts in batches of columns: the facts section from format 5 on.
+pub(crate) fn facts_section<'a>(summaries: &'a [&'a TraceSummary]) -> impl Serialize + 'a {
+    Seq::of(move || summaries.chunks(COLUMN_BATCH).map(FactColumns))
+}
+
+/// The summaries of a summaries section of format 5, given what the index holds for each trace
+/// (its id, revision and document count), in the same order.
+pub(crate) fn read_summary_section(
+    batches: Vec<SummaryColumnsIn>,
+    index: impl ExactSizeIterator<Item = (TraceId, u32, u32)>,
+) -> Result<Vec<TraceSummary>, String> {
+    read_batches(batches, index, |batch| batch.start.len(), |batch, index| batch.into_summaries(index))
+}
+
+/// The facts of a facts section of format 5, given each trace's start, in index order.
+pub(crate) fn read_facts_section(
+    batches: Vec<FactColumnsIn>,
+    starts: impl ExactSizeIterator<Item = f64>,
+) -> Result<Vec<TraceFacts>, String> {
+    read_batches(batches, starts, |batch| batch.node_counts.len(), |batch, starts| batch.into_facts(starts))
+}
+
+/// Reads a section's batches, handing each the next of `per_trace` (what is known of each trace
+/// besides), and checks that together they cover every trace.
+fn read_batches<B, I: ExactSizeIterator, T>(
+    batches: Vec<B>,
+    mut per_trace: I,
+    len: impl Fn(&B) -> usize,
+    read: impl Fn(B, std::iter::Take<&mut I>) -> Result<Vec<T>, String>,
+) -> Result<Vec<T>, String> {
+    let traces = per_trace.len();
+    let mut out = Vec::with_capacity(traces);
+    for batch in batches {
+        let len = len(&batch);
+        out.extend(read(batch, per_trace.by_ref().take(len))?);
+    }
+    if out.len() == traces { Ok(out) } else { Err(format!("batches of {} traces for {traces}", out.len())) }
+}
+
 /// When a trace started: microseconds after its id's epoch, or the time itself when those would
 /// not give it back exactly (a time far from the epoch, or not in whole microseconds).
 #[derive(Serialize, Deserialize)]
@@ -234,8 +285,7 @@ fn summary_flags(s: &TraceSummary) -> u8 {
     flags(&[(s.has_fault, FAULT), (s.has_error, ERROR), (s.has_throttle, THROTTLE), (s.is_partial, PARTIAL)])
 }
 
-/// The summaries section from format 5 on: a block's summaries in index order, one column per
-/// field.
+/// A batch of a block's summaries in index order, one column per field.
 pub(crate) struct SummaryColumns<'a>(pub &'a [&'a TraceSummary]);
 
 impl<'a> Serialize for SummaryColumns<'a> {
@@ -261,7 +311,7 @@ impl<'a> Serialize for SummaryColumns<'a> {
     }
 }
 
-/// The summaries section from format 5 on, as read.
+/// A batch of summary columns, as read.
 #[derive(Deserialize)]
 pub(crate) struct SummaryColumnsIn {
     start: Vec<Start>,
@@ -357,8 +407,8 @@ fn edge_flags(e: &EdgeFact) -> u8 {
     flags(&[(e.fault, FAULT), (e.error, ERROR), (e.throttle, THROTTLE)])
 }
 
-/// The facts section from format 5 on: per trace the number of its nodes, then one column per
-/// field of every trace's nodes; the same for edges; then each trace's root causes. Times are
+/// A batch of a block's facts: per trace the number of its nodes, then one column per field of
+/// every trace's nodes; the same for edges; then each trace's root causes. Times are
 /// microseconds after the trace's start.
 pub(crate) struct FactColumns<'a>(pub &'a [&'a TraceSummary]);
 
@@ -422,7 +472,7 @@ impl FactColumnReader {
     }
 }
 
-/// The facts section from format 5 on, as read.
+/// A batch of fact columns, as read.
 #[derive(Deserialize)]
 pub(crate) struct FactColumnsIn {
     node_counts: Vec<u64>,
@@ -571,12 +621,12 @@ mod tests {
 
     fn round_trip(summaries: &[TraceSummary]) -> Result<Vec<TraceSummary>, String> {
         let refs: Vec<&TraceSummary> = summaries.iter().collect();
-        let columns = postcard::to_stdvec(&SummaryColumns(&refs)).unwrap();
+        let columns = postcard::to_stdvec(&summary_section(&refs)).unwrap();
         let index = summaries.iter().map(|s| (s.trace_id, s.revision, s.document_count));
-        let mut read = postcard::from_bytes::<SummaryColumnsIn>(&columns).unwrap().into_summaries(index)?;
-        let facts = postcard::to_stdvec(&FactColumns(&refs)).unwrap();
+        let mut read = read_summary_section(postcard::from_bytes(&columns).unwrap(), index)?;
+        let facts = postcard::to_stdvec(&facts_section(&refs)).unwrap();
         let starts = read.iter().map(|s| s.start_time).collect::<Vec<_>>();
-        let facts = postcard::from_bytes::<FactColumnsIn>(&facts).unwrap().into_facts(starts.into_iter())?;
+        let facts = read_facts_section(postcard::from_bytes(&facts).unwrap(), starts.into_iter())?;
         for (summary, facts) in read.iter_mut().zip(facts) {
             summary.facts = facts;
         }
@@ -604,6 +654,21 @@ mod tests {
                 .collect();
             prop_assert_eq!(round_trip(&summaries), Ok(summaries));
         }
+    }
+
+    #[test]
+    fn sections_of_several_batches_round_trip_and_must_cover_every_trace() {
+        let summaries: Vec<TraceSummary> = (0..2 * COLUMN_BATCH + 5)
+            .map(|n| summary(1.7e9 + n as f64, &[0.5, 1.5, (n % 7) as f64], n as u8, Some(200), 1_700_000_000))
+            .collect();
+        assert_eq!(round_trip(&summaries), Ok(summaries.clone()));
+        let refs: Vec<&TraceSummary> = summaries.iter().collect();
+        let columns = postcard::to_stdvec(&summary_section(&refs[..COLUMN_BATCH])).unwrap();
+        let index = summaries.iter().map(|s| (s.trace_id, s.revision, s.document_count));
+        assert!(read_summary_section(postcard::from_bytes(&columns).unwrap(), index).is_err(), "batches missing");
+        let facts = postcard::to_stdvec(&facts_section(&refs[..COLUMN_BATCH])).unwrap();
+        let starts = summaries.iter().map(|s| s.start_time);
+        assert!(read_facts_section(postcard::from_bytes(&facts).unwrap(), starts).is_err(), "batches missing");
     }
 
     #[test]
