@@ -522,7 +522,8 @@ impl BlockHandle {
     /// Every entry of the index, in trace id order.
     fn entries(&self, index: &[u8]) -> Result<Vec<(TraceId, IndexEntry)>, StoreError> {
         let mut reader = IndexReader::new(index, self.meta.format_version, &self.fences);
-        let mut entries = Vec::with_capacity(self.meta.trace_count as usize);
+        // An entry takes a byte at least: a damaged count in the meta reserves no more.
+        let mut entries = Vec::with_capacity((self.meta.trace_count as usize).min(index.len()));
         while let Some(entry) = reader.next_entry().map_err(|e| self.corrupt(e.into()))? {
             entries.push(entry);
         }
@@ -539,11 +540,12 @@ impl BlockHandle {
         for (n, frame) in store.get_ranges(&self.data_path, &ranges).await?.iter().enumerate() {
             chunks.push(decompress(frame).map_err(|e| corrupt(format!("chunk {n}: {e}")))?);
         }
-        let mut traces = Vec::with_capacity(self.meta.trace_count as usize);
-        for (id, entry) in self.entries(&index)? {
+        let entries = self.entries(&index)?;
+        let mut traces = Vec::with_capacity(entries.len());
+        for (id, entry) in entries {
             let region = chunks
                 .get(entry.chunk)
-                .and_then(|c| c.get(entry.offset..entry.offset + entry.length))
+                .and_then(|c| c.get(entry.offset..entry.offset.checked_add(entry.length)?))
                 .ok_or_else(|| corrupt("trace region out of range".into()))?;
             let docs =
                 split_documents(region, entry.count).ok_or_else(|| corrupt("damaged document framing".into()))?;
@@ -566,8 +568,11 @@ impl BlockHandle {
             self.chunks.get(entry.chunk).ok_or_else(|| corrupt("chunk number out of range"))?;
         let frame = store.get_range(&self.data_path, chunk_offset..chunk_offset + u64::from(chunk_len)).await?;
         let plain = decompress(&frame).map_err(|e| corrupt(&format!("chunk {}: {e}", entry.chunk)))?;
-        let region =
-            plain.get(entry.offset..entry.offset + entry.length).ok_or_else(|| corrupt("trace region out of range"))?;
+        let region = entry
+            .offset
+            .checked_add(entry.length)
+            .and_then(|end| plain.get(entry.offset..end))
+            .ok_or_else(|| corrupt("trace region out of range"))?;
         let docs = split_documents(region, entry.count).ok_or_else(|| corrupt("damaged document framing"))?;
         Ok(Some(BlockRead { docs, limit_exceeded: entry.limit_exceeded, revision: entry.revision }))
     }
@@ -692,7 +697,8 @@ fn decompressed_size(mut frames: &[u8]) -> Option<u64> {
 }
 
 fn split_documents(mut region: &[u8], count: usize) -> Option<Vec<String>> {
-    let mut docs = Vec::with_capacity(count);
+    // A document takes four bytes at least: a damaged count reserves no more than the region holds.
+    let mut docs = Vec::with_capacity(count.min(region.len() / 4));
     while !region.is_empty() {
         let len = u32::from_le_bytes(region.get(..4)?.try_into().ok()?) as usize;
         let doc = region.get(4..4 + len)?;
@@ -841,6 +847,41 @@ mod tests {
             traces.iter().enumerate().map(|(n, (id, docs))| (*id, 1 + (n % 4) as u32, docs.len() as u32)).collect();
         assert_eq!(read, expected);
         assert_eq!(block.read_all(&store).await.unwrap().len(), 300);
+    }
+
+    /// A damaged block gives errors, never a panic: bytes of every section overwritten, and a
+    /// trace count far beyond what the block holds.
+    #[tokio::test]
+    async fn damaged_blocks_are_refused_not_a_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/block-v5-pages");
+        let mut meta: BlockMeta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+        let data = std::fs::read(dir.join("data")).unwrap();
+        let ids: Vec<TraceId> = sample(300).into_iter().map(|(id, _)| id).step_by(37).collect();
+        let s = meta.sections.clone();
+        let sections =
+            [s.index, s.summaries, s.facts.unwrap(), s.links.unwrap(), s.chunks, s.fences, s.kept_rollups.unwrap()];
+        let store = InMemory::new();
+        for section in sections {
+            let len = section.end - section.start;
+            for at in (0..len).step_by((len / 24).max(1) as usize) {
+                for value in [0x00, 0x7f, 0xff] {
+                    let mut damaged = data.clone();
+                    damaged[(section.start + at) as usize] = value;
+                    store.put(&data_path(&meta.id), PutPayload::from(damaged)).await.unwrap();
+                    let Ok(block) = BlockHandle::open(&store, meta.clone()).await else { continue };
+                    for id in &ids {
+                        let _ = block.get(&store, *id).await;
+                    }
+                    let _ = block.summaries(&store).await;
+                    let _ = block.read_all(&store).await;
+                }
+            }
+        }
+        meta.trace_count = u64::MAX;
+        store.put(&data_path(&meta.id), PutPayload::from(data)).await.unwrap();
+        let block = BlockHandle::open(&store, meta).await.unwrap();
+        assert!(block.read_all(&store).await.is_ok(), "the index says how many traces there are");
+        let _ = block.get(&store, ids[0]).await;
     }
 
     /// Format version 4, frozen: the compact summaries and facts; the same documents as the

@@ -184,7 +184,7 @@ impl<'a> IndexReader<'a> {
         } else {
             let size = fixed_size(format_version);
             let last = (first + PAGE_ENTRIES).min(traces);
-            Some((first * size..last * size, first))
+            (first < last).then_some((first * size..last * size, first))
         }
     }
 
