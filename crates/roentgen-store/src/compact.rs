@@ -417,7 +417,8 @@ impl<'a> Serialize for FactColumns<'a> {
         let t = self.0;
         let nodes = || t.iter().flat_map(|s| s.facts.nodes.iter().map(move |n| (s.start_time, n)));
         let edges = || t.iter().flat_map(|s| s.facts.edges.iter().map(move |e| (s.start_time, e)));
-        let (node_count, edge_count) = (nodes().count(), edges().count());
+        let node_count = t.iter().map(|s| s.facts.nodes.len()).sum();
+        let edge_count = t.iter().map(|s| s.facts.edges.len()).sum();
         let mut columns = serializer.serialize_tuple(14)?;
         columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.facts.nodes.len() as u64)))?;
         columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| n.service)))?;
