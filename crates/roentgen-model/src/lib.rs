@@ -8,6 +8,7 @@
 pub mod api;
 mod document;
 mod ids;
+mod json_string;
 mod wire;
 
 pub use document::{

@@ -166,6 +166,16 @@ fn request_id() -> String {
 /// Reads a JSON body: empty means `{}`, over the limit is a 413, and anything that is not the
 /// operation's shape is a `SerializationException` naming where it went wrong.
 async fn read_json<T: DeserializeOwned + Default>(state: &AppState, body: Body) -> Result<T, ApiError> {
+    read_json_with(state, body, |bytes| serde_json::from_slice(bytes)).await
+}
+
+/// Reads a body within the size limit and decodes it with `decode`; an empty body is the
+/// request with no members, as the AWS SDKs send for operations without input.
+async fn read_json_with<T: Default>(
+    state: &AppState,
+    body: Body,
+    decode: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+) -> Result<T, ApiError> {
     let limit = state.config.ingest.max_request_bytes;
     let bytes = to_bytes(body, limit).await.map_err(|_| ApiError {
         kind: ErrorKind::PayloadTooLarge,
@@ -174,7 +184,7 @@ async fn read_json<T: DeserializeOwned + Default>(state: &AppState, body: Body) 
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError {
+    decode(&bytes).map_err(|e| ApiError {
         kind: ErrorKind::Serialization,
         message: format!("request body is not valid for this operation: {e}"),
     })
@@ -188,7 +198,7 @@ fn json<T: Serialize>(value: &T) -> Response {
 }
 
 async fn put_trace_segments(State(state): Shared, request: Request) -> Result<Response, ApiError> {
-    let req: api::PutTraceSegmentsRequest = read_json(&state, request.into_body()).await?;
+    let req = read_json_with(&state, request.into_body(), api::PutTraceSegmentsRequest::from_json).await?;
     let documents = req.trace_segment_documents.ok_or_else(|| ApiError::missing("TraceSegmentDocuments"))?;
     let limit = state.config.ingest.max_documents_per_request;
     if documents.len() > limit {
