@@ -1,12 +1,12 @@
 //! Traces still being assembled in memory, before they are written into a block.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use roentgen_model::{ParsedDocument, SegmentId, TraceId};
 use roentgen_query::{TraceSummary, summarize};
 
+use crate::FastMap;
 use crate::wal::Source;
 
 /// A stored document: the bytes exactly as received, and their parsed form.
@@ -95,9 +95,9 @@ impl LiveTrace {
 
 #[derive(Debug, Default)]
 pub(crate) struct LiveState {
-    pub traces: HashMap<TraceId, LiveTrace>,
+    pub traces: FastMap<TraceId, LiveTrace>,
     /// Traces taken out by a flush that is still writing their block; readers still see them.
-    pub flushing: HashMap<TraceId, LiveTrace>,
+    pub flushing: FastMap<TraceId, LiveTrace>,
     /// Raw bytes of the documents in `traces`.
     pub bytes: u64,
     /// Raw bytes of the documents in `flushing`.
@@ -147,21 +147,14 @@ impl LiveState {
         max_live: std::time::Duration,
         max_bytes: u64,
     ) -> Vec<TraceId> {
-        let mut due: Vec<TraceId> = self
-            .traces
-            .iter()
-            .filter(|(_, t)| now.duration_since(t.last_update) >= idle || now.duration_since(t.first_seen) >= max_live)
-            .map(|(id, _)| *id)
-            .collect();
+        let is_due =
+            |t: &LiveTrace| now.duration_since(t.last_update) >= idle || now.duration_since(t.first_seen) >= max_live;
+        let mut due: Vec<TraceId> = self.traces.iter().filter(|(_, t)| is_due(t)).map(|(id, _)| *id).collect();
         let due_bytes: u64 = due.iter().map(|id| self.traces[id].bytes).sum();
         if self.bytes.saturating_sub(due_bytes) > max_bytes {
             // Over the memory budget: flush the oldest of the rest until under it.
-            let mut rest: Vec<(Instant, TraceId, u64)> = self
-                .traces
-                .iter()
-                .filter(|(id, _)| !due.contains(id))
-                .map(|(id, t)| (t.first_seen, *id, t.bytes))
-                .collect();
+            let mut rest: Vec<(Instant, TraceId, u64)> =
+                self.traces.iter().filter(|(_, t)| !is_due(t)).map(|(id, t)| (t.first_seen, *id, t.bytes)).collect();
             rest.sort_unstable_by_key(|(seen, id, _)| (*seen, *id));
             let mut remaining = self.bytes - due_bytes;
             for (_, id, bytes) in rest {
@@ -187,7 +180,7 @@ impl LiveState {
     /// caller frees them after releasing its lock: freeing a flush's documents takes a while,
     /// and appends wait for the lock.
     #[must_use]
-    pub fn flushed(&mut self) -> HashMap<TraceId, LiveTrace> {
+    pub fn flushed(&mut self) -> FastMap<TraceId, LiveTrace> {
         self.flushing_bytes = 0;
         std::mem::take(&mut self.flushing)
     }
@@ -266,5 +259,28 @@ mod tests {
         live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 1, u64::MAX, |_| false);
         let due = live.take_due(t0, Duration::from_secs(10), Duration::from_secs(60), 10);
         assert_eq!(due.len(), 1);
+    }
+
+    #[test]
+    fn over_the_budget_the_oldest_of_the_rest_follow_the_idle_ones_each_once() {
+        let mut live = LiveState::default();
+        let t0 = Instant::now();
+        let in_trace = |trace: u32, seen: Duration| {
+            let raw = format!(
+                r#"{{"trace_id":"1-5759e988-bd862e3fe1be46a9{trace:08x}","id":"0000000000000001","name":"a","start_time":1,"end_time":2}}"#
+            );
+            let parsed = parse_document(raw.as_bytes(), MAX_DOCUMENT_BYTES).unwrap();
+            (Arc::new(StoredDocument { raw: raw.into(), parsed, source: Source::Api }), t0 + seen)
+        };
+        for (trace, seen) in [(1, 0), (2, 30), (3, 25), (4, 28)] {
+            let (doc, at) = in_trace(trace, Duration::from_secs(seen));
+            live.apply(doc, at, 1, u64::MAX, |_| false);
+        }
+        let size = live.bytes / 4;
+        // Trace 1 is idle; the rest must come down to half of a budget of two traces.
+        let due =
+            live.take_due(t0 + Duration::from_secs(31), Duration::from_secs(10), Duration::from_secs(60), 2 * size);
+        let ids: Vec<String> = due.iter().map(|id| id.to_string()[27..].to_owned()).collect();
+        assert_eq!(ids, ["00000001", "00000003", "00000004"]);
     }
 }

@@ -18,6 +18,7 @@ use roentgen_query::{LinkSource, ServiceGraph, TimeRangeType, TraceSummary, link
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::FastMap;
 use crate::block::{self, BlockHandle, BlockMeta, BlockRead, BlockTrace, BuildOptions, RollupSections, Superseded};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
@@ -62,10 +63,6 @@ const GROUP_COMMIT_BYTES: usize = 8 << 20;
 /// Hours of blocks' fine rollups kept in memory, by the size of their encoding (decoded, they
 /// take a few times that).
 const FINE_ROLLUP_CACHE_BYTES: usize = 64 << 20;
-
-/// foldhash, seeded per process: these indexes are built at every flush, and SipHash was a third
-/// of the time it took.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A block's decoded summaries with the indexes that let a filter skip most of them.
 #[derive(Debug, Default)]
