@@ -193,6 +193,12 @@ pub(crate) fn build(
         reason: format!("compression failed: {e}"),
     };
     let mut compressor = zstd::bulk::Compressor::new(options.level).map_err(compress_err)?;
+    // zstd's fast strategy (level 1 and below) with a hash table of 4Ki entries, not the 16Ki it
+    // picks for 512 KiB: on segment documents 10-20% faster and 1% smaller, because the most
+    // recent occurrence of a string, the one a small table keeps, is the one JSON repeats.
+    if options.level <= 1 {
+        compressor.set_parameter(zstd::zstd_safe::CParameter::HashLog(12)).map_err(compress_err)?;
+    }
 
     // zstd writes a Vec from its start, so frames go through one reused buffer.
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(options.chunk_bytes));
