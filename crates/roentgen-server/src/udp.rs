@@ -29,6 +29,10 @@ pub fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// The headers the official SDKs send, byte for byte (the Python SDK's without spaces, the
+/// others' with): accepted without parsing them into a map, which allocates.
+const SDK_HEADERS: [&[u8]; 2] = [br#"{"format":"json","version":1}"#, br#"{"format": "json", "version": 1}"#];
+
 /// Splits a datagram into header and document, checking the header as the X-Ray daemon does:
 /// split at the first newline, `format` equal to `json` ignoring case, `version` exactly 1, and
 /// key names matched ignoring case.
@@ -37,6 +41,9 @@ pub fn split_datagram(datagram: &[u8]) -> Result<&[u8], DatagramError> {
     let (header, body) = (&datagram[..newline], &datagram[newline + 1..]);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(DatagramError::MissingHeader);
+    }
+    if SDK_HEADERS.contains(&header) {
+        return Ok(body);
     }
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(header).map_err(|_| DatagramError::InvalidHeader)?;
