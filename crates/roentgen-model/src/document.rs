@@ -246,11 +246,17 @@ impl ParsedDocument {
 
 /// Parses and validates one segment document.
 pub fn parse_document(bytes: &[u8], max_bytes: usize) -> Result<ParsedDocument, DocumentError> {
+    parse_document_and_text(bytes, max_bytes).map(|(_, parsed)| parsed)
+}
+
+/// [`parse_document`] that also gives the document back as text, so a caller that keeps it
+/// does not check its UTF-8 a second time.
+pub fn parse_document_and_text(bytes: &[u8], max_bytes: usize) -> Result<(&str, ParsedDocument), DocumentError> {
     check_size(bytes, max_bytes)?;
     // Documents are returned inside JSON strings, so they must be UTF-8 throughout, not only in
     // the parts serde reads.
     let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("not valid UTF-8: {e}")))?;
-    parse_valid_text(text)
+    Ok((text, parse_valid_text(text)?))
 }
 
 /// [`parse_document`] for a document already known to be UTF-8, such as one decoded from a

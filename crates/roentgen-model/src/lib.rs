@@ -13,6 +13,7 @@ mod wire;
 
 pub use document::{
     AnnotationValue, Aws, DocumentError, DocumentErrorCode, DocumentKind, Entity, Exception, Http, Link,
-    MAX_DOCUMENT_BYTES, MAX_LINKS, MAX_NAME_CHARS, ParsedDocument, Text, parse_document, parse_document_text,
+    MAX_DOCUMENT_BYTES, MAX_LINKS, MAX_NAME_CHARS, ParsedDocument, Text, parse_document, parse_document_and_text,
+    parse_document_text,
 };
 pub use ids::{InvalidTraceId, SegmentId, TraceId};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use roentgen_model::parse_document;
+use roentgen_model::parse_document_and_text;
 use roentgen_store::{Source, StoredDocument};
 use tokio::net::UdpSocket;
 
@@ -100,11 +100,9 @@ fn handle(datagram: &[u8], state: &AppState, batch: &mut Vec<Arc<StoredDocument>
         }
     };
     state.metrics.received(Source::Udp, 1);
-    match parse_document(body, state.config.ingest.max_document_bytes) {
-        Ok(parsed) => {
-            // parse_document checked that the body is UTF-8.
-            let raw = String::from_utf8_lossy(body).into_owned().into_boxed_str();
-            batch.push(Arc::new(StoredDocument { raw, parsed, source: Source::Udp }));
+    match parse_document_and_text(body, state.config.ingest.max_document_bytes) {
+        Ok((text, parsed)) => {
+            batch.push(Arc::new(StoredDocument { raw: text.into(), parsed, source: Source::Udp }));
         }
         Err(e) => {
             state.metrics.rejected(Source::Udp, e.code);
