@@ -22,7 +22,7 @@ use crate::FastMap;
 use crate::block::{self, BlockHandle, BlockMeta, BlockRead, BlockTrace, BuildOptions, RollupSections, Superseded};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
-use crate::live::{LiveState, StoredDocument, upsert};
+use crate::live::{LiveState, LiveTrace, StoredDocument, upsert};
 use crate::rollup::{FIRST_KEPT_LEVEL, ROLLUP_MINUTES, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
@@ -1054,7 +1054,20 @@ impl Store {
             (live.oldest_generation_needed(), flushed)
         };
         inner.room.notify_waiters();
-        tokio::task::spawn_blocking(move || drop(flushed));
+        // Freed on the runtime's threads, which parsed the documents and so own their memory:
+        // mimalloc frees a block into its own thread's page at a fraction of the cost of handing
+        // it back to another thread's. A thousand traces at a time, about 2 ms, between requests.
+        tokio::spawn(async move {
+            let mut traces = flushed.into_values();
+            loop {
+                let some: Vec<LiveTrace> = traces.by_ref().take(1024).collect();
+                if some.is_empty() {
+                    break;
+                }
+                drop(some);
+                tokio::task::yield_now().await;
+            }
+        });
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
         delete_generations_before(&inner.wal_dir, keep_from.unwrap_or(current).min(current))?;
         inner.publish_gauges();
