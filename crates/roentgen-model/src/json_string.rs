@@ -84,7 +84,9 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
             let bit = mask.trailing_zeros();
             mask &= mask - 1;
             let p = at + bit as usize;
-            let run = p - last;
+            // Never below `last`: the bytes an escape consumes are not specials. Checked all the
+            // same, so a mistake here falls back to serde_json rather than panic.
+            let run = p.checked_sub(last)?;
             // Room for the run and 16 bytes more: a short run is copied as 16 bytes at once, and
             // an escape writes at most 4.
             if out.len() < d + run + 16 {
