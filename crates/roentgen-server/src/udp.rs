@@ -29,8 +29,9 @@ pub fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// The headers the official SDKs send, byte for byte (the Python SDK's without spaces, the
-/// others' with): accepted without parsing them into a map, which allocates.
+/// The headers the official SDKs send, byte for byte (the Python and .NET SDKs' without spaces,
+/// the Node.js, Go and Java SDKs' with): accepted without parsing them into a map, which
+/// allocates.
 const SDK_HEADERS: [&[u8]; 2] = [br#"{"format":"json","version":1}"#, br#"{"format": "json", "version": 1}"#];
 
 /// Splits a datagram into header and document, checking the header as the X-Ray daemon does:

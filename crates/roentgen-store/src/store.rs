@@ -22,7 +22,7 @@ use crate::FastMap;
 use crate::block::{self, BlockHandle, BlockMeta, BlockRead, BlockTrace, BuildOptions, RollupSections, Superseded};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
-use crate::live::{LiveState, LiveTrace, StoredDocument, upsert};
+use crate::live::{LiveState, StoredDocument, upsert};
 use crate::rollup::{FIRST_KEPT_LEVEL, ROLLUP_MINUTES, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
@@ -1058,14 +1058,11 @@ impl Store {
         // mimalloc frees a block into its own thread's page at a fraction of the cost of handing
         // it back to another thread's. A thousand traces at a time, about 2 ms, between requests.
         tokio::spawn(async move {
-            let mut traces = flushed.into_values();
-            loop {
-                let some: Vec<LiveTrace> = traces.by_ref().take(1024).collect();
-                if some.is_empty() {
-                    break;
+            for (n, trace) in flushed.into_values().enumerate() {
+                drop(trace);
+                if n % 1024 == 1023 {
+                    tokio::task::yield_now().await;
                 }
-                drop(some);
-                tokio::task::yield_now().await;
             }
         });
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
