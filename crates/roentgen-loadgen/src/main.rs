@@ -99,6 +99,16 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Measure two codecs on the generator's documents, alternating each pair of variants
+    /// round by round: reading `PutTraceSegments` bodies of 50 documents (roentgen's decoder
+    /// against serde_json alone), and zstd level 1 on 512 KiB chunks of documents in trace-id
+    /// order, as blocks hold them (zstd's own hash table against the 4Ki entries blocks use).
+    Codecs {
+        #[arg(long, default_value_t = 60_000)]
+        segments: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Measure read latency against what `ingest` wrote.
     Query {
         #[arg(long, default_value = "127.0.0.1:2000")]
@@ -162,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Graph { address, requests, windows } => runtime.block_on(graph(&address, requests, &windows))?,
         Command::Pipeline { segments, rounds } => runtime.block_on(pipeline(segments, rounds))?,
+        Command::Codecs { segments, rounds } => codecs(segments, rounds)?,
         Command::Query { address, trace_ids, requests } => {
             let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
             if ids.is_empty() {
@@ -578,6 +589,92 @@ async fn graph(address: &str, requests: usize, windows: &[u64]) -> anyhow::Resul
 }
 
 /// CPU time of every thread of this process so far (`/proc/self/task/*/schedstat`, in ns).
+fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
+    let generator = Generator::new(3600);
+    let mut traces = Vec::new();
+    let mut count = 0;
+    while count < segments {
+        let (id, docs) = generator.trace(segments / 2);
+        count += docs.len() as u64;
+        traces.push((id, docs));
+    }
+    let bodies: Vec<Vec<u8>> = traces
+        .iter()
+        .flat_map(|(_, docs)| docs)
+        .collect::<Vec<_>>()
+        .chunks(50)
+        .map(|docs| serde_json::to_vec(&json!({ "TraceSegmentDocuments": docs })))
+        .collect::<Result<_, _>>()?;
+    // Blocks hold whole traces in trace-id order, each document as u32 length + bytes.
+    traces.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut chunks = vec![Vec::new()];
+    for (_, docs) in &traces {
+        let region: usize = docs.iter().map(|d| 4 + d.len()).sum();
+        if chunks.last().is_some_and(|c: &Vec<u8>| !c.is_empty() && c.len() + region > 512 << 10) {
+            chunks.push(Vec::new());
+        }
+        let chunk = chunks.last_mut().expect("one chunk at least");
+        for doc in docs {
+            chunk.extend_from_slice(&(doc.len() as u32).to_le_bytes());
+            chunk.extend_from_slice(doc.as_bytes());
+        }
+    }
+    let raw: usize = chunks.iter().map(Vec::len).sum();
+    let time = |f: &mut dyn FnMut() -> anyhow::Result<usize>| -> anyhow::Result<(f64, usize)> {
+        let start = std::time::Instant::now();
+        let out = f()?;
+        Ok((start.elapsed().as_secs_f64(), out))
+    };
+    let (mut serde, mut fast, mut zstd_default, mut zstd_small) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let (mut default_bytes, mut small_bytes) = (0, 0);
+    for _ in 0..rounds {
+        let (seconds, _) = time(&mut || {
+            let mut n = 0;
+            for body in &bodies {
+                let request: roentgen_model::api::PutTraceSegmentsRequest = serde_json::from_slice(body)?;
+                n += request.trace_segment_documents.map_or(0, |d| d.len());
+            }
+            Ok(n)
+        })?;
+        serde = serde.min(seconds);
+        let (seconds, _) = time(&mut || {
+            let mut n = 0;
+            for body in &bodies {
+                let request = roentgen_model::api::PutTraceSegmentsRequest::from_json(body)?;
+                n += request.trace_segment_documents.map_or(0, |d| d.len());
+            }
+            Ok(n)
+        })?;
+        fast = fast.min(seconds);
+        for hash_log in [None, Some(12)] {
+            let (seconds, bytes) = time(&mut || {
+                let mut compressor = zstd::bulk::Compressor::new(1)?;
+                if let Some(log) = hash_log {
+                    compressor.set_parameter(zstd::zstd_safe::CParameter::HashLog(log))?;
+                }
+                chunks.iter().map(|c| Ok(compressor.compress(c)?.len())).sum()
+            })?;
+            match hash_log {
+                None => (zstd_default, default_bytes) = (zstd_default.min(seconds), bytes),
+                Some(_) => (zstd_small, small_bytes) = (zstd_small.min(seconds), bytes),
+            }
+        }
+    }
+    let documents = count as f64;
+    let megabytes_per_second = |seconds: f64| raw as f64 / seconds / 1e6;
+    emit(json!({
+        "segments": count,
+        "rounds": rounds,
+        "put_body_us_per_document": { "serde_json": serde * 1e6 / documents, "roentgen": fast * 1e6 / documents, "ratio": fast / serde },
+        "document_chunks": {
+            "raw_bytes": raw,
+            "zstd_level_1": { "bytes": default_bytes, "ratio": raw as f64 / default_bytes as f64, "mb_per_second": megabytes_per_second(zstd_default) },
+            "zstd_level_1_hash_log_12": { "bytes": small_bytes, "ratio": raw as f64 / small_bytes as f64, "mb_per_second": megabytes_per_second(zstd_small) },
+        },
+    }));
+    Ok(())
+}
+
 fn process_cpu() -> anyhow::Result<Duration> {
     let mut total = 0u64;
     for task in std::fs::read_dir("/proc/self/task")? {
