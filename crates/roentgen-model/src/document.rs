@@ -1,4 +1,4 @@
-//! Segment documents: parsing, validation with X-Ray's error codes, and the parsed entity tree.
+//! Segment documents: parsing and validation with X-Ray's error codes.
 
 use std::fmt;
 
@@ -6,6 +6,7 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{SegmentId, TraceId};
+use crate::tree::{AnnotationRef, AwsFields, Builder, Entity, EntityFields, HttpFields, Span, Tree};
 use crate::wire::{
     Items, MapOr, Scalar, WireAws, WireCause, WireEntity, WireHttp, WireLink, WireTraceId, ignore_leaves,
 };
@@ -140,53 +141,6 @@ pub struct Http {
     pub traced: bool,
 }
 
-/// The `aws` block: only what is indexed or summarised.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Aws {
-    pub account_id: Option<Text>,
-    pub instance_id: Option<Text>,
-    pub availability_zone: Option<Text>,
-    pub operation: Option<Text>,
-    pub table_name: Option<Text>,
-    pub queue_url: Option<Text>,
-}
-
-/// An exception recorded in a `cause`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Exception {
-    pub kind: Option<Text>,
-    pub message: Option<Text>,
-    /// The exception came from a downstream service.
-    pub remote: bool,
-}
-
-/// A segment or subsegment, reduced to the fields roentgen indexes; the original document is kept
-/// byte for byte beside it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entity {
-    pub id: SegmentId,
-    pub name: Text,
-    pub start_time: f64,
-    pub end_time: Option<f64>,
-    pub in_progress: bool,
-    pub error: bool,
-    pub fault: bool,
-    pub throttle: bool,
-    pub namespace: Option<Text>,
-    pub origin: Option<Text>,
-    pub user: Option<Text>,
-    pub resource_arn: Option<Text>,
-    /// Boxed, as `aws` is: most entities have one or neither, and live traces hold many entities.
-    pub http: Option<Box<Http>>,
-    pub aws: Option<Box<Aws>>,
-    pub annotations: Vec<(Text, AnnotationValue)>,
-    pub exceptions: Vec<Exception>,
-    pub subsegments: Vec<Entity>,
-    /// The entities this one follows from in other traces (asynchronous links), at most
-    /// [`MAX_LINKS`]; links whose ids are not valid are left out.
-    pub links: Vec<Link>,
-}
-
 /// X-Ray links a segment to at most 20 traces.
 pub const MAX_LINKS: usize = 20;
 
@@ -198,21 +152,6 @@ pub struct Link {
     pub id: SegmentId,
 }
 
-impl Entity {
-    /// The latest time this entity is known to cover: its end, or its start while in progress.
-    pub fn last_time(&self) -> f64 {
-        self.end_time.unwrap_or(self.start_time)
-    }
-
-    /// Calls `f` on this entity and every nested subsegment, depth first.
-    pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Entity)) {
-        f(self);
-        for sub in &self.subsegments {
-            sub.walk(f);
-        }
-    }
-}
-
 /// Whether a document is a segment or an independent subsegment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DocumentKind {
@@ -220,26 +159,32 @@ pub enum DocumentKind {
     Subsegment,
 }
 
-/// A validated segment document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A validated segment document: its entities reduced to the fields roentgen indexes (the
+/// document itself is kept byte for byte beside it).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ParsedDocument {
     pub trace_id: TraceId,
     pub parent_id: Option<SegmentId>,
     pub kind: DocumentKind,
-    pub entity: Entity,
     /// Annotations dropped because of their key or value, as X-Ray drops them silently.
     pub dropped_annotations: u32,
+    tree: Tree,
 }
 
 impl ParsedDocument {
     pub fn id(&self) -> SegmentId {
-        self.entity.id
+        self.entity().id()
+    }
+
+    /// The document's segment, or its independent subsegment.
+    pub fn entity(&self) -> Entity<'_> {
+        self.tree.top()
     }
 
     /// True when this document or any subsegment in it is still in progress.
     pub fn any_in_progress(&self) -> bool {
         let mut any = false;
-        self.entity.walk(&mut |e| any |= e.in_progress);
+        self.entity().walk(|e| any |= e.in_progress());
         any
     }
 }
@@ -283,6 +228,7 @@ fn invalid(detail: String) -> DocumentError {
 }
 
 fn parse_valid_text(text: &str) -> Result<ParsedDocument, DocumentError> {
+    Builder::with(Builder::clear);
     let value: MapOr<WireEntity> = serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     let Some(wire) = value.0 else {
         return Err(DocumentError {
@@ -307,16 +253,17 @@ fn sniff_id(bytes: &[u8]) -> Option<String> {
 }
 
 /// A document's subsegments, each validated as soon as it is read rather than kept as it
-/// arrived: the entities, or the first error in document order, and the annotations dropped.
+/// arrived: where they begin in the [`Builder`] (they end where their entity goes), or the first
+/// error in document order, and the annotations dropped.
 #[derive(Debug)]
 pub(crate) struct Subsegments {
-    entities: Result<Vec<Entity>, DocumentError>,
+    first: Result<Option<u32>, DocumentError>,
     dropped_annotations: u32,
 }
 
 impl Default for Subsegments {
     fn default() -> Self {
-        Self { entities: Ok(Vec::new()), dropped_annotations: 0 }
+        Self { first: Ok(None), dropped_annotations: 0 }
     }
 }
 
@@ -330,7 +277,7 @@ impl<'de> Deserialize<'de> for Subsegments {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Subsegments, A::Error> {
                 let mut dropped_annotations = 0;
-                let pending = PendingSubsegments::begin();
+                let first = Builder::with(|b| b.next_entity());
                 loop {
                     let child = match seq.next_element::<MapOr<WireEntity>>()? {
                         None => break,
@@ -339,18 +286,16 @@ impl<'de> Deserialize<'de> for Subsegments {
                             Err(fail(DocumentErrorCode::MissingId, true, "a subsegment is not a JSON object".into()))
                         }
                     };
-                    match child {
-                        Ok(child) => pending.push(child),
-                        Err(e) => {
-                            // The rest are still read in full: a malformed one (a duplicate
-                            // field, a number out of range) makes the document invalid JSON,
-                            // which is reported before any field's error.
-                            while seq.next_element::<MapOr<WireEntity>>()?.is_some() {}
-                            return Ok(Subsegments { entities: Err(e), dropped_annotations });
-                        }
+                    if let Err(e) = child {
+                        // The rest are still read in full: a malformed one (a duplicate field, a
+                        // number out of range) makes the document invalid JSON, which is
+                        // reported before any field's error. The document fails either way, so
+                        // what they leave in the builder is never read.
+                        while seq.next_element::<MapOr<WireEntity>>()?.is_some() {}
+                        return Ok(Subsegments { first: Err(e), dropped_annotations });
                     }
                 }
-                Ok(Subsegments { entities: Ok(pending.finish()), dropped_annotations })
+                Ok(Subsegments { first: Ok(Some(first)), dropped_annotations })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Subsegments, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -362,69 +307,14 @@ impl<'de> Deserialize<'de> for Subsegments {
     }
 }
 
-thread_local! {
-    /// Subsegments read but whose array is not finished yet, innermost array last. JSON gives no
-    /// length up front: growing each array's own vector would allocate four times for twenty
-    /// subsegments and keep up to twice the room needed, for as long as the trace is live.
-    static PENDING_SUBSEGMENTS: std::cell::RefCell<Vec<Entity>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// One subsegment array being read: its entities sit on [`PENDING_SUBSEGMENTS`] above `start`
-/// until the array ends, and are taken off whatever the outcome, a nested array's first.
-struct PendingSubsegments {
-    start: usize,
-}
-
-impl PendingSubsegments {
-    fn begin() -> Self {
-        Self { start: PENDING_SUBSEGMENTS.with_borrow(Vec::len) }
-    }
-
-    fn push(&self, entity: Entity) {
-        PENDING_SUBSEGMENTS.with_borrow_mut(|pending| pending.push(entity));
-    }
-
-    /// The array's entities, in a vector of exactly their number.
-    fn finish(self) -> Vec<Entity> {
-        PENDING_SUBSEGMENTS.with_borrow_mut(|pending| pending.drain(self.start..).collect())
-    }
-}
-
-impl Drop for PendingSubsegments {
-    fn drop(&mut self) {
-        PENDING_SUBSEGMENTS.with_borrow_mut(|pending| pending.truncate(self.start));
-    }
-}
-
-/// An entity's annotations, read straight into typed values. X-Ray drops an annotation whose
-/// value is not a string, number or boolean, or whose key or value is not valid, without failing
-/// the document; a repeated key keeps its first place and takes the later value.
+/// An entity's annotations, read straight into the [`Builder`] as typed values. X-Ray drops an
+/// annotation whose value is not a string, number or boolean, or whose key or value is not
+/// valid, without failing the document; a repeated key keeps its first place and takes the later
+/// value.
 #[derive(Debug, Default)]
 pub(crate) struct Annotations {
-    values: Vec<(Text, AnnotationValue)>,
+    span: Span,
     dropped: u32,
-}
-
-impl Annotations {
-    fn add(&mut self, key: Text, value: Scalar) {
-        let value = match value {
-            Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationValue::String(s),
-            Scalar::Num(n) => AnnotationValue::Number(n),
-            Scalar::Bool(b) => AnnotationValue::Bool(b),
-            _ => {
-                self.dropped += 1;
-                return;
-            }
-        };
-        if !valid_annotation_key(&key) {
-            self.dropped += 1;
-            return;
-        }
-        match self.values.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.values.push((key, value)),
-        }
-    }
 }
 
 impl<'de> Deserialize<'de> for Annotations {
@@ -436,11 +326,26 @@ impl<'de> Deserialize<'de> for Annotations {
                 f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
-                let mut annotations = Annotations::default();
+                let first = Builder::with(|b| b.next_annotation());
+                let mut dropped = 0;
                 while let Some((key, value)) = map.next_entry::<Text, Scalar>()? {
-                    annotations.add(key, value);
+                    let value = match &value {
+                        Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationRef::String(s),
+                        Scalar::Num(n) => AnnotationRef::Number(*n),
+                        Scalar::Bool(b) => AnnotationRef::Bool(*b),
+                        _ => {
+                            dropped += 1;
+                            continue;
+                        }
+                    };
+                    if !valid_annotation_key(&key) {
+                        dropped += 1;
+                        continue;
+                    }
+                    Builder::with(|b| b.annotation(first, &key, value));
                 }
-                Ok(annotations)
+                let end = Builder::with(|b| b.next_annotation());
+                Ok(Annotations { span: Span::new(first, end), dropped })
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Annotations, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -452,9 +357,9 @@ impl<'de> Deserialize<'de> for Annotations {
     }
 }
 
-/// The `http` block, as the entity keeps it.
+/// The `http` block: where it went in the [`Builder`].
 #[derive(Debug, Default)]
-pub(crate) struct HttpBlock(pub Option<Box<Http>>);
+pub(crate) struct HttpBlock(Option<u32>);
 
 impl<'de> Deserialize<'de> for HttpBlock {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -462,60 +367,65 @@ impl<'de> Deserialize<'de> for HttpBlock {
         Ok(HttpBlock(wire.map(|h| {
             let req = h.request.0.unwrap_or_default();
             let status = h.response.0.and_then(|r| r.status.as_number());
-            Box::new(Http {
-                method: req.method.into_string(),
-                url: req.url.into_string(),
-                user_agent: req.user_agent.into_string(),
-                client_ip: req.client_ip.into_string(),
-                status: status.filter(|s| (0.0..=999.0).contains(s)).map(|s| s as u16),
-                traced: req.traced.truthy(),
+            Builder::with(|b| {
+                b.http(HttpFields {
+                    method: req.method.as_str(),
+                    url: req.url.as_str(),
+                    user_agent: req.user_agent.as_str(),
+                    client_ip: req.client_ip.as_str(),
+                    status: status.filter(|s| (0.0..=999.0).contains(s)).map(|s| s as u16),
+                    traced: req.traced.truthy(),
+                })
             })
         })))
     }
 }
 
-/// The `aws` block, as the entity keeps it.
+/// The `aws` block: where it went in the [`Builder`].
 #[derive(Debug, Default)]
-pub(crate) struct AwsBlock(pub Option<Box<Aws>>);
+pub(crate) struct AwsBlock(Option<u32>);
 
 impl<'de> Deserialize<'de> for AwsBlock {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let MapOr(wire) = MapOr::<WireAws>::deserialize(d)?;
         Ok(AwsBlock(wire.map(|a| {
             let ec2 = a.ec2.0.unwrap_or_default();
-            Box::new(Aws {
-                account_id: a.account_id.into_string(),
-                instance_id: ec2.instance_id.into_string(),
-                availability_zone: ec2.availability_zone.into_string(),
-                operation: a.operation.into_string(),
-                table_name: a.table_name.into_string(),
-                queue_url: a.queue_url.into_string(),
+            Builder::with(|b| {
+                b.aws(AwsFields {
+                    account_id: a.account_id.as_str(),
+                    instance_id: ec2.instance_id.as_str(),
+                    availability_zone: ec2.availability_zone.as_str(),
+                    operation: a.operation.as_str(),
+                    table_name: a.table_name.as_str(),
+                    queue_url: a.queue_url.as_str(),
+                })
             })
         })))
     }
 }
 
-/// The exceptions of a `cause` object.
+/// The exceptions of a `cause` object: where they went in the [`Builder`].
 #[derive(Debug, Default)]
-pub(crate) struct Exceptions(pub Vec<Exception>);
+pub(crate) struct Exceptions(Span);
 
 impl<'de> Deserialize<'de> for Exceptions {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let MapOr(cause) = MapOr::<WireCause>::deserialize(d)?;
-        let exceptions = cause.map(|c| {
-            c.exceptions.0.into_iter().flatten().map(|e| Exception {
-                kind: e.kind.into_string(),
-                message: e.message.into_string(),
-                remote: e.remote.truthy(),
-            })
-        });
-        Ok(Exceptions(exceptions.map(Iterator::collect).unwrap_or_default()))
+        let Some(cause) = cause else { return Ok(Exceptions::default()) };
+        Ok(Exceptions(Builder::with(|b| {
+            let first = b.next_exception();
+            for e in cause.exceptions.0.iter().flatten() {
+                b.exception(e.kind.as_str(), e.message.as_str(), e.remote.truthy());
+            }
+            Span::new(first, b.next_exception())
+        })))
     }
 }
 
-/// Span links, at most [`MAX_LINKS`]; links whose ids are not valid are left out.
+/// Span links, at most [`MAX_LINKS`], where they went in the [`Builder`]; links whose ids are
+/// not valid are left out.
 #[derive(Debug, Default)]
-pub(crate) struct Links(pub Vec<Link>);
+pub(crate) struct Links(Span);
 
 impl<'de> Deserialize<'de> for Links {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -524,7 +434,11 @@ impl<'de> Deserialize<'de> for Links {
             let trace_id = TraceId::parse(link.trace_id.as_str()?).ok()?;
             Some(Link { trace_id, id: SegmentId::parse(link.id.as_str()?)? })
         });
-        Ok(Links(valid.take(MAX_LINKS).collect()))
+        Ok(Links(Builder::with(|b| {
+            let first = b.next_link();
+            valid.take(MAX_LINKS).for_each(|link| b.link(link));
+            Span::new(first, b.next_link())
+        })))
     }
 }
 
@@ -584,15 +498,16 @@ fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
                 "an independent subsegment needs a parent_id".into(),
             ));
         }
-        let entity = entity(std::mem::take(&mut wire), false, &mut dropped_annotations)?;
-        Ok(ParsedDocument { trace_id, parent_id, kind, entity, dropped_annotations })
+        entity(std::mem::take(&mut wire), false, &mut dropped_annotations)?;
+        Ok(ParsedDocument { trace_id, parent_id, kind, dropped_annotations, tree: Builder::with(|b| b.finish()) })
     };
     checked().map_err(|e| DocumentError { id: top_id.as_str().map(str::to_owned), ..e })
 }
 
 /// Validates one entity whose subsegments were validated as they were read: its own fields
-/// first, then the first error among its subsegments, as X-Ray reports them.
-fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<Entity, DocumentError> {
+/// first, then the first error among its subsegments, as X-Ray reports them. A valid entity
+/// goes into the [`Builder`], after its subsegments.
+fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<(), DocumentError> {
     let id = match &wire.id {
         s if s.is_missing() => return Err(fail(DocumentErrorCode::MissingId, sub, "id is missing".into())),
         Scalar::Str(s) => SegmentId::parse(s)
@@ -634,28 +549,30 @@ fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<
             "end_time is missing and in_progress is not true".into(),
         ));
     }
-    let subsegments = wire.subsegments.entities?;
+    let first_subsegment = wire.subsegments.first?;
     *dropped_annotations += wire.subsegments.dropped_annotations + wire.annotations.dropped;
-    Ok(Entity {
-        id,
-        name,
-        start_time,
-        end_time,
-        in_progress: in_progress && end_time.is_none(),
-        error: wire.error.0,
-        fault: wire.fault.0,
-        throttle: wire.throttle.0,
-        namespace: wire.namespace.into_string(),
-        origin: wire.origin.into_string(),
-        user: wire.user.into_string(),
-        resource_arn: wire.resource_arn.into_string(),
-        http: wire.http.0,
-        aws: wire.aws.0,
-        annotations: wire.annotations.values,
-        exceptions: wire.cause.0,
-        subsegments,
-        links: wire.links.0,
-    })
+    Builder::with(|b| {
+        b.entity(EntityFields {
+            id,
+            name: &name,
+            start_time,
+            end_time,
+            error: wire.error.0,
+            fault: wire.fault.0,
+            throttle: wire.throttle.0,
+            namespace: wire.namespace.as_str(),
+            origin: wire.origin.as_str(),
+            user: wire.user.as_str(),
+            resource_arn: wire.resource_arn.as_str(),
+            http: wire.http.0,
+            aws: wire.aws.0,
+            annotations: wire.annotations.span,
+            exceptions: wire.cause.0,
+            links: wire.links.0,
+            first_subsegment,
+        })
+    });
+    Ok(())
 }
 
 /// A time field: `None` when absent or null, else epoch seconds as a non-negative number.
@@ -724,6 +641,7 @@ fn describe(value: &Scalar) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AnnotationRef, ExceptionRef};
     use proptest::prelude::*;
 
     const TRACE: &str = "1-581cf771-a006649127e371903a2de979";
@@ -740,9 +658,9 @@ mod tests {
     fn parses_minimal_documented_segment() {
         let doc = parse(r#"{"name":"example.com","id":"70de5b6f19ff9a0a","start_time":1.478293361271E9,"trace_id":"1-581cf771-a006649127e371903a2de979","end_time":1.478293361449E9}"#).unwrap();
         assert_eq!(doc.trace_id.to_string(), TRACE);
-        assert_eq!(doc.entity.name, "example.com");
+        assert_eq!(doc.entity().name(), "example.com");
         assert_eq!(doc.kind, DocumentKind::Segment);
-        assert!((doc.entity.end_time.unwrap() - 1_478_293_361.449).abs() < 1e-6);
+        assert!((doc.entity().end_time().unwrap() - 1_478_293_361.449).abs() < 1e-6);
     }
 
     #[test]
@@ -758,14 +676,32 @@ mod tests {
                "aws":{{"operation":"GetItem","table_name":"users"}},"throttle":true,"error":true}}]}}"#
         ))
         .unwrap();
-        let e = &doc.entity;
-        assert!(e.fault);
-        assert_eq!(e.http.as_ref().unwrap().status, Some(503));
-        assert_eq!(e.aws.as_ref().unwrap().instance_id.as_deref(), Some("i-1"));
-        assert_eq!(e.annotations.len(), 3);
+        let e = doc.entity();
+        assert!(e.fault() && !e.error() && !e.throttle() && !e.in_progress());
+        assert_eq!((e.user(), e.origin(), e.namespace()), (Some("alice"), Some("AWS::EC2::Instance"), None));
+        let http = e.http().unwrap();
+        assert_eq!(
+            (http.method(), http.url(), http.client_ip(), http.user_agent(), http.status()),
+            (Some("GET"), Some("http://x/y"), Some("1.2.3.4"), None, Some(503))
+        );
+        assert_eq!(e.http_status(), Some(503));
+        assert_eq!(e.aws().unwrap().instance_id(), Some("i-1"));
+        assert_eq!(e.aws().unwrap().availability_zone(), Some("us-east-1a"));
+        let annotations: Vec<_> = e.annotations().collect();
+        assert_eq!(
+            annotations,
+            [
+                ("tenant", AnnotationRef::String("acme")),
+                ("n", AnnotationRef::Number(3.0)),
+                ("ok", AnnotationRef::Bool(false))
+            ]
+        );
         assert_eq!(doc.dropped_annotations, 2);
-        assert_eq!(e.subsegments[0].aws.as_ref().unwrap().table_name.as_deref(), Some("users"));
-        assert!(e.subsegments[0].throttle);
+        let sub = e.subsegments().next().unwrap();
+        assert_eq!((sub.aws().unwrap().table_name(), sub.aws().unwrap().operation()), (Some("users"), Some("GetItem")));
+        assert_eq!(sub.aws().unwrap().account_id(), None);
+        assert!(sub.throttle() && sub.error() && !sub.fault());
+        assert_eq!((sub.name(), sub.namespace(), sub.http().is_none()), ("DynamoDB", Some("aws"), true));
     }
 
     #[test]
@@ -776,13 +712,10 @@ mod tests {
             "subsegments":[{{"id":"70de5b6f19ff9a0b","name":"b","start_time":1,"end_time":2,"cause":"0000000000000001"}}]}}"#
         ))
         .unwrap();
-        let e = &doc.entity.exceptions;
-        assert_eq!(e.len(), 1);
-        assert_eq!(
-            (e[0].kind.as_deref(), e[0].message.as_deref(), e[0].remote),
-            (Some("IOError"), Some("disk full"), true)
-        );
-        assert!(doc.entity.subsegments[0].exceptions.is_empty(), "a cause that is an id refers elsewhere");
+        let e: Vec<_> = doc.entity().exceptions().collect();
+        assert_eq!(e, [ExceptionRef { kind: Some("IOError"), message: Some("disk full"), remote: true }]);
+        let sub = doc.entity().subsegments().next().unwrap();
+        assert_eq!(sub.exceptions().count(), 0, "a cause that is an id refers elsewhere");
     }
 
     #[test]
@@ -869,7 +802,7 @@ mod tests {
             r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"in_progress":true}}"#
         ))
         .unwrap();
-        assert!(doc.entity.in_progress && doc.any_in_progress());
+        assert!(doc.entity().in_progress() && doc.entity().end_time().is_none() && doc.any_in_progress());
         let doc = parse(&format!(
             r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0c","name":"b","start_time":1,"end_time":2,"type":"subsegment","parent_id":"70de5b6f19ff9a0a"}}"#
         ))
@@ -910,7 +843,7 @@ mod tests {
     }
 
     #[test]
-    fn subsegment_arrays_are_exactly_their_size_and_failures_leave_nothing_behind() {
+    fn subsegments_keep_their_nesting_and_order_and_failures_leave_nothing_behind() {
         let sub =
             |n: u64, extra: &str| format!(r#"{{"id":"{n:016x}","name":"s{n}","start_time":1,"end_time":2{extra}}}"#);
         let doc = |subs: &[String]| {
@@ -928,17 +861,37 @@ mod tests {
         assert_eq!(code(&doc(&[sub(9, ""), inner_bad])), DocumentErrorCode::InvalidSegment);
         let whole = doc(&[nested(1, &[sub(2, ""), sub(3, "")])]);
         assert_eq!(code(&whole[..whole.len() - 10]), DocumentErrorCode::InvalidSegment);
-        assert_eq!(PENDING_SUBSEGMENTS.with_borrow(Vec::len), 0);
 
         let twenty: Vec<String> = (1..=20).map(|n| sub(n, "")).collect();
-        let parsed = parse(&doc(&[nested(100, &twenty), sub(101, "")])).unwrap();
-        let top = &parsed.entity.subsegments;
-        assert_eq!((top.len(), top.capacity()), (2, 2));
-        assert_eq!((top[0].subsegments.len(), top[0].subsegments.capacity()), (20, 20));
-        let names: Vec<&str> = top[0].subsegments.iter().map(|e| e.name.as_str()).collect();
+        let deep = nested(102, &[nested(103, &[sub(104, "")]), sub(105, "")]);
+        let parsed = parse(&doc(&[nested(100, &twenty), sub(101, ""), deep])).unwrap();
+        let top: Vec<Entity<'_>> = parsed.entity().subsegments().collect();
+        assert_eq!(top.len(), 3);
+        let names: Vec<&str> = top[0].subsegments().map(|e| e.name()).collect();
         assert_eq!(names, (1..=20).map(|n| format!("s{n}")).collect::<Vec<_>>());
-        assert!(top[1].subsegments.is_empty());
-        assert_eq!(PENDING_SUBSEGMENTS.with_borrow(Vec::len), 0);
+        assert_eq!(top[1].subsegments().count(), 0);
+        let mut walked = Vec::new();
+        parsed.entity().walk(|e| walked.push(e.name()));
+        let expected: Vec<String> = ["a".to_owned(), "s100".to_owned()]
+            .into_iter()
+            .chain((1..=20).map(|n| format!("s{n}")))
+            .chain([101, 102, 103, 104, 105].map(|n| format!("s{n}")))
+            .collect();
+        assert_eq!(walked, expected, "depth first, in document order");
+        let mut under = Vec::new();
+        top[2].walk(|e| under.push(e.name()));
+        assert_eq!(under, ["s102", "s103", "s104", "s105"]);
+        let inner: Vec<&str> = top[2].subsegments().map(|e| e.name()).collect();
+        assert_eq!(inner, ["s103", "s105"]);
+        // A document parsed after a failure holds only its own entities.
+        assert_eq!(
+            code(&doc(&[sub(9, ""), nested(1, &[sub(2, r#","name":"again""#)])])),
+            DocumentErrorCode::InvalidSegment
+        );
+        let one = parse(&doc(&[sub(7, "")])).unwrap();
+        let mut all = Vec::new();
+        one.entity().walk(|e| all.push(e.name()));
+        assert_eq!(all, ["a", "s7"]);
     }
 
     #[test]
@@ -976,13 +929,14 @@ mod tests {
             r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,
             "links":[{{"trace_id":"nope","id":"0000000000000001"}},{{"id":5}},7,{links}{{}}]}}"#
         );
-        let links = parse(&json).unwrap().entity.links;
+        let doc = parse(&json).unwrap();
+        let links = doc.entity().links();
         assert_eq!(links.len(), MAX_LINKS);
         assert_eq!((links[0].trace_id.to_string(), links[0].id.as_u64()), (TRACE.to_owned(), 0));
         let json = format!(
             r#"{{"trace_id":"{TRACE}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":2,"links":{{}}}}"#
         );
-        assert!(parse(&json).unwrap().entity.links.is_empty(), "a links field of the wrong shape is ignored");
+        assert!(parse(&json).unwrap().entity().links().is_empty(), "a links field of the wrong shape is ignored");
     }
 
     #[test]
@@ -1005,7 +959,58 @@ mod tests {
         assert!(name_problem("").is_some());
     }
 
+    /// The nesting of a document's subsegments.
+    #[derive(Debug, Clone)]
+    struct Shape(Vec<Shape>);
+
+    fn shapes() -> impl Strategy<Value = Shape> {
+        Just(Shape(Vec::new())).prop_recursive(5, 60, 6, |inner| proptest::collection::vec(inner, 0..6).prop_map(Shape))
+    }
+
+    /// The document of a shape, its entities' ids numbered depth first, with the children of each.
+    fn render(shape: &Shape, ids: &mut u64, children: &mut Vec<Vec<u64>>, out: &mut String) {
+        let id = *ids;
+        *ids += 1;
+        children.push(Vec::new());
+        out.push_str(&format!(r#"{{"id":"{id:016x}","name":"e{id}","start_time":1,"end_time":2"#));
+        if !shape.0.is_empty() {
+            out.push_str(r#","subsegments":["#);
+            for (i, child) in shape.0.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                children[id as usize].push(*ids);
+                render(child, ids, children, out);
+            }
+            out.push(']');
+        }
+        out.push('}');
+    }
+
     proptest! {
+        /// Entities come out depth first, in document order, each with its own subsegments and a
+        /// walk over exactly its subtree, however they nest.
+        #[test]
+        fn entities_keep_their_nesting(shape in shapes()) {
+            let (mut count, mut children, mut json) = (0, Vec::new(), String::new());
+            render(&shape, &mut count, &mut children, &mut json);
+            let json = json.replacen('{', &format!(r#"{{"trace_id":"{TRACE}","#), 1);
+            let doc = parse(&json).unwrap();
+            let mut all = Vec::new();
+            doc.entity().walk(|e| all.push(e));
+            prop_assert_eq!(all.iter().map(|e| e.id().as_u64()).collect::<Vec<_>>(), (0..count).collect::<Vec<_>>());
+            for e in &all {
+                let id = e.id().as_u64() as usize;
+                prop_assert_eq!(e.name(), format!("e{id}"));
+                let subs: Vec<u64> = e.subsegments().map(|s| s.id().as_u64()).collect();
+                prop_assert_eq!(&subs, &children[id]);
+                let mut under = Vec::new();
+                e.walk(|s| under.push(s.id().as_u64()));
+                let size = under.len() as u64;
+                prop_assert_eq!(under, (id as u64..id as u64 + size).collect::<Vec<_>>());
+            }
+        }
+
         #[test]
         fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse_document(&bytes, MAX_DOCUMENT_BYTES);

@@ -9,11 +9,12 @@ pub mod api;
 mod document;
 mod ids;
 mod json_string;
+mod tree;
 mod wire;
 
 pub use document::{
-    AnnotationValue, Aws, DocumentError, DocumentErrorCode, DocumentKind, Entity, Exception, Http, Link,
-    MAX_DOCUMENT_BYTES, MAX_LINKS, MAX_NAME_CHARS, ParsedDocument, Text, parse_document, parse_document_and_text,
-    parse_document_text,
+    AnnotationValue, DocumentError, DocumentErrorCode, DocumentKind, Http, Link, MAX_DOCUMENT_BYTES, MAX_LINKS,
+    MAX_NAME_CHARS, ParsedDocument, Text, parse_document, parse_document_and_text, parse_document_text,
 };
 pub use ids::{InvalidTraceId, SegmentId, TraceId};
+pub use tree::{AnnotationRef, AwsRef, Entity, ExceptionRef, HttpRef};

@@ -3,8 +3,8 @@
 //! Every leaf is a [`Scalar`] and every object a [`MapOr`], so a value of the wrong type never
 //! aborts the parse: validation then decides, per field, whether that is an error code
 //! (`InvalidStartTime`) or a value to ignore, as the X-Ray service does. An entity's `http`,
-//! `aws`, `cause`, `links` and `subsegments` are read by the document module straight into the
-//! entity's own shapes, subsegments validated as they come.
+//! `aws`, `annotations`, `cause`, `links` and `subsegments` are read by the document module
+//! straight into the parsed document's builder, subsegments validated as they come.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -56,13 +56,6 @@ pub(crate) enum Scalar {
 
 impl Scalar {
     pub(crate) fn as_str(&self) -> Option<&str> {
-        match self {
-            Scalar::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn into_string(self) -> Option<Text> {
         match self {
             Scalar::Str(s) => Some(s),
             _ => None,
@@ -252,7 +245,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Items<T> {
 
 /// One segment or subsegment as it arrives. The fields that decide whether it is valid are kept
 /// as they came, to be judged once the object is whole, in X-Ray's order; the rest is read
-/// straight into the shapes of [`crate::Entity`], and subsegments are validated as they are read.
+/// straight into the parsed document's builder, and subsegments are validated as they are read.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireEntity {

@@ -59,14 +59,14 @@ fn homes(docs: &[(&str, &ParsedDocument)]) -> Vec<Option<usize>> {
     let mut homes: Vec<Option<usize>> =
         docs.iter().enumerate().map(|(i, (_, d))| (d.kind == DocumentKind::Segment).then_some(i)).collect();
     let mut owner: HashMap<SegmentId, usize> = HashMap::new();
-    let claim = |owner: &mut HashMap<SegmentId, usize>, entity: &Entity, home: usize| {
-        entity.walk(&mut |e| {
-            owner.entry(e.id).or_insert(home);
+    let claim = |owner: &mut HashMap<SegmentId, usize>, entity: Entity<'_>, home: usize| {
+        entity.walk(|e| {
+            owner.entry(e.id()).or_insert(home);
         });
     };
     for (i, (_, doc)) in docs.iter().enumerate() {
         if let Some(home) = homes[i] {
-            claim(&mut owner, &doc.entity, home);
+            claim(&mut owner, doc.entity(), home);
         }
     }
     // Independent subsegments may hang off other independent subsegments: resolve until stable.
@@ -77,7 +77,7 @@ fn homes(docs: &[(&str, &ParsedDocument)]) -> Vec<Option<usize>> {
                 && let Some(&home) = doc.parent_id.and_then(|p| owner.get(&p))
             {
                 homes[i] = Some(home);
-                claim(&mut owner, &doc.entity, home);
+                claim(&mut owner, doc.entity(), home);
                 progressed = true;
             }
         }
@@ -98,8 +98,8 @@ fn merge(
 ) -> Option<String> {
     let Ok(Value::Object(mut root)) = serde_json::from_str::<Value>(raw) else { return None };
     let mut present = HashSet::new();
-    doc.entity.walk(&mut |e| {
-        present.insert(e.id);
+    doc.entity().walk(|e| {
+        present.insert(e.id());
     });
     attach(&mut root, 0, docs, by_parent, used, &mut present);
     serde_json::to_string(&root).ok()
@@ -134,8 +134,8 @@ fn attach(
         }
         let Ok(Value::Object(mut sub)) = serde_json::from_str::<Value>(raw) else { continue };
         used[j] = true;
-        child.entity.walk(&mut |e| {
-            present.insert(e.id);
+        child.entity().walk(|e| {
+            present.insert(e.id());
         });
         // Position in the tree says what these said.
         for key in ["type", "trace_id", "parent_id"] {
@@ -157,11 +157,11 @@ fn inferred_segments(docs: &[(&str, &ParsedDocument)]) -> Vec<AssembledSegment> 
         docs.iter().filter(|(_, d)| d.kind == DocumentKind::Segment).filter_map(|(_, d)| d.parent_id).collect();
     let mut out = Vec::new();
     for (raw, doc) in docs {
-        let top = &doc.entity;
+        let top = doc.entity();
         let mut calls = Vec::new();
-        top.walk(&mut |e| {
-            let is_segment = doc.kind == DocumentKind::Segment && std::ptr::eq(e, top);
-            if !is_segment && !answered.contains(&e.id) && inferred_service(e).is_some() {
+        top.walk(|e| {
+            let is_segment = doc.kind == DocumentKind::Segment && e == top;
+            if !is_segment && !answered.contains(&e.id()) && inferred_service(e).is_some() {
                 calls.push(e);
             }
         });
@@ -172,21 +172,21 @@ fn inferred_segments(docs: &[(&str, &ParsedDocument)]) -> Vec<AssembledSegment> 
         for call in calls {
             let Some(key) = inferred_service(call) else { continue };
             let mut segment = Map::new();
-            let id = SegmentId::from_u64(inferred_id(call.id.as_u64()));
+            let id = SegmentId::from_u64(inferred_id(call.id().as_u64()));
             segment.insert("id".into(), id.to_string().into());
-            segment.insert("name".into(), call.name.as_str().into());
+            segment.insert("name".into(), call.name().into());
             segment.insert("trace_id".into(), doc.trace_id.to_string().into());
-            segment.insert("start_time".into(), call.start_time.into());
-            match call.end_time {
+            segment.insert("start_time".into(), call.start_time().into());
+            match call.end_time() {
                 Some(end) => segment.insert("end_time".into(), end.into()),
                 None => segment.insert("in_progress".into(), true.into()),
             };
-            segment.insert("parent_id".into(), call.id.to_string().into());
+            segment.insert("parent_id".into(), call.id().to_string().into());
             segment.insert("inferred".into(), true.into());
             if let Some(origin) = key.kind {
                 segment.insert("origin".into(), origin.as_str().into());
             }
-            let source = value.as_ref().and_then(|v| find_entity(v, &call.id.to_string(), 0));
+            let source = value.as_ref().and_then(|v| find_entity(v, &call.id().to_string(), 0));
             for field in ["http", "aws", "error", "fault", "throttle", "cause"] {
                 if let Some(v) = source.and_then(|s| s.get(field)) {
                     segment.insert(field.into(), v.clone());

@@ -8,21 +8,19 @@ use crate::summary::ServiceKey;
 ///
 /// AWS resources are named after the resource when the SDK recorded it (a DynamoDB table, an SQS
 /// queue), else after the service; other remote calls keep the subsegment's name.
-pub fn inferred_service(sub: &Entity) -> Option<ServiceKey> {
-    match sub.namespace.as_deref() {
+pub fn inferred_service(sub: Entity<'_>) -> Option<ServiceKey> {
+    match sub.namespace() {
         Some("aws") => {
-            let aws = sub.aws.as_ref();
-            let resource = aws.and_then(|a| {
-                a.table_name.clone().or_else(|| a.queue_url.as_deref().and_then(queue_name).map(Text::from))
-            });
+            let aws = sub.aws();
+            let resource = aws.and_then(|a| a.table_name().or_else(|| a.queue_url().and_then(queue_name)));
             Some(ServiceKey {
-                name: resource.unwrap_or_else(|| sub.name.clone()),
-                kind: Some(aws_resource_type(&sub.name)),
-                account_id: aws.and_then(|a| a.account_id.clone()),
+                name: Text::from(resource.unwrap_or(sub.name())),
+                kind: Some(aws_resource_type(sub.name())),
+                account_id: aws.and_then(|a| a.account_id()).map(Text::from),
             })
         }
         Some("remote") => {
-            Some(ServiceKey { name: sub.name.clone(), kind: Some(Text::const_new("remote")), account_id: None })
+            Some(ServiceKey { name: Text::from(sub.name()), kind: Some(Text::const_new("remote")), account_id: None })
         }
         _ => None,
     }
@@ -53,28 +51,35 @@ mod tests {
     use super::*;
     use roentgen_model::{MAX_DOCUMENT_BYTES, parse_document};
 
-    fn sub(json: &str) -> Entity {
+    /// The service inferred for the one subsegment of a document.
+    fn inferred(json: &str) -> Option<ServiceKey> {
         let doc = format!(
             r#"{{"trace_id":"1-5759e988-bd862e3fe1be46a994272793","id":"0000000000000001","name":"x","start_time":1,"end_time":2,"subsegments":[{json}]}}"#
         );
-        parse_document(doc.as_bytes(), MAX_DOCUMENT_BYTES).unwrap().entity.subsegments.remove(0)
+        let doc = parse_document(doc.as_bytes(), MAX_DOCUMENT_BYTES).unwrap();
+        inferred_service(doc.entity().subsegments().next().unwrap())
     }
 
     #[test]
     fn names_aws_resources() {
-        let s = sub(r#"{"id":"0000000000000002","name":"SQS","namespace":"aws","start_time":1,"end_time":2,
-            "aws":{"queue_url":"https://sqs.us-east-1.amazonaws.com/123/orders"}}"#);
-        let key = inferred_service(&s).unwrap();
+        let key = inferred(
+            r#"{"id":"0000000000000002","name":"SQS","namespace":"aws","start_time":1,"end_time":2,
+            "aws":{"queue_url":"https://sqs.us-east-1.amazonaws.com/123/orders"}}"#,
+        )
+        .unwrap();
         assert_eq!((key.name.as_str(), key.kind.as_deref()), ("orders", Some("AWS::SQS::Queue")));
-        let s = sub(r#"{"id":"0000000000000002","name":"S3","namespace":"aws","start_time":1,"end_time":2}"#);
-        assert_eq!(inferred_service(&s).unwrap().kind.as_deref(), Some("AWS::S3::Bucket"));
-        let s = sub(r#"{"id":"0000000000000002","name":"dynamodb","namespace":"aws","start_time":1,"end_time":2,
-            "aws":{"table_name":"orders"}}"#);
-        let key = inferred_service(&s).unwrap();
+        let key = inferred(r#"{"id":"0000000000000002","name":"S3","namespace":"aws","start_time":1,"end_time":2}"#);
+        assert_eq!(key.unwrap().kind.as_deref(), Some("AWS::S3::Bucket"));
+        let key = inferred(
+            r#"{"id":"0000000000000002","name":"dynamodb","namespace":"aws","start_time":1,"end_time":2,
+            "aws":{"table_name":"orders","account_id":"123456789012"}}"#,
+        )
+        .unwrap();
         assert_eq!((key.name.as_str(), key.kind.as_deref()), ("orders", Some("AWS::DynamoDB::Table")));
-        let s = sub(r#"{"id":"0000000000000002","name":"db@host","namespace":"remote","start_time":1,"end_time":2}"#);
-        assert_eq!(inferred_service(&s).unwrap().kind.as_deref(), Some("remote"));
-        let s = sub(r#"{"id":"0000000000000002","name":"local","start_time":1,"end_time":2}"#);
-        assert!(inferred_service(&s).is_none());
+        assert_eq!(key.account_id.as_deref(), Some("123456789012"));
+        let key =
+            inferred(r#"{"id":"0000000000000002","name":"db@host","namespace":"remote","start_time":1,"end_time":2}"#);
+        assert_eq!(key.unwrap().kind.as_deref(), Some("remote"));
+        assert!(inferred(r#"{"id":"0000000000000002","name":"local","start_time":1,"end_time":2}"#).is_none());
     }
 }

@@ -90,39 +90,43 @@ pub struct RootCauseEntity {
 
 /// What root-cause analysis needs to know about a trace's assembled entities.
 pub(crate) struct TraceTree<'a> {
-    pub root: Option<&'a Entity>,
+    pub root: Option<Entity<'a>>,
     /// Every entity of the trace, top-level documents first.
-    pub all: Vec<&'a Entity>,
+    pub all: Vec<Entity<'a>>,
     /// Entities that are the top of a document whose parent is the key.
-    pub attached: Map<SegmentId, Vec<&'a Entity>>,
+    pub attached: Map<SegmentId, Vec<Entity<'a>>>,
     /// The service each entity belongs to.
     pub owner: &'a Map<SegmentId, u32>,
     /// The inferred service an `aws`/`remote` call with no answering segment stands for.
     pub inferred: Map<SegmentId, u32>,
 }
 
-fn duration(e: &Entity) -> Option<f64> {
-    e.end_time.map(|end| (end - e.start_time).max(0.0))
+fn duration(e: Entity<'_>) -> Option<f64> {
+    e.end_time().map(|end| (end - e.start_time()).max(0.0))
+}
+
+fn exceptions(e: Entity<'_>) -> Vec<(Option<Text>, Option<Text>)> {
+    e.exceptions().map(|x| (x.kind.map(Text::from), x.message.map(Text::from))).collect()
 }
 
 impl<'a> TraceTree<'a> {
-    fn children(&self, e: &'a Entity) -> impl Iterator<Item = &'a Entity> + '_ {
-        e.subsegments.iter().chain(self.attached.get(&e.id).into_iter().flatten().copied())
+    fn children(&self, e: Entity<'a>) -> impl Iterator<Item = Entity<'a>> + '_ {
+        e.subsegments().chain(self.attached.get(&e.id()).into_iter().flatten().copied())
     }
 
     fn group(
         &self,
-        path: &[&'a Entity],
-        coverage: impl Fn(&Entity) -> Option<f64>,
+        path: &[Entity<'a>],
+        coverage: impl Fn(Entity<'a>) -> Option<f64>,
         client_impacting: bool,
     ) -> RootCause {
         let mut services: Vec<RootCauseService> = Vec::new();
-        for e in path {
-            let Some(&service) = self.owner.get(&e.id) else { continue };
+        for &e in path {
+            let Some(&service) = self.owner.get(&e.id()) else { continue };
             let entity = RootCauseEntity {
-                name: e.name.clone(),
-                exceptions: e.exceptions.iter().map(|x| (x.kind.clone(), x.message.clone())).collect(),
-                remote: e.namespace.is_some(),
+                name: Text::from(e.name()),
+                exceptions: exceptions(e),
+                remote: e.namespace().is_some(),
                 coverage: coverage(e),
             };
             match services.last_mut() {
@@ -130,12 +134,12 @@ impl<'a> TraceTree<'a> {
                 _ => services.push(RootCauseService { service, inferred: false, entity_path: vec![entity] }),
             }
         }
-        if let Some(last) = path.last()
-            && let Some(&service) = self.inferred.get(&last.id)
+        if let Some(&last) = path.last()
+            && let Some(&service) = self.inferred.get(&last.id())
         {
             let entity = RootCauseEntity {
-                name: last.name.clone(),
-                exceptions: last.exceptions.iter().map(|x| (x.kind.clone(), x.message.clone())).collect(),
+                name: Text::from(last.name()),
+                exceptions: exceptions(last),
                 remote: true,
                 coverage: coverage(last),
             };
@@ -145,16 +149,15 @@ impl<'a> TraceTree<'a> {
     }
 
     /// The fault or error root cause, following `flag`.
-    pub fn flagged(&self, flag: impl Fn(&Entity) -> bool) -> Option<RootCause> {
+    pub fn flagged(&self, flag: impl Fn(Entity<'a>) -> bool) -> Option<RootCause> {
+        let earliest = |a: &Entity<'_>, b: &Entity<'_>| a.start_time().total_cmp(&b.start_time());
         let (start, client_impacting) = match self.root {
             Some(root) if flag(root) => (root, true),
-            _ => (*self.all.iter().filter(|e| flag(e)).min_by(|a, b| a.start_time.total_cmp(&b.start_time))?, false),
+            _ => (self.all.iter().copied().filter(|&e| flag(e)).min_by(earliest)?, false),
         };
         let mut path = vec![start];
         let mut current = start;
-        while let Some(next) =
-            self.children(current).filter(|c| flag(c)).min_by(|a, b| a.start_time.total_cmp(&b.start_time))
-        {
+        while let Some(next) = self.children(current).filter(|&c| flag(c)).min_by(earliest) {
             path.push(next);
             current = next;
         }

@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use roentgen_model::{AnnotationValue, DocumentKind, Entity, Http, Link, ParsedDocument, SegmentId, Text, TraceId};
+use roentgen_model::{
+    AnnotationRef, AnnotationValue, DocumentKind, Entity, Http, Link, ParsedDocument, SegmentId, Text, TraceId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::inferred::inferred_service;
@@ -29,11 +31,11 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
-    pub(crate) fn of_segment(entity: &Entity) -> Self {
+    pub(crate) fn of_segment(entity: Entity<'_>) -> Self {
         ServiceKey {
-            name: entity.name.clone(),
-            kind: entity.origin.clone(),
-            account_id: entity.aws.as_ref().and_then(|a| a.account_id.clone()),
+            name: Text::from(entity.name()),
+            kind: entity.origin().map(Text::from),
+            account_id: entity.aws().and_then(|a| a.account_id()).map(Text::from),
         }
     }
 }
@@ -120,23 +122,23 @@ pub struct LinkSource {
 pub fn link_source(docs: &[&ParsedDocument], target: SegmentId) -> Option<LinkSource> {
     let mut found = None;
     for doc in docs {
-        doc.entity.walk(&mut |e| {
-            if e.id == target && found.is_none() {
+        doc.entity().walk(|e| {
+            if e.id() == target && found.is_none() {
                 found = Some((*doc, e));
             }
         });
     }
     let (doc, entity) = found?;
     let answered = docs.iter().find(|d| d.kind == DocumentKind::Segment && d.parent_id == Some(target));
-    let is_segment = doc.kind == DocumentKind::Segment && std::ptr::eq(entity, &doc.entity);
+    let is_segment = doc.kind == DocumentKind::Segment && entity == doc.entity();
     let called = answered
-        .map(|segment| ServiceKey::of_segment(&segment.entity))
+        .map(|segment| ServiceKey::of_segment(segment.entity()))
         .or_else(|| if is_segment { None } else { inferred_service(entity) });
     let node = match called {
         Some(node) => node,
-        None => ServiceKey::of_segment(&owning_segment(docs, doc)?.entity),
+        None => ServiceKey::of_segment(owning_segment(docs, doc)?.entity()),
     };
-    Some(LinkSource { node, sent_time: entity.start_time })
+    Some(LinkSource { node, sent_time: entity.start_time() })
 }
 
 /// The segment document a document belongs to, following independent subsegments' parents.
@@ -149,7 +151,7 @@ fn owning_segment<'a>(docs: &[&'a ParsedDocument], doc: &'a ParsedDocument) -> O
         let parent = at.parent_id?;
         at = docs.iter().find(|d| {
             let mut holds = false;
-            d.entity.walk(&mut |e| holds |= e.id == parent);
+            d.entity().walk(|e| holds |= e.id() == parent);
             holds
         })?;
     }
@@ -195,8 +197,8 @@ pub struct TraceFacts {
     pub response_time_root_causes: Vec<RootCause>,
 }
 
-fn duration_of(e: &Entity) -> Option<f64> {
-    e.end_time.map(|end| span(e.start_time, end))
+fn duration_of(e: Entity<'_>) -> Option<f64> {
+    e.end_time().map(|end| span(e.start_time(), end))
 }
 
 /// The time from `start` to `end`, both taken to the microsecond first, as summaries keep them:
@@ -332,24 +334,24 @@ impl TimeRangeType {
 /// `docs` may come in any order; the result does not depend on it.
 pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> TraceSummary {
     let mut docs: Vec<&ParsedDocument> = docs.to_vec();
-    docs.sort_by(|a, b| a.entity.start_time.total_cmp(&b.entity.start_time).then(a.id().cmp(&b.id())));
+    docs.sort_by(|a, b| a.entity().start_time().total_cmp(&b.entity().start_time()).then(a.id().cmp(&b.id())));
 
     let mut services = Services::default();
     // Sized once for the entities at the top two levels, most of a trace's.
-    let sized = docs.iter().map(|d| 1 + d.entity.subsegments.len()).sum::<usize>();
+    let sized = docs.iter().map(|d| 1 + d.entity().subsegments().count()).sum::<usize>();
     // Which service each entity id belongs to: a segment's subsegments belong to its service.
     let mut owner: Map<SegmentId, u32> = Map::with_capacity_and_hasher(sized, Default::default());
-    let mut entities: Map<SegmentId, &Entity> = Map::with_capacity_and_hasher(sized, Default::default());
+    let mut entities: Map<SegmentId, Entity<'_>> = Map::with_capacity_and_hasher(sized, Default::default());
     let mut doc_owner: Vec<Option<u32>> = vec![None; docs.len()];
     for (i, doc) in docs.iter().enumerate() {
-        doc.entity.walk(&mut |e| {
-            entities.insert(e.id, e);
+        doc.entity().walk(|e| {
+            entities.insert(e.id(), e);
         });
         if doc.kind == DocumentKind::Segment {
-            let service = services.index(ServiceKey::of_segment(&doc.entity));
+            let service = services.index(ServiceKey::of_segment(doc.entity()));
             doc_owner[i] = Some(service);
-            doc.entity.walk(&mut |e| {
-                owner.insert(e.id, service);
+            doc.entity().walk(|e| {
+                owner.insert(e.id(), service);
             });
         }
     }
@@ -362,8 +364,8 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             }
             if let Some(&service) = doc.parent_id.and_then(|p| owner.get(&p)) {
                 doc_owner[i] = Some(service);
-                doc.entity.walk(&mut |e| {
-                    owner.insert(e.id, service);
+                doc.entity().walk(|e| {
+                    owner.insert(e.id(), service);
                 });
                 progressed = true;
             }
@@ -392,8 +394,8 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut availability_zones = Vec::new();
     let mut segment_end_times = Vec::new();
     let mut facts = TraceFacts::default();
-    let mut all_entities: Vec<&Entity> = Vec::new();
-    let mut attached: Map<SegmentId, Vec<&Entity>> = Map::default();
+    let mut all_entities: Vec<Entity<'_>> = Vec::new();
+    let mut attached: Map<SegmentId, Vec<Entity<'_>>> = Map::default();
     let mut inferred_nodes: Map<SegmentId, u32> = Map::default();
     let mut calls_seen: Set<SegmentId> = Set::default();
     let mut links = Vec::new();
@@ -401,20 +403,20 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     for (i, doc) in docs.iter().enumerate() {
         let service = doc_owner[i];
         if doc.kind == DocumentKind::Segment && segment_end_times.len() < 64 {
-            segment_end_times.push(doc.entity.last_time());
+            segment_end_times.push(doc.entity().last_time());
         }
         if let (DocumentKind::Segment, Some(to)) = (doc.kind, service) {
-            let e = &doc.entity;
+            let e = doc.entity();
             facts.nodes.push(NodeFact {
                 service: to,
-                start_time: e.start_time,
+                start_time: e.start_time(),
                 root: root.is_some_and(|r| std::ptr::eq(*r, *doc)),
                 inferred: false,
-                error: e.error,
-                fault: e.fault,
-                throttle: e.throttle,
+                error: e.error(),
+                fault: e.fault(),
+                throttle: e.throttle(),
                 response_time: duration_of(e),
-                http_status: e.http.as_ref().and_then(|h| h.status),
+                http_status: e.http_status(),
             });
             // One observation per call: several segments may answer the same subsegment.
             let caller = doc.parent_id.filter(|p| calls_seen.insert(*p));
@@ -423,65 +425,65 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             }
         }
         if let Some(parent) = doc.parent_id {
-            attached.entry(parent).or_default().push(&doc.entity);
+            attached.entry(parent).or_default().push(doc.entity());
         }
-        let top = &doc.entity;
-        top.walk(&mut |e| {
+        let top = doc.entity();
+        top.walk(|e| {
             all_entities.push(e);
-            start_time = start_time.min(e.start_time);
+            start_time = start_time.min(e.start_time());
             end_time = end_time.max(e.last_time());
-            has_throttle |= e.throttle;
-            is_partial |= e.in_progress;
+            has_throttle |= e.throttle();
+            is_partial |= e.in_progress();
             // An independent subsegment's top entity is a call like any other.
-            let is_segment = doc.kind == DocumentKind::Segment && std::ptr::eq(e, top);
+            let is_segment = doc.kind == DocumentKind::Segment && e == top;
             if !is_segment
-                && !called_by_segment.contains(&e.id)
+                && !called_by_segment.contains(&e.id())
                 && let Some(key) = inferred_service(e)
             {
                 let to = services.index(key);
-                inferred_nodes.insert(e.id, to);
+                inferred_nodes.insert(e.id(), to);
                 facts.nodes.push(NodeFact {
                     service: to,
-                    start_time: e.start_time,
+                    start_time: e.start_time(),
                     root: false,
                     inferred: true,
-                    error: e.error,
-                    fault: e.fault,
-                    throttle: e.throttle,
+                    error: e.error(),
+                    fault: e.fault(),
+                    throttle: e.throttle(),
                     response_time: duration_of(e),
-                    http_status: e.http.as_ref().and_then(|h| h.status),
+                    http_status: e.http_status(),
                 });
                 if let Some(from) = service {
                     facts.edges.push(edge_fact(from, to, e));
                 }
             }
             if let Some(to) = service {
-                for &target in e.links.iter().take(MAX_TRACE_LINKS.saturating_sub(links.len())) {
+                for &target in e.links().iter().take(MAX_TRACE_LINKS.saturating_sub(links.len())) {
                     links.push(LinkFact {
                         to,
-                        start_time: e.start_time,
-                        error: e.error,
-                        fault: e.fault,
-                        throttle: e.throttle,
+                        start_time: e.start_time(),
+                        error: e.error(),
+                        fault: e.fault(),
+                        throttle: e.throttle(),
                         target,
                         source: None,
                     });
                 }
             }
-            for (key, value) in &e.annotations {
+            for (key, value) in e.annotations() {
                 add_annotation(&mut annotations, key, value, service);
             }
-            if let Some(user) = &e.user {
+            if let Some(user) = e.user() {
                 add_user(&mut users, user, service);
             }
-            if let Some(arn) = &e.resource_arn {
+            if let Some(arn) = e.resource_arn() {
                 push_unique(&mut resource_arns, arn);
             }
-            if let Some(aws) = &e.aws {
-                if let Some(id) = &aws.instance_id {
+            if let Some(aws) = e.aws() {
+                if let Some(id) = aws.instance_id() {
                     push_unique(&mut instance_ids, id);
                 }
-                if let Some(az) = &aws.availability_zone {
+                if let Some(az) = aws.availability_zone() {
                     push_unique(&mut availability_zones, az);
                 }
             }
@@ -492,21 +494,21 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         end_time = start_time;
     }
 
-    let root_entity = root.map(|d| &d.entity);
+    let root_entity = root.map(|d| d.entity());
     let tree = TraceTree { root: root_entity, all: all_entities, attached, owner: &owner, inferred: inferred_nodes };
-    facts.fault_root_causes = tree.flagged(|e| e.fault).into_iter().collect();
-    facts.error_root_causes = tree.flagged(|e| e.error).into_iter().collect();
+    facts.fault_root_causes = tree.flagged(|e| e.fault()).into_iter().collect();
+    facts.error_root_causes = tree.flagged(|e| e.error()).into_iter().collect();
     facts.response_time_root_causes = tree.slowest().into_iter().collect();
     let mut summary = TraceSummary {
         trace_id,
         start_time,
         end_time,
         response_time: root_entity.and_then(duration_of),
-        has_fault: root_entity.is_some_and(|r| r.fault),
-        has_error: root_entity.is_some_and(|r| r.error),
+        has_fault: root_entity.is_some_and(|r| r.fault()),
+        has_error: root_entity.is_some_and(|r| r.error()),
         has_throttle,
         is_partial,
-        http: root_entity.and_then(|r| r.http.as_deref().cloned()),
+        http: root_entity.and_then(|r| r.http()).map(|h| h.to_http()),
         entry_point: root_entity.map(|r| services.index(ServiceKey::of_segment(r))),
         services: services.keys,
         annotations,
@@ -529,16 +531,16 @@ pub fn whole_microseconds(seconds: f64) -> f64 {
     (seconds * 1e6).round() / 1e6
 }
 
-fn edge_fact(from: u32, to: u32, call: &Entity) -> EdgeFact {
+fn edge_fact(from: u32, to: u32, call: Entity<'_>) -> EdgeFact {
     EdgeFact {
         from,
         to,
-        start_time: call.start_time,
-        error: call.error,
-        fault: call.fault,
-        throttle: call.throttle,
+        start_time: call.start_time(),
+        error: call.error(),
+        fault: call.fault(),
+        throttle: call.throttle(),
         response_time: duration_of(call),
-        http_status: call.http.as_ref().and_then(|h| h.status),
+        http_status: call.http_status(),
     }
 }
 
@@ -564,7 +566,7 @@ impl Services {
     }
 }
 
-fn add_annotation(out: &mut Vec<AnnotationSummary>, key: &str, value: &AnnotationValue, service: Option<u32>) {
+fn add_annotation(out: &mut Vec<AnnotationSummary>, key: &str, value: AnnotationRef<'_>, service: Option<u32>) {
     let entry = match out.iter_mut().position(|a| a.key == key) {
         Some(i) => &mut out[i],
         None if out.len() < MAX_INDEXED_ANNOTATIONS => {
@@ -573,10 +575,10 @@ fn add_annotation(out: &mut Vec<AnnotationSummary>, key: &str, value: &Annotatio
         }
         None => return,
     };
-    let slot = match entry.values.iter_mut().position(|(v, _)| v == value) {
+    let slot = match entry.values.iter_mut().position(|(v, _)| *v == value) {
         Some(i) => &mut entry.values[i],
         None => {
-            entry.values.push((value.clone(), Vec::new()));
+            entry.values.push((value.to_value(), Vec::new()));
             entry.values.last_mut().expect("just pushed")
         }
     };

@@ -253,11 +253,11 @@ async fn batch_get_traces(State(state): Shared, request: Request) -> Result<Resp
         };
         match state.store.trace(id).await.map_err(ApiError::internal)? {
             Some(StoredTrace { mut docs, limit_exceeded }) => {
-                docs.sort_by(|a, b| a.parsed.entity.start_time.total_cmp(&b.parsed.entity.start_time));
-                let first = docs.iter().map(|d| d.parsed.entity.start_time).fold(f64::INFINITY, f64::min);
+                docs.sort_by(|a, b| a.parsed.entity().start_time().total_cmp(&b.parsed.entity().start_time()));
+                let first = docs.iter().map(|d| d.parsed.entity().start_time()).fold(f64::INFINITY, f64::min);
                 let mut last = f64::NEG_INFINITY;
                 for doc in &docs {
-                    doc.parsed.entity.walk(&mut |e| last = last.max(e.last_time()));
+                    doc.parsed.entity().walk(|e| last = last.max(e.last_time()));
                 }
                 response.traces.push(api::Trace {
                     id: id.to_string(),

@@ -29,7 +29,7 @@ impl StoredDocument {
 pub(crate) fn upsert(docs: &mut Vec<Arc<StoredDocument>>, incoming: Arc<StoredDocument>) -> bool {
     match docs.iter_mut().find(|d| d.id() == incoming.id()) {
         Some(existing) => {
-            if incoming.parsed.entity.in_progress && !existing.parsed.entity.in_progress {
+            if incoming.parsed.entity().in_progress() && !existing.parsed.entity().in_progress() {
                 return false;
             }
             *existing = incoming;
@@ -213,7 +213,7 @@ mod tests {
         assert!(!upsert(&mut docs, doc("0000000000000001", r#""in_progress":true"#)));
         assert!(upsert(&mut docs, doc("0000000000000001", r#""end_time":3"#)));
         assert_eq!(docs.len(), 1);
-        assert_eq!(docs[0].parsed.entity.end_time, Some(3.0));
+        assert_eq!(docs[0].parsed.entity().end_time(), Some(3.0));
     }
 
     #[test]
@@ -249,7 +249,7 @@ mod tests {
         assert!(live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 1, limit, |_| false));
         let trace = live.traces.values().next().unwrap();
         assert!(trace.limit_exceeded);
-        assert_eq!((trace.docs.len(), trace.docs[0].parsed.entity.end_time), (1, Some(2.0)));
+        assert_eq!((trace.docs.len(), trace.docs[0].parsed.entity().end_time()), (1, Some(2.0)));
     }
 
     #[test]

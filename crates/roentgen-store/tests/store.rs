@@ -518,7 +518,7 @@ async fn a_trace_past_its_size_limit_keeps_what_fits_and_says_so() {
     store = Store::open(config).await.unwrap();
     let stored = store.trace(t).await.unwrap().unwrap();
     let replaced = stored.docs.iter().find(|d| d.id().as_u64() == 2).unwrap();
-    assert_eq!(replaced.parsed.entity.end_time, Some(f64::from(t.epoch()) + 0.75));
+    assert_eq!(replaced.parsed.entity().end_time(), Some(f64::from(t.epoch()) + 0.75));
     assert_eq!(limited(stored), (vec![1, 2], true));
 }
 
