@@ -120,7 +120,8 @@ impl<'a> TraceTree<'a> {
         coverage: impl Fn(Entity<'a>) -> Option<f64>,
         client_impacting: bool,
     ) -> RootCause {
-        let mut services: Vec<RootCauseService> = Vec::new();
+        // Most paths stay in one service.
+        let mut services: Vec<RootCauseService> = Vec::with_capacity(1);
         for &e in path {
             let Some(&service) = self.owner.get(&e.id()) else { continue };
             let entity = RootCauseEntity {

@@ -229,6 +229,45 @@ impl TraceSummary {
         }
     }
 
+    /// Gives every vector of the summary exactly its length. Summaries are built by pushes,
+    /// which left 44% of their heap unused (1,152 of 2,615 bytes a trace on the load generator's
+    /// traces), and a block's summaries stay in memory for as long as the block is queried.
+    fn fit(&mut self) {
+        fit(&mut self.services);
+        for annotation in &mut self.annotations {
+            for (_, services) in &mut annotation.values {
+                fit(services);
+            }
+            fit(&mut annotation.values);
+        }
+        fit(&mut self.annotations);
+        for user in &mut self.users {
+            fit(&mut user.services);
+        }
+        fit(&mut self.users);
+        fit(&mut self.resource_arns);
+        fit(&mut self.instance_ids);
+        fit(&mut self.availability_zones);
+        fit(&mut self.segment_end_times);
+        let facts = &mut self.facts;
+        fit(&mut facts.nodes);
+        fit(&mut facts.edges);
+        for causes in [&mut facts.fault_root_causes, &mut facts.error_root_causes, &mut facts.response_time_root_causes]
+        {
+            for cause in causes.iter_mut() {
+                for service in &mut cause.services {
+                    for entity in &mut service.entity_path {
+                        fit(&mut entity.exceptions);
+                    }
+                    fit(&mut service.entity_path);
+                }
+                fit(&mut cause.services);
+            }
+            fit(causes);
+        }
+        fit(&mut self.links);
+    }
+
     /// Roughly the memory this summary holds, its own size included, for caches bounded by
     /// bytes.
     pub fn approximate_bytes(&self) -> usize {
@@ -523,7 +562,19 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         links,
     };
     summary.round_to_microseconds();
+    summary.fit();
     summary
+}
+
+/// Moves a vector's elements into an allocation of exactly their number when it has a cache
+/// line or more to spare (less is not worth an allocation, and is often lost to the allocator's
+/// size classes anyway). Shrinking in place would leave the allocator's block as it was.
+fn fit<T>(v: &mut Vec<T>) {
+    if (v.capacity() - v.len()) * std::mem::size_of::<T>() >= 64 {
+        let mut exact = Vec::with_capacity(v.len());
+        exact.append(v);
+        *v = exact;
+    }
 }
 
 /// A time or a duration in seconds, rounded to whole microseconds.
@@ -566,11 +617,12 @@ impl Services {
     }
 }
 
+/// Most keys have one value, and most values one service: their vectors start with room for one.
 fn add_annotation(out: &mut Vec<AnnotationSummary>, key: &str, value: AnnotationRef<'_>, service: Option<u32>) {
     let entry = match out.iter_mut().position(|a| a.key == key) {
         Some(i) => &mut out[i],
         None if out.len() < MAX_INDEXED_ANNOTATIONS => {
-            out.push(AnnotationSummary { key: key.into(), values: Vec::new() });
+            out.push(AnnotationSummary { key: key.into(), values: Vec::with_capacity(1) });
             out.last_mut().expect("just pushed")
         }
         None => return,
@@ -578,7 +630,7 @@ fn add_annotation(out: &mut Vec<AnnotationSummary>, key: &str, value: Annotation
     let slot = match entry.values.iter_mut().position(|(v, _)| *v == value) {
         Some(i) => &mut entry.values[i],
         None => {
-            entry.values.push((value.to_value(), Vec::new()));
+            entry.values.push((value.to_value(), Vec::with_capacity(1)));
             entry.values.last_mut().expect("just pushed")
         }
     };
@@ -591,7 +643,7 @@ fn add_user(out: &mut Vec<UserSummary>, name: &str, service: Option<u32>) {
     let entry = match out.iter_mut().position(|u| u.name == name) {
         Some(i) => &mut out[i],
         None => {
-            out.push(UserSummary { name: name.into(), services: Vec::new() });
+            out.push(UserSummary { name: name.into(), services: Vec::with_capacity(1) });
             out.last_mut().expect("just pushed")
         }
     };
