@@ -118,7 +118,7 @@ pub(crate) struct BlockMeta {
 pub(crate) struct BlockTrace<'a> {
     pub trace_id: TraceId,
     pub docs: Vec<&'a str>,
-    pub summary: TraceSummary,
+    pub summary: &'a TraceSummary,
     pub limit_exceeded: bool,
 }
 
@@ -248,7 +248,7 @@ pub(crate) fn build(
     let table: Vec<u8> =
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
-    let summaries: Vec<&TraceSummary> = traces.iter().map(|t| &t.summary).collect();
+    let summaries: Vec<&TraceSummary> = traces.iter().map(|t| t.summary).collect();
     let summaries_range = compressed_section(&options, &mut data, "summary", &summary_section(&summaries))?;
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
@@ -751,14 +751,19 @@ mod tests {
             .iter()
             .map(|(_, docs)| docs.iter().map(|d| parse_document(d.as_bytes(), MAX_DOCUMENT_BYTES).unwrap()).collect())
             .collect();
-        let input: Vec<BlockTrace<'_>> = traces
+        let summaries: Vec<TraceSummary> = traces
             .iter()
             .zip(&parsed)
+            .map(|((id, _), parsed)| summarize(*id, &parsed.iter().collect::<Vec<_>>(), 1))
+            .collect();
+        let input: Vec<BlockTrace<'_>> = traces
+            .iter()
+            .zip(&summaries)
             .enumerate()
-            .map(|(n, ((id, docs), parsed))| BlockTrace {
+            .map(|(n, ((id, docs), summary))| BlockTrace {
                 trace_id: *id,
                 docs: docs.iter().map(String::as_str).collect(),
-                summary: summarize(*id, &parsed.iter().collect::<Vec<_>>(), 1),
+                summary,
                 limit_exceeded: n % 10 == 3,
             })
             .collect();
@@ -770,7 +775,7 @@ mod tests {
             level: 3,
             supersedes: vec![],
         };
-        let (kept, fine) = Rollups::of(input.iter().map(|t| &t.summary)).split();
+        let (kept, fine) = Rollups::of(input.iter().map(|t| t.summary)).split();
         let rollups = RollupSections::encode(kept, &fine, &options).unwrap();
         let (data, meta) = build(&input, &rollups, options).unwrap();
         store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();

@@ -982,11 +982,14 @@ impl Store {
         };
         let stats = inner.stats.clone();
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // Each summary goes into an `Arc` as it is made, to stay in the summary cache: moved by
+        // value through the flush, their 496 bytes each made two vectors of tens of megabytes,
+        // on fresh pages at every flush.
         let (merged, mut summaries) = tokio::task::spawn_blocking(move || {
             let timer = PhaseTimer::start();
-            let summaries: Vec<TraceSummary> = merged
+            let summaries: Vec<Arc<TraceSummary>> = merged
                 .iter()
-                .map(|t| summarize(t.id, &t.docs.iter().map(|d| &d.parsed).collect::<Vec<_>>(), t.revision))
+                .map(|t| Arc::new(summarize(t.id, &t.docs.iter().map(|d| &d.parsed).collect::<Vec<_>>(), t.revision)))
                 .collect();
             stats.flush_summaries_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
             (merged, summaries)
@@ -999,7 +1002,7 @@ impl Store {
         if !links.is_empty() {
             let link_sources = self.link_sources(links, &merged).await?;
             for summary in &mut summaries {
-                fill_link_sources(summary, &link_sources);
+                fill_link_sources(Arc::make_mut(summary), &link_sources);
             }
         }
 
@@ -1016,7 +1019,7 @@ impl Store {
             let timer = PhaseTimer::start();
             let traces: Vec<BlockTrace<'_>> = merged
                 .iter()
-                .zip(summaries)
+                .zip(&summaries)
                 .map(|(t, summary)| BlockTrace {
                     trace_id: t.id,
                     docs: t.docs.iter().map(|d| &*d.raw).collect(),
@@ -1024,13 +1027,14 @@ impl Store {
                     limit_exceeded: t.limit_exceeded,
                 })
                 .collect();
-            let (kept, fine) = Rollups::of(traces.iter().map(|t| &t.summary)).split();
+            let (kept, fine) = Rollups::of(traces.iter().map(|t| t.summary)).split();
             let rollups = RollupSections::encode(kept, &fine, &options)?;
             let rolled_up = timer.elapsed();
             let (data, meta) = block::build(&traces, &rollups, options)?;
+            drop(traces);
             stats.flush_rollups_nanos.fetch_add(nanos(rolled_up), Ordering::Relaxed);
             stats.flush_encode_nanos.fetch_add(nanos(timer.elapsed().saturating_sub(rolled_up)), Ordering::Relaxed);
-            let summaries = BlockSummaries::new(traces.into_iter().map(|t| Arc::new(t.summary)).collect());
+            let summaries = BlockSummaries::new(summaries);
             Ok::<_, StoreError>((data, meta, summaries))
         })
         .await
@@ -1214,16 +1218,16 @@ impl Store {
                 rest.push((id, read.limit_exceeded, summary));
             }
             let block_traces: Vec<BlockTrace<'_>> = rest
-                .into_iter()
+                .iter()
                 .zip(&docs)
                 .map(|((trace_id, limit_exceeded, summary), docs)| BlockTrace {
-                    trace_id,
+                    trace_id: *trace_id,
                     docs: docs.iter().map(String::as_str).collect(),
                     summary,
-                    limit_exceeded,
+                    limit_exceeded: *limit_exceeded,
                 })
                 .collect();
-            let (kept, fine) = Rollups::of(block_traces.iter().map(|t| &t.summary)).split();
+            let (kept, fine) = Rollups::of(block_traces.iter().map(|t| t.summary)).split();
             let rollups = RollupSections::encode(kept, &fine, &options)?;
             block::build(&block_traces, &rollups, options)
         })
