@@ -229,16 +229,27 @@ fn invalid(detail: String) -> DocumentError {
 
 fn parse_valid_text(text: &str) -> Result<ParsedDocument, DocumentError> {
     Builder::with(Builder::clear);
+    match crate::reader::read(text) {
+        Some(parsed) => parsed,
+        None => parse_with_serde(text),
+    }
+}
+
+/// The general path: serde's derived readers, for any document [`crate::reader`] leaves alone.
+fn parse_with_serde(text: &str) -> Result<ParsedDocument, DocumentError> {
+    Builder::with(Builder::clear);
     let value: MapOr<WireEntity> = serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
-    let Some(wire) = value.0 else {
-        return Err(DocumentError {
-            code: DocumentErrorCode::MissingId,
-            id: None,
-            in_subsegment: false,
-            detail: "document is not a JSON object".to_owned(),
-        });
-    };
+    let Some(wire) = value.0 else { return Err(not_an_object()) };
     document(wire)
+}
+
+pub(crate) fn not_an_object() -> DocumentError {
+    DocumentError {
+        code: DocumentErrorCode::MissingId,
+        id: None,
+        in_subsegment: false,
+        detail: "document is not a JSON object".to_owned(),
+    }
 }
 
 /// Best effort at the `id` of a document too large to parse, so the client can tell which it was.
@@ -267,6 +278,30 @@ impl Default for Subsegments {
     }
 }
 
+impl Subsegments {
+    /// A subsegment array about to be read.
+    pub(crate) fn begin() -> Self {
+        Self { first: Ok(Some(Builder::with(|b| b.next_entity()))), dropped_annotations: 0 }
+    }
+
+    /// The next element: validated, unless one before it failed. The rest are still read in
+    /// full: a malformed one (a duplicate field, a number out of range) makes the document
+    /// invalid JSON, which is reported before any field's error. The document fails either way,
+    /// so what they leave in the builder is never read.
+    pub(crate) fn push(&mut self, child: Option<WireEntity>) {
+        if self.first.is_err() {
+            return;
+        }
+        let checked = match child {
+            Some(child) => entity(child, true, &mut self.dropped_annotations),
+            None => Err(fail(DocumentErrorCode::MissingId, true, "a subsegment is not a JSON object".into())),
+        };
+        if let Err(e) = checked {
+            self.first = Err(e);
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Subsegments {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -276,26 +311,11 @@ impl<'de> Deserialize<'de> for Subsegments {
                 f.write_str("an array")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Subsegments, A::Error> {
-                let mut dropped_annotations = 0;
-                let first = Builder::with(|b| b.next_entity());
-                loop {
-                    let child = match seq.next_element::<MapOr<WireEntity>>()? {
-                        None => break,
-                        Some(MapOr(Some(child))) => entity(child, true, &mut dropped_annotations),
-                        Some(MapOr(None)) => {
-                            Err(fail(DocumentErrorCode::MissingId, true, "a subsegment is not a JSON object".into()))
-                        }
-                    };
-                    if let Err(e) = child {
-                        // The rest are still read in full: a malformed one (a duplicate field, a
-                        // number out of range) makes the document invalid JSON, which is
-                        // reported before any field's error. The document fails either way, so
-                        // what they leave in the builder is never read.
-                        while seq.next_element::<MapOr<WireEntity>>()?.is_some() {}
-                        return Ok(Subsegments { first: Err(e), dropped_annotations });
-                    }
+                let mut array = Subsegments::begin();
+                while let Some(MapOr(child)) = seq.next_element::<MapOr<WireEntity>>()? {
+                    array.push(child);
                 }
-                Ok(Subsegments { first: Ok(Some(first)), dropped_annotations })
+                Ok(array)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Subsegments, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -317,6 +337,36 @@ pub(crate) struct Annotations {
     dropped: u32,
 }
 
+impl Annotations {
+    /// An annotations object about to be read.
+    pub(crate) fn begin() -> Self {
+        let first = Builder::with(|b| b.next_annotation());
+        Self { span: Span::new(first, first), dropped: 0 }
+    }
+
+    pub(crate) fn add(&mut self, key: &str, value: &Scalar) {
+        let value = match value {
+            Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationRef::String(s),
+            Scalar::Num(n) => AnnotationRef::Number(*n),
+            Scalar::Bool(b) => AnnotationRef::Bool(*b),
+            _ => {
+                self.dropped += 1;
+                return;
+            }
+        };
+        if !valid_annotation_key(key) {
+            self.dropped += 1;
+            return;
+        }
+        Builder::with(|b| b.annotation(self.span.start(), key, value));
+    }
+
+    pub(crate) fn finish(self) -> Self {
+        let end = Builder::with(|b| b.next_annotation());
+        Self { span: Span::new(self.span.start(), end), ..self }
+    }
+}
+
 impl<'de> Deserialize<'de> for Annotations {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -326,26 +376,11 @@ impl<'de> Deserialize<'de> for Annotations {
                 f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
-                let first = Builder::with(|b| b.next_annotation());
-                let mut dropped = 0;
+                let mut annotations = Annotations::begin();
                 while let Some((key, value)) = map.next_entry::<Text, Scalar>()? {
-                    let value = match &value {
-                        Scalar::Str(s) if s.chars().count() <= MAX_ANNOTATION_VALUE_CHARS => AnnotationRef::String(s),
-                        Scalar::Num(n) => AnnotationRef::Number(*n),
-                        Scalar::Bool(b) => AnnotationRef::Bool(*b),
-                        _ => {
-                            dropped += 1;
-                            continue;
-                        }
-                    };
-                    if !valid_annotation_key(&key) {
-                        dropped += 1;
-                        continue;
-                    }
-                    Builder::with(|b| b.annotation(first, &key, value));
+                    annotations.add(&key, &value);
                 }
-                let end = Builder::with(|b| b.next_annotation());
-                Ok(Annotations { span: Span::new(first, end), dropped })
+                Ok(annotations.finish())
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Annotations, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -364,7 +399,13 @@ pub(crate) struct HttpBlock(Option<u32>);
 impl<'de> Deserialize<'de> for HttpBlock {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let MapOr(wire) = MapOr::<WireHttp>::deserialize(d)?;
-        Ok(HttpBlock(wire.map(|h| {
+        Ok(HttpBlock::of(wire))
+    }
+}
+
+impl HttpBlock {
+    pub(crate) fn of(wire: Option<WireHttp>) -> Self {
+        HttpBlock(wire.map(|h| {
             let req = h.request.0.unwrap_or_default();
             let status = h.response.0.and_then(|r| r.status.as_number());
             Builder::with(|b| {
@@ -377,7 +418,7 @@ impl<'de> Deserialize<'de> for HttpBlock {
                     traced: req.traced.truthy(),
                 })
             })
-        })))
+        }))
     }
 }
 
@@ -388,7 +429,13 @@ pub(crate) struct AwsBlock(Option<u32>);
 impl<'de> Deserialize<'de> for AwsBlock {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let MapOr(wire) = MapOr::<WireAws>::deserialize(d)?;
-        Ok(AwsBlock(wire.map(|a| {
+        Ok(AwsBlock::of(wire))
+    }
+}
+
+impl AwsBlock {
+    pub(crate) fn of(wire: Option<WireAws>) -> Self {
+        AwsBlock(wire.map(|a| {
             let ec2 = a.ec2.0.unwrap_or_default();
             Builder::with(|b| {
                 b.aws(AwsFields {
@@ -400,7 +447,7 @@ impl<'de> Deserialize<'de> for AwsBlock {
                     queue_url: a.queue_url.as_str(),
                 })
             })
-        })))
+        }))
     }
 }
 
@@ -411,14 +458,20 @@ pub(crate) struct Exceptions(Span);
 impl<'de> Deserialize<'de> for Exceptions {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let MapOr(cause) = MapOr::<WireCause>::deserialize(d)?;
-        let Some(cause) = cause else { return Ok(Exceptions::default()) };
-        Ok(Exceptions(Builder::with(|b| {
+        Ok(Exceptions::of(cause))
+    }
+}
+
+impl Exceptions {
+    pub(crate) fn of(cause: Option<WireCause>) -> Self {
+        let Some(cause) = cause else { return Exceptions::default() };
+        Exceptions(Builder::with(|b| {
             let first = b.next_exception();
             for e in cause.exceptions.0.iter().flatten() {
                 b.exception(e.kind.as_str(), e.message.as_str(), e.remote.truthy());
             }
             Span::new(first, b.next_exception())
-        })))
+        }))
     }
 }
 
@@ -430,15 +483,21 @@ pub(crate) struct Links(Span);
 impl<'de> Deserialize<'de> for Links {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Items(links) = Items::<WireLink>::deserialize(d)?;
+        Ok(Links::of(links))
+    }
+}
+
+impl Links {
+    pub(crate) fn of(links: Vec<Option<WireLink>>) -> Self {
         let valid = links.into_iter().flatten().filter_map(|link| {
             let trace_id = TraceId::parse(link.trace_id.as_str()?).ok()?;
             Some(Link { trace_id, id: SegmentId::parse(link.id.as_str()?)? })
         });
-        Ok(Links(Builder::with(|b| {
+        Links(Builder::with(|b| {
             let first = b.next_link();
             valid.take(MAX_LINKS).for_each(|link| b.link(link));
             Span::new(first, b.next_link())
-        })))
+        }))
     }
 }
 
@@ -447,7 +506,7 @@ fn fail(code: DocumentErrorCode, in_subsegment: bool, detail: String) -> Documen
     DocumentError { code, id: None, in_subsegment, detail }
 }
 
-fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
+pub(crate) fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
     // A 16-digit id is held inline: copied out as a `String` only for an error.
     let top_id = wire.id.clone();
     let mut dropped_annotations = 0;
@@ -959,6 +1018,160 @@ mod tests {
         assert!(name_problem("").is_some());
     }
 
+    /// Values of every kind the reader must judge as serde_json does: numbers at the edges of
+    /// its arithmetic, escapes, malformed literals.
+    fn values() -> impl Strategy<Value = String> {
+        let pieces = vec![
+            "null",
+            "true",
+            "false",
+            "tru",
+            "nul",
+            "0",
+            "-0",
+            "-0.0",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "4.9e-324",
+            "1.7976931348623157e308",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "123456789012345678901",
+            "1795325748.8577531234",
+            "0.30000000000000004",
+            "2E+2",
+            "1.5e-3",
+            r#""""#,
+            r#""x""#,
+            r#""a\u0041""#,
+            r#""\ud800""#,
+            r#""\x""#,
+            r#""tab\there""#,
+            "\"\u{1}\"",
+            r#""subsegment""#,
+            r#""aws""#,
+            r#""remote""#,
+            r#""70de5b6f19ff9a0a""#,
+            r#""1-581cf771-a006649127e371903a2de979""#,
+            "{}",
+            "[]",
+            "[1,2,]",
+            r#"{"a":1,}"#,
+            r#"{"n\u0061me":1}"#,
+            r#"{"a":[1,{"b":"\n"}],"c":null}"#,
+            r#"[{"k":1e400}]"#,
+            r#"[[[]]]"#,
+        ];
+        prop_oneof![
+            proptest::sample::select(pieces).prop_map(str::to_owned),
+            any::<f64>().prop_map(|n| format!("{n}")),
+            any::<f64>().prop_map(|n| format!("{n:e}")),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..3_000_000_000, 0u32..1_000_000).prop_map(|(s, f)| format!("{s}.{f:06}")),
+            "[a-z ./@-]{0,30}".prop_map(|s| format!("{s:?}")),
+        ]
+    }
+
+    fn object(fields: Vec<(&str, String)>) -> String {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+        format!("{{{}}}", body.join(","))
+    }
+
+    /// Fields with known and unknown names, and sometimes the same name twice.
+    fn fields(value: BoxedStrategy<String>) -> impl Strategy<Value = Vec<(&'static str, String)>> {
+        let keys = proptest::sample::select(vec![
+            "id",
+            "name",
+            "trace_id",
+            "parent_id",
+            "type",
+            "start_time",
+            "end_time",
+            "in_progress",
+            "error",
+            "fault",
+            "throttle",
+            "namespace",
+            "origin",
+            "user",
+            "resource_arn",
+            "metadata",
+            "sql",
+            "status",
+            "method",
+            "url",
+            "request",
+            "response",
+            "account_id",
+            "ec2",
+            "instance_id",
+            "table_name",
+            "exceptions",
+            "message",
+            "remote",
+            "tenant",
+        ]);
+        proptest::collection::vec((keys, value), 0..6)
+    }
+
+    /// What may stand where a block (`http`, `aws`, `annotations`, `cause`, `links`) goes.
+    fn blocks() -> BoxedStrategy<String> {
+        let flat = || fields(values().boxed()).prop_map(object).boxed();
+        prop_oneof![
+            values(),
+            flat(),
+            fields(flat()).prop_map(object),
+            proptest::collection::vec(flat(), 0..3).prop_map(|items| format!("[{}]", items.join(","))),
+        ]
+        .boxed()
+    }
+
+    fn entity(subsegments: BoxedStrategy<String>) -> BoxedStrategy<String> {
+        let names =
+            proptest::sample::select(vec!["http", "aws", "annotations", "cause", "links", "subsegments", "error"]);
+        (
+            proptest::option::of(0u64..4),
+            "[a-z]{1,8}",
+            0u32..3_000_000,
+            proptest::option::of(0u32..3_000),
+            fields(values().boxed()),
+            proptest::collection::vec((names, prop_oneof![blocks(), subsegments]), 0..4),
+        )
+            .prop_map(|(id, name, start, duration, extra, blocks)| {
+                let mut fields: Vec<(&str, String)> = Vec::new();
+                if let Some(id) = id {
+                    fields.push(("id", format!("\"{id:016x}\"")));
+                }
+                fields.push(("name", format!("{name:?}")));
+                fields.push(("start_time", format!("{start}.5")));
+                if let Some(duration) = duration {
+                    fields.push(("end_time", format!("{}.25", start + duration)));
+                }
+                fields.extend(extra);
+                fields.extend(blocks);
+                object(fields)
+            })
+            .boxed()
+    }
+
+    /// Segment documents of known and unknown fields holding any of [`values`], blocks of every
+    /// shape, and nested subsegments.
+    fn documents() -> impl Strategy<Value = String> {
+        let subsegments = Just("[]".to_owned()).prop_recursive(3, 12, 3, |inner| {
+            proptest::collection::vec(entity(inner), 0..3).prop_map(|subs| format!("[{}]", subs.join(",")))
+        });
+        (entity(subsegments.boxed()), any::<bool>()).prop_map(|(doc, traced)| {
+            let head = if traced { format!(r#"{{"trace_id":"{TRACE}","#) } else { "{".to_owned() };
+            doc.replacen('{', &head, 1)
+        })
+    }
+
     /// The nesting of a document's subsegments.
     #[derive(Debug, Clone)]
     struct Shape(Vec<Shape>);
@@ -1008,6 +1221,16 @@ mod tests {
                 e.walk(|s| under.push(s.id().as_u64()));
                 let size = under.len() as u64;
                 prop_assert_eq!(under, (id as u64..id as u64 + size).collect::<Vec<_>>());
+            }
+        }
+
+        /// The direct reader gives exactly what serde's readers give, errors included, for
+        /// whatever it reads.
+        #[test]
+        fn reader_agrees_with_serde(doc in documents()) {
+            Builder::with(Builder::clear);
+            if let Some(direct) = crate::reader::read(&doc) {
+                prop_assert_eq!(direct, parse_with_serde(&doc), "{}", doc);
             }
         }
 

@@ -9,6 +9,7 @@ pub mod api;
 mod document;
 mod ids;
 mod json_string;
+mod reader;
 mod tree;
 mod wire;
 

@@ -39,6 +39,10 @@ impl Span {
         Self { start, end }
     }
 
+    pub(crate) fn start(self) -> u32 {
+        self.start
+    }
+
     fn range(self) -> std::ops::Range<usize> {
         self.start as usize..self.end as usize
     }

@@ -1,0 +1,740 @@
+//! A direct reader for segment documents as the SDKs write them.
+//!
+//! serde's derived visitors read a document through several layers of generic calls for every
+//! key and value, and were a fifth of the server's CPU. This reader walks the bytes once, fills
+//! the same wire shapes ([`WireEntity`] and the blocks under it) and hands them to the same
+//! validation, so what it accepts and rejects, and with which error, is what the serde path
+//! would give. It reads only what it can read exactly as serde_json does: at anything else (an
+//! escape in a string that is kept or a key, a repeated field, a number that would overflow,
+//! nesting deeper than [`MAX_DEPTH`], malformed JSON) it gives up and the serde path reads the
+//! document instead, errors included.
+
+use std::sync::OnceLock;
+
+use crate::document::{
+    Annotations, AwsBlock, DocumentError, Exceptions, HttpBlock, Links, ParsedDocument, Subsegments, Text, document,
+    not_an_object,
+};
+use crate::ids::TraceId;
+use crate::wire::{
+    Flag, MapOr, Scalar, WireAws, WireCause, WireEc2, WireEntity, WireException, WireHttp, WireHttpRequest,
+    WireHttpResponse, WireLink, WireTraceId,
+};
+
+/// Objects and arrays this deep are left to serde_json, which stops at 128.
+const MAX_DEPTH: u32 = 64;
+
+/// The document, validated, or `None` when this reader cannot say exactly what serde_json would.
+pub(crate) fn read(text: &str) -> Option<Result<ParsedDocument, DocumentError>> {
+    let mut r = Reader { text, b: text.as_bytes(), i: 0, depth: 0 };
+    r.ws();
+    let MapOr(top) = r.map_or(Reader::entity)?;
+    r.ws();
+    if r.i != r.b.len() {
+        return None;
+    }
+    Some(match top {
+        Some(wire) => document(wire),
+        None => Err(not_an_object()),
+    })
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+    /// Objects and arrays open around the value being read (skipped values count their own).
+    depth: u32,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        self.ws();
+        (self.peek()? == byte).then(|| self.i += 1)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// Moves to the next quote, backslash or control character of a string, eight bytes at a
+    /// time while they are plain.
+    fn next_special(&mut self) -> Option<u8> {
+        const ONES: u64 = u64::from_ne_bytes([1; 8]);
+        const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+        let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let x = u64::from_le_bytes(chunk.try_into().ok()?);
+            let quote = has_zero(x ^ (ONES * u64::from(b'"')));
+            let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
+            // Bytes under 0x20: subtracting 0x20 borrows into their high bit (ASCII only; a
+            // byte of 0x80 or more has its high bit set already and is masked out).
+            let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+            let special = quote | backslash | control;
+            if special != 0 {
+                self.i += (special.trailing_zeros() / 8) as usize;
+                return self.peek();
+            }
+            self.i += 8;
+        }
+        while let Some(c) = self.peek() {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                return Some(c);
+            }
+            self.i += 1;
+        }
+        None
+    }
+
+    /// A string whose text is kept: one with no escape, as its bytes are its text.
+    fn string(&mut self) -> Option<&'a str> {
+        self.i += 1;
+        let start = self.i;
+        if self.next_special()? != b'"' {
+            return None;
+        }
+        let text = self.text.get(start..self.i);
+        self.i += 1;
+        text
+    }
+
+    /// A string that is only checked, as serde_json checks what it ignores: escapes must be
+    /// well formed, control characters are not allowed.
+    fn skip_string(&mut self) -> Option<()> {
+        self.i += 1;
+        loop {
+            match self.next_special()? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                b'\\' => {
+                    self.i += 1;
+                    match *self.b.get(self.i)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                        b'u' => {
+                            let hex = self.b.get(self.i + 1..self.i + 5)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.i += 5;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// A number's syntax, as serde_json checks a number it ignores.
+    fn skip_number(&mut self) -> Option<()> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek()? {
+            b'0' => {
+                self.i += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return None;
+                }
+            }
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    /// A number's value, computed as serde_json computes it (without its `float_roundtrip`
+    /// feature): the digits as an integer, then one multiplication or division by a power of
+    /// ten. Numbers with more digits than an integer holds are left to serde_json.
+    fn number(&mut self) -> Option<f64> {
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let mut significand: u64 = 0;
+        let push = |significand: &mut u64, c: u8| -> Option<()> {
+            *significand = significand.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            Some(())
+        };
+        match self.peek()? {
+            b'0' => {
+                self.i += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return None;
+                }
+            }
+            b'1'..=b'9' => {
+                while let Some(c @ b'0'..=b'9') = self.peek() {
+                    push(&mut significand, c)?;
+                    self.i += 1;
+                }
+            }
+            _ => return None,
+        }
+        let mut exponent: i32 = 0;
+        let mut integer = true;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            integer = false;
+            let start = self.i;
+            while let Some(c @ b'0'..=b'9') = self.peek() {
+                push(&mut significand, c)?;
+                self.i += 1;
+                exponent -= 1;
+            }
+            if self.i == start {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            integer = false;
+            let positive = match self.peek() {
+                Some(b'-') => {
+                    self.i += 1;
+                    false
+                }
+                Some(b'+') => {
+                    self.i += 1;
+                    true
+                }
+                _ => true,
+            };
+            let start = self.i;
+            let digits = self.digits();
+            if digits == 0 || digits > 4 {
+                return None;
+            }
+            let value: i32 = std::str::from_utf8(&self.b[start..self.i]).ok()?.parse().ok()?;
+            exponent = if positive { exponent + value } else { exponent - value };
+        }
+        let magnitude = significand as f64;
+        if integer {
+            return Some(if negative { -magnitude } else { magnitude });
+        }
+        let mut f = magnitude;
+        let pow10 = pow10();
+        loop {
+            match pow10.get(exponent.unsigned_abs() as usize) {
+                Some(&pow) => {
+                    if exponent >= 0 {
+                        f *= pow;
+                        if f.is_infinite() {
+                            return None;
+                        }
+                    } else {
+                        f /= pow;
+                    }
+                    break;
+                }
+                None => {
+                    if f == 0.0 {
+                        break;
+                    }
+                    if exponent >= 0 {
+                        return None;
+                    }
+                    f /= 1e308;
+                    exponent += 308;
+                }
+            }
+        }
+        Some(if negative { -f } else { f })
+    }
+
+    /// Any value, checked as serde_json checks what it ignores, without recursion.
+    fn skip_value(&mut self) -> Option<()> {
+        // One bit a level, set for an object; deeper nesting is left to serde_json.
+        let mut objects: u64 = 0;
+        let mut depth = 0u32;
+        loop {
+            self.ws();
+            match self.peek()? {
+                open @ (b'{' | b'[') => {
+                    self.i += 1;
+                    self.ws();
+                    let close = if open == b'{' { b'}' } else { b']' };
+                    if self.peek()? != close {
+                        if depth == u64::BITS || self.depth + depth >= MAX_DEPTH {
+                            return None;
+                        }
+                        objects = objects << 1 | u64::from(open == b'{');
+                        depth += 1;
+                        if open == b'{' {
+                            self.skip_key()?;
+                        }
+                        continue;
+                    }
+                    self.i += 1;
+                }
+                b'"' => self.skip_string()?,
+                b'-' | b'0'..=b'9' => self.skip_number()?,
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                _ => return None,
+            }
+            // A value ended: close what ends with it, or go on to the next element.
+            loop {
+                if depth == 0 {
+                    return Some(());
+                }
+                self.ws();
+                let in_object = objects & 1 == 1;
+                match self.peek()? {
+                    b',' => {
+                        self.i += 1;
+                        if in_object {
+                            self.skip_key()?;
+                        }
+                        break;
+                    }
+                    b'}' if in_object => {}
+                    b']' if !in_object => {}
+                    _ => return None,
+                }
+                self.i += 1;
+                objects >>= 1;
+                depth -= 1;
+            }
+        }
+    }
+
+    fn skip_key(&mut self) -> Option<()> {
+        self.ws();
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.string()?;
+        self.eat(b':')
+    }
+
+    /// An object of known fields: `read` gets each field's number, as `field` gives it (a field
+    /// given twice is an error to serde's derived readers, so it is left to them); other fields
+    /// are skipped.
+    fn fields(
+        &mut self,
+        field: impl Fn(&str) -> Option<usize>,
+        mut read: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        self.depth += 1;
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            self.depth -= 1;
+            return Some(());
+        }
+        let mut seen: u32 = 0;
+        loop {
+            self.ws();
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let key = self.string()?;
+            self.eat(b':')?;
+            self.ws();
+            match field(key) {
+                Some(field) => {
+                    if seen & 1 << field != 0 {
+                        return None;
+                    }
+                    seen |= 1 << field;
+                    read(self, field)?;
+                }
+                None => self.skip_value()?,
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The elements of an array, `read` called at each one.
+    fn elements(&mut self, mut read: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.depth += 1;
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == b']' {
+            self.i += 1;
+            self.depth -= 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            read(self)?;
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A leaf field: any value, as [`Scalar`] takes it.
+    fn scalar(&mut self) -> Option<Scalar> {
+        Some(match self.peek()? {
+            b'"' => Scalar::Str(Text::new(self.string()?)),
+            b'-' | b'0'..=b'9' => Scalar::Num(self.number()?),
+            b't' => {
+                self.literal(b"true")?;
+                Scalar::Bool(true)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                Scalar::Bool(false)
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                Scalar::Null
+            }
+            b'{' | b'[' => {
+                self.skip_value()?;
+                Scalar::Other
+            }
+            _ => return None,
+        })
+    }
+
+    /// A value the serde path does not keep but reads as a value of its own (not skipped
+    /// inside another): a string is decoded there and a number computed, so a string with an
+    /// escape, or a number out of range, is left to it.
+    fn skip_own(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            _ => self.skip_value(),
+        }
+    }
+
+    /// A field that [`MapOr`] reads: an object, or anything else, which is skipped.
+    fn map_or<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<MapOr<T>> {
+        if self.peek()? == b'{' {
+            return Some(MapOr(Some(read(self)?)));
+        }
+        self.skip_own()?;
+        Some(MapOr(None))
+    }
+
+    /// An array of objects, as [`Items`](crate::wire::Items) reads it.
+    fn items<T>(&mut self, mut read: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<Option<T>>> {
+        let mut items = Vec::new();
+        if self.peek()? == b'[' {
+            self.elements(|r| {
+                let MapOr(item) = r.map_or(&mut read)?;
+                items.push(item);
+                Some(())
+            })?;
+        } else {
+            self.skip_own()?;
+        }
+        Some(items)
+    }
+
+    fn entity(&mut self) -> Option<WireEntity> {
+        let mut w = WireEntity::default();
+        let field = |key: &str| {
+            Some(match key {
+                "id" => 0,
+                "name" => 1,
+                "trace_id" => 2,
+                "parent_id" => 3,
+                "type" => 4,
+                "start_time" => 5,
+                "end_time" => 6,
+                "in_progress" => 7,
+                "error" => 8,
+                "fault" => 9,
+                "throttle" => 10,
+                "namespace" => 11,
+                "origin" => 12,
+                "user" => 13,
+                "resource_arn" => 14,
+                "http" => 15,
+                "aws" => 16,
+                "annotations" => 17,
+                "subsegments" => 18,
+                "cause" => 19,
+                "links" => 20,
+                _ => return None,
+            })
+        };
+        self.fields(field, |r, field| {
+            match field {
+                0 => w.id = r.scalar()?,
+                1 => w.name = r.scalar()?,
+                2 => w.trace_id = r.trace_id()?,
+                3 => w.parent_id = r.scalar()?,
+                4 => w.kind = r.scalar()?,
+                5 => w.start_time = r.scalar()?,
+                6 => w.end_time = r.scalar()?,
+                7 => w.in_progress = Flag(r.scalar()?.truthy()),
+                8 => w.error = Flag(r.scalar()?.truthy()),
+                9 => w.fault = Flag(r.scalar()?.truthy()),
+                10 => w.throttle = Flag(r.scalar()?.truthy()),
+                11 => w.namespace = r.scalar()?,
+                12 => w.origin = r.scalar()?,
+                13 => w.user = r.scalar()?,
+                14 => w.resource_arn = r.scalar()?,
+                15 => w.http = HttpBlock::of(r.map_or(Self::http)?.0),
+                16 => w.aws = AwsBlock::of(r.map_or(Self::aws)?.0),
+                17 => w.annotations = r.annotations()?,
+                18 => w.subsegments = r.subsegments()?,
+                19 => w.cause = Exceptions::of(r.map_or(Self::cause)?.0),
+                _ => w.links = Links::of(r.items(Self::link)?),
+            }
+            Some(())
+        })?;
+        Some(w)
+    }
+
+    fn trace_id(&mut self) -> Option<WireTraceId> {
+        Some(match self.peek()? {
+            b'"' => WireTraceId::Text(TraceId::parse(self.string()?)),
+            _ => WireTraceId::NotText(self.scalar()?),
+        })
+    }
+
+    fn http(&mut self) -> Option<WireHttp> {
+        let mut http = WireHttp::default();
+        self.fields(
+            |key| ["request", "response"].iter().position(|name| *name == key),
+            |r, field| {
+                if field == 0 {
+                    http.request = r.map_or(|r| {
+                        let mut request = WireHttpRequest::default();
+                        let names = ["method", "url", "user_agent", "client_ip", "traced"];
+                        r.fields(
+                            |key| names.iter().position(|name| *name == key),
+                            |r, field| {
+                                let value = r.scalar()?;
+                                match field {
+                                    0 => request.method = value,
+                                    1 => request.url = value,
+                                    2 => request.user_agent = value,
+                                    3 => request.client_ip = value,
+                                    _ => request.traced = value,
+                                }
+                                Some(())
+                            },
+                        )?;
+                        Some(request)
+                    })?;
+                } else {
+                    http.response = r.map_or(|r| {
+                        let mut response = WireHttpResponse::default();
+                        r.fields(
+                            |key| (key == "status").then_some(0),
+                            |r, _| {
+                                response.status = r.scalar()?;
+                                Some(())
+                            },
+                        )?;
+                        Some(response)
+                    })?;
+                }
+                Some(())
+            },
+        )?;
+        Some(http)
+    }
+
+    fn aws(&mut self) -> Option<WireAws> {
+        let mut aws = WireAws::default();
+        let names = ["account_id", "ec2", "operation", "table_name", "queue_url"];
+        self.fields(
+            |key| names.iter().position(|name| *name == key),
+            |r, field| {
+                if field == 1 {
+                    aws.ec2 = r.map_or(|r| {
+                        let mut ec2 = WireEc2::default();
+                        let names = ["instance_id", "availability_zone"];
+                        r.fields(
+                            |key| names.iter().position(|name| *name == key),
+                            |r, field| {
+                                let value = r.scalar()?;
+                                match field {
+                                    0 => ec2.instance_id = value,
+                                    _ => ec2.availability_zone = value,
+                                }
+                                Some(())
+                            },
+                        )?;
+                        Some(ec2)
+                    })?;
+                    return Some(());
+                }
+                let value = r.scalar()?;
+                match field {
+                    0 => aws.account_id = value,
+                    2 => aws.operation = value,
+                    3 => aws.table_name = value,
+                    _ => aws.queue_url = value,
+                }
+                Some(())
+            },
+        )?;
+        Some(aws)
+    }
+
+    fn cause(&mut self) -> Option<WireCause> {
+        let mut cause = WireCause::default();
+        self.fields(
+            |key| (key == "exceptions").then_some(0),
+            |r, _| {
+                let items = r.items(|r| {
+                    let mut exception = WireException::default();
+                    let names = ["type", "message", "remote"];
+                    r.fields(
+                        |key| names.iter().position(|name| *name == key),
+                        |r, field| {
+                            let value = r.scalar()?;
+                            match field {
+                                0 => exception.kind = value,
+                                1 => exception.message = value,
+                                _ => exception.remote = value,
+                            }
+                            Some(())
+                        },
+                    )?;
+                    Some(exception)
+                })?;
+                cause.exceptions = crate::wire::Items(items);
+                Some(())
+            },
+        )?;
+        Some(cause)
+    }
+
+    fn link(&mut self) -> Option<WireLink> {
+        let mut link = WireLink::default();
+        self.fields(
+            |key| ["trace_id", "id"].iter().position(|name| *name == key),
+            |r, field| {
+                let value = r.scalar()?;
+                match field {
+                    0 => link.trace_id = value,
+                    _ => link.id = value,
+                }
+                Some(())
+            },
+        )?;
+        Some(link)
+    }
+
+    fn annotations(&mut self) -> Option<Annotations> {
+        if self.peek()? != b'{' {
+            self.skip_own()?;
+            return Some(Annotations::default());
+        }
+        let mut annotations = Annotations::begin();
+        self.depth += 1;
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                let key = self.string()?;
+                self.eat(b':')?;
+                self.ws();
+                let value = self.scalar()?;
+                annotations.add(key, &value);
+                self.ws();
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b'}' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(annotations.finish())
+    }
+
+    fn subsegments(&mut self) -> Option<Subsegments> {
+        if self.peek()? != b'[' {
+            self.skip_own()?;
+            return Some(Subsegments::default());
+        }
+        let mut array = Subsegments::begin();
+        self.elements(|r| {
+            let MapOr(child) = r.map_or(Self::entity)?;
+            array.push(child);
+            Some(())
+        })?;
+        Some(array)
+    }
+}
+
+/// serde_json's powers of ten: each the nearest `f64` to its value, as a literal would be.
+fn pow10() -> &'static [f64; 309] {
+    static POW10: OnceLock<[f64; 309]> = OnceLock::new();
+    POW10.get_or_init(|| std::array::from_fn(|k| format!("1e{k}").parse().unwrap_or(f64::INFINITY)))
+}
