@@ -17,7 +17,7 @@ use crate::document::{
 };
 use crate::ids::TraceId;
 use crate::wire::{
-    Flag, MapOr, Scalar, WireAws, WireCause, WireEc2, WireEntity, WireException, WireHttp, WireHttpRequest,
+    Flag, Items, MapOr, Scalar, WireAws, WireCause, WireEc2, WireEntity, WireException, WireHttp, WireHttpRequest,
     WireHttpResponse, WireLink, WireTraceId,
 };
 
@@ -340,11 +340,45 @@ impl<'a> Reader<'a> {
 
     fn skip_key(&mut self) -> Option<()> {
         self.ws();
+        self.key().map(drop)
+    }
+
+    /// The members of the object or array that starts here, `each` called at each one (for an
+    /// object, at its key).
+    fn members(&mut self, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        let close = if self.peek()? == b'{' { b'}' } else { b']' };
+        self.depth += 1;
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? != close {
+            loop {
+                self.ws();
+                each(self)?;
+                self.ws();
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    c if c == close => break,
+                    _ => return None,
+                }
+            }
+        }
+        self.i += 1;
+        self.depth -= 1;
+        Some(())
+    }
+
+    /// An object's key, and the colon after it.
+    fn key(&mut self) -> Option<&'a str> {
         if self.peek()? != b'"' {
             return None;
         }
-        self.string()?;
-        self.eat(b':')
+        let key = self.string()?;
+        self.eat(b':')?;
+        self.ws();
+        Some(key)
     }
 
     /// An object of known fields: `read` gets each field's number, as `field` gives it (a field
@@ -355,76 +389,15 @@ impl<'a> Reader<'a> {
         field: impl Fn(&str) -> Option<usize>,
         mut read: impl FnMut(&mut Self, usize) -> Option<()>,
     ) -> Option<()> {
-        self.depth += 1;
-        if self.depth >= MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.i += 1;
-            self.depth -= 1;
-            return Some(());
-        }
         let mut seen: u32 = 0;
-        loop {
-            self.ws();
-            if self.peek()? != b'"' {
-                return None;
+        self.members(|r| match field(r.key()?) {
+            Some(field) if seen & 1 << field != 0 => None,
+            Some(field) => {
+                seen |= 1 << field;
+                read(r, field)
             }
-            let key = self.string()?;
-            self.eat(b':')?;
-            self.ws();
-            match field(key) {
-                Some(field) => {
-                    if seen & 1 << field != 0 {
-                        return None;
-                    }
-                    seen |= 1 << field;
-                    read(self, field)?;
-                }
-                None => self.skip_value()?,
-            }
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// The elements of an array, `read` called at each one.
-    fn elements(&mut self, mut read: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.depth += 1;
-        if self.depth >= MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            self.ws();
-            read(self)?;
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+            None => r.skip_value(),
+        })
     }
 
     /// A leaf field: any value, as [`Scalar`] takes it.
@@ -476,7 +449,7 @@ impl<'a> Reader<'a> {
     fn items<T>(&mut self, mut read: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<Option<T>>> {
         let mut items = Vec::new();
         if self.peek()? == b'[' {
-            self.elements(|r| {
+            self.members(|r| {
                 let MapOr(item) = r.map_or(&mut read)?;
                 items.push(item);
                 Some(())
@@ -551,6 +524,20 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// An object whose fields are all leaves: their values in the order of `names`, those not
+    /// given [`Scalar::Absent`].
+    fn scalars<const N: usize>(&mut self, names: [&str; N]) -> Option<[Scalar; N]> {
+        let mut values = std::array::from_fn(|_| Scalar::Absent);
+        self.fields(
+            |key| names.iter().position(|name| *name == key),
+            |r, field| {
+                values[field] = r.scalar()?;
+                Some(())
+            },
+        )?;
+        Some(values)
+    }
+
     fn http(&mut self) -> Option<WireHttp> {
         let mut http = WireHttp::default();
         self.fields(
@@ -558,35 +545,14 @@ impl<'a> Reader<'a> {
             |r, field| {
                 if field == 0 {
                     http.request = r.map_or(|r| {
-                        let mut request = WireHttpRequest::default();
-                        let names = ["method", "url", "user_agent", "client_ip", "traced"];
-                        r.fields(
-                            |key| names.iter().position(|name| *name == key),
-                            |r, field| {
-                                let value = r.scalar()?;
-                                match field {
-                                    0 => request.method = value,
-                                    1 => request.url = value,
-                                    2 => request.user_agent = value,
-                                    3 => request.client_ip = value,
-                                    _ => request.traced = value,
-                                }
-                                Some(())
-                            },
-                        )?;
-                        Some(request)
+                        let [method, url, user_agent, client_ip, traced] =
+                            r.scalars(["method", "url", "user_agent", "client_ip", "traced"])?;
+                        Some(WireHttpRequest { method, url, user_agent, client_ip, traced })
                     })?;
                 } else {
                     http.response = r.map_or(|r| {
-                        let mut response = WireHttpResponse::default();
-                        r.fields(
-                            |key| (key == "status").then_some(0),
-                            |r, _| {
-                                response.status = r.scalar()?;
-                                Some(())
-                            },
-                        )?;
-                        Some(response)
+                        let [status] = r.scalars(["status"])?;
+                        Some(WireHttpResponse { status })
                     })?;
                 }
                 Some(())
@@ -603,20 +569,8 @@ impl<'a> Reader<'a> {
             |r, field| {
                 if field == 1 {
                     aws.ec2 = r.map_or(|r| {
-                        let mut ec2 = WireEc2::default();
-                        let names = ["instance_id", "availability_zone"];
-                        r.fields(
-                            |key| names.iter().position(|name| *name == key),
-                            |r, field| {
-                                let value = r.scalar()?;
-                                match field {
-                                    0 => ec2.instance_id = value,
-                                    _ => ec2.availability_zone = value,
-                                }
-                                Some(())
-                            },
-                        )?;
-                        Some(ec2)
+                        let [instance_id, availability_zone] = r.scalars(["instance_id", "availability_zone"])?;
+                        Some(WireEc2 { instance_id, availability_zone })
                     })?;
                     return Some(());
                 }
@@ -639,23 +593,10 @@ impl<'a> Reader<'a> {
             |key| (key == "exceptions").then_some(0),
             |r, _| {
                 let items = r.items(|r| {
-                    let mut exception = WireException::default();
-                    let names = ["type", "message", "remote"];
-                    r.fields(
-                        |key| names.iter().position(|name| *name == key),
-                        |r, field| {
-                            let value = r.scalar()?;
-                            match field {
-                                0 => exception.kind = value,
-                                1 => exception.message = value,
-                                _ => exception.remote = value,
-                            }
-                            Some(())
-                        },
-                    )?;
-                    Some(exception)
+                    let [kind, message, remote] = r.scalars(["type", "message", "remote"])?;
+                    Some(WireException { kind, message, remote })
                 })?;
-                cause.exceptions = crate::wire::Items(items);
+                cause.exceptions = Items(items);
                 Some(())
             },
         )?;
@@ -663,19 +604,8 @@ impl<'a> Reader<'a> {
     }
 
     fn link(&mut self) -> Option<WireLink> {
-        let mut link = WireLink::default();
-        self.fields(
-            |key| ["trace_id", "id"].iter().position(|name| *name == key),
-            |r, field| {
-                let value = r.scalar()?;
-                match field {
-                    0 => link.trace_id = value,
-                    _ => link.id = value,
-                }
-                Some(())
-            },
-        )?;
-        Some(link)
+        let [trace_id, id] = self.scalars(["trace_id", "id"])?;
+        Some(WireLink { trace_id, id })
     }
 
     fn annotations(&mut self) -> Option<Annotations> {
@@ -684,37 +614,11 @@ impl<'a> Reader<'a> {
             return Some(Annotations::default());
         }
         let mut annotations = Annotations::begin();
-        self.depth += 1;
-        if self.depth >= MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.i += 1;
-        } else {
-            loop {
-                self.ws();
-                if self.peek()? != b'"' {
-                    return None;
-                }
-                let key = self.string()?;
-                self.eat(b':')?;
-                self.ws();
-                let value = self.scalar()?;
-                annotations.add(key, &value);
-                self.ws();
-                match self.peek()? {
-                    b',' => self.i += 1,
-                    b'}' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        self.depth -= 1;
+        self.members(|r| {
+            let key = r.key()?;
+            annotations.add(key, &r.scalar()?);
+            Some(())
+        })?;
         Some(annotations.finish())
     }
 
@@ -724,7 +628,7 @@ impl<'a> Reader<'a> {
             return Some(Subsegments::default());
         }
         let mut array = Subsegments::begin();
-        self.elements(|r| {
+        self.members(|r| {
             let MapOr(child) = r.map_or(Self::entity)?;
             array.push(child);
             Some(())
