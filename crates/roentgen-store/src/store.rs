@@ -1480,37 +1480,46 @@ async fn load_catalog(
 }
 
 fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal: WalFile, mut generation: u64) {
-    let mut buffer: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut pending: Vec<Arc<StoredDocument>> = Vec::new();
+    let mut group = Group::default();
     let mut acks: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
     while let Some(first) = commands.blocking_recv() {
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
                 Command::Append { docs, ack } => {
-                    for doc in &docs {
-                        wal::encode_document(doc.source, doc.raw.as_bytes(), &mut buffer);
+                    for doc in docs {
+                        group.headers.push(wal::document_header(doc.source, doc.raw.as_bytes()));
+                        group.bytes += std::mem::size_of::<wal::DocumentHeader>() + doc.raw.len();
+                        group.docs.push(doc);
                     }
-                    pending.extend(docs);
                     acks.extend(ack);
                 }
                 Command::Sync { ack } => acks.push(ack),
                 Command::Cut { due, ack } => {
-                    commit(&inner, &mut wal, generation, &mut buffer, &mut pending, &mut acks);
+                    commit(&inner, &mut wal, generation, &mut group, &mut acks);
                     let _ = ack.send(cut(&inner, &mut wal, &mut generation, due));
                 }
                 Command::Shutdown { ack } => {
-                    commit(&inner, &mut wal, generation, &mut buffer, &mut pending, &mut acks);
+                    commit(&inner, &mut wal, generation, &mut group, &mut acks);
                     let _ = ack.send(Ok(()));
                     return;
                 }
             }
-            if buffer.len() < GROUP_COMMIT_BYTES {
+            if group.bytes < GROUP_COMMIT_BYTES {
                 next = commands.try_recv().ok();
             }
         }
-        commit(&inner, &mut wal, generation, &mut buffer, &mut pending, &mut acks);
+        commit(&inner, &mut wal, generation, &mut group, &mut acks);
     }
+}
+
+/// Documents waiting for the next group commit, with their records' headers. The documents
+/// are written from where they are, each after its header, not copied into one buffer first.
+#[derive(Default)]
+struct Group {
+    headers: Vec<wal::DocumentHeader>,
+    docs: Vec<Arc<StoredDocument>>,
+    bytes: usize,
 }
 
 /// Writes and fsyncs the group, applies it to live state, then answers every waiting sender.
@@ -1518,16 +1527,22 @@ fn commit(
     inner: &Inner,
     wal: &mut WalFile,
     generation: u64,
-    buffer: &mut Vec<u8>,
-    pending: &mut Vec<Arc<StoredDocument>>,
+    group: &mut Group,
     acks: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
 ) {
-    let result = if buffer.is_empty() { Ok(()) } else { wal.append(buffer).and_then(|()| wal.sync()) };
+    let result = if group.docs.is_empty() {
+        Ok(())
+    } else {
+        let pieces: Vec<&[u8]> =
+            group.headers.iter().zip(&group.docs).flat_map(|(h, d)| [&h[..], d.raw.as_bytes()]).collect();
+        wal.append(&pieces).and_then(|()| wal.sync())
+    };
+    let pending = &mut group.docs;
     match &result {
         Ok(()) => {
             let stats = &inner.stats;
-            stats.wal_bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
-            if !buffer.is_empty() {
+            stats.wal_bytes.fetch_add(group.bytes as u64, Ordering::Relaxed);
+            if !pending.is_empty() {
                 stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
             }
             stats.documents_appended.fetch_add(pending.len() as u64, Ordering::Relaxed);
@@ -1553,7 +1568,8 @@ fn commit(
             pending.clear();
         }
     }
-    buffer.clear();
+    group.headers.clear();
+    group.bytes = 0;
     for ack in acks.drain(..) {
         let _ = ack.send(match &result {
             Ok(()) => Ok(()),
