@@ -5,7 +5,7 @@
 //! of entities, each with its own vectors, boxes and strings, took more memory than the
 //! document's text itself (2,063 bytes for the load generator's mean document of 1,679, in 9.3
 //! allocations), and the flush read it back cold, entity by entity, from wherever those lay.
-//! Fixed-size records in a few exact-size arrays take 1,198 bytes in five allocations, and are
+//! Fixed-size records in a few exact-size arrays take 1,165 bytes in five allocations, and are
 //! read in order. While a document is parsed they are gathered in this thread's [`Builder`].
 
 use std::cell::RefCell;
