@@ -181,6 +181,11 @@ impl ParsedDocument {
         self.tree.top()
     }
 
+    /// The document's entity and all its subsegments, nested ones included.
+    pub fn entity_count(&self) -> usize {
+        self.tree.len()
+    }
+
     /// True when this document or any subsegment in it is still in progress.
     pub fn any_in_progress(&self) -> bool {
         let mut any = false;
@@ -1212,6 +1217,7 @@ mod tests {
             let mut all = Vec::new();
             doc.entity().walk(|e| all.push(e));
             prop_assert_eq!(all.iter().map(|e| e.id().as_u64()).collect::<Vec<_>>(), (0..count).collect::<Vec<_>>());
+            prop_assert_eq!(doc.entity_count() as u64, count);
             for e in &all {
                 let id = e.id().as_u64() as usize;
                 prop_assert_eq!(e.name(), format!("e{id}"));

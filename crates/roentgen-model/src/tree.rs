@@ -130,6 +130,10 @@ pub(crate) struct Tree {
 }
 
 impl Tree {
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
     pub(crate) fn top(&self) -> Entity<'_> {
         self.entity(0)
     }

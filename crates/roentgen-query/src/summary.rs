@@ -376,8 +376,8 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     docs.sort_by(|a, b| a.entity().start_time().total_cmp(&b.entity().start_time()).then(a.id().cmp(&b.id())));
 
     let mut services = Services::default();
-    // Sized once for the entities at the top two levels, most of a trace's.
-    let sized = docs.iter().map(|d| 1 + d.entity().subsegments().count()).sum::<usize>();
+    // Sized once for all the trace's entities.
+    let sized = docs.iter().map(|d| d.entity_count()).sum::<usize>();
     // Which service each entity id belongs to: a segment's subsegments belong to its service.
     let mut owner: Map<SegmentId, u32> = Map::with_capacity_and_hasher(sized, Default::default());
     let mut entities: Map<SegmentId, Entity<'_>> = Map::with_capacity_and_hasher(sized, Default::default());
