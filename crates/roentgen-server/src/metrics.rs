@@ -317,6 +317,22 @@ impl Metrics {
         for (phase, nanos) in phases {
             let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", get(nanos) as f64 / 1e9);
         }
+        let wal_commit = [
+            (
+                "roentgen_wal_commit_cpu_seconds_total",
+                "CPU time the write-ahead log writer spent writing and fsyncing group commits (wall time where the OS does not say).",
+                &store.wal_commit_cpu_nanos,
+            ),
+            (
+                "roentgen_wal_commit_seconds_total",
+                "Wall time spent writing and fsyncing group commits: what appends wait for.",
+                &store.wal_commit_wall_nanos,
+            ),
+        ];
+        for (name, help, nanos) in wal_commit {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", get(nanos) as f64 / 1e9);
+        }
         out
     }
 }
@@ -345,6 +361,8 @@ mod tests {
         stats.flush_rollups_nanos.store(1_500_000_000, std::sync::atomic::Ordering::Relaxed);
         let text = m.render(&stats);
         assert!(text.contains("roentgen_flush_seconds_total{phase=\"rollups\"} 1.5"));
+        stats.wal_commit_wall_nanos.store(250_000_000, std::sync::atomic::Ordering::Relaxed);
+        assert!(m.render(&stats).contains("\nroentgen_wal_commit_seconds_total 0.25\n"));
         assert!(text.contains("roentgen_segments_received_total{source=\"udp\"} 3"));
         assert!(text.contains("roentgen_segments_rejected_total{source=\"udp\",reason=\"InvalidName\"} 1"));
         assert!(text.contains("roentgen_udp_datagrams_dropped_total{reason=\"invalid_header\"} 1"));

@@ -32,6 +32,10 @@ pub struct StoreStats {
     pub flush_summaries_nanos: AtomicU64,
     pub flush_rollups_nanos: AtomicU64,
     pub flush_encode_nanos: AtomicU64,
+    /// Time the WAL writer spent writing and fsyncing group commits, in nanoseconds: its CPU
+    /// time, and the wall time appends waited on it.
+    pub wal_commit_cpu_nanos: AtomicU64,
+    pub wal_commit_wall_nanos: AtomicU64,
     /// Gauges.
     pub blocks: AtomicU64,
     pub block_bytes: AtomicU64,

@@ -433,9 +433,16 @@ impl Store {
             }
             stats.documents_replayed.fetch_add(1, Ordering::Relaxed);
         }
-        delete_generations_before(&wal_dir, live.oldest_generation_needed().unwrap_or(recovered.newest))?;
-        let wal_file = WalFile::reopen(&wal_dir, recovered.newest, recovered.good_len)?;
-        stats.wal_generation.store(recovered.newest, Ordering::Relaxed);
+        // Appends go on in the newest generation, unless it is of an older format (or has no
+        // good header): then in a new one.
+        let wal_file = match recovered.newest {
+            Some((generation, Some(good_len))) => WalFile::reopen(&wal_dir, generation, good_len)?,
+            Some((generation, None)) => WalFile::create(&wal_dir, generation + 1)?,
+            None => WalFile::create(&wal_dir, 1)?,
+        };
+        let current = wal_file.generation();
+        wal::retire_generations_before(&wal_dir, live.oldest_generation_needed().unwrap_or(current).min(current))?;
+        stats.wal_generation.store(current, Ordering::Relaxed);
 
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
         let held_bytes = AtomicU64::new(live.bytes);
@@ -461,7 +468,7 @@ impl Store {
         let writer_inner = inner.clone();
         let writer_thread = std::thread::Builder::new()
             .name("roentgen-wal".into())
-            .spawn(move || run_writer(writer_inner, commands, wal_file, recovered.newest))
+            .spawn(move || run_writer(writer_inner, commands, wal_file))
             .map_err(StoreError::io(&data_dir))?;
         let store = Self {
             inner,
@@ -981,7 +988,6 @@ impl Store {
             reason: format!("block builder failed: {e}"),
         };
         let stats = inner.stats.clone();
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         // Each summary goes into an `Arc` as it is made, to stay in the summary cache: moved by
         // value through the flush, their 496 bytes each made two vectors of tens of megabytes,
         // on fresh pages at every flush.
@@ -1070,7 +1076,7 @@ impl Store {
             }
         });
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
-        delete_generations_before(&inner.wal_dir, keep_from.unwrap_or(current).min(current))?;
+        wal::retire_generations_before(&inner.wal_dir, keep_from.unwrap_or(current).min(current))?;
         inner.publish_gauges();
         Ok(())
     }
@@ -1273,6 +1279,10 @@ impl Inner {
     }
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Time spent by the current thread: its CPU time where Linux reports it (so that work sharing
 /// a core with other threads is not overcounted), else wall time.
 struct PhaseTimer {
@@ -1332,34 +1342,28 @@ async fn delete_quietly(objects: &dyn ObjectStore, path: &ObjectPath) -> Result<
 /// What the WAL holds: the newest generation (appended to next), its good length, and every
 /// document with its generation, oldest first.
 struct Recovered {
-    newest: u64,
-    good_len: u64,
+    /// The newest generation, and where its records end when new ones may follow them.
+    newest: Option<(u64, Option<u64>)>,
     documents: Vec<(u64, Source, Vec<u8>)>,
 }
 
 fn read_wal(dir: &Path, stats: &StoreStats) -> Result<Recovered, StoreError> {
-    let generations = wal::list_generations(dir)?;
-    let Some(&newest) = generations.last() else {
-        WalFile::create(dir, 1)?;
-        return Ok(Recovered { newest: 1, good_len: wal::WAL_MAGIC.len() as u64, documents: Vec::new() });
-    };
     let mut documents = Vec::new();
-    let mut good_len = 0;
-    for generation in generations {
+    let mut newest = None;
+    for generation in wal::list_generations(dir)? {
         let path = dir.join(wal::file_name(generation));
-        let contents = wal::read_file(&path)?;
-        if contents.torn {
-            let size = std::fs::metadata(&path).map_err(StoreError::io(&path))?.len();
-            stats.wal_torn_bytes.fetch_add(size - contents.good_len, Ordering::Relaxed);
-            tracing::warn!(path = %path.display(), cut_bytes = size - contents.good_len, "cutting a torn tail off the write-ahead log");
+        let contents = wal::read_file(&path, generation)?;
+        if contents.torn_bytes > 0 {
+            stats.wal_torn_bytes.fetch_add(contents.torn_bytes, Ordering::Relaxed);
+            tracing::warn!(path = %path.display(), cut_bytes = contents.torn_bytes, "cutting a torn tail off the write-ahead log");
         }
-        good_len = contents.good_len.max(wal::WAL_MAGIC.len() as u64);
+        newest = Some((generation, contents.appendable.then_some(contents.good_len)));
         documents.extend(contents.records.into_iter().filter_map(|r| match r {
             Record::Document { source, bytes } => Some((generation, source, bytes)),
             Record::Checkpoint => None,
         }));
     }
-    Ok(Recovered { newest, good_len, documents })
+    Ok(Recovered { newest, documents })
 }
 
 /// The newest WAL generation that a block holding this trace covers; 0 when none holds it.
@@ -1371,14 +1375,6 @@ async fn covering_generation(catalog: &Catalog, objects: &dyn ObjectStore, id: T
         }
     }
     Ok(cover)
-}
-
-fn delete_generations_before(dir: &Path, keep_from: u64) -> Result<(), StoreError> {
-    for generation in wal::list_generations(dir)?.into_iter().filter(|g| *g < keep_from) {
-        let path = dir.join(wal::file_name(generation));
-        std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
-    }
-    Ok(())
 }
 
 /// Raw document bytes one compaction reads into memory, at most.
@@ -1479,7 +1475,7 @@ async fn load_catalog(
     Ok(catalog)
 }
 
-fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal: WalFile, mut generation: u64) {
+fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal: WalFile) {
     let mut group = Group::default();
     let mut acks: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
     while let Some(first) = commands.blocking_recv() {
@@ -1488,7 +1484,7 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
             match command {
                 Command::Append { docs, ack } => {
                     for doc in docs {
-                        group.headers.push(wal::document_header(doc.source, doc.raw.as_bytes()));
+                        group.headers.push(wal::document_header(wal.generation(), doc.source, doc.raw.as_bytes()));
                         group.bytes += std::mem::size_of::<wal::DocumentHeader>() + doc.raw.len();
                         group.docs.push(doc);
                     }
@@ -1496,11 +1492,11 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
                 }
                 Command::Sync { ack } => acks.push(ack),
                 Command::Cut { due, ack } => {
-                    commit(&inner, &mut wal, generation, &mut group, &mut acks);
-                    let _ = ack.send(cut(&inner, &mut wal, &mut generation, due));
+                    commit(&inner, &mut wal, &mut group, &mut acks);
+                    let _ = ack.send(cut(&inner, &mut wal, due));
                 }
                 Command::Shutdown { ack } => {
-                    commit(&inner, &mut wal, generation, &mut group, &mut acks);
+                    commit(&inner, &mut wal, &mut group, &mut acks);
                     let _ = ack.send(Ok(()));
                     return;
                 }
@@ -1509,7 +1505,7 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
                 next = commands.try_recv().ok();
             }
         }
-        commit(&inner, &mut wal, generation, &mut group, &mut acks);
+        commit(&inner, &mut wal, &mut group, &mut acks);
     }
 }
 
@@ -1526,7 +1522,6 @@ struct Group {
 fn commit(
     inner: &Inner,
     wal: &mut WalFile,
-    generation: u64,
     group: &mut Group,
     acks: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
 ) {
@@ -1535,7 +1530,12 @@ fn commit(
     } else {
         let pieces: Vec<&[u8]> =
             group.headers.iter().zip(&group.docs).flat_map(|(h, d)| [&h[..], d.raw.as_bytes()]).collect();
-        wal.append(&pieces).and_then(|()| wal.sync())
+        let timer = PhaseTimer::start();
+        let written = wal.append(&pieces).and_then(|()| wal.sync());
+        let stats = &inner.stats;
+        stats.wal_commit_cpu_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
+        stats.wal_commit_wall_nanos.fetch_add(nanos(timer.wall.elapsed()), Ordering::Relaxed);
+        written
     };
     let pending = &mut group.docs;
     match &result {
@@ -1550,6 +1550,7 @@ fn commit(
             let catalog = inner.catalog.read().expect("catalog lock");
             let mut live = inner.live.write().expect("live lock");
             let limit = inner.config.max_trace_bytes;
+            let generation = wal.generation();
             for doc in pending.drain(..) {
                 if !live.apply(doc, now, generation, limit, |id| catalog.may_hold(id)) {
                     stats.documents_over_trace_limit.fetch_add(1, Ordering::Relaxed);
@@ -1578,7 +1579,7 @@ fn commit(
     }
 }
 
-fn cut(inner: &Inner, wal: &mut WalFile, generation: &mut u64, due: DueRule) -> Result<Option<u64>, StoreError> {
+fn cut(inner: &Inner, wal: &mut WalFile, due: DueRule) -> Result<Option<u64>, StoreError> {
     {
         let mut live = inner.live.write().expect("live lock");
         live.take_due(Instant::now(), due.idle, due.max_live, due.max_bytes);
@@ -1588,10 +1589,9 @@ fn cut(inner: &Inner, wal: &mut WalFile, generation: &mut u64, due: DueRule) -> 
     }
     // Only this thread appends, so every document of the traces just taken is in `covered` or
     // earlier, and every later document goes to the new generation.
-    let covered = *generation;
+    let covered = wal.generation();
     *wal = WalFile::create(&inner.wal_dir, covered + 1)?;
-    *generation = covered + 1;
-    inner.stats.wal_generation.store(*generation, Ordering::Relaxed);
+    inner.stats.wal_generation.store(covered + 1, Ordering::Relaxed);
     Ok(Some(covered))
 }
 

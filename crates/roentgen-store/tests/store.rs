@@ -224,16 +224,52 @@ async fn crash_before_block_commit_loses_nothing() {
     store.close().await.unwrap();
 }
 
-/// WAL generations are deleted once nothing live needs them.
+/// A WAL of format 1, from before recycling, replays; appends then go to a new generation of
+/// the current format, and both replay after a restart.
+#[tokio::test]
+async fn a_wal_of_format_1_replays_and_is_continued_in_format_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("wal")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wal-v1.wal"),
+        dir.path().join("wal/00000000000000000001.wal"),
+    )
+    .unwrap();
+    let fixture: TraceId = "1-5759e988-bd862e3fe1be46a994272793".parse().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(store.get_trace(fixture).await.unwrap().map(|d| d.len()), Some(2));
+    store.append(vec![complete(trace(1), 1)]).await.unwrap();
+    store.close().await.unwrap();
+    let generations: Vec<String> =
+        wal_files(dir.path()).iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(generations.len(), 2, "{generations:?}");
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(store.stats().documents_replayed.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(store.get_trace(fixture).await.unwrap().map(|d| d.len()), Some(2));
+    assert!(store.get_trace(trace(1)).await.unwrap().is_some());
+    store.close().await.unwrap();
+}
+
+/// WAL generations are retired once nothing live needs them: each flush's new generation
+/// overwrites a spare, and the spares never pass their limit.
 #[tokio::test]
 async fn wal_generations_are_reclaimed() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
-    for round in 0..4 {
+    let names = |extension: &str| {
+        wal_files(dir.path()).into_iter().filter(|(p, _)| p.extension().is_some_and(|e| e == extension)).count()
+    };
+    for round in 0..6 {
         store.append(vec![complete(trace(round), 1)]).await.unwrap();
         store.flush_all().await.unwrap();
+        assert_eq!(names("wal"), 1);
+        assert_eq!(names("spare"), 1, "each new generation overwrites the spare the one before left");
     }
-    assert_eq!(wal_files(dir.path()).len(), 1);
+    store.close().await.unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(store.stats().documents_replayed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(store.stats().wal_torn_bytes.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(store.summaries(&all_time()).await.unwrap().summaries.len(), 6);
     store.close().await.unwrap();
 }
 
