@@ -441,7 +441,8 @@ impl Store {
             None => WalFile::create(&wal_dir, 1)?,
         };
         let current = wal_file.generation();
-        wal::retire_generations_before(&wal_dir, live.oldest_generation_needed().unwrap_or(current).min(current))?;
+        let keep_from = live.oldest_generation_needed().unwrap_or(current).min(current);
+        wal::retire_generations_before(&wal_dir, keep_from, config.max_live_bytes)?;
         stats.wal_generation.store(current, Ordering::Relaxed);
 
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
@@ -1076,7 +1077,11 @@ impl Store {
             }
         });
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
-        wal::retire_generations_before(&inner.wal_dir, keep_from.unwrap_or(current).min(current))?;
+        wal::retire_generations_before(
+            &inner.wal_dir,
+            keep_from.unwrap_or(current).min(current),
+            config.max_live_bytes,
+        )?;
         inner.publish_gauges();
         Ok(())
     }

@@ -11,7 +11,7 @@
 //! records framed as `u32 length | u32 crc32(generation | payload) | payload`, little endian.
 //!
 //! Files are recycled. A retired generation becomes a spare (`<generation>.spare`, at most
-//! [`MAX_SPARES`] of them), and the next generation overwrites a spare in place instead of
+//! [`MAX_SPARES`] of them, and no more bytes in all than live documents may hold in memory), and the next generation overwrites a spare in place instead of
 //! growing a new file: writing over blocks the file system has already allocated, and pages it
 //! still caches, costs a third less CPU and a third less time per group commit (BENCHMARKS.md).
 //! What the file held before ends the log, because its records check against another generation.
@@ -210,15 +210,23 @@ pub(crate) fn list_generations(dir: &Path) -> Result<Vec<u64>, StoreError> {
 }
 
 /// Retires the generations before `keep_from`: the newest of them become spares, up to
-/// [`MAX_SPARES`] in all, and the rest are deleted.
-pub(crate) fn retire_generations_before(dir: &Path, keep_from: u64) -> Result<(), StoreError> {
-    let mut spares = list(dir, "spare")?.len();
+/// [`MAX_SPARES`] files and `max_spare_bytes` in all, and the rest are deleted.
+pub(crate) fn retire_generations_before(dir: &Path, keep_from: u64, max_spare_bytes: u64) -> Result<(), StoreError> {
+    let size = |path: &Path| fs::metadata(path).map(|m| m.len()).map_err(StoreError::io(path));
+    let spares = list(dir, "spare")?;
+    let mut spare_count = spares.len();
+    let mut spare_bytes = 0;
+    for generation in spares {
+        spare_bytes += size(&dir.join(spare_name(generation)))?;
+    }
     for generation in list_generations(dir)?.into_iter().filter(|g| *g < keep_from).rev() {
         let path = dir.join(file_name(generation));
-        if spares < MAX_SPARES {
+        let bytes = size(&path)?;
+        if spare_count < MAX_SPARES && spare_bytes + bytes <= max_spare_bytes {
             let spare = dir.join(spare_name(generation));
             fs::rename(&path, &spare).map_err(StoreError::io(&spare))?;
-            spares += 1;
+            spare_count += 1;
+            spare_bytes += bytes;
         } else {
             fs::remove_file(&path).map_err(StoreError::io(&path))?;
         }
@@ -421,7 +429,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = documents(40);
         write(dir.path(), 1, &old);
-        retire_generations_before(dir.path(), 2).unwrap();
+        retire_generations_before(dir.path(), 2, u64::MAX).unwrap();
         assert_eq!(list(dir.path(), "spare").unwrap(), [1]);
         let new = vec![Record::Document { source: Source::Udp, bytes: b"{}".to_vec() }];
         let data = write(dir.path(), 2, &new);
@@ -442,17 +450,27 @@ mod tests {
         assert_eq!(decoded.good_len, fs::metadata(dir.path().join(file_name(2))).unwrap().len());
     }
 
-    /// Retiring keeps the newest generations as spares, up to the limit, and deletes the rest.
+    /// Retiring keeps the newest generations as spares, up to the limits on files and bytes, and
+    /// deletes the rest.
     #[test]
-    fn retired_generations_become_spares_up_to_the_limit() {
+    fn retired_generations_become_spares_up_to_the_limits() {
         let dir = tempfile::tempdir().unwrap();
         for generation in 1..=5 {
             write(dir.path(), generation, &documents(1));
         }
-        retire_generations_before(dir.path(), 5).unwrap();
+        retire_generations_before(dir.path(), 5, u64::MAX).unwrap();
         assert_eq!(list_generations(dir.path()).unwrap(), [5]);
         assert_eq!(list(dir.path(), "spare").unwrap(), [3, 4]);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1 + MAX_SPARES);
+
+        let dir = tempfile::tempdir().unwrap();
+        for generation in 1..=3 {
+            write(dir.path(), generation, &documents(1));
+        }
+        let one = fs::metadata(dir.path().join(file_name(1))).unwrap().len();
+        retire_generations_before(dir.path(), 3, one).unwrap();
+        assert_eq!(list(dir.path(), "spare").unwrap(), [2], "a second spare would pass the bytes");
+        assert_eq!(list_generations(dir.path()).unwrap(), [3]);
     }
 
     /// Records appended as pieces, more of them than one writev takes, read back whole.
