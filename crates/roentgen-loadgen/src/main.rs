@@ -109,6 +109,19 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Measure group commits as the WAL makes them, fsync'd writes of `bytes` each, into a new
+    /// file against over a file written before (a recycled WAL generation), alternating round
+    /// by round. `dir` should be on the disk the data dir is on.
+    Fsync {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2400)]
+        writes: usize,
+        #[arg(long, default_value_t = 85_000)]
+        bytes: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Measure read latency against what `ingest` wrote.
     Query {
         #[arg(long, default_value = "127.0.0.1:2000")]
@@ -173,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Graph { address, requests, windows } => runtime.block_on(graph(&address, requests, &windows))?,
         Command::Pipeline { segments, rounds } => runtime.block_on(pipeline(segments, rounds))?,
         Command::Codecs { segments, rounds } => codecs(segments, rounds)?,
+        Command::Fsync { dir, writes, bytes, rounds } => fsync(&dir, writes, bytes, rounds)?,
         Command::Query { address, trace_ids, requests } => {
             let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
             if ids.is_empty() {
@@ -588,7 +602,6 @@ async fn graph(address: &str, requests: usize, windows: &[u64]) -> anyhow::Resul
     Ok(())
 }
 
-/// CPU time of every thread of this process so far (`/proc/self/task/*/schedstat`, in ns).
 fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
     let generator = Generator::new(3600);
     let mut traces = Vec::new();
@@ -675,6 +688,45 @@ fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The best of `rounds` of each way of writing a WAL generation: into a new file, and over the
+/// file the round before wrote. CPU includes the kernel's, where the difference lies.
+fn fsync(dir: &std::path::Path, writes: usize, bytes: usize, rounds: usize) -> anyhow::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("roentgen-loadgen-fsync.tmp");
+    let chunk = vec![b'x'; bytes];
+    let measure = |file: &mut std::fs::File| -> anyhow::Result<(f64, f64)> {
+        let (cpu, wall) = (process_cpu()?, Instant::now());
+        for _ in 0..writes {
+            file.write_all(&chunk)?;
+            file.sync_data()?;
+        }
+        Ok(((process_cpu()? - cpu).as_secs_f64(), wall.elapsed().as_secs_f64()))
+    };
+    let (mut new, mut recycled) = ((f64::MAX, f64::MAX), (f64::MAX, f64::MAX));
+    for _ in 0..rounds {
+        let _ = std::fs::remove_file(&path);
+        let (cpu, wall) = measure(&mut std::fs::File::create(&path)?)?;
+        new = (new.0.min(cpu), new.1.min(wall));
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        file.seek(SeekFrom::Start(0))?;
+        let (cpu, wall) = measure(&mut file)?;
+        recycled = (recycled.0.min(cpu), recycled.1.min(wall));
+    }
+    std::fs::remove_file(&path)?;
+    let per_commit = |seconds: f64| 1e6 * seconds / writes as f64;
+    emit(json!({
+        "writes": writes,
+        "bytes_per_write": bytes,
+        "rounds": rounds,
+        "new_file": { "cpu_us_per_commit": per_commit(new.0), "wall_us_per_commit": per_commit(new.1) },
+        "over_a_spare": { "cpu_us_per_commit": per_commit(recycled.0), "wall_us_per_commit": per_commit(recycled.1) },
+        "cpu_ratio": recycled.0 / new.0,
+        "wall_ratio": recycled.1 / new.1,
+    }));
+    Ok(())
+}
+
+/// CPU time of every thread of this process so far (`/proc/self/task/*/schedstat`, in ns).
 fn process_cpu() -> anyhow::Result<Duration> {
     let mut total = 0u64;
     for task in std::fs::read_dir("/proc/self/task")? {

@@ -1344,8 +1344,8 @@ async fn delete_quietly(objects: &dyn ObjectStore, path: &ObjectPath) -> Result<
     }
 }
 
-/// What the WAL holds: the newest generation (appended to next), its good length, and every
-/// document with its generation, oldest first.
+/// What the WAL holds: its newest generation, and every document with its generation, oldest
+/// first.
 struct Recovered {
     /// The newest generation, and where its records end when new ones may follow them.
     newest: Option<(u64, Option<u64>)>,

@@ -13,7 +13,8 @@
 //! Files are recycled. A retired generation becomes a spare (`<generation>.spare`, at most
 //! [`MAX_SPARES`] of them, and no more bytes in all than live documents may hold in memory), and the next generation overwrites a spare in place instead of
 //! growing a new file: writing over blocks the file system has already allocated, and pages it
-//! still caches, costs a third less CPU and a third less time per group commit (BENCHMARKS.md).
+//! still caches, costs a third less CPU and a third less time per group commit
+//! (`roentgen-loadgen fsync`, BENCHMARKS.md).
 //! What the file held before ends the log, because its records check against another generation.
 //! As in PostgreSQL's recycled segments and RocksDB's recyclable log format.
 //!
@@ -31,13 +32,13 @@ const WAL_MAGIC_V1: &[u8; 8] = b"RGNWAL01";
 /// Magic and format version 2 of a WAL file.
 const WAL_MAGIC: &[u8; 8] = b"RGNWAL02";
 /// Magic, generation, previous generation and their CRC.
-pub(crate) const FILE_HEADER: usize = 28;
+const FILE_HEADER: usize = 28;
 const RECORD_HEADER: usize = 8;
 /// No record is larger than this; a longer length field means the tail is damaged.
 const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 /// Retired generations kept to be overwritten by the next ones. A flush retires about one
 /// generation and starts one, so two are enough to never grow a new file in steady state.
-pub(crate) const MAX_SPARES: usize = 2;
+const MAX_SPARES: usize = 2;
 
 /// Where a document came from, kept in the log so replay restores the same accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,7 +130,7 @@ pub(crate) struct FileContents {
 }
 
 /// Reads the file of generation `generation`.
-pub(crate) fn decode(data: &[u8], generation: u64) -> FileContents {
+fn decode(data: &[u8], generation: u64) -> FileContents {
     if data.starts_with(WAL_MAGIC_V1) {
         let mut out = decode_records(data, WAL_MAGIC_V1.len(), None);
         out.torn_bytes = data.len() as u64 - out.good_len;
