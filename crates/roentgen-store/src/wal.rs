@@ -18,11 +18,19 @@
 //! What the file held before ends the log, because its records check against another generation.
 //! As in PostgreSQL's recycled segments and RocksDB's recyclable log format.
 //!
+//! The log is written around the page cache (`O_DIRECT`) where the file system allows it: a
+//! group commit is copied into one aligned buffer and written in whole pages, from the start of
+//! the page the log ends in, so that page is written again with what follows it, as PostgreSQL
+//! writes its last WAL page again. What is written is read only at recovery: going through the
+//! page cache cost the copy into it and the cache's own bookkeeping, and filled the cache with
+//! log that pushed out the blocks queries read. The file's last page is padded with zeros, which
+//! end the log at replay like any record that does not check.
+//!
 //! Format 1, read only: the magic `RGNWAL01`, then records whose CRC covers the payload alone.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::StoreError;
@@ -39,6 +47,9 @@ const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 /// Retired generations kept to be overwritten by the next ones. A flush retires about one
 /// generation and starts one, so two are enough to never grow a new file in steady state.
 const MAX_SPARES: usize = 2;
+/// Alignment of direct writes: their offset, length and memory. 4 KiB covers every logical
+/// block size a Linux file system uses.
+const PAGE: usize = 4096;
 
 /// Where a document came from, kept in the log so replay restores the same accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,7 +150,11 @@ fn decode(data: &[u8], generation: u64) -> FileContents {
     match read_file_header(data) {
         Some((written, previous)) if written == generation => {
             let mut out = decode_records(data, FILE_HEADER, Some(generation));
-            out.torn_bytes = if previous == 0 { data.len() as u64 - out.good_len } else { 0 };
+            // The zeros that pad a direct write's last page are not torn: they are how the log
+            // ends.
+            let after = &data[out.good_len as usize..];
+            let torn = after.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+            out.torn_bytes = if previous == 0 { torn as u64 } else { 0 };
             out.appendable = true;
             out
         }
@@ -247,6 +262,50 @@ pub(crate) struct WalFile {
     file: File,
     path: PathBuf,
     generation: u64,
+    /// Present while the file is written around the page cache.
+    direct: Option<Direct>,
+}
+
+/// A log written with `O_DIRECT`: the bytes of its last, partly written page, and where that
+/// page starts, so the next group commit writes whole pages from there.
+#[derive(Debug)]
+struct Direct {
+    /// Memory whose part from `start` on is aligned to [`PAGE`].
+    memory: Vec<u8>,
+    start: usize,
+    /// The log's bytes from `page_offset`, at the start of the aligned part.
+    tail: usize,
+    page_offset: u64,
+}
+
+impl Direct {
+    /// Room for `len` aligned bytes, the tail kept in front.
+    fn buffer(&mut self, len: usize) -> &mut [u8] {
+        if self.memory.len() - self.start < len {
+            let mut memory = vec![0; len + PAGE];
+            let start = memory.as_ptr().align_offset(PAGE);
+            memory[start..start + self.tail].copy_from_slice(&self.memory[self.start..self.start + self.tail]);
+            (self.memory, self.start) = (memory, start);
+        }
+        &mut self.memory[self.start..self.start + len]
+    }
+}
+
+/// Opens `path` for writing around the page cache, if the file system allows it.
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> Option<File> {
+    OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &Path) -> Option<File> {
+    None
+}
+
+/// Whether a direct write failed for being direct: the file system takes the flag at open and
+/// refuses the writes, or wants another alignment.
+fn refused_as_direct(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidInput
 }
 
 impl WalFile {
@@ -254,17 +313,17 @@ impl WalFile {
     /// a new file.
     pub fn create(dir: &Path, generation: u64) -> Result<Self, StoreError> {
         let path = dir.join(file_name(generation));
-        let io = StoreError::io(&path);
-        let mut file = match list(dir, "spare")?.last() {
+        let header = match list(dir, "spare")?.last() {
             Some(&previous) => {
                 let spare = dir.join(spare_name(previous));
                 let file = OpenOptions::new().write(true).open(&spare).map_err(StoreError::io(&spare))?;
                 // The header is durable before the rename: a file under a generation's name
                 // always says that generation, so none of its old records replays.
-                file.write_all_at(&file_header(generation, previous), 0).map_err(StoreError::io(&spare))?;
+                let header = file_header(generation, previous);
+                file.write_all_at(&header, 0).map_err(StoreError::io(&spare))?;
                 file.sync_data().map_err(StoreError::io(&spare))?;
                 fs::rename(&spare, &path).map_err(StoreError::io(&path))?;
-                file
+                header
             }
             None => {
                 let mut file = OpenOptions::new()
@@ -273,34 +332,91 @@ impl WalFile {
                     .truncate(true)
                     .open(&path)
                     .map_err(StoreError::io(&path))?;
-                file.write_all(&file_header(generation, 0)).map_err(StoreError::io(&path))?;
+                let header = file_header(generation, 0);
+                file.write_all(&header).map_err(StoreError::io(&path))?;
                 file.sync_all().map_err(StoreError::io(&path))?;
-                file
+                header
             }
         };
         sync_dir(dir)?;
-        file.seek(SeekFrom::Start(FILE_HEADER as u64)).map_err(io)?;
-        Ok(Self { file, path, generation })
+        Self::open(path, generation, &header)
     }
 
     /// Reopens an existing generation of the current format for appending, cutting what follows
     /// its last good record first.
     pub fn reopen(dir: &Path, generation: u64, good_len: u64) -> Result<Self, StoreError> {
         let path = dir.join(file_name(generation));
-        let mut file = OpenOptions::new().write(true).open(&path).map_err(StoreError::io(&path))?;
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(StoreError::io(&path))?;
         file.set_len(good_len).map_err(StoreError::io(&path))?;
         file.sync_all().map_err(StoreError::io(&path))?;
-        file.seek(SeekFrom::Start(good_len)).map_err(StoreError::io(&path))?;
-        Ok(Self { file, path, generation })
+        let page_offset = good_len / PAGE as u64 * PAGE as u64;
+        let mut last_page = vec![0; (good_len - page_offset) as usize];
+        file.read_exact_at(&mut last_page, page_offset).map_err(StoreError::io(&path))?;
+        let mut wal = Self::open(path, generation, &[])?;
+        match &mut wal.direct {
+            Some(direct) => {
+                direct.buffer(last_page.len()).copy_from_slice(&last_page);
+                (direct.tail, direct.page_offset) = (last_page.len(), page_offset);
+            }
+            None => {
+                wal.file.seek(SeekFrom::Start(good_len)).map_err(StoreError::io(&wal.path))?;
+            }
+        }
+        Ok(wal)
+    }
+
+    /// The file at `path`, whose log so far is `log`, opened to append to it: directly where
+    /// the file system allows it.
+    fn open(path: PathBuf, generation: u64, log: &[u8]) -> Result<Self, StoreError> {
+        if let Some(file) = open_direct(&path) {
+            let mut direct = Direct { memory: Vec::new(), start: 0, tail: 0, page_offset: 0 };
+            direct.buffer(log.len()).copy_from_slice(log);
+            direct.tail = log.len();
+            return Ok(Self { file, path, generation, direct: Some(direct) });
+        }
+        let mut file = OpenOptions::new().write(true).open(&path).map_err(StoreError::io(&path))?;
+        file.seek(SeekFrom::Start(log.len() as u64)).map_err(StoreError::io(&path))?;
+        Ok(Self { file, path, generation, direct: None })
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// Appends bytes given in pieces (a record's header, its document, the next header...)
-    /// without first copying them into one buffer.
+    /// Appends bytes given in pieces (a record's header, its document, the next header...).
     pub fn append(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
+        let Some(direct) = &mut self.direct else { return self.append_buffered(pieces) };
+        let len = direct.tail + pieces.iter().map(|piece| piece.len()).sum::<usize>();
+        let padded = len.next_multiple_of(PAGE);
+        let (mut at, page_offset) = (direct.tail, direct.page_offset);
+        let buffer = direct.buffer(padded);
+        for piece in pieces {
+            buffer[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        buffer[len..].fill(0);
+        match self.file.write_all_at(buffer, page_offset) {
+            Ok(()) => {
+                let whole = len / PAGE * PAGE;
+                buffer.copy_within(whole..len, 0);
+                direct.tail = len - whole;
+                direct.page_offset += whole as u64;
+                Ok(())
+            }
+            Err(e) if refused_as_direct(&e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "the file system refuses direct writes; the write-ahead log goes through the page cache");
+                let mut file = OpenOptions::new().write(true).open(&self.path).map_err(StoreError::io(&self.path))?;
+                file.write_all_at(&buffer[..len], page_offset).map_err(StoreError::io(&self.path))?;
+                file.seek(SeekFrom::Start(page_offset + len as u64)).map_err(StoreError::io(&self.path))?;
+                (self.file, self.direct) = (file, None);
+                Ok(())
+            }
+            Err(e) => Err(StoreError::io(&self.path)(e)),
+        }
+    }
+
+    /// Appends through the page cache, without first copying the pieces into one buffer.
+    fn append_buffered(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
         // One writev takes at most IOV_MAX (1,024 on Linux) pieces.
         for chunk in pieces.chunks(1024) {
             let mut slices: Vec<IoSlice<'_>> = chunk.iter().map(|piece| IoSlice::new(piece)).collect();
@@ -383,7 +499,13 @@ mod tests {
         let decoded = decode(&data, GENERATION);
         assert_eq!(decoded.records, records);
         assert_eq!((decoded.torn_bytes, decoded.appendable), (0, true));
-        assert_eq!(decoded.good_len, data.len() as u64);
+        assert_log_ends_at(&data, decoded.good_len);
+    }
+
+    /// After the log, at most the zeros that pad its last page.
+    fn assert_log_ends_at(data: &[u8], good_len: u64) {
+        let after = &data[good_len as usize..];
+        assert!(after.len() < PAGE && after.iter().all(|&b| b == 0), "{} bytes after the log", after.len());
     }
 
     #[test]
@@ -395,12 +517,14 @@ mod tests {
         for cut in (FILE_HEADER + 1)..data.len() {
             let decoded = decode(&data[..cut], GENERATION);
             assert!(decoded.good_len <= cut as u64);
-            assert_eq!(decoded.torn_bytes, cut as u64 - decoded.good_len);
+            // Torn: what follows the log up to its last byte that is not zero.
+            let after = &data[decoded.good_len as usize..cut];
+            let torn = after.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+            assert_eq!(decoded.torn_bytes, torn as u64);
             assert!(records.starts_with(&decoded.records));
         }
         let mut flipped = data.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 0x40;
+        flipped[whole as usize - 1] ^= 0x40;
         let decoded = decode(&flipped, GENERATION);
         assert_eq!(decoded.records.len(), 2);
         assert!(decoded.torn_bytes > 0 && decoded.good_len < whole);
@@ -448,7 +572,32 @@ mod tests {
         wal.sync().unwrap();
         let decoded = decode(&fs::read(dir.path().join(file_name(2))).unwrap(), 2);
         assert_eq!(decoded.records.len(), 2);
-        assert_eq!(decoded.good_len, fs::metadata(dir.path().join(file_name(2))).unwrap().len());
+        assert_log_ends_at(&fs::read(dir.path().join(file_name(2))).unwrap(), decoded.good_len);
+    }
+
+    /// Group commits of every size, each ending anywhere in a page, and a reopen between them:
+    /// each commit writes again the page the log ended in, and the log reads back whole.
+    #[test]
+    fn commits_ending_mid_page_replay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalFile::create(dir.path(), GENERATION).unwrap();
+        let mut expected = Vec::new();
+        for (n, size) in [1, 4000, 4096, 10, 9000, 0, 20000, 3, 4084, 1].into_iter().enumerate() {
+            if n == 5 {
+                let good_len = read_file(&dir.path().join(file_name(GENERATION)), GENERATION).unwrap().good_len;
+                wal = WalFile::reopen(dir.path(), GENERATION, good_len).unwrap();
+                continue;
+            }
+            let doc = vec![b'a' + n as u8; size];
+            wal.append(&[&document_header(GENERATION, Source::Udp, &doc), &doc]).unwrap();
+            wal.sync().unwrap();
+            expected.push(Record::Document { source: Source::Udp, bytes: doc });
+            let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
+            let decoded = decode(&data, GENERATION);
+            assert_eq!(decoded.records, expected);
+            assert_eq!(decoded.torn_bytes, 0);
+            assert_log_ends_at(&data, decoded.good_len);
+        }
     }
 
     /// Retiring keeps the newest generations as spares, up to the limits on files and bytes, and
