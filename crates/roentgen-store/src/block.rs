@@ -49,7 +49,7 @@ use roentgen_query::{LinkFact, TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
 use crate::compact::{
-    FactsIn, Seq, SummaryIn, facts_section, read_facts_section, read_summary_section, summary_section,
+    FactsIn, SummaryIn, read_facts_section, read_summary_section, write_facts_section, write_summary_section,
 };
 use crate::error::StoreError;
 use crate::index::{Fences, IndexEntry, IndexReader, IndexWriter};
@@ -249,14 +249,19 @@ pub(crate) fn build(
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
     let summaries: Vec<&TraceSummary> = traces.iter().map(|t| t.summary).collect();
-    let summaries_range = compressed_section(&options, &mut data, "summary", &summary_section(&summaries))?;
+    let summaries_range = compressed_in_frames(&options, &mut data, "summary", SECTION_FRAME_BYTES, |section| {
+        write_summary_section(section, &summaries)
+    })?;
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
-    let facts_range = compressed_section(&options, &mut data, "facts", &facts_section(&summaries))?;
+    let facts_range = compressed_in_frames(&options, &mut data, "facts", SECTION_FRAME_BYTES, |section| {
+        write_facts_section(section, &summaries)
+    })?;
     let rollups_range = section(&mut data, &rollups.fine);
     let kept_range = section(&mut data, &rollups.kept);
-    let links = Seq::of(|| traces.iter().map(|t| &t.summary.links));
-    let links_range = compressed_section(&options, &mut data, "links", &links)?;
+    let links_range = compressed_in_frames(&options, &mut data, "links", SECTION_FRAME_BYTES, |section| {
+        section.serialized_seq(traces.iter().map(|t| &t.summary.links))
+    })?;
 
     let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
     let max_time = traces.iter().map(|t| t.summary.end_time).fold(f64::NEG_INFINITY, f64::max);
@@ -292,32 +297,33 @@ pub(crate) fn build(
 }
 
 /// Appends `value`'s postcard encoding to `out` as zstd frames of [`SECTION_FRAME_BYTES`] of
-/// encoding each, and returns where they are. The encoding is compressed as it is made rather
-/// than made whole first: for a block's summaries that whole would be tens of megabytes to
-/// allocate, fault in and copy. Whole frames from one contiguous buffer compress faster than a
-/// zstd stream fed the same bytes (whose wrapping window takes zstd's slower path).
+/// encoding each, and returns where they are.
 fn compressed_section<T: Serialize + ?Sized>(
     options: &BuildOptions,
     out: &mut Vec<u8>,
     what: &str,
     value: &T,
 ) -> Result<Range<u64>, StoreError> {
-    compressed_in_frames(options, out, what, value, SECTION_FRAME_BYTES)
+    compressed_in_frames(options, out, what, SECTION_FRAME_BYTES, |section| section.serialize(value))
 }
 
-fn compressed_in_frames<T: Serialize + ?Sized>(
+/// Appends what `write` encodes to `out` as zstd frames of `frame_bytes` of encoding each, and
+/// returns where they are. The encoding is compressed as it is made rather than made whole
+/// first: for a block's summaries that whole would be tens of megabytes to allocate, fault in and
+/// copy. Whole frames from one contiguous buffer compress faster than a zstd stream fed the same
+/// bytes (whose wrapping window takes zstd's slower path).
+fn compressed_in_frames(
     options: &BuildOptions,
     out: &mut Vec<u8>,
     what: &str,
-    value: &T,
     frame_bytes: usize,
+    write: impl FnOnce(&mut SectionWriter<'_>) -> Result<(), SectionError>,
 ) -> Result<Range<u64>, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptBlock { block: options.id.clone(), reason };
     let start = out.len() as u64;
-    let mut io_error = None;
     let compressor =
         zstd::bulk::Compressor::new(SECTION_LEVEL).map_err(|e| corrupt(format!("{what} compression: {e}")))?;
-    let flavor = Compressing {
+    let mut section = SectionWriter {
         // Grown as needed: most of a block's sections (an hour's rollups) are small.
         buffer: Vec::with_capacity(frame_bytes.min(64 << 10)),
         frame_bytes,
@@ -325,66 +331,175 @@ fn compressed_in_frames<T: Serialize + ?Sized>(
         frames: 0,
         compressor,
         out,
-        error: &mut io_error,
     };
-    postcard::serialize_with_flavor(value, flavor).map_err(|e| match io_error.take() {
-        Some(io) => corrupt(format!("{what} compression: {io}")),
-        None => corrupt(format!("{what} encoding: {e}")),
+    write(&mut section).and_then(|()| section.finish()).map_err(|e| match e {
+        SectionError::Compression(io) => corrupt(format!("{what} compression: {io}")),
+        SectionError::Encoding(e) => corrupt(format!("{what} encoding: {e}")),
     })?;
     Ok(start..out.len() as u64)
 }
 
-/// A postcard output that compresses its bytes into a frame each time it holds `frame_bytes`.
-/// The compressor's error, which postcard has no variant for, is kept aside.
-struct Compressing<'a, 'e> {
+#[derive(Debug)]
+pub(crate) enum SectionError {
+    Compression(std::io::Error),
+    Encoding(postcard::Error),
+}
+
+/// A section's encoding in postcard's format, compressed into a frame each time it holds
+/// `frame_bytes`. Values are written either through serde ([`SectionWriter::serialize`]) or, for
+/// the columns of numbers that make most of the summaries and facts, straight from the numbers:
+/// postcard hands every varint over as a slice, copied with a call to `memcpy`, which took the
+/// most of encoding those columns.
+pub(crate) struct SectionWriter<'a> {
     buffer: Vec<u8>,
     frame_bytes: usize,
     frame: Vec<u8>,
     frames: usize,
     compressor: zstd::bulk::Compressor<'static>,
     out: &'a mut Vec<u8>,
-    error: &'e mut Option<std::io::Error>,
 }
 
-impl Compressing<'_, '_> {
+impl SectionWriter<'_> {
+    #[inline]
+    pub(crate) fn byte(&mut self, byte: u8) {
+        self.buffer.push(byte);
+    }
+
+    /// An unsigned integer as postcard writes every one wider than a byte: seven bits a byte,
+    /// the lowest first, the high bit set on all but the last.
+    #[inline]
+    pub(crate) fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.buffer.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        self.buffer.push(value as u8);
+    }
+
+    /// A signed integer, zigzagged first so that small negative numbers stay short.
+    #[inline]
+    pub(crate) fn signed(&mut self, value: i64) {
+        self.varint(((value << 1) ^ (value >> 63)) as u64);
+    }
+
+    /// An optional integer: a byte saying whether it is there, then the integer.
+    #[inline]
+    pub(crate) fn option_varint(&mut self, value: Option<u64>) {
+        match value {
+            None => self.byte(0),
+            Some(value) => {
+                self.byte(1);
+                self.varint(value);
+            }
+        }
+    }
+
+    pub(crate) fn f64(&mut self, value: f64) {
+        self.buffer.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// A sequence: its length, then each item as `write` writes it.
+    pub(crate) fn seq<T>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = T>,
+        mut write: impl FnMut(&mut Self, T),
+    ) -> Result<(), SectionError> {
+        self.varint(items.len() as u64);
+        for item in items {
+            write(self, item);
+            if self.buffer.len() >= self.frame_bytes {
+                self.drain()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A sequence of values written through serde.
+    pub(crate) fn serialized_seq<T: Serialize>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = T>,
+    ) -> Result<(), SectionError> {
+        self.varint(items.len() as u64);
+        items.into_iter().try_for_each(|item| self.serialize(&item))
+    }
+
+    pub(crate) fn serialize<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SectionError> {
+        let mut error = None;
+        postcard::serialize_with_flavor(value, Flavor { section: self, error: &mut error })
+            .map_err(|e| error.take().unwrap_or(SectionError::Encoding(e)))
+    }
+
     #[cold]
-    fn drain(&mut self) -> postcard::Result<()> {
+    fn drain(&mut self) -> Result<(), SectionError> {
         self.frame.clear();
         self.frame.reserve(zstd::zstd_safe::compress_bound(self.buffer.len()));
         let compressed = self.compressor.compress_to_buffer(&self.buffer, &mut self.frame);
         self.buffer.clear();
-        match compressed {
-            Ok(_) => {
-                self.out.extend_from_slice(&self.frame);
-                self.frames += 1;
-                Ok(())
-            }
-            Err(e) => {
-                *self.error = Some(e);
-                Err(postcard::Error::SerializeBufferFull)
-            }
-        }
+        compressed.map_err(SectionError::Compression)?;
+        self.out.extend_from_slice(&self.frame);
+        self.frames += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), SectionError> {
+        // Even an empty encoding is a frame: a section is never empty.
+        if self.buffer.is_empty() && self.frames > 0 { Ok(()) } else { self.drain() }
     }
 }
 
-impl postcard::ser_flavors::Flavor for Compressing<'_, '_> {
+/// What `write` encodes, uncompressed.
+#[cfg(test)]
+pub(crate) fn encoded(write: impl FnOnce(&mut SectionWriter<'_>) -> Result<(), SectionError>) -> Vec<u8> {
+    let options = BuildOptions {
+        id: "b".into(),
+        created_at: 0.0,
+        wal_generation: 0,
+        chunk_bytes: 1 << 16,
+        level: 1,
+        supersedes: vec![],
+    };
+    let mut out = Vec::new();
+    compressed_in_frames(&options, &mut out, "test", SECTION_FRAME_BYTES, write).expect("encodes");
+    decompress(&out).expect("decompresses")
+}
+
+/// postcard's output into a [`SectionWriter`]. The compressor's error, which postcard has no
+/// variant for, is kept aside.
+struct Flavor<'s, 'a, 'e> {
+    section: &'s mut SectionWriter<'a>,
+    error: &'e mut Option<SectionError>,
+}
+
+impl Flavor<'_, '_, '_> {
+    #[inline]
+    fn check(&mut self) -> postcard::Result<()> {
+        if self.section.buffer.len() < self.section.frame_bytes {
+            return Ok(());
+        }
+        self.section.drain().map_err(|e| {
+            *self.error = Some(e);
+            postcard::Error::SerializeBufferFull
+        })
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Flavor<'_, '_, '_> {
     type Output = ();
 
     #[inline]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.buffer.push(byte);
-        if self.buffer.len() >= self.frame_bytes { self.drain() } else { Ok(()) }
+        self.section.buffer.push(byte);
+        self.check()
     }
 
     #[inline]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= self.frame_bytes { self.drain() } else { Ok(()) }
+        self.section.buffer.extend_from_slice(bytes);
+        self.check()
     }
 
-    fn finalize(mut self) -> postcard::Result<()> {
-        // Even an empty encoding is a frame: a section is never empty.
-        if self.buffer.is_empty() && self.frames > 0 { Ok(()) } else { self.drain() }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -997,7 +1112,8 @@ mod tests {
         let frame_bytes = 64 << 10;
         let items: Vec<(u64, String)> = (0..50_000u64).map(|i| (i * 7919, format!("item-{i}"))).collect();
         let mut out = b"prefix".to_vec();
-        let range = compressed_in_frames(&options, &mut out, "items", &Seq::of(|| items.iter()), frame_bytes).unwrap();
+        let range = compressed_in_frames(&options, &mut out, "items", frame_bytes, |section| section.serialize(&items))
+            .unwrap();
         assert_eq!(range.start, 6);
         assert_eq!(range.end as usize, out.len());
         let frame = &out[range.start as usize..];
@@ -1010,6 +1126,26 @@ mod tests {
         let streamed = zstd::stream::encode_all(&encoded[..], SECTION_LEVEL).unwrap();
         assert_eq!(decompressed_size(&streamed), None, "a stream records no size");
         assert_eq!(decompress(&streamed).unwrap(), encoded);
+    }
+
+    proptest::proptest! {
+        /// The numbers written without serde are written as postcard writes them.
+        #[test]
+        fn numbers_are_encoded_as_postcard_encodes_them(
+            unsigned: u64, signed: i64, option: Option<u64>, float: f64, byte: u8, len in 0usize..300,
+        ) {
+            let plain = encoded(|w| {
+                w.varint(unsigned);
+                w.signed(signed);
+                w.option_varint(option);
+                w.f64(float);
+                w.byte(byte);
+                w.seq(0..len, |w, n| w.varint(n as u64))
+            });
+            let items: Vec<u64> = (0..len as u64).collect();
+            let expected = postcard::to_stdvec(&(unsigned, signed, option, float, byte, items)).unwrap();
+            proptest::prop_assert_eq!(plain, expected);
+        }
     }
 
     #[test]

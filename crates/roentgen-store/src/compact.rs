@@ -18,8 +18,9 @@ use roentgen_model::{Http, Text, TraceId};
 use roentgen_query::{
     AnnotationSummary, EdgeFact, NodeFact, RootCause, ServiceKey, TraceFacts, TraceSummary, UserSummary,
 };
-use serde::ser::{Error as _, SerializeTuple};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
+
+use crate::block::{SectionError, SectionWriter};
 
 /// Microseconds from `base` to `time`, both rounded to whole microseconds first.
 fn after(base: f64, time: f64) -> i64 {
@@ -159,66 +160,102 @@ impl FactsIn {
     }
 }
 
-/// A sequence of `len` items, encoded straight from an iterator that `items` makes anew: the same
-/// bytes as a `Vec` of them, which a block's sections are never held in.
-pub(crate) struct Seq<F> {
-    len: usize,
-    items: F,
-}
-
-impl<F, I> Seq<F>
-where
-    F: Fn() -> I,
-    I: Iterator,
-{
-    pub(crate) fn new(len: usize, items: F) -> Self {
-        Self { len, items }
-    }
-
-    pub(crate) fn of(items: F) -> Self
-    where
-        I: ExactSizeIterator,
-    {
-        Self { len: items().len(), items }
-    }
-}
-
-impl<F, I> Serialize for Seq<F>
-where
-    F: Fn() -> I,
-    I: Iterator,
-    I::Item: Serialize,
-{
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.len))?;
-        let mut count = 0;
-        for item in (self.items)() {
-            seq.serialize_element(&item)?;
-            count += 1;
-        }
-        if count != self.len {
-            return Err(S::Error::custom(format!("{count} items where {} were announced", self.len)));
-        }
-        seq.end()
-    }
-}
-
 /// Traces per batch of columns. Each column is written in a pass over the batch's summaries, so
 /// a batch's worth of them should stay in the processor's cache from one column to the next: in
 /// one batch per block, encoding took 20-25% longer than records did, in batches of 16,384
 /// traces about 10%; they store 0.8 bytes a segment more than one batch.
 pub(crate) const COLUMN_BATCH: usize = 16_384;
 
-/// A block's summaries in batches of columns: the summaries section from format 5 on.
-pub(crate) fn summary_section<'a>(summaries: &'a [&'a TraceSummary]) -> impl Serialize + 'a {
-    Seq::of(move || summaries.chunks(COLUMN_BATCH).map(SummaryColumns))
+/// A block's summaries in batches of columns: the summaries section from format 5 on. Each
+/// batch is every trace's start, then every trace's end, and so on.
+pub(crate) fn write_summary_section(
+    out: &mut SectionWriter<'_>,
+    summaries: &[&TraceSummary],
+) -> Result<(), SectionError> {
+    out.varint(summaries.chunks(COLUMN_BATCH).len() as u64);
+    for t in summaries.chunks(COLUMN_BATCH) {
+        out.seq(t.iter(), |out, s| match Start::of(s) {
+            Start::AfterEpoch(micros) => {
+                out.varint(0);
+                out.signed(micros);
+            }
+            Start::Exact(time) => {
+                out.varint(1);
+                out.f64(time);
+            }
+        })?;
+        out.seq(t.iter(), |out, s| out.signed(after(s.start_time, s.end_time)))?;
+        out.seq(t.iter(), |out, s| out.option_varint(s.response_time.map(micros)))?;
+        out.seq(t.iter(), |out, s| out.byte(summary_flags(s)))?;
+        out.serialized_seq(t.iter().map(|s| &s.http))?;
+        out.serialized_seq(t.iter().map(|s| &s.services))?;
+        out.seq(t.iter(), |out, s| out.option_varint(s.entry_point.map(u64::from)))?;
+        out.serialized_seq(t.iter().map(|s| &s.annotations))?;
+        out.serialized_seq(t.iter().map(|s| &s.users))?;
+        out.serialized_seq(t.iter().map(|s| &s.resource_arns))?;
+        out.serialized_seq(t.iter().map(|s| &s.instance_ids))?;
+        out.serialized_seq(t.iter().map(|s| &s.availability_zones))?;
+        out.seq(t.iter(), |out, s| {
+            out.varint(s.segment_end_times.len() as u64);
+            s.segment_end_times.iter().for_each(|&end| out.signed(after(s.start_time, end)));
+        })?;
+    }
+    Ok(())
 }
 
-/// A block's facts in batches of columns: the facts section from format 5 on.
-pub(crate) fn facts_section<'a>(summaries: &'a [&'a TraceSummary]) -> impl Serialize + 'a {
-    Seq::of(move || summaries.chunks(COLUMN_BATCH).map(FactColumns))
+/// A block's facts in batches of columns: the facts section from format 5 on. Each batch is
+/// per trace the number of its nodes, then one column per field of every trace's nodes; the same
+/// for edges; then each trace's root causes. Times are microseconds after the trace's start.
+pub(crate) fn write_facts_section(
+    out: &mut SectionWriter<'_>,
+    summaries: &[&TraceSummary],
+) -> Result<(), SectionError> {
+    out.varint(summaries.chunks(COLUMN_BATCH).len() as u64);
+    for t in summaries.chunks(COLUMN_BATCH) {
+        let node_count = t.iter().map(|s| s.facts.nodes.len()).sum();
+        let edge_count = t.iter().map(|s| s.facts.edges.len()).sum();
+        let nodes = || Counted(node_count, t.iter().flat_map(|s| s.facts.nodes.iter().map(move |n| (s.start_time, n))));
+        let edges = || Counted(edge_count, t.iter().flat_map(|s| s.facts.edges.iter().map(move |e| (s.start_time, e))));
+        let status = |status: Option<u16>| status.map(u64::from);
+        out.seq(t.iter(), |out, s| out.varint(s.facts.nodes.len() as u64))?;
+        out.seq(nodes(), |out, (_, n)| out.varint(n.service.into()))?;
+        out.seq(nodes(), |out, (base, n)| out.signed(after(base, n.start_time)))?;
+        out.seq(nodes(), |out, (_, n)| out.byte(node_flags(n)))?;
+        out.seq(nodes(), |out, (_, n)| out.option_varint(n.response_time.map(micros)))?;
+        out.seq(nodes(), |out, (_, n)| out.option_varint(status(n.http_status)))?;
+        out.seq(t.iter(), |out, s| out.varint(s.facts.edges.len() as u64))?;
+        out.seq(edges(), |out, (_, e)| out.varint(e.from.into()))?;
+        out.seq(edges(), |out, (_, e)| out.varint(e.to.into()))?;
+        out.seq(edges(), |out, (base, e)| out.signed(after(base, e.start_time)))?;
+        out.seq(edges(), |out, (_, e)| out.byte(edge_flags(e)))?;
+        out.seq(edges(), |out, (_, e)| out.option_varint(e.response_time.map(micros)))?;
+        out.seq(edges(), |out, (_, e)| out.option_varint(status(e.http_status)))?;
+        out.serialized_seq(t.iter().map(|s| {
+            let f = &s.facts;
+            (&f.fault_root_causes, &f.error_root_causes, &f.response_time_root_causes)
+        }))?;
+    }
+    Ok(())
 }
+
+/// An iterator whose length is known beforehand.
+struct Counted<I>(usize, I);
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.1.next()?;
+        self.0 -= 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.0, Some(self.0))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for Counted<I> {}
 
 /// The summaries of a summaries section of format 5, given what the index holds for each trace
 /// (its id, revision and document count), in the same order.
@@ -256,7 +293,7 @@ fn read_batches<B, I: ExactSizeIterator, T>(
 
 /// When a trace started: microseconds after its id's epoch, or the time itself when those would
 /// not give it back exactly (a time far from the epoch, or not in whole microseconds).
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 enum Start {
     AfterEpoch(i64),
     Exact(f64),
@@ -283,32 +320,6 @@ impl Start {
 
 fn summary_flags(s: &TraceSummary) -> u8 {
     flags(&[(s.has_fault, FAULT), (s.has_error, ERROR), (s.has_throttle, THROTTLE), (s.is_partial, PARTIAL)])
-}
-
-/// A batch of a block's summaries in index order, one column per field.
-pub(crate) struct SummaryColumns<'a>(pub &'a [&'a TraceSummary]);
-
-impl<'a> Serialize for SummaryColumns<'a> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let t = self.0;
-        let mut columns = serializer.serialize_tuple(13)?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| Start::of(s))))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| after(s.start_time, s.end_time))))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.response_time.map(micros))))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| summary_flags(s))))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.http)))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.services)))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.entry_point)))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.annotations)))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.users)))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.resource_arns)))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.instance_ids)))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| &s.availability_zones)))?;
-        let ends =
-            |&s: &&'a TraceSummary| Seq::of(move || s.segment_end_times.iter().map(|&end| after(s.start_time, end)));
-        columns.serialize_element(&Seq::of(|| t.iter().map(ends)))?;
-        columns.end()
-    }
 }
 
 /// A batch of summary columns, as read.
@@ -405,41 +416,6 @@ fn node_flags(n: &NodeFact) -> u8 {
 
 fn edge_flags(e: &EdgeFact) -> u8 {
     flags(&[(e.fault, FAULT), (e.error, ERROR), (e.throttle, THROTTLE)])
-}
-
-/// A batch of a block's facts: per trace the number of its nodes, then one column per field of
-/// every trace's nodes; the same for edges; then each trace's root causes. Times are
-/// microseconds after the trace's start.
-pub(crate) struct FactColumns<'a>(pub &'a [&'a TraceSummary]);
-
-impl<'a> Serialize for FactColumns<'a> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let t = self.0;
-        let nodes = || t.iter().flat_map(|s| s.facts.nodes.iter().map(move |n| (s.start_time, n)));
-        let edges = || t.iter().flat_map(|s| s.facts.edges.iter().map(move |e| (s.start_time, e)));
-        let node_count = t.iter().map(|s| s.facts.nodes.len()).sum();
-        let edge_count = t.iter().map(|s| s.facts.edges.len()).sum();
-        let mut columns = serializer.serialize_tuple(14)?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.facts.nodes.len() as u64)))?;
-        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| n.service)))?;
-        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(base, n)| after(base, n.start_time))))?;
-        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| node_flags(n))))?;
-        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| n.response_time.map(micros))))?;
-        columns.serialize_element(&Seq::new(node_count, || nodes().map(|(_, n)| n.http_status)))?;
-        columns.serialize_element(&Seq::of(|| t.iter().map(|s| s.facts.edges.len() as u64)))?;
-        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| e.from)))?;
-        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| e.to)))?;
-        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(base, e)| after(base, e.start_time))))?;
-        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| edge_flags(e))))?;
-        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| e.response_time.map(micros))))?;
-        columns.serialize_element(&Seq::new(edge_count, || edges().map(|(_, e)| e.http_status)))?;
-        let causes = |&s: &&'a TraceSummary| {
-            let f = &s.facts;
-            (&f.fault_root_causes, &f.error_root_causes, &f.response_time_root_causes)
-        };
-        columns.serialize_element(&Seq::of(|| t.iter().map(causes)))?;
-        columns.end()
-    }
 }
 
 /// The next facts of a run of fact columns, as version 4 recorded them.
@@ -557,6 +533,7 @@ impl FactColumnsIn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::encoded;
     use proptest::prelude::*;
     use roentgen_query::whole_microseconds;
 
@@ -622,10 +599,10 @@ mod tests {
 
     fn round_trip(summaries: &[TraceSummary]) -> Result<Vec<TraceSummary>, String> {
         let refs: Vec<&TraceSummary> = summaries.iter().collect();
-        let columns = postcard::to_stdvec(&summary_section(&refs)).unwrap();
+        let columns = encoded(|w| write_summary_section(w, &refs));
         let index = summaries.iter().map(|s| (s.trace_id, s.revision, s.document_count));
         let mut read = read_summary_section(postcard::from_bytes(&columns).unwrap(), index)?;
-        let facts = postcard::to_stdvec(&facts_section(&refs)).unwrap();
+        let facts = encoded(|w| write_facts_section(w, &refs));
         let starts = read.iter().map(|s| s.start_time).collect::<Vec<_>>();
         let facts = read_facts_section(postcard::from_bytes(&facts).unwrap(), starts.into_iter())?;
         for (summary, facts) in read.iter_mut().zip(facts) {
@@ -664,10 +641,10 @@ mod tests {
             .collect();
         assert_eq!(round_trip(&summaries), Ok(summaries.clone()));
         let refs: Vec<&TraceSummary> = summaries.iter().collect();
-        let columns = postcard::to_stdvec(&summary_section(&refs[..COLUMN_BATCH])).unwrap();
+        let columns = encoded(|w| write_summary_section(w, &refs[..COLUMN_BATCH]));
         let index = summaries.iter().map(|s| (s.trace_id, s.revision, s.document_count));
         assert!(read_summary_section(postcard::from_bytes(&columns).unwrap(), index).is_err(), "batches missing");
-        let facts = postcard::to_stdvec(&facts_section(&refs[..COLUMN_BATCH])).unwrap();
+        let facts = encoded(|w| write_facts_section(w, &refs[..COLUMN_BATCH]));
         let starts = summaries.iter().map(|s| s.start_time);
         assert!(read_facts_section(postcard::from_bytes(&facts).unwrap(), starts).is_err(), "batches missing");
     }
@@ -683,14 +660,14 @@ mod tests {
     #[test]
     fn columns_that_disagree_with_the_index_are_refused() {
         let s = summary(1.7e9, &[0.5, 1.0], 0, Some(200), 1_700_000_000);
-        let columns = postcard::to_stdvec(&SummaryColumns(&[&s])).unwrap();
-        let read = postcard::from_bytes::<SummaryColumnsIn>(&columns).unwrap();
+        let columns = encoded(|w| write_summary_section(w, &[&s]));
+        let read = postcard::from_bytes::<Vec<SummaryColumnsIn>>(&columns).unwrap().remove(0);
         let index = [(s.trace_id, 1, 1), (s.trace_id, 1, 1)];
         assert!(read.into_summaries(index.into_iter()).is_err(), "two index entries for one summary");
-        let facts = postcard::to_stdvec(&FactColumns(&[&s, &s])).unwrap();
-        let read = postcard::from_bytes::<FactColumnsIn>(&facts).unwrap();
+        let facts = encoded(|w| write_facts_section(w, &[&s, &s]));
+        let read = postcard::from_bytes::<Vec<FactColumnsIn>>(&facts).unwrap().remove(0);
         assert!(read.into_facts([1.7e9].into_iter()).is_err(), "two traces' facts for one trace");
-        let mut damaged = postcard::from_bytes::<FactColumnsIn>(&facts).unwrap();
+        let mut damaged = postcard::from_bytes::<Vec<FactColumnsIn>>(&facts).unwrap().remove(0);
         damaged.node_counts[0] += 1;
         assert!(damaged.into_facts([1.7e9, 1.7e9].into_iter()).is_err(), "more nodes counted than there are");
     }
