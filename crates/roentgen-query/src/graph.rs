@@ -41,7 +41,7 @@ impl Statistics {
         } else {
             self.ok += 1;
         }
-        self.total_response_micros += (response_time * 1e6).round().max(0.0) as u64;
+        self.total_response_micros += crate::round(response_time * 1e6).max(0.0) as u64;
     }
 
     /// The sum of the response times, in seconds.
@@ -126,10 +126,10 @@ impl Histogram {
 fn bucket(seconds: f64) -> u64 {
     let millis = (seconds * 1000.0).max(0.0);
     if millis < 100.0 {
-        return millis.round() as u64;
+        return crate::round(millis) as u64;
     }
     let scale = 10f64.powi(millis.log10().floor() as i32 - 1);
-    ((millis / scale).round() * scale).round() as u64
+    crate::round(crate::round(millis / scale) * scale) as u64
 }
 
 /// Observations of one node or edge over time: statistics, histogram and time bounds.

@@ -10,6 +10,7 @@ pub mod filter;
 mod graph;
 mod inferred;
 mod rootcause;
+mod round;
 mod summary;
 
 pub use assemble::{AssembledSegment, assemble};
@@ -17,6 +18,7 @@ pub use filter::{Filter, FilterError};
 pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistics, whole_minutes};
 pub use inferred::inferred_service;
 pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
+pub use round::round;
 pub use summary::{
     AnnotationSummary, EdgeFact, LinkFact, LinkSource, MAX_INDEXED_ANNOTATIONS, MAX_TRACE_LINKS, NodeFact, ServiceKey,
     TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source, span, summarize, whole_microseconds,

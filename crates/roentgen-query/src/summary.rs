@@ -579,7 +579,7 @@ fn fit<T>(v: &mut Vec<T>) {
 
 /// A time or a duration in seconds, rounded to whole microseconds.
 pub fn whole_microseconds(seconds: f64) -> f64 {
-    (seconds * 1e6).round() / 1e6
+    crate::round(seconds * 1e6) / 1e6
 }
 
 fn edge_fact(from: u32, to: u32, call: Entity<'_>) -> EdgeFact {

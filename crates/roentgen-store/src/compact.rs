@@ -35,11 +35,11 @@ fn at(base: f64, micros: i64) -> f64 {
 }
 
 fn whole_micros(time: f64) -> i64 {
-    (time * 1e6).round() as i64
+    roentgen_query::round(time * 1e6) as i64
 }
 
 fn micros(duration: f64) -> u64 {
-    (duration.max(0.0) * 1e6).round() as u64
+    roentgen_query::round(duration.max(0.0) * 1e6) as u64
 }
 
 fn seconds(micros: u64) -> f64 {
