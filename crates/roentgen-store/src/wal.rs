@@ -405,14 +405,24 @@ impl WalFile {
             }
             Err(e) if refused_as_direct(&e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "the file system refuses direct writes; the write-ahead log goes through the page cache");
-                let mut file = OpenOptions::new().write(true).open(&self.path).map_err(StoreError::io(&self.path))?;
-                file.write_all_at(&buffer[..len], page_offset).map_err(StoreError::io(&self.path))?;
-                file.seek(SeekFrom::Start(page_offset + len as u64)).map_err(StoreError::io(&self.path))?;
-                (self.file, self.direct) = (file, None);
-                Ok(())
+                self.leave_direct_io()?;
+                self.append_buffered(pieces)
             }
             Err(e) => Err(StoreError::io(&self.path)(e)),
         }
+    }
+
+    /// Goes on through the page cache, from where the log ends.
+    fn leave_direct_io(&mut self) -> Result<(), StoreError> {
+        let Some(direct) = self.direct.take() else { return Ok(()) };
+        let io = || StoreError::io(&self.path);
+        let mut file = OpenOptions::new().write(true).open(&self.path).map_err(io())?;
+        // The last page as it should be, in case a refused write left part of it.
+        let tail = &direct.memory[direct.start..direct.start + direct.tail];
+        file.write_all_at(tail, direct.page_offset).map_err(io())?;
+        file.seek(SeekFrom::Start(direct.page_offset + direct.tail as u64)).map_err(io())?;
+        self.file = file;
+        Ok(())
     }
 
     /// Appends through the page cache, without first copying the pieces into one buffer.
@@ -573,6 +583,29 @@ mod tests {
         let decoded = decode(&fs::read(dir.path().join(file_name(2))).unwrap(), 2);
         assert_eq!(decoded.records.len(), 2);
         assert_log_ends_at(&fs::read(dir.path().join(file_name(2))).unwrap(), decoded.good_len);
+    }
+
+    /// A file system that refuses a direct write: the log goes on through the page cache from
+    /// where it ended, and reads back whole.
+    #[test]
+    fn a_log_left_for_the_page_cache_goes_on_where_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalFile::create(dir.path(), GENERATION).unwrap();
+        let records: Vec<Record> =
+            (0..3).map(|n| Record::Document { source: Source::Api, bytes: vec![b'x'; 3000 * n + 5] }).collect();
+        for (n, record) in records.iter().enumerate() {
+            let Record::Document { source, bytes } = record else { unreachable!() };
+            wal.append(&[&document_header(GENERATION, *source, bytes), bytes]).unwrap();
+            if n == 1 {
+                wal.leave_direct_io().unwrap();
+                assert!(wal.direct.is_none());
+            }
+        }
+        wal.sync().unwrap();
+        let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
+        let decoded = decode(&data, GENERATION);
+        assert_eq!(decoded.records, records);
+        assert_eq!(decoded.torn_bytes, 0);
     }
 
     /// Group commits of every size, each ending anywhere in a page, and a reopen between them:
