@@ -447,19 +447,24 @@ impl SectionWriter<'_> {
     }
 }
 
-/// What `write` encodes, uncompressed.
+/// Options for a block of tests.
 #[cfg(test)]
-pub(crate) fn encoded(write: impl FnOnce(&mut SectionWriter<'_>) -> Result<(), SectionError>) -> Vec<u8> {
-    let options = BuildOptions {
+fn test_options() -> BuildOptions {
+    BuildOptions {
         id: "b".into(),
         created_at: 0.0,
         wal_generation: 0,
         chunk_bytes: 1 << 16,
         level: 1,
         supersedes: vec![],
-    };
+    }
+}
+
+/// What `write` encodes, uncompressed.
+#[cfg(test)]
+pub(crate) fn encoded(write: impl FnOnce(&mut SectionWriter<'_>) -> Result<(), SectionError>) -> Vec<u8> {
     let mut out = Vec::new();
-    compressed_in_frames(&options, &mut out, "test", SECTION_FRAME_BYTES, write).expect("encodes");
+    compressed_in_frames(&test_options(), &mut out, "test", SECTION_FRAME_BYTES, write).expect("encodes");
     decompress(&out).expect("decompresses")
 }
 
@@ -1101,14 +1106,7 @@ mod tests {
 
     #[test]
     fn a_section_in_frames_decodes_to_the_encoding_of_a_vector() {
-        let options = BuildOptions {
-            id: "b".into(),
-            created_at: 0.0,
-            wal_generation: 0,
-            chunk_bytes: 1 << 16,
-            level: 1,
-            supersedes: vec![],
-        };
+        let options = test_options();
         let frame_bytes = 64 << 10;
         let items: Vec<(u64, String)> = (0..50_000u64).map(|i| (i * 7919, format!("item-{i}"))).collect();
         let mut out = b"prefix".to_vec();
