@@ -16,7 +16,7 @@ pub struct PutTraceSegmentsRequest {
 
 impl PutTraceSegmentsRequest {
     /// Reads a request body. The shape the SDKs and the daemon send, one member holding an
-    /// array of strings, is decoded by [`json_string`](crate::json_string), in 0.55-0.84 of
+    /// array of strings, is decoded by [`json_string`](crate::json_string), in about half of
     /// serde_json's time on documents escaped inside strings; any other body, and any body that
     /// shape does not fully describe, by serde_json, so the answer and its errors are serde's.
     pub fn from_json(body: &[u8]) -> serde_json::Result<Self> {

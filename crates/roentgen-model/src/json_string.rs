@@ -2,55 +2,85 @@
 //! `PutTraceSegments` is JSON inside a JSON string, so every quote of it arrives as `\"`, one
 //! escape every eight bytes or so. serde_json handles each escape with a branch it cannot
 //! predict and two calls; here a block of 64 bytes is classified at once, eight bytes at a time
-//! with integer arithmetic, and its escapes are then taken in order from a bit mask.
+//! with integer arithmetic. A block whose only escapes are `\"` (nearly every block of a
+//! document) has each backslash dropped, the quote after it going with the next run of bytes;
+//! any other block has its escapes taken one by one, in order, from a bit mask.
 //!
 //! Anything unusual (a lone surrogate, a control character, an unknown escape, invalid UTF-8,
 //! an unterminated string) makes the decoder give up, and the caller decodes with serde_json,
 //! whose answer, error or not, is the one that counts.
 
 const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 const BLOCK: usize = 64;
 
-/// The high bit of each byte of `word` below `limit` (at most 0x80), and perhaps of a byte just
-/// above a byte that is: the subtraction's borrow runs into the next byte. The lowest bit set
-/// is always exact; [`decode`] copies a near miss as it is.
-fn below(word: u64, limit: u8) -> u64 {
-    word.wrapping_sub(ONES * u64::from(limit)) & !word & HIGH
+/// The high bit of each zero byte of `word`, and no other bit: no byte's sum carries into the
+/// next, so unlike the usual `(x - ONES) & !x` test there are no false positives.
+fn zero_bytes(word: u64) -> u64 {
+    !(((word & LOW7) + LOW7) | word | LOW7)
 }
 
-/// The high bit of each of the 8 bytes of `word` that is a quote, a backslash or a control
-/// character, and perhaps of a byte just above one.
-fn special(word: u64) -> u64 {
-    below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20)
+/// Where the quotes, backslashes and control characters of 64 bytes are, byte i at bit i.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Classes {
+    quotes: u64,
+    backslashes: u64,
+    controls: u64,
 }
 
-/// The specials of the 64 bytes from `at`, byte i's at bit i; bytes past the end count as
-/// control characters, so an unterminated string stops there.
-fn block_mask(s: &[u8], at: usize) -> u64 {
-    match s.get(at..at + BLOCK) {
-        Some(block) => specials(block.try_into().expect("a block")),
-        None => tail_mask(s, at),
+impl Classes {
+    fn of(block: &[u8; BLOCK]) -> Self {
+        // Word k's flag for its byte j goes to bit 8j + k, shifts and ors only; a transpose of
+        // the 8x8 bit matrix then puts it at bit 8k + j. (Gathering each word's flags with a
+        // multiply instead is what the compiler vectorizes into slow 64-bit multiplies.)
+        let (mut quotes, mut backslashes, mut controls) = (0, 0, 0);
+        for (k, word) in block.chunks_exact(8).enumerate() {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            quotes |= zero_bytes(word ^ (ONES * u64::from(b'"'))) >> (7 - k);
+            backslashes |= zero_bytes(word ^ (ONES * u64::from(b'\\'))) >> (7 - k);
+            // Below 0x20: the top three bits clear.
+            controls |= zero_bytes(word & (ONES * 0xe0)) >> (7 - k);
+        }
+        Self { quotes: transpose8(quotes), backslashes: transpose8(backslashes), controls: transpose8(controls) }
+    }
+
+    /// The classes of the 64 bytes from `at`; bytes past the end count as control characters,
+    /// so an unterminated string stops there.
+    fn at(s: &[u8], at: usize) -> Self {
+        match s.get(at..at + BLOCK) {
+            Some(block) => Self::of(block.try_into().expect("a block")),
+            None => Self::of_tail(s, at),
+        }
+    }
+
+    #[cold]
+    fn of_tail(s: &[u8], at: usize) -> Self {
+        let mut padded = [0u8; BLOCK];
+        let tail = &s[at.min(s.len())..];
+        padded[..tail.len()].copy_from_slice(tail);
+        Self::of(&padded)
     }
 }
 
-#[cold]
-fn tail_mask(s: &[u8], at: usize) -> u64 {
-    let mut padded = [0u8; BLOCK];
-    let tail = &s[at.min(s.len())..];
-    padded[..tail.len()].copy_from_slice(tail);
-    specials(&padded)
-}
-
-fn specials(block: &[u8; BLOCK]) -> u64 {
-    // Word k's flag for its byte j goes to bit 8j + k, shifts and ors only; a transpose of the
-    // 8x8 bit matrix then puts it at bit 8k + j. (Gathering each word's flags with a multiply
-    // instead is what the compiler vectorizes into slow 64-bit multiplies.)
-    let by_byte = block
-        .chunks_exact(8)
-        .enumerate()
-        .fold(0, |bits, (k, word)| bits | (special(u64::from_le_bytes(word.try_into().expect("8 bytes"))) >> (7 - k)));
-    transpose8(by_byte)
+/// The backslashes of a block, byte i at bit i, and whether the block is plain but for escaped
+/// quotes: no control character, and exactly the bytes after its backslashes (and its first
+/// byte, if `escaped_first`) are quotes. Checked on each word as it is, before the transpose
+/// that only the backslashes need.
+fn quotes_only(block: &[u8; BLOCK], escaped_first: u64) -> (u64, bool) {
+    let (mut backslashes, mut mismatched, mut controls) = (0, 0, 0);
+    // The high bit of the previous word's last byte: a backslash there escapes this word's first.
+    let mut previous = escaped_first << 63;
+    for (k, word) in block.chunks_exact(8).enumerate() {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let quotes = zero_bytes(word ^ (ONES * u64::from(b'"')));
+        let escapes = zero_bytes(word ^ (ONES * u64::from(b'\\')));
+        // Whether there is any is exact, although which (the borrow test) need not be.
+        controls |= word.wrapping_sub(ONES * 0x20) & !word & !LOW7;
+        mismatched |= quotes ^ (escapes << 8 | previous >> 56);
+        previous = escapes;
+        backslashes |= escapes >> (7 - k);
+    }
+    (transpose8(backslashes), mismatched == 0 && controls == 0)
 }
 
 /// Transposes the 8x8 bit matrix whose row r is byte r (Hacker's Delight, 7-3).
@@ -78,54 +108,59 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
     // Set when the first byte of the next block is escaped by the last byte of this one.
     let mut escaped_first = 0;
     loop {
-        let mut mask = block_mask(s, at) & !escaped_first;
-        escaped_first = 0;
-        while mask != 0 {
-            let bit = mask.trailing_zeros();
-            mask &= mask - 1;
-            let p = at + bit as usize;
-            // Never below `last`: the bytes an escape consumes are not specials. Checked all the
-            // same, so a mistake here falls back to serde_json rather than panic.
-            let run = p.checked_sub(last)?;
-            // Room for the run and 16 bytes more: a short run is copied as 16 bytes at once, and
-            // an escape writes at most 4.
-            if out.len() < d + run + 16 {
-                out.resize((d + run + 16).max(2 * out.len()).max(4096), 0);
-            }
-            match s.get(last..last + 16) {
-                Some(sixteen) if run <= 16 => out[d..d + 16].copy_from_slice(sixteen),
-                _ => out[d..d + run].copy_from_slice(&s[last..p]),
-            }
-            d += run;
-            let byte = *s.get(p)?;
-            if byte == b'\\' {
-                // The escaped byte is never a special itself; clearing its bit here, not from
-                // what it turns out to be, keeps the loop's next bit independent of the loads.
-                mask &= !(2 << bit);
-                escaped_first = u64::from(bit == 63);
-                let escaped = *s.get(p + 1)?;
-                match UNESCAPED[usize::from(escaped)] {
-                    0 if escaped == b'u' => {
-                        let c = hex4(s.get(p + 2..p + 6)?)?;
-                        d += char::from_u32(c)?.encode_utf8(&mut out[d..d + 4]).len();
-                        last = p + 6;
-                    }
-                    0 => return None,
-                    unescaped => {
-                        out[d] = unescaped;
-                        d += 1;
-                        last = p + 2;
-                    }
-                }
-            } else if byte == b'"' {
-                let text = std::str::from_utf8(&out[..d]).ok()?;
-                return Some((text, p + 1));
-            } else if byte < 0x20 {
-                return None;
-            } else {
-                out[d] = byte;
-                d += 1;
+        // Text is never longer than its escaped form: room for what is left of this block, and
+        // 16 bytes more (a short run is copied as 16 bytes at once), is room for its text.
+        let room = d + (at + BLOCK).saturating_sub(last) + 16;
+        if out.len() < room {
+            out.resize(room.max(2 * out.len()).max(4096), 0);
+        }
+        let fast = s.get(at..at + BLOCK).map(|block| quotes_only(block.try_into().expect("a block"), escaped_first));
+        // A backslash in the last byte escapes the next block's first, which must be a quote too.
+        if let Some((backslashes, true)) = fast
+            && (backslashes >> 63 == 0 || s.get(at + BLOCK) == Some(&b'"'))
+        {
+            let mut mask = backslashes;
+            while mask != 0 {
+                let p = at + mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                d += copy_run(out, d, s, last, p)?;
                 last = p + 1;
+            }
+            escaped_first = backslashes >> 63;
+        } else {
+            let classes = Classes::at(s, at);
+            let mut mask = (classes.quotes | classes.backslashes | classes.controls) & !escaped_first;
+            escaped_first = 0;
+            while mask != 0 {
+                let bit = mask.trailing_zeros();
+                mask &= mask - 1;
+                let p = at + bit as usize;
+                d += copy_run(out, d, s, last, p)?;
+                let byte = *s.get(p)?;
+                if byte == b'\\' {
+                    // The escaped byte is not a special, whatever it is.
+                    mask &= !(2 << bit);
+                    escaped_first = u64::from(bit == 63);
+                    let escaped = *s.get(p + 1)?;
+                    match UNESCAPED[usize::from(escaped)] {
+                        0 if escaped == b'u' => {
+                            let c = hex4(s.get(p + 2..p + 6)?)?;
+                            d += char::from_u32(c)?.encode_utf8(out.get_mut(d..d + 4)?).len();
+                            last = p + 6;
+                        }
+                        0 => return None,
+                        unescaped => {
+                            *out.get_mut(d)? = unescaped;
+                            d += 1;
+                            last = p + 2;
+                        }
+                    }
+                } else if byte == b'"' {
+                    let text = std::str::from_utf8(&out[..d]).ok()?;
+                    return Some((text, p + 1));
+                } else {
+                    return None;
+                }
             }
         }
         at += BLOCK;
@@ -133,6 +168,18 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
             return None;
         }
     }
+}
+
+/// Copies `s[from..to]` to `out[d..]` and returns its length. The bytes a `\\u` escape
+/// consumes are never specials, so `to` is never below `from`; checked all the same, so a
+/// mistake here falls back to serde_json rather than panic.
+fn copy_run(out: &mut [u8], d: usize, s: &[u8], from: usize, to: usize) -> Option<usize> {
+    let run = to.checked_sub(from)?;
+    match s.get(from..from + 16) {
+        Some(sixteen) if run <= 16 => out.get_mut(d..d + 16)?.copy_from_slice(sixteen),
+        _ => out.get_mut(d..d + run)?.copy_from_slice(s.get(from..to)?),
+    }
+    Some(run)
 }
 
 /// What each two-byte escape stands for, by its second byte; 0 for none.
@@ -198,19 +245,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn documents_decode_at_every_alignment() {
+        let document = r#"{"trace_id":"1-5759e988-bd862e3fe1be46a994272793","id":"defdfd9912dc5a56","name":"a\\\"b","start_time":1.5,"http":{"request":{"url":"https://x/y?q=\"z\""}},"annotations":{"k":"v\n\u00e9\\"}}"#;
+        // Pretty-printed, with characters that only `\n`, `\t` and `\u` escapes carry.
+        let pretty = format!("{{\n\t\"name\": \"a\u{1}b\",\n\t\"x\": \"{}\"\n}}", "\u{1f}\n".repeat(40));
+        // A lone `\n` or `\u0001` among quotes, at every place in a block.
+        let lone = format!("{{\"a\":\"{}\"}}\n{{\"b\":1}}\u{1}{{\"c\":2}}", "x".repeat(70));
+        for document in [document, &pretty, &lone] {
+            for shift in 0..2 * BLOCK {
+                let text = format!("{}{document}", " ".repeat(shift));
+                let body = format!("{},", serde_json::to_string(&text).unwrap());
+                let mut scratch = Scratch::default();
+                let got = decode(body.as_bytes(), 1, &mut scratch).map(|(text, end)| (text.to_owned(), end));
+                assert_eq!(got, Some((text, body.len() - 1)), "{shift}");
+            }
+        }
+    }
+
     proptest! {
         #[test]
-        fn every_special_byte_is_found_and_the_first_exactly(block in proptest::collection::vec(
+        fn every_class_is_found_exactly(block in proptest::collection::vec(
             prop_oneof![Just(b'"'), Just(b'\\'), Just(b'#'), Just(b']'), Just(b' '), 0u8..0x20, any::<u8>()],
             BLOCK,
         )) {
             let bytes: [u8; BLOCK] = block.try_into().unwrap();
-            let exact = bytes.iter().enumerate().fold(0u64, |m, (i, &b)| {
-                m | u64::from(b == b'"' || b == b'\\' || b < 0x20) << i
-            });
-            let found = specials(&bytes);
-            prop_assert_eq!(found & exact, exact);
-            prop_assert_eq!(found.trailing_zeros(), exact.trailing_zeros());
+            let mask = |class: fn(u8) -> bool| bytes.iter().enumerate().fold(0u64, |m, (i, &b)| m | u64::from(class(b)) << i);
+            let exact = Classes { quotes: mask(|b| b == b'"'), backslashes: mask(|b| b == b'\\'), controls: mask(|b| b < 0x20) };
+            prop_assert_eq!(Classes::of(&bytes), exact);
+        }
+
+        #[test]
+        fn a_block_of_escaped_quotes_is_told_exactly(tokens in proptest::collection::vec(
+            // Mostly escaped quotes and plain bytes, so that both answers come up.
+            prop_oneof![40 => Just(&b"\\\""[..]), 40 => Just(&b"x"[..]), 1 => Just(&b"\""[..]), 1 => Just(&b"\\"[..]), 1 => Just(&b"#"[..]), 1 => Just(&b"\n"[..])],
+            BLOCK,
+        ), escaped_first in 0u64..2) {
+            let bytes: [u8; BLOCK] = tokens.concat()[..BLOCK].try_into().unwrap();
+            let exact = Classes::of(&bytes);
+            let (backslashes, quotes_only) = quotes_only(&bytes, escaped_first);
+            prop_assert_eq!(backslashes, exact.backslashes);
+            prop_assert_eq!(quotes_only, exact.controls == 0 && exact.quotes == (exact.backslashes << 1 | escaped_first));
         }
 
         #[test]
