@@ -431,9 +431,11 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut resource_arns = Vec::new();
     let mut instance_ids = Vec::new();
     let mut availability_zones = Vec::new();
-    let mut segment_end_times = Vec::new();
-    let mut facts = TraceFacts::default();
-    let mut all_entities: Vec<Entity<'_>> = Vec::new();
+    let mut segment_end_times = Vec::with_capacity(docs.len().min(64));
+    // Every entity is at most one node and one edge; `fit` gives back what is left over.
+    let mut facts =
+        TraceFacts { nodes: Vec::with_capacity(sized), edges: Vec::with_capacity(sized), ..Default::default() };
+    let mut all_entities: Vec<Entity<'_>> = Vec::with_capacity(sized);
     let mut attached: Map<SegmentId, Vec<Entity<'_>>> = Map::default();
     let mut inferred_nodes: Map<SegmentId, u32> = Map::default();
     let mut calls_seen: Set<SegmentId> = Set::default();
