@@ -128,7 +128,16 @@ fn bucket(seconds: f64) -> u64 {
     if millis < 100.0 {
         return crate::round(millis) as u64;
     }
-    let scale = 10f64.powi(millis.log10().floor() as i32 - 1);
+    // A tenth of the power of ten at or below `millis`: found by comparisons where it is exact
+    // (every power of ten to 1e22 is a double), which a graph's latencies always are; a
+    // logarithm, a call into libm, only beyond.
+    let mut scale = 10.0;
+    while scale < 1e20 && millis >= scale * 100.0 {
+        scale *= 10.0;
+    }
+    if millis >= scale * 100.0 {
+        scale = 10f64.powi(millis.log10().floor() as i32 - 1);
+    }
     crate::round(crate::round(millis / scale) * scale) as u64
 }
 
@@ -342,6 +351,26 @@ mod tests {
             .map(|d| parse_document(d.replace("TRACE", &id.to_string()).as_bytes(), MAX_DOCUMENT_BYTES).unwrap())
             .collect();
         crate::summarize(id, &parsed.iter().collect::<Vec<_>>(), 1)
+    }
+
+    #[test]
+    proptest::proptest! {
+        #[test]
+        fn buckets_are_those_of_the_logarithm(mantissa in 1.0f64..10.0, exponent in -3i32..30, step in -2i64..=2) {
+            let logarithm = |seconds: f64| {
+                let millis = (seconds * 1000.0).max(0.0);
+                if millis < 100.0 {
+                    return crate::round(millis) as u64;
+                }
+                let scale = 10f64.powi(millis.log10().floor() as i32 - 1);
+                crate::round(crate::round(millis / scale) * scale) as u64
+            };
+            // Powers of ten and their neighbours, as well as anything between.
+            for seconds in [mantissa * 10f64.powi(exponent), 10f64.powi(exponent)] {
+                let near = f64::from_bits(seconds.to_bits().wrapping_add_signed(step));
+                proptest::prop_assert_eq!(bucket(near), logarithm(near), "{:e} s", near);
+            }
+        }
     }
 
     #[test]
