@@ -170,7 +170,7 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
     }
 }
 
-/// Copies `s[from..to]` to `out[d..]` and returns its length. The bytes a `\\u` escape
+/// Copies `s[from..to]` to `out[d..]` and returns its length. The bytes a `\u` escape
 /// consumes are never specials, so `to` is never below `from`; checked all the same, so a
 /// mistake here falls back to serde_json rather than panic.
 fn copy_run(out: &mut [u8], d: usize, s: &[u8], from: usize, to: usize) -> Option<usize> {
