@@ -131,10 +131,14 @@ pub(crate) struct BlockRead {
     pub revision: Option<u32>,
 }
 
-/// zstd level of the sections derived from the documents (summaries, facts, rollups, links):
-/// binary encodings for which level 3 compresses better than level 1, and that are a fraction of
-/// the documents' bytes.
+/// zstd level of the sections derived from the documents (facts, rollups, links): binary
+/// encodings for which level 3 compresses better than level 1, and that are a fraction of the
+/// documents' bytes.
 const SECTION_LEVEL: i32 = 3;
+/// zstd level of the summaries section, the largest of them: level 2 compresses it as small as
+/// level 3 does (0.15% smaller blocks) in fewer instructions (0.97 times the block build's),
+/// where the facts section is 25% larger at level 2.
+const SUMMARY_LEVEL: i32 = 2;
 /// How much of a section's encoding each of its zstd frames holds: at 1 MiB, zstd's parameters
 /// for smaller inputs made the facts section 40% larger; from 8 MiB it is as small as one frame.
 const SECTION_FRAME_BYTES: usize = 8 << 20;
@@ -249,19 +253,22 @@ pub(crate) fn build(
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
     let summaries: Vec<&TraceSummary> = traces.iter().map(|t| t.summary).collect();
-    let summaries_range = compressed_in_frames(&options, &mut data, "summary", SECTION_FRAME_BYTES, |section| {
-        write_summary_section(section, &summaries)
-    })?;
+    let summaries_range =
+        compressed_in_frames(&options, &mut data, ("summary", SUMMARY_LEVEL), SECTION_FRAME_BYTES, |section| {
+            write_summary_section(section, &summaries)
+        })?;
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
-    let facts_range = compressed_in_frames(&options, &mut data, "facts", SECTION_FRAME_BYTES, |section| {
-        write_facts_section(section, &summaries)
-    })?;
+    let facts_range =
+        compressed_in_frames(&options, &mut data, ("facts", SECTION_LEVEL), SECTION_FRAME_BYTES, |section| {
+            write_facts_section(section, &summaries)
+        })?;
     let rollups_range = section(&mut data, &rollups.fine);
     let kept_range = section(&mut data, &rollups.kept);
-    let links_range = compressed_in_frames(&options, &mut data, "links", SECTION_FRAME_BYTES, |section| {
-        section.serialized_seq(traces.iter().map(|t| &t.summary.links))
-    })?;
+    let links_range =
+        compressed_in_frames(&options, &mut data, ("links", SECTION_LEVEL), SECTION_FRAME_BYTES, |section| {
+            section.serialized_seq(traces.iter().map(|t| &t.summary.links))
+        })?;
 
     let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
     let max_time = traces.iter().map(|t| t.summary.end_time).fold(f64::NEG_INFINITY, f64::max);
@@ -304,25 +311,24 @@ fn compressed_section<T: Serialize + ?Sized>(
     what: &str,
     value: &T,
 ) -> Result<Range<u64>, StoreError> {
-    compressed_in_frames(options, out, what, SECTION_FRAME_BYTES, |section| section.serialize(value))
+    compressed_in_frames(options, out, (what, SECTION_LEVEL), SECTION_FRAME_BYTES, |section| section.serialize(value))
 }
 
-/// Appends what `write` encodes to `out` as zstd frames of `frame_bytes` of encoding each, and
-/// returns where they are. The encoding is compressed as it is made rather than made whole
+/// Appends what `write` encodes to `out` as zstd frames of `frame_bytes` of encoding each,
+/// compressed at `level`, and returns where they are. The encoding is compressed as it is made rather than made whole
 /// first: for a block's summaries that whole would be tens of megabytes to allocate, fault in and
 /// copy. Whole frames from one contiguous buffer compress faster than a zstd stream fed the same
 /// bytes (whose wrapping window takes zstd's slower path).
 fn compressed_in_frames(
     options: &BuildOptions,
     out: &mut Vec<u8>,
-    what: &str,
+    (what, level): (&str, i32),
     frame_bytes: usize,
     write: impl FnOnce(&mut SectionWriter<'_>) -> Result<(), SectionError>,
 ) -> Result<Range<u64>, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptBlock { block: options.id.clone(), reason };
     let start = out.len() as u64;
-    let compressor =
-        zstd::bulk::Compressor::new(SECTION_LEVEL).map_err(|e| corrupt(format!("{what} compression: {e}")))?;
+    let compressor = zstd::bulk::Compressor::new(level).map_err(|e| corrupt(format!("{what} compression: {e}")))?;
     let mut section = SectionWriter {
         // Grown as needed: most of a block's sections (an hour's rollups) are small.
         buffer: Vec::with_capacity(frame_bytes.min(64 << 10)),
@@ -464,7 +470,8 @@ fn test_options() -> BuildOptions {
 #[cfg(test)]
 pub(crate) fn encoded(write: impl FnOnce(&mut SectionWriter<'_>) -> Result<(), SectionError>) -> Vec<u8> {
     let mut out = Vec::new();
-    compressed_in_frames(&test_options(), &mut out, "test", SECTION_FRAME_BYTES, write).expect("encodes");
+    compressed_in_frames(&test_options(), &mut out, ("test", SECTION_LEVEL), SECTION_FRAME_BYTES, write)
+        .expect("encodes");
     decompress(&out).expect("decompresses")
 }
 
@@ -1110,8 +1117,10 @@ mod tests {
         let frame_bytes = 64 << 10;
         let items: Vec<(u64, String)> = (0..50_000u64).map(|i| (i * 7919, format!("item-{i}"))).collect();
         let mut out = b"prefix".to_vec();
-        let range = compressed_in_frames(&options, &mut out, "items", frame_bytes, |section| section.serialize(&items))
-            .unwrap();
+        let range = compressed_in_frames(&options, &mut out, ("items", SECTION_LEVEL), frame_bytes, |section| {
+            section.serialize(&items)
+        })
+        .unwrap();
         assert_eq!(range.start, 6);
         assert_eq!(range.end as usize, out.len());
         let frame = &out[range.start as usize..];
