@@ -13,6 +13,8 @@
 const ONES: u64 = 0x0101_0101_0101_0101;
 const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 const BLOCK: usize = 64;
+/// A block and the 32 bytes after it.
+const WINDOW: usize = BLOCK + 32;
 
 /// The high bit of each zero byte of `word`, and no other bit: no byte's sum carries into the
 /// next, so unlike the usual `(x - ONES) & !x` test there are no false positives.
@@ -109,8 +111,8 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
     let mut escaped_first = 0;
     loop {
         // Text is never longer than its escaped form: room for what is left of this block, and
-        // 16 bytes more (a short run is copied as 16 bytes at once), is room for its text.
-        let room = d + (at + BLOCK).saturating_sub(last) + 16;
+        // a window more (short runs are copied as 16 or 32 bytes at once), is room for its text.
+        let room = d + (at + BLOCK).saturating_sub(last) + WINDOW;
         if out.len() < room {
             out.resize(room.max(2 * out.len()).max(4096), 0);
         }
@@ -120,6 +122,34 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
             && (backslashes >> 63 == 0 || s.get(at + BLOCK) == Some(&b'"'))
         {
             let mut mask = backslashes;
+            // The first run may reach back into earlier blocks; the others lie within this one,
+            // copied between fixed windows, 32 bytes at once when they are that short.
+            if mask != 0 {
+                let p = at + mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                d += copy_run(out, d, s, last, p)?;
+                last = p + 1;
+            }
+            let src: Option<&[u8; WINDOW]> = s.get(at..at + WINDOW).and_then(|w| w.try_into().ok());
+            if let Some(src) = src
+                && mask != 0
+            {
+                let dst: &mut [u8; WINDOW] = out.get_mut(d..d + WINDOW).and_then(|w| w.try_into().ok())?;
+                let (mut from, mut written) = (last - at, 0);
+                while mask != 0 {
+                    let p = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    let run = p.checked_sub(from)?;
+                    match src.get(from..from + 32) {
+                        Some(chunk) if run <= 32 => dst.get_mut(written..written + 32)?.copy_from_slice(chunk),
+                        _ => dst.get_mut(written..written + run)?.copy_from_slice(src.get(from..p)?),
+                    }
+                    written += run;
+                    from = p + 1;
+                }
+                d += written;
+                last = at + from;
+            }
             while mask != 0 {
                 let p = at + mask.trailing_zeros() as usize;
                 mask &= mask - 1;
