@@ -1,8 +1,8 @@
 //! Decoding of JSON strings that are dense with escapes: a segment document sent through
 //! `PutTraceSegments` is JSON inside a JSON string, so every quote of it arrives as `\"`, one
 //! escape every eight bytes or so. serde_json handles each escape with a branch it cannot
-//! predict and two calls; here a block of 64 bytes is classified at once, eight bytes at a time
-//! with integer arithmetic. A block whose only escapes are `\"` (nearly every block of a
+//! predict and two calls; here a block of 64 bytes is classified at once
+//! ([`byte_classes`](crate::byte_classes)). A block whose only escapes are `\"` (nearly every block of a
 //! document) has each backslash dropped, the quote after it going with the next run of bytes;
 //! any other block has its escapes taken one by one, in order, from a bit mask.
 //!
@@ -10,65 +10,49 @@
 //! an unterminated string) makes the decoder give up, and the caller decodes with serde_json,
 //! whose answer, error or not, is the one that counts.
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-const BLOCK: usize = 64;
+use crate::byte_classes::{BLOCK, Classes};
+
 /// A block and the 32 bytes after it.
 const WINDOW: usize = BLOCK + 32;
 
-/// The high bit of each zero byte of `word`, and no other bit: no byte's sum carries into the
-/// next, so unlike the usual `(x - ONES) & !x` test there are no false positives.
-fn zero_bytes(word: u64) -> u64 {
-    !(((word & LOW7) + LOW7) | word | LOW7)
+/// The classes of the 64 bytes from `at`; bytes past the end count as control characters, so an
+/// unterminated string stops there.
+fn classes_at(s: &[u8], at: usize) -> Classes {
+    match s.get(at..at + BLOCK) {
+        Some(block) => Classes::of(block.try_into().expect("a block")),
+        None => classes_of_tail(s, at),
+    }
 }
 
-/// Where the quotes, backslashes and control characters of 64 bytes are, byte i at bit i.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Classes {
-    quotes: u64,
-    backslashes: u64,
-    controls: u64,
-}
-
-impl Classes {
-    fn of(block: &[u8; BLOCK]) -> Self {
-        // Word k's flag for its byte j goes to bit 8j + k, shifts and ors only; a transpose of
-        // the 8x8 bit matrix then puts it at bit 8k + j. (Gathering each word's flags with a
-        // multiply instead is what the compiler vectorizes into slow 64-bit multiplies.)
-        let (mut quotes, mut backslashes, mut controls) = (0, 0, 0);
-        for (k, word) in block.chunks_exact(8).enumerate() {
-            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-            quotes |= zero_bytes(word ^ (ONES * u64::from(b'"'))) >> (7 - k);
-            backslashes |= zero_bytes(word ^ (ONES * u64::from(b'\\'))) >> (7 - k);
-            // Below 0x20: the top three bits clear.
-            controls |= zero_bytes(word & (ONES * 0xe0)) >> (7 - k);
-        }
-        Self { quotes: transpose8(quotes), backslashes: transpose8(backslashes), controls: transpose8(controls) }
-    }
-
-    /// The classes of the 64 bytes from `at`; bytes past the end count as control characters,
-    /// so an unterminated string stops there.
-    fn at(s: &[u8], at: usize) -> Self {
-        match s.get(at..at + BLOCK) {
-            Some(block) => Self::of(block.try_into().expect("a block")),
-            None => Self::of_tail(s, at),
-        }
-    }
-
-    #[cold]
-    fn of_tail(s: &[u8], at: usize) -> Self {
-        let mut padded = [0u8; BLOCK];
-        let tail = &s[at.min(s.len())..];
-        padded[..tail.len()].copy_from_slice(tail);
-        Self::of(&padded)
-    }
+#[cold]
+fn classes_of_tail(s: &[u8], at: usize) -> Classes {
+    let mut padded = [0u8; BLOCK];
+    let tail = &s[at.min(s.len())..];
+    padded[..tail.len()].copy_from_slice(tail);
+    Classes::of(&padded)
 }
 
 /// The backslashes of a block, byte i at bit i, and whether the block is plain but for escaped
 /// quotes: no control character, and exactly the bytes after its backslashes (and its first
-/// byte, if `escaped_first`) are quotes. Checked on each word as it is, before the transpose
-/// that only the backslashes need.
+/// byte, if `escaped_first`) are quotes.
+#[cfg(target_arch = "x86_64")]
 fn quotes_only(block: &[u8; BLOCK], escaped_first: u64) -> (u64, bool) {
+    let classes = Classes::of(block);
+    let plain = classes.controls == 0 && classes.quotes == (classes.backslashes << 1 | escaped_first);
+    (classes.backslashes, plain)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn quotes_only(block: &[u8; BLOCK], escaped_first: u64) -> (u64, bool) {
+    quotes_only_swar(block, escaped_first)
+}
+
+/// [`quotes_only`] eight bytes at a time: checked on each word as it is, before the transpose
+/// that only the backslashes need.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn quotes_only_swar(block: &[u8; BLOCK], escaped_first: u64) -> (u64, bool) {
+    use crate::byte_classes::swar::{ONES, transpose8, zero_bytes};
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     let (mut backslashes, mut mismatched, mut controls) = (0, 0, 0);
     // The high bit of the previous word's last byte: a backslash there escapes this word's first.
     let mut previous = escaped_first << 63;
@@ -83,16 +67,6 @@ fn quotes_only(block: &[u8; BLOCK], escaped_first: u64) -> (u64, bool) {
         backslashes |= escapes >> (7 - k);
     }
     (transpose8(backslashes), mismatched == 0 && controls == 0)
-}
-
-/// Transposes the 8x8 bit matrix whose row r is byte r (Hacker's Delight, 7-3).
-fn transpose8(mut x: u64) -> u64 {
-    let mut t = (x ^ (x >> 7)) & 0x00aa_00aa_00aa_00aa;
-    x ^= t ^ (t << 7);
-    t = (x ^ (x >> 14)) & 0x0000_cccc_0000_cccc;
-    x ^= t ^ (t << 14);
-    t = (x ^ (x >> 28)) & 0x0000_0000_f0f0_f0f0;
-    x ^ t ^ (t << 28)
 }
 
 /// Reusable output space for [`decode`].
@@ -158,7 +132,7 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
             }
             escaped_first = backslashes >> 63;
         } else {
-            let classes = Classes::at(s, at);
+            let classes = classes_at(s, at);
             let mut mask = (classes.quotes | classes.backslashes | classes.controls) & !escaped_first;
             escaped_first = 0;
             while mask != 0 {
@@ -295,27 +269,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_class_is_found_exactly(block in proptest::collection::vec(
-            prop_oneof![Just(b'"'), Just(b'\\'), Just(b'#'), Just(b']'), Just(b' '), 0u8..0x20, any::<u8>()],
-            BLOCK,
-        )) {
-            let bytes: [u8; BLOCK] = block.try_into().unwrap();
-            let mask = |class: fn(u8) -> bool| bytes.iter().enumerate().fold(0u64, |m, (i, &b)| m | u64::from(class(b)) << i);
-            let exact = Classes { quotes: mask(|b| b == b'"'), backslashes: mask(|b| b == b'\\'), controls: mask(|b| b < 0x20) };
-            prop_assert_eq!(Classes::of(&bytes), exact);
-        }
-
-        #[test]
         fn a_block_of_escaped_quotes_is_told_exactly(tokens in proptest::collection::vec(
             // Mostly escaped quotes and plain bytes, so that both answers come up.
             prop_oneof![40 => Just(&b"\\\""[..]), 40 => Just(&b"x"[..]), 1 => Just(&b"\""[..]), 1 => Just(&b"\\"[..]), 1 => Just(&b"#"[..]), 1 => Just(&b"\n"[..])],
             BLOCK,
         ), escaped_first in 0u64..2) {
             let bytes: [u8; BLOCK] = tokens.concat()[..BLOCK].try_into().unwrap();
-            let exact = Classes::of(&bytes);
-            let (backslashes, quotes_only) = quotes_only(&bytes, escaped_first);
-            prop_assert_eq!(backslashes, exact.backslashes);
-            prop_assert_eq!(quotes_only, exact.controls == 0 && exact.quotes == (exact.backslashes << 1 | escaped_first));
+            let exact = crate::byte_classes::swar::classes(&bytes);
+            let expected = (exact.backslashes, exact.controls == 0 && exact.quotes == (exact.backslashes << 1 | escaped_first));
+            prop_assert_eq!(quotes_only(&bytes, escaped_first), expected);
+            prop_assert_eq!(quotes_only_swar(&bytes, escaped_first), expected);
         }
 
         #[test]

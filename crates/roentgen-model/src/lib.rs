@@ -6,6 +6,7 @@
 //! X-Ray's `UnprocessedTraceSegments` would carry.
 
 pub mod api;
+mod byte_classes;
 mod document;
 mod ids;
 mod json_string;

@@ -68,33 +68,10 @@ impl<'a> Reader<'a> {
         (self.b.get(self.i..end)? == word).then(|| self.i = end)
     }
 
-    /// Moves to the next quote, backslash or control character of a string, eight bytes at a
-    /// time while they are plain.
+    /// Moves to the next quote, backslash or control character of a string.
     fn next_special(&mut self) -> Option<u8> {
-        const ONES: u64 = u64::from_ne_bytes([1; 8]);
-        const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-        let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-            let x = u64::from_le_bytes(chunk.try_into().ok()?);
-            let quote = has_zero(x ^ (ONES * u64::from(b'"')));
-            let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
-            // Bytes under 0x20: subtracting 0x20 borrows into their high bit (ASCII only; a
-            // byte of 0x80 or more has its high bit set already and is masked out).
-            let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-            let special = quote | backslash | control;
-            if special != 0 {
-                self.i += (special.trailing_zeros() / 8) as usize;
-                return self.peek();
-            }
-            self.i += 8;
-        }
-        while let Some(c) = self.peek() {
-            if c == b'"' || c == b'\\' || c < 0x20 {
-                return Some(c);
-            }
-            self.i += 1;
-        }
-        None
+        self.i = crate::byte_classes::next_special(self.b, self.i)?;
+        self.peek()
     }
 
     /// A string whose text is kept: one with no escape, as its bytes are its text.
