@@ -160,7 +160,7 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
                         }
                     }
                 } else if byte == b'"' {
-                    let text = std::str::from_utf8(&out[..d]).ok()?;
+                    let text = simdutf8::basic::from_utf8(&out[..d]).ok()?;
                     return Some((text, p + 1));
                 } else {
                     return None;
