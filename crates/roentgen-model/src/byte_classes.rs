@@ -83,12 +83,12 @@ mod sse2 {
 pub(crate) mod swar {
     use super::{BLOCK, Classes};
 
-    pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
+    const ONES: u64 = 0x0101_0101_0101_0101;
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
     /// The high bit of each zero byte of `word`, and no other bit: no byte's sum carries into the
     /// next, so unlike the usual `(x - ONES) & !x` test there are no false positives.
-    pub(crate) fn zero_bytes(word: u64) -> u64 {
+    fn zero_bytes(word: u64) -> u64 {
         !(((word & LOW7) + LOW7) | word | LOW7)
     }
 
@@ -116,7 +116,7 @@ pub(crate) mod swar {
     }
 
     /// Transposes the 8x8 bit matrix whose row r is byte r (Hacker's Delight, 7-3).
-    pub(crate) fn transpose8(mut x: u64) -> u64 {
+    fn transpose8(mut x: u64) -> u64 {
         let mut t = (x ^ (x >> 7)) & 0x00aa_00aa_00aa_00aa;
         x ^= t ^ (t << 7);
         t = (x ^ (x >> 14)) & 0x0000_cccc_0000_cccc;

@@ -173,8 +173,7 @@ impl<'a> Reader<'a> {
         if negative {
             self.i += 1;
         }
-        // Nineteen digits never overflow a u64, so they are added up unchecked, and a number
-        // with more is left to serde_json.
+        // Nineteen digits never overflow a u64: they are added up unchecked.
         let mut significand: u64 = 0;
         let mut digits = 0;
         let mut push = |c: u8| {
