@@ -165,12 +165,14 @@ impl RollupSections {
     pub fn encode(kept: Rollups, fine: &BTreeMap<i64, Rollups>, options: &BuildOptions) -> Result<Self, StoreError> {
         let mut frames = Vec::new();
         let mut fine_frames = Vec::with_capacity(fine.len());
+        // An hour's rollups are small: the buffers start small, and every hour reuses them.
+        let mut buffers = SectionBuffers::new(SECTION_FRAME_BYTES, 64 << 10);
         for (&hour, rollups) in fine {
-            fine_frames.push((hour, compressed_section(options, &mut frames, "rollups", rollups)?));
+            fine_frames.push((hour, compressed_section(options, &mut frames, &mut buffers, "rollups", rollups)?));
         }
         let kept = KeptRollups { rollups: kept, fine_frames };
         let mut kept_frame = Vec::new();
-        compressed_section(options, &mut kept_frame, "rollups", &kept)?;
+        compressed_section(options, &mut kept_frame, &mut buffers, "rollups", &kept)?;
         Ok(Self { fine: frames, kept: kept_frame })
     }
 }
@@ -253,22 +255,21 @@ pub(crate) fn build(
         chunk_table.iter().flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
     let chunks_range = section(&mut data, &table);
     let summaries: Vec<&TraceSummary> = traces.iter().map(|t| t.summary).collect();
+    let mut buffers = SectionBuffers::new(SECTION_FRAME_BYTES, SECTION_FRAME_BYTES);
     let summaries_range =
-        compressed_in_frames(&options, &mut data, ("summary", SUMMARY_LEVEL), SECTION_FRAME_BYTES, |section| {
+        compressed_in_frames(&options, &mut data, &mut buffers, ("summary", SUMMARY_LEVEL), |section| {
             write_summary_section(section, &summaries)
         })?;
     let bloom = Bloom::build(traces.iter().map(|t| t.trace_id), traces.len());
     let bloom_range = section(&mut data, &bloom.to_bytes());
-    let facts_range =
-        compressed_in_frames(&options, &mut data, ("facts", SECTION_LEVEL), SECTION_FRAME_BYTES, |section| {
-            write_facts_section(section, &summaries)
-        })?;
+    let facts_range = compressed_in_frames(&options, &mut data, &mut buffers, ("facts", SECTION_LEVEL), |section| {
+        write_facts_section(section, &summaries)
+    })?;
     let rollups_range = section(&mut data, &rollups.fine);
     let kept_range = section(&mut data, &rollups.kept);
-    let links_range =
-        compressed_in_frames(&options, &mut data, ("links", SECTION_LEVEL), SECTION_FRAME_BYTES, |section| {
-            section.serialized_seq(traces.iter().map(|t| &t.summary.links))
-        })?;
+    let links_range = compressed_in_frames(&options, &mut data, &mut buffers, ("links", SECTION_LEVEL), |section| {
+        section.serialized_seq(traces.iter().map(|t| &t.summary.links))
+    })?;
 
     let min_time = traces.iter().map(|t| t.summary.start_time).fold(f64::INFINITY, f64::min);
     let max_time = traces.iter().map(|t| t.summary.end_time).fold(f64::NEG_INFINITY, f64::max);
@@ -303,37 +304,60 @@ pub(crate) fn build(
     Ok((data, meta))
 }
 
-/// Appends `value`'s postcard encoding to `out` as zstd frames of [`SECTION_FRAME_BYTES`] of
-/// encoding each, and returns where they are.
+/// Appends `value`'s postcard encoding to `out` as zstd frames, through `buffers`, and returns
+/// where they are.
 fn compressed_section<T: Serialize + ?Sized>(
     options: &BuildOptions,
     out: &mut Vec<u8>,
+    buffers: &mut SectionBuffers,
     what: &str,
     value: &T,
 ) -> Result<Range<u64>, StoreError> {
-    compressed_in_frames(options, out, (what, SECTION_LEVEL), SECTION_FRAME_BYTES, |section| section.serialize(value))
+    compressed_in_frames(options, out, buffers, (what, SECTION_LEVEL), |section| section.serialize(value))
 }
 
-/// Appends what `write` encodes to `out` as zstd frames of `frame_bytes` of encoding each,
-/// compressed at `level`, and returns where they are. The encoding is compressed as it is made rather than made whole
-/// first: for a block's summaries that whole would be tens of megabytes to allocate, fault in and
-/// copy. Whole frames from one contiguous buffer compress faster than a zstd stream fed the same
-/// bytes (whose wrapping window takes zstd's slower path).
+/// The buffers sections are encoded and compressed through, one section after another, sized
+/// for a whole frame at once. Each section grew its own by doubling up to a frame's 8 MiB,
+/// copying about a frame's bytes again on the way, into memory new to the process.
+pub(crate) struct SectionBuffers {
+    frame_bytes: usize,
+    encoding: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+impl SectionBuffers {
+    /// Buffers for frames of `frame_bytes` of encoding, sized at first for `expected` bytes of
+    /// it. A frame may run past `frame_bytes` by the last value written, hence the margin.
+    pub(crate) fn new(frame_bytes: usize, expected: usize) -> Self {
+        let capacity = expected.min(frame_bytes) + (64 << 10);
+        Self {
+            frame_bytes,
+            encoding: Vec::with_capacity(capacity),
+            frame: Vec::with_capacity(zstd::zstd_safe::compress_bound(capacity)),
+        }
+    }
+}
+
+/// Appends what `write` encodes to `out` as zstd frames of the buffers' frame size of encoding
+/// each, compressed at `level`, and returns where they are. The encoding is compressed as it is
+/// made rather than made whole first: for a block's summaries that whole would be tens of
+/// megabytes to allocate, fault in and copy. Whole frames from one contiguous buffer compress
+/// faster than a zstd stream fed the same bytes (whose wrapping window takes zstd's slower path).
 fn compressed_in_frames(
     options: &BuildOptions,
     out: &mut Vec<u8>,
+    buffers: &mut SectionBuffers,
     (what, level): (&str, i32),
-    frame_bytes: usize,
     write: impl FnOnce(&mut SectionWriter<'_>) -> Result<(), SectionError>,
 ) -> Result<Range<u64>, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptBlock { block: options.id.clone(), reason };
     let start = out.len() as u64;
     let compressor = zstd::bulk::Compressor::new(level).map_err(|e| corrupt(format!("{what} compression: {e}")))?;
+    buffers.encoding.clear();
     let mut section = SectionWriter {
-        // Grown as needed: most of a block's sections (an hour's rollups) are small.
-        buffer: Vec::with_capacity(frame_bytes.min(64 << 10)),
-        frame_bytes,
-        frame: Vec::new(),
+        buffer: &mut buffers.encoding,
+        frame_bytes: buffers.frame_bytes,
+        frame: &mut buffers.frame,
         frames: 0,
         compressor,
         out,
@@ -357,9 +381,9 @@ pub(crate) enum SectionError {
 /// postcard hands every varint over as a slice, copied with a call to `memcpy`, which took the
 /// most of encoding those columns.
 pub(crate) struct SectionWriter<'a> {
-    buffer: Vec<u8>,
+    buffer: &'a mut Vec<u8>,
     frame_bytes: usize,
-    frame: Vec<u8>,
+    frame: &'a mut Vec<u8>,
     frames: usize,
     compressor: zstd::bulk::Compressor<'static>,
     out: &'a mut Vec<u8>,
@@ -439,10 +463,10 @@ impl SectionWriter<'_> {
     fn drain(&mut self) -> Result<(), SectionError> {
         self.frame.clear();
         self.frame.reserve(zstd::zstd_safe::compress_bound(self.buffer.len()));
-        let compressed = self.compressor.compress_to_buffer(&self.buffer, &mut self.frame);
+        let compressed = self.compressor.compress_to_buffer(self.buffer, self.frame);
         self.buffer.clear();
         compressed.map_err(SectionError::Compression)?;
-        self.out.extend_from_slice(&self.frame);
+        self.out.extend_from_slice(self.frame);
         self.frames += 1;
         Ok(())
     }
@@ -470,8 +494,8 @@ fn test_options() -> BuildOptions {
 #[cfg(test)]
 pub(crate) fn encoded(write: impl FnOnce(&mut SectionWriter<'_>) -> Result<(), SectionError>) -> Vec<u8> {
     let mut out = Vec::new();
-    compressed_in_frames(&test_options(), &mut out, ("test", SECTION_LEVEL), SECTION_FRAME_BYTES, write)
-        .expect("encodes");
+    let mut buffers = SectionBuffers::new(SECTION_FRAME_BYTES, 0);
+    compressed_in_frames(&test_options(), &mut out, &mut buffers, ("test", SECTION_LEVEL), write).expect("encodes");
     decompress(&out).expect("decompresses")
 }
 
@@ -1117,7 +1141,8 @@ mod tests {
         let frame_bytes = 64 << 10;
         let items: Vec<(u64, String)> = (0..50_000u64).map(|i| (i * 7919, format!("item-{i}"))).collect();
         let mut out = b"prefix".to_vec();
-        let range = compressed_in_frames(&options, &mut out, ("items", SECTION_LEVEL), frame_bytes, |section| {
+        let mut buffers = SectionBuffers::new(frame_bytes, 0);
+        let range = compressed_in_frames(&options, &mut out, &mut buffers, ("items", SECTION_LEVEL), |section| {
             section.serialize(&items)
         })
         .unwrap();

@@ -265,6 +265,14 @@ impl FactRows {
         self.nodes.clear();
         self.edge_counts.clear();
         self.edges.clear();
+        // Sized before they are filled: a batch's rows are megabytes, which grown by doubling
+        // were copied again on their way up at every flush.
+        let nodes = traces.iter().map(|s| s.facts.nodes.len()).sum();
+        let edges = traces.iter().map(|s| s.facts.edges.len()).sum();
+        self.node_counts.reserve(traces.len());
+        self.nodes.reserve(nodes);
+        self.edge_counts.reserve(traces.len());
+        self.edges.reserve(edges);
         for s in traces {
             let base = s.start_time;
             self.node_counts.push(s.facts.nodes.len() as u32);

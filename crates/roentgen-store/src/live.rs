@@ -165,6 +165,8 @@ impl LiveState {
                 due.push(id);
             }
         }
+        // Sized once: grown from empty at every flush, the table was rehashed at each doubling.
+        self.flushing.reserve(due.len());
         for id in &due {
             if let Some(trace) = self.traces.remove(id) {
                 self.bytes -= trace.bytes;
