@@ -8,6 +8,7 @@
 mod assemble;
 pub mod filter;
 mod graph;
+mod id_map;
 mod inferred;
 mod rootcause;
 mod round;

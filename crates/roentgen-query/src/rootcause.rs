@@ -14,10 +14,11 @@
 //! answered, the inferred node it called closes the list.
 
 use roentgen_model::api;
-use roentgen_model::{Entity, SegmentId, Text};
+use roentgen_model::{Entity, Text};
 use serde::{Deserialize, Serialize};
 
-use crate::summary::{Map, ServiceKey};
+use crate::id_map::IdMap;
+use crate::summary::{Owners, ServiceKey};
 
 /// One root cause: the services on the path to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,11 +95,11 @@ pub(crate) struct TraceTree<'a> {
     /// Every entity of the trace, top-level documents first.
     pub all: Vec<Entity<'a>>,
     /// Entities that are the top of a document whose parent is the key.
-    pub attached: Map<SegmentId, Vec<Entity<'a>>>,
+    pub attached: IdMap<Vec<Entity<'a>>>,
     /// The service each entity belongs to.
-    pub owner: &'a Map<SegmentId, u32>,
+    pub owner: Owners<'a, 'a>,
     /// The inferred service an `aws`/`remote` call with no answering segment stands for.
-    pub inferred: Map<SegmentId, u32>,
+    pub inferred: IdMap<u32>,
 }
 
 fn duration(e: Entity<'_>) -> Option<f64> {
@@ -123,7 +124,7 @@ impl<'a> TraceTree<'a> {
         // Most paths stay in one service.
         let mut services: Vec<RootCauseService> = Vec::with_capacity(1);
         for &e in path {
-            let Some(&service) = self.owner.get(&e.id()) else { continue };
+            let Some(service) = self.owner.get(e.id()) else { continue };
             let entity = RootCauseEntity {
                 name: Text::from(e.name()),
                 exceptions: exceptions(e),

@@ -2,20 +2,20 @@
 //! documents. The rules follow the field definitions of X-Ray's API model; where the model is
 //! silent the choice is written beside the code and in `docs/api.md`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use roentgen_model::{
     AnnotationRef, AnnotationValue, DocumentKind, Entity, Http, Link, ParsedDocument, SegmentId, Text, TraceId,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::id_map::{IdMap, IdSet};
 use crate::inferred::inferred_service;
 use crate::rootcause::{RootCause, TraceTree};
 
 /// Hash maps keyed by ids from documents: foldhash is several times faster than the default
 /// SipHash on these small keys and, seeded per process, still unpredictable to a sender.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-pub(crate) type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// X-Ray indexes at most 50 annotation keys per trace; later keys are kept in the documents only.
 pub const MAX_INDEXED_ANNOTATIONS: usize = 50;
@@ -379,19 +379,13 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     // Sized once for all the trace's entities.
     let sized = docs.iter().map(|d| d.entity_count()).sum::<usize>();
     // Which service each entity id belongs to: a segment's subsegments belong to its service.
-    let mut owner: Map<SegmentId, u32> = Map::with_capacity_and_hasher(sized, Default::default());
-    let mut entities: Map<SegmentId, Entity<'_>> = Map::with_capacity_and_hasher(sized, Default::default());
+    // Each entity with the document it is in; the service it belongs to is its document's.
+    let mut entities: IdMap<(Entity<'_>, usize)> = IdMap::with_capacity(sized);
     let mut doc_owner: Vec<Option<u32>> = vec![None; docs.len()];
     for (i, doc) in docs.iter().enumerate() {
-        doc.entity().walk(|e| {
-            entities.insert(e.id(), e);
-        });
+        doc.entity().walk(|e| entities.insert(e.id(), (e, i)));
         if doc.kind == DocumentKind::Segment {
-            let service = services.index(ServiceKey::of_segment(doc.entity()));
-            doc_owner[i] = Some(service);
-            doc.entity().walk(|e| {
-                owner.insert(e.id(), service);
-            });
+            doc_owner[i] = Some(services.index(ServiceKey::of_segment(doc.entity())));
         }
     }
     // Independent subsegments may hang off other independent subsegments: resolve until stable.
@@ -401,11 +395,8 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             if doc_owner[i].is_some() {
                 continue;
             }
-            if let Some(&service) = doc.parent_id.and_then(|p| owner.get(&p)) {
+            if let Some(service) = doc.parent_id.and_then(|p| owner_of(&entities, &doc_owner, p)) {
                 doc_owner[i] = Some(service);
-                doc.entity().walk(|e| {
-                    owner.insert(e.id(), service);
-                });
                 progressed = true;
             }
         }
@@ -413,13 +404,14 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             break;
         }
     }
+    let owner = Owners { entities: &entities, doc_owner: &doc_owner };
 
     let root = docs
         .iter()
         .filter(|d| d.kind == DocumentKind::Segment)
-        .find(|d| d.parent_id.is_none_or(|p| !owner.contains_key(&p)));
+        .find(|d| d.parent_id.is_none_or(|p| owner.get(p).is_none()));
 
-    let called_by_segment: Set<SegmentId> =
+    let called_by_segment: IdSet =
         docs.iter().filter(|d| d.kind == DocumentKind::Segment).filter_map(|d| d.parent_id).collect();
 
     let mut start_time = f64::INFINITY;
@@ -436,9 +428,9 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut facts =
         TraceFacts { nodes: Vec::with_capacity(sized), edges: Vec::with_capacity(sized), ..Default::default() };
     let mut all_entities: Vec<Entity<'_>> = Vec::with_capacity(sized);
-    let mut attached: Map<SegmentId, Vec<Entity<'_>>> = Map::default();
-    let mut inferred_nodes: Map<SegmentId, u32> = Map::default();
-    let mut calls_seen: Set<SegmentId> = Set::default();
+    let mut attached: IdMap<Vec<Entity<'_>>> = IdMap::default();
+    let mut inferred_nodes: IdMap<u32> = IdMap::default();
+    let mut calls_seen = IdSet::default();
     let mut links = Vec::new();
 
     for (i, doc) in docs.iter().enumerate() {
@@ -460,13 +452,13 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                 http_status: e.http_status(),
             });
             // One observation per call: several segments may answer the same subsegment.
-            let caller = doc.parent_id.filter(|p| calls_seen.insert(*p));
-            if let Some((from, call)) = caller.and_then(|p| Some((*owner.get(&p)?, *entities.get(&p)?))) {
+            let caller = doc.parent_id.filter(|p| calls_seen.add(*p));
+            if let Some((from, call)) = caller.and_then(|p| Some((owner.get(p)?, entities.get(&p)?.0))) {
                 facts.edges.push(edge_fact(from, to, call));
             }
         }
         if let Some(parent) = doc.parent_id {
-            attached.entry(parent).or_default().push(doc.entity());
+            attached.get_or_default(parent).push(doc.entity());
         }
         let top = doc.entity();
         top.walk(|e| {
@@ -478,7 +470,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             // An independent subsegment's top entity is a call like any other.
             let is_segment = doc.kind == DocumentKind::Segment && e == top;
             if !is_segment
-                && !called_by_segment.contains(&e.id())
+                && !called_by_segment.contains_key(&e.id())
                 && let Some(key) = inferred_service(e)
             {
                 let to = services.index(key);
@@ -536,7 +528,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     }
 
     let root_entity = root.map(|d| d.entity());
-    let tree = TraceTree { root: root_entity, all: all_entities, attached, owner: &owner, inferred: inferred_nodes };
+    let tree = TraceTree { root: root_entity, all: all_entities, attached, owner, inferred: inferred_nodes };
     facts.fault_root_causes = tree.flagged(|e| e.fault()).into_iter().collect();
     facts.error_root_causes = tree.flagged(|e| e.error()).into_iter().collect();
     facts.response_time_root_causes = tree.slowest().into_iter().collect();
@@ -566,6 +558,23 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     summary.round_to_microseconds();
     summary.fit();
     summary
+}
+
+fn owner_of(entities: &IdMap<(Entity<'_>, usize)>, doc_owner: &[Option<u32>], id: SegmentId) -> Option<u32> {
+    entities.get(&id).and_then(|&(_, doc)| doc_owner[doc])
+}
+
+/// The service each entity of a trace belongs to: its document's, where that is known.
+#[derive(Clone, Copy)]
+pub(crate) struct Owners<'a, 'e> {
+    entities: &'a IdMap<(Entity<'e>, usize)>,
+    doc_owner: &'a [Option<u32>],
+}
+
+impl Owners<'_, '_> {
+    pub(crate) fn get(&self, id: SegmentId) -> Option<u32> {
+        owner_of(self.entities, self.doc_owner, id)
+    }
 }
 
 /// Moves a vector's elements into an allocation of exactly their number when it has a cache
