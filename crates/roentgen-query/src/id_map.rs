@@ -45,21 +45,22 @@ impl<V> IdMap<V> {
         self.get(id).is_some()
     }
 
-    /// Sets `id`'s value, replacing the one it had, as `HashMap::insert` does.
-    pub(crate) fn insert(&mut self, id: SegmentId, value: V) {
+    /// Sets `id`'s value, replacing the one it had; true when `id` is new, as
+    /// `HashSet::insert` answers.
+    pub(crate) fn insert(&mut self, id: SegmentId, value: V) -> bool {
+        self.make_room(id);
         match self {
-            Self::Linear(entries) => match entries.iter().position(|(k, _)| *k == id) {
-                Some(i) => entries[i].1 = value,
-                None if entries.len() < LINEAR_LIMIT => entries.push((id, value)),
+            Self::Linear(entries) => match entries.iter_mut().find(|(k, _)| *k == id) {
+                Some(entry) => {
+                    entry.1 = value;
+                    false
+                }
                 None => {
-                    let mut map: Map<SegmentId, V> = entries.drain(..).collect();
-                    map.insert(id, value);
-                    *self = Self::Hashed(map);
+                    entries.push((id, value));
+                    true
                 }
             },
-            Self::Hashed(map) => {
-                map.insert(id, value);
-            }
+            Self::Hashed(map) => map.insert(id, value).is_none(),
         }
     }
 
@@ -98,22 +99,11 @@ impl<V> IdMap<V> {
 /// A set of a trace's entity ids.
 pub(crate) type IdSet = IdMap<()>;
 
-impl IdSet {
-    /// Adds `id`; false when it was there already, as `HashSet::insert` answers.
-    pub(crate) fn add(&mut self, id: SegmentId) -> bool {
-        if self.contains_key(&id) {
-            return false;
-        }
-        self.insert(id, ());
-        true
-    }
-}
-
 impl FromIterator<SegmentId> for IdSet {
     fn from_iter<I: IntoIterator<Item = SegmentId>>(ids: I) -> Self {
         let mut set = IdSet::default();
         for id in ids {
-            set.add(id);
+            set.insert(id, ());
         }
         set
     }
@@ -136,10 +126,7 @@ mod tests {
             for (call, id, value) in calls {
                 let id = SegmentId::from_u64(id);
                 match call {
-                    0 => {
-                        map.insert(id, value);
-                        model.insert(id, value);
-                    }
+                    0 => prop_assert_eq!(map.insert(id, value), model.insert(id, value).is_none()),
                     1 => {
                         *map.get_or_default(id) += 1;
                         *model.entry(id).or_default() += 1;
@@ -157,8 +144,8 @@ mod tests {
     #[test]
     fn a_set_adds_each_id_once() {
         let mut set: IdSet = (0..40).map(SegmentId::from_u64).chain([SegmentId::from_u64(3)]).collect();
-        assert!(!set.add(SegmentId::from_u64(39)));
-        assert!(set.add(SegmentId::from_u64(40)));
+        assert!(!set.insert(SegmentId::from_u64(39), ()));
+        assert!(set.insert(SegmentId::from_u64(40), ()));
         assert!((0..=40).all(|n| set.contains_key(&SegmentId::from_u64(n))));
         assert!(!set.contains_key(&SegmentId::from_u64(41)));
     }

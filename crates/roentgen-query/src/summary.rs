@@ -378,12 +378,14 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
     let mut services = Services::default();
     // Sized once for all the trace's entities.
     let sized = docs.iter().map(|d| d.entity_count()).sum::<usize>();
-    // Which service each entity id belongs to: a segment's subsegments belong to its service.
-    // Each entity with the document it is in; the service it belongs to is its document's.
+    // Each entity with the document it is in: a segment's subsegments belong to its service,
+    // an independent subsegment's to its parent's.
     let mut entities: IdMap<(Entity<'_>, usize)> = IdMap::with_capacity(sized);
     let mut doc_owner: Vec<Option<u32>> = vec![None; docs.len()];
     for (i, doc) in docs.iter().enumerate() {
-        doc.entity().walk(|e| entities.insert(e.id(), (e, i)));
+        doc.entity().walk(|e| {
+            entities.insert(e.id(), (e, i));
+        });
         if doc.kind == DocumentKind::Segment {
             doc_owner[i] = Some(services.index(ServiceKey::of_segment(doc.entity())));
         }
@@ -452,7 +454,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                 http_status: e.http_status(),
             });
             // One observation per call: several segments may answer the same subsegment.
-            let caller = doc.parent_id.filter(|p| calls_seen.add(*p));
+            let caller = doc.parent_id.filter(|p| calls_seen.insert(*p, ()));
             if let Some((from, call)) = caller.and_then(|p| Some((owner.get(p)?, entities.get(&p)?.0))) {
                 facts.edges.push(edge_fact(from, to, call));
             }
