@@ -309,7 +309,7 @@ impl ServiceGraph {
             let Some(&i) = local.get(node.service as usize) else { continue };
             self.nodes[i].active |= !node.inferred;
             self.nodes[i].root |= node.root;
-            let Some(response_time) = node.response_time else { continue };
+            let Some(response_time) = node.response_time.get() else { continue };
             let flags = (node.error, node.fault, node.throttle);
             self.nodes[i].series.observe(node.start_time, response_time, flags);
             let duration = if node.root { trace.duration() } else { response_time };
@@ -323,7 +323,7 @@ impl ServiceGraph {
             let (Some(&from), Some(&to)) = (local.get(edge.from as usize), local.get(edge.to as usize)) else {
                 continue;
             };
-            if let Some(response_time) = edge.response_time {
+            if let Some(response_time) = edge.response_time.get() {
                 let flags = (edge.error, edge.fault, edge.throttle);
                 self.edge(from, to, false).observe(edge.start_time, response_time, flags);
             }

@@ -21,6 +21,7 @@ pub use inferred::inferred_service;
 pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use round::round;
 pub use summary::{
-    AnnotationSummary, EdgeFact, LinkFact, LinkSource, MAX_INDEXED_ANNOTATIONS, MAX_TRACE_LINKS, NodeFact, ServiceKey,
-    TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source, span, summarize, whole_microseconds,
+    AnnotationSummary, EdgeFact, LinkFact, LinkSource, MAX_INDEXED_ANNOTATIONS, MAX_TRACE_LINKS, MaybeSeconds,
+    NodeFact, ServiceKey, TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source, span, summarize,
+    whole_microseconds,
 };

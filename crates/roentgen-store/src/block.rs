@@ -815,7 +815,7 @@ impl BlockHandle {
                 return Err(corrupt(format!("{} link lists for {} summaries", links.len(), summaries.len())));
             }
             for (summary, links) in summaries.iter_mut().zip(links) {
-                summary.links = links;
+                summary.links = links.into();
             }
         }
         Ok(summaries)

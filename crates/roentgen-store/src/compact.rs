@@ -89,18 +89,18 @@ impl SummaryIn {
             has_throttle: self.flags & THROTTLE != 0,
             is_partial: self.flags & PARTIAL != 0,
             http: self.http,
-            services: self.services,
+            services: self.services.into(),
             entry_point: self.entry_point,
-            annotations: self.annotations,
-            users: self.users,
-            resource_arns: self.resource_arns,
-            instance_ids: self.instance_ids,
-            availability_zones: self.availability_zones,
+            annotations: self.annotations.into(),
+            users: self.users.into(),
+            resource_arns: self.resource_arns.into(),
+            instance_ids: self.instance_ids.into(),
+            availability_zones: self.availability_zones.into(),
             revision,
             segment_end_times: self.segment_end_times.into_iter().map(|t| at(base, t)).collect(),
             document_count,
             facts: TraceFacts::default(),
-            links: Vec::new(),
+            links: Box::default(),
         }
     }
 }
@@ -137,7 +137,7 @@ impl FactsIn {
             error: f.flags & ERROR != 0,
             fault: f.flags & FAULT != 0,
             throttle: f.flags & THROTTLE != 0,
-            response_time: f.response_time.map(seconds),
+            response_time: f.response_time.map(seconds).into(),
             http_status: f.http_status,
         };
         let edge = |f: Fact| EdgeFact {
@@ -147,15 +147,15 @@ impl FactsIn {
             error: f.flags & ERROR != 0,
             fault: f.flags & FAULT != 0,
             throttle: f.flags & THROTTLE != 0,
-            response_time: f.response_time.map(seconds),
+            response_time: f.response_time.map(seconds).into(),
             http_status: f.http_status,
         };
         TraceFacts {
             nodes: self.nodes.into_iter().map(node).collect(),
             edges: self.edges.into_iter().map(edge).collect(),
-            fault_root_causes: self.fault_root_causes,
-            error_root_causes: self.error_root_causes,
-            response_time_root_causes: self.response_time_root_causes,
+            fault_root_causes: self.fault_root_causes.into(),
+            error_root_causes: self.error_root_causes.into(),
+            response_time_root_causes: self.response_time_root_causes.into(),
         }
     }
 }
@@ -290,7 +290,7 @@ impl FactRows {
                 to: 0,
                 start: after(base, n.start_time),
                 flags: node_flags(n),
-                response_time: n.response_time.map(micros),
+                response_time: n.response_time.get().map(micros),
                 http_status: n.http_status.map(u64::from),
             }));
             self.edge_counts.push(s.facts.edges.len() as u32);
@@ -299,7 +299,7 @@ impl FactRows {
                 to: e.to,
                 start: after(base, e.start_time),
                 flags: edge_flags(e),
-                response_time: e.response_time.map(micros),
+                response_time: e.response_time.get().map(micros),
                 http_status: e.http_status.map(u64::from),
             }));
         }
@@ -441,18 +441,18 @@ impl SummaryColumnsIn {
                 has_throttle: flags & THROTTLE != 0,
                 is_partial: flags & PARTIAL != 0,
                 http: http.next()?,
-                services: services.next()?,
+                services: services.next()?.into(),
                 entry_point: entry_point.next()?,
-                annotations: annotations.next()?,
-                users: users.next()?,
-                resource_arns: resource_arns.next()?,
-                instance_ids: instance_ids.next()?,
-                availability_zones: availability_zones.next()?,
+                annotations: annotations.next()?.into(),
+                users: users.next()?.into(),
+                resource_arns: resource_arns.next()?.into(),
+                instance_ids: instance_ids.next()?.into(),
+                availability_zones: availability_zones.next()?.into(),
                 revision,
                 segment_end_times: segment_end_times.next()?.into_iter().map(|t| at(base, t)).collect(),
                 document_count,
                 facts: TraceFacts::default(),
-                links: Vec::new(),
+                links: Box::default(),
             })
         });
         summaries.collect::<Option<Vec<_>>>().ok_or_else(|| "a summary column ended early".to_owned())
@@ -584,7 +584,7 @@ mod tests {
     use super::*;
     use crate::block::encoded;
     use proptest::prelude::*;
-    use roentgen_query::whole_microseconds;
+    use roentgen_query::{MaybeSeconds, whole_microseconds};
 
     #[test]
     fn extreme_offsets_decode_without_overflow() {
@@ -596,7 +596,7 @@ mod tests {
         let us = whole_microseconds;
         let last = offsets.len() - 1;
         let facts = TraceFacts {
-            nodes: vec![NodeFact {
+            nodes: Box::new([NodeFact {
                 service: 0,
                 start_time: us(start + offsets[0]),
                 root: bits & 1 != 0,
@@ -604,9 +604,9 @@ mod tests {
                 error: bits & 4 != 0,
                 fault: bits & 8 != 0,
                 throttle: bits & 16 != 0,
-                response_time: Some(us(offsets[last])),
+                response_time: Some(us(offsets[last])).into(),
                 http_status: status,
-            }],
+            }]),
             edges: (0..last)
                 .map(|n| EdgeFact {
                     from: 0,
@@ -615,7 +615,7 @@ mod tests {
                     error: bits & 32 != 0,
                     fault: bits & 64 != 0,
                     throttle: bits & 128 != 0,
-                    response_time: None,
+                    response_time: MaybeSeconds::NONE,
                     http_status: status,
                 })
                 .collect(),
@@ -631,18 +631,18 @@ mod tests {
             has_throttle: bits & 4 != 0,
             is_partial: bits & 8 != 0,
             http: None,
-            services: vec![ServiceKey { name: "a".into(), kind: None, account_id: Some("1".into()) }],
+            services: Box::new([ServiceKey { name: "a".into(), kind: None, account_id: Some("1".into()) }]),
             entry_point: Some(0),
-            annotations: Vec::new(),
-            users: Vec::new(),
-            resource_arns: vec!["arn".into()],
-            instance_ids: Vec::new(),
-            availability_zones: Vec::new(),
+            annotations: Box::default(),
+            users: Box::default(),
+            resource_arns: Box::new(["arn".into()]),
+            instance_ids: Box::default(),
+            availability_zones: Box::default(),
             revision: 3,
             segment_end_times: offsets.iter().map(|o| us(start + o)).collect(),
             document_count: 2,
             facts,
-            links: Vec::new(),
+            links: Box::default(),
         }
     }
 

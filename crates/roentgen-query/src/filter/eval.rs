@@ -245,7 +245,7 @@ fn node_test(test: &Test, n: &NodeFact) -> bool {
         Field::Throttle => boolean(n.throttle, c),
         Field::Root => boolean(n.root, c),
         Field::Inferred => boolean(n.inferred, c),
-        Field::ResponseTime => number(n.response_time, c),
+        Field::ResponseTime => number(n.response_time.get(), c),
         Field::HttpStatus => number(n.http_status.map(f64::from), c),
         _ => false,
     }
@@ -258,7 +258,7 @@ fn edge_test(test: &Test, e: &EdgeFact) -> bool {
         Field::Error => boolean(e.error, c),
         Field::Fault => boolean(e.fault, c),
         Field::Throttle => boolean(e.throttle, c),
-        Field::ResponseTime => number(e.response_time, c),
+        Field::ResponseTime => number(e.response_time.get(), c),
         Field::HttpStatus => number(e.http_status.map(f64::from), c),
         _ => false,
     }
