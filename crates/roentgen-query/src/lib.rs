@@ -12,6 +12,7 @@ mod id_map;
 mod inferred;
 mod rootcause;
 mod round;
+mod shared;
 mod summary;
 
 pub use assemble::{AssembledSegment, assemble};
@@ -20,6 +21,7 @@ pub use graph::{GraphEdge, GraphNode, Histogram, Series, ServiceGraph, Statistic
 pub use inferred::inferred_service;
 pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use round::round;
+pub use shared::shared;
 pub use summary::{
     AnnotationSummary, EdgeFact, LinkFact, LinkSource, MAX_INDEXED_ANNOTATIONS, MAX_TRACE_LINKS, MaybeSeconds,
     NodeFact, ServiceKey, TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source, span, summarize,

@@ -13,6 +13,8 @@
 //! The path is grouped by service. When it ends at an `aws` or `remote` call that no segment
 //! answered, the inferred node it called closes the list.
 
+use std::sync::Arc;
+
 use roentgen_model::api;
 use roentgen_model::{Entity, Text};
 use serde::{Deserialize, Serialize};
@@ -29,7 +31,7 @@ pub struct RootCause {
 
 impl RootCause {
     /// The API's shape (`FaultRootCause`, …), which `rootcause.json` filters also match against.
-    pub fn to_api(&self, services: &[ServiceKey]) -> api::RootCause {
+    pub fn to_api(&self, services: &[Arc<ServiceKey>]) -> api::RootCause {
         api::RootCause {
             services: self
                 .services

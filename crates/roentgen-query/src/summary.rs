@@ -3,6 +3,7 @@
 //! silent the choice is written beside the code and in `docs/api.md`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use roentgen_model::{
     AnnotationRef, AnnotationValue, DocumentKind, Entity, Http, Link, ParsedDocument, SegmentId, Text, TraceId,
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::id_map::{IdMap, IdSet};
 use crate::inferred::inferred_service;
 use crate::rootcause::{RootCause, TraceTree};
+use crate::shared::shared;
 
 /// Hash maps keyed by ids from documents: foldhash is several times faster than the default
 /// SipHash on these small keys and, seeded per process, still unpredictable to a sender.
@@ -69,7 +71,9 @@ pub struct TraceSummary {
     pub has_throttle: bool,
     pub is_partial: bool,
     pub http: Option<Http>,
-    pub services: Box<[ServiceKey]>,
+    /// Each key shared with the other summaries that name it ([`crate::shared`]).
+    #[serde(deserialize_with = "crate::shared::deserialize")]
+    pub services: Box<[Arc<ServiceKey>]>,
     pub entry_point: Option<u32>,
     pub annotations: Box<[AnnotationSummary]>,
     pub users: Box<[UserSummary]>,
@@ -297,7 +301,6 @@ impl TraceSummary {
     pub fn approximate_bytes(&self) -> usize {
         use std::mem::size_of;
         let text = |s: &Option<Text>| s.as_ref().map_or(0, heap);
-        let key = |k: &ServiceKey| size_of::<ServiceKey>() + heap(&k.name) + text(&k.kind) + text(&k.account_id);
         let http = self.http.as_ref().map_or(0, |h| {
             size_of::<Http>() + text(&h.method) + text(&h.url) + text(&h.user_agent) + text(&h.client_ip)
         });
@@ -326,7 +329,8 @@ impl TraceSummary {
         };
         let facts = &self.facts;
         size_of::<Self>()
-            + self.services.iter().map(key).sum::<usize>()
+            // The keys themselves are shared (`crate::shared`).
+            + self.services.len() * size_of::<Arc<ServiceKey>>()
             + http
             + annotations
             + users
@@ -573,7 +577,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         is_partial,
         http: root_entity.and_then(|r| r.http()).map(|h| h.to_http()),
         entry_point: root_entity.map(|r| services.index(ServiceKey::of_segment(r))),
-        services: exact(services.keys),
+        services: services.keys.into_iter().map(shared).collect(),
         annotations: exact(annotations),
         users: exact(users),
         resource_arns: exact(resource_arns),

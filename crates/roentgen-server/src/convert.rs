@@ -21,7 +21,7 @@ fn service_id(key: &ServiceKey) -> api::ServiceId {
 }
 
 fn service_ids(summary: &TraceSummary, indexes: &[u32]) -> Vec<api::ServiceId> {
-    indexes.iter().filter_map(|&i| summary.services.get(i as usize)).map(service_id).collect()
+    indexes.iter().filter_map(|&i| summary.services.get(i as usize)).map(|k| service_id(k)).collect()
 }
 
 pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::TraceSummary {
@@ -64,7 +64,7 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
             .iter()
             .map(|u| api::TraceUser { user_name: u.name.to_string(), service_ids: service_ids(summary, &u.services) })
             .collect(),
-        service_ids: summary.services.iter().map(service_id).collect(),
+        service_ids: summary.services.iter().map(|k| service_id(k)).collect(),
         resource_arns: summary
             .resource_arns
             .iter()
@@ -76,7 +76,7 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
             .iter()
             .map(|name| api::AvailabilityZoneDetail { name: name.to_string() })
             .collect(),
-        entry_point: summary.entry_point.and_then(|i| summary.services.get(i as usize)).map(service_id),
+        entry_point: summary.entry_point.and_then(|i| summary.services.get(i as usize)).map(|k| service_id(k)),
         fault_root_causes: summary.facts.fault_root_causes.iter().map(|c| c.to_api(&summary.services)).collect(),
         error_root_causes: summary.facts.error_root_causes.iter().map(|c| c.to_api(&summary.services)).collect(),
         response_time_root_causes: summary

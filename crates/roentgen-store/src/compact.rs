@@ -16,7 +16,7 @@
 
 use roentgen_model::{Http, Text, TraceId};
 use roentgen_query::{
-    AnnotationSummary, EdgeFact, NodeFact, RootCause, ServiceKey, TraceFacts, TraceSummary, UserSummary,
+    AnnotationSummary, EdgeFact, NodeFact, RootCause, ServiceKey, TraceFacts, TraceSummary, UserSummary, shared,
 };
 use serde::Deserialize;
 
@@ -89,7 +89,7 @@ impl SummaryIn {
             has_throttle: self.flags & THROTTLE != 0,
             is_partial: self.flags & PARTIAL != 0,
             http: self.http,
-            services: self.services.into(),
+            services: self.services.into_iter().map(shared).collect(),
             entry_point: self.entry_point,
             annotations: self.annotations.into(),
             users: self.users.into(),
@@ -441,7 +441,7 @@ impl SummaryColumnsIn {
                 has_throttle: flags & THROTTLE != 0,
                 is_partial: flags & PARTIAL != 0,
                 http: http.next()?,
-                services: services.next()?.into(),
+                services: services.next()?.into_iter().map(shared).collect(),
                 entry_point: entry_point.next()?,
                 annotations: annotations.next()?.into(),
                 users: users.next()?.into(),
@@ -631,7 +631,7 @@ mod tests {
             has_throttle: bits & 4 != 0,
             is_partial: bits & 8 != 0,
             http: None,
-            services: Box::new([ServiceKey { name: "a".into(), kind: None, account_id: Some("1".into()) }]),
+            services: Box::new([shared(ServiceKey { name: "a".into(), kind: None, account_id: Some("1".into()) })]),
             entry_point: Some(0),
             annotations: Box::default(),
             users: Box::default(),

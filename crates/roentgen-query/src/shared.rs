@@ -1,0 +1,69 @@
+//! One copy of each service key, shared by every summary that names it.
+//!
+//! A trace names about four services, and a fleet has few: shared, a summary holds a pointer to
+//! each key (8 bytes) rather than the key (72 bytes, and its texts when they are long). Summaries
+//! stay in memory for as long as their blocks are queried, so this is memory held, not a saving
+//! on a path.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use crate::summary::ServiceKey;
+
+/// Keys the set holds before its first sweep.
+const FIRST_SWEEP: usize = 1024;
+
+struct SharedKeys {
+    keys: HashSet<Arc<ServiceKey>, foldhash::fast::RandomState>,
+    /// The set is swept when it reaches this size: keys no summary holds any more leave it, so
+    /// names that come and go (inferred remote hosts, say) do not pile up. It is twice the size
+    /// left by the last sweep, so sweeps cost a constant time a key.
+    sweep_at: usize,
+}
+
+static SHARED: LazyLock<Mutex<SharedKeys>> =
+    LazyLock::new(|| Mutex::new(SharedKeys { keys: HashSet::default(), sweep_at: FIRST_SWEEP }));
+
+/// The shared copy of `key`.
+pub fn shared(key: ServiceKey) -> Arc<ServiceKey> {
+    let mut shared = SHARED.lock().expect("shared service keys lock");
+    if let Some(found) = shared.keys.get(&key) {
+        return found.clone();
+    }
+    if shared.keys.len() >= shared.sweep_at {
+        // Only this set hands out copies, under its lock: a count of one cannot grow meanwhile.
+        shared.keys.retain(|k| Arc::strong_count(k) > 1);
+        shared.sweep_at = (shared.keys.len() * 2).max(FIRST_SWEEP);
+    }
+    let key = Arc::new(key);
+    shared.keys.insert(key.clone());
+    key
+}
+
+/// Service keys read through serde, shared.
+pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Box<[Arc<ServiceKey>]>, D::Error> {
+    let keys: Vec<ServiceKey> = serde::Deserialize::deserialize(from)?;
+    Ok(keys.into_iter().map(shared).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey { name: name.into(), kind: Some("AWS::EC2::Instance".into()), account_id: None }
+    }
+
+    #[test]
+    fn equal_keys_share_one_copy_and_keys_no_one_holds_are_swept() {
+        let a = shared(key("shared-test-a"));
+        assert!(Arc::ptr_eq(&a, &shared(key("shared-test-a"))));
+        assert!(!Arc::ptr_eq(&a, &shared(key("shared-test-b"))));
+        for n in 0..3 * FIRST_SWEEP {
+            drop(shared(key(&format!("shared-test-gone-{n}"))));
+        }
+        let keys = SHARED.lock().unwrap().keys.len();
+        assert!(keys <= 2 * FIRST_SWEEP, "{keys} keys held after sweeps");
+        assert!(Arc::ptr_eq(&a, &shared(key("shared-test-a"))), "a key still held is kept");
+    }
+}
