@@ -24,26 +24,31 @@ struct SharedKeys {
 static SHARED: LazyLock<Mutex<SharedKeys>> =
     LazyLock::new(|| Mutex::new(SharedKeys { keys: HashSet::default(), sweep_at: FIRST_SWEEP }));
 
-/// The shared copy of `key`.
-pub fn shared(key: ServiceKey) -> Arc<ServiceKey> {
+/// The shared copies of one summary's keys, under one lock.
+pub fn shared(keys: Vec<ServiceKey>) -> Box<[Arc<ServiceKey>]> {
     let mut shared = SHARED.lock().expect("shared service keys lock");
-    if let Some(found) = shared.keys.get(&key) {
-        return found.clone();
+    keys.into_iter().map(|key| shared.copy_of(key)).collect()
+}
+
+impl SharedKeys {
+    fn copy_of(&mut self, key: ServiceKey) -> Arc<ServiceKey> {
+        if let Some(found) = self.keys.get(&key) {
+            return found.clone();
+        }
+        if self.keys.len() >= self.sweep_at {
+            // Only this set hands out copies, under its lock: a count of one cannot grow meanwhile.
+            self.keys.retain(|k| Arc::strong_count(k) > 1);
+            self.sweep_at = (self.keys.len() * 2).max(FIRST_SWEEP);
+        }
+        let key = Arc::new(key);
+        self.keys.insert(key.clone());
+        key
     }
-    if shared.keys.len() >= shared.sweep_at {
-        // Only this set hands out copies, under its lock: a count of one cannot grow meanwhile.
-        shared.keys.retain(|k| Arc::strong_count(k) > 1);
-        shared.sweep_at = (shared.keys.len() * 2).max(FIRST_SWEEP);
-    }
-    let key = Arc::new(key);
-    shared.keys.insert(key.clone());
-    key
 }
 
 /// Service keys read through serde, shared.
 pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Box<[Arc<ServiceKey>]>, D::Error> {
-    let keys: Vec<ServiceKey> = serde::Deserialize::deserialize(from)?;
-    Ok(keys.into_iter().map(shared).collect())
+    serde::Deserialize::deserialize(from).map(shared)
 }
 
 #[cfg(test)]
@@ -56,14 +61,15 @@ mod tests {
 
     #[test]
     fn equal_keys_share_one_copy_and_keys_no_one_holds_are_swept() {
-        let a = shared(key("shared-test-a"));
-        assert!(Arc::ptr_eq(&a, &shared(key("shared-test-a"))));
-        assert!(!Arc::ptr_eq(&a, &shared(key("shared-test-b"))));
+        let a = shared(vec![key("shared-test-a"), key("shared-test-b")]);
+        let again = shared(vec![key("shared-test-a")]);
+        assert!(Arc::ptr_eq(&a[0], &again[0]));
+        assert!(!Arc::ptr_eq(&a[0], &a[1]));
         for n in 0..3 * FIRST_SWEEP {
-            drop(shared(key(&format!("shared-test-gone-{n}"))));
+            drop(shared(vec![key(&format!("shared-test-gone-{n}"))]));
         }
         let keys = SHARED.lock().unwrap().keys.len();
         assert!(keys <= 2 * FIRST_SWEEP, "{keys} keys held after sweeps");
-        assert!(Arc::ptr_eq(&a, &shared(key("shared-test-a"))), "a key still held is kept");
+        assert!(Arc::ptr_eq(&a[0], &shared(vec![key("shared-test-a")])[0]), "a key still held is kept");
     }
 }

@@ -577,7 +577,7 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         is_partial,
         http: root_entity.and_then(|r| r.http()).map(|h| h.to_http()),
         entry_point: root_entity.map(|r| services.index(ServiceKey::of_segment(r))),
-        services: services.keys.into_iter().map(shared).collect(),
+        services: shared(services.keys),
         annotations: exact(annotations),
         users: exact(users),
         resource_arns: exact(resource_arns),
