@@ -307,14 +307,14 @@ impl ServiceGraph {
         let facts = &trace.facts;
         for node in &facts.nodes {
             let Some(&i) = local.get(node.service as usize) else { continue };
-            self.nodes[i].active |= !node.inferred;
-            self.nodes[i].root |= node.root;
+            self.nodes[i].active |= !node.flags.inferred();
+            self.nodes[i].root |= node.flags.root();
             let Some(response_time) = node.response_time.get() else { continue };
-            let flags = (node.error, node.fault, node.throttle);
+            let flags = (node.flags.error(), node.flags.fault(), node.flags.throttle());
             self.nodes[i].series.observe(node.start_time, response_time, flags);
-            let duration = if node.root { trace.duration() } else { response_time };
+            let duration = if node.flags.root() { trace.duration() } else { response_time };
             self.nodes[i].durations.record(duration);
-            if node.root {
+            if node.flags.root() {
                 let client = self.client(&trace.services[node.service as usize].name);
                 self.edge(client, i, false).observe(node.start_time, response_time, flags);
             }
@@ -324,7 +324,7 @@ impl ServiceGraph {
                 continue;
             };
             if let Some(response_time) = edge.response_time.get() {
-                let flags = (edge.error, edge.fault, edge.throttle);
+                let flags = (edge.flags.error(), edge.flags.fault(), edge.flags.throttle());
                 self.edge(from, to, false).observe(edge.start_time, response_time, flags);
             }
         }

@@ -23,7 +23,7 @@ pub use rootcause::{RootCause, RootCauseEntity, RootCauseService};
 pub use round::round;
 pub use shared::shared;
 pub use summary::{
-    AnnotationSummary, EdgeFact, LinkFact, LinkSource, MAX_INDEXED_ANNOTATIONS, MAX_TRACE_LINKS, MaybeSeconds,
-    NodeFact, ServiceKey, TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source, span, summarize,
-    whole_microseconds,
+    AnnotationSummary, EdgeFact, FactFlags, LinkFact, LinkSource, MAX_INDEXED_ANNOTATIONS, MAX_TRACE_LINKS,
+    MaybeSeconds, NodeFact, ServiceKey, ServiceSet, TimeRangeType, TraceFacts, TraceSummary, UserSummary, link_source,
+    span, summarize, whole_microseconds,
 };

@@ -47,13 +47,112 @@ impl ServiceKey {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnnotationSummary {
     pub key: Text,
-    pub values: Vec<(AnnotationValue, Vec<u32>)>,
+    pub values: Box<[(AnnotationValue, ServiceSet)]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserSummary {
     pub name: Text,
-    pub services: Vec<u32>,
+    pub services: ServiceSet,
+}
+
+/// Services (indexes into [`TraceSummary::services`]) that recorded an annotation value or a
+/// user, in ascending order. While every index is below 64, as in nearly every trace, they are
+/// bits of one word: a cached summary's three or four such sets then need no allocation each.
+/// Serialized as a sequence of indexes, as the vector it replaces was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceSet {
+    Bits(u64),
+    /// Sorted, and holding an index of 64 or more.
+    List(Box<[u32]>),
+}
+
+impl Default for ServiceSet {
+    fn default() -> Self {
+        Self::Bits(0)
+    }
+}
+
+impl ServiceSet {
+    pub fn insert(&mut self, service: u32) {
+        match self {
+            Self::Bits(bits) if service < 64 => *bits |= 1 << service,
+            _ if self.contains(service) => {}
+            _ => {
+                let mut list: Vec<u32> = self.iter().collect();
+                let at = list.partition_point(|&s| s < service);
+                list.insert(at, service);
+                *self = Self::List(list.into());
+            }
+        }
+    }
+
+    pub fn contains(&self, service: u32) -> bool {
+        match self {
+            Self::Bits(bits) => service < 64 && bits >> service & 1 == 1,
+            Self::List(list) => list.binary_search(&service).is_ok(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Bits(bits) => bits.count_ones() as usize,
+            Self::List(list) => list.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (mut bits, list) = match self {
+            Self::Bits(bits) => (*bits, &[][..]),
+            Self::List(list) => (0, &list[..]),
+        };
+        let from_bits = std::iter::from_fn(move || {
+            let next = (bits != 0).then(|| bits.trailing_zeros())?;
+            bits &= bits - 1;
+            Some(next)
+        });
+        from_bits.chain(list.iter().copied())
+    }
+
+    /// The heap bytes it holds apart from itself.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Bits(_) => 0,
+            Self::List(list) => 4 * list.len(),
+        }
+    }
+}
+
+impl FromIterator<u32> for ServiceSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(services: I) -> Self {
+        let mut set = Self::default();
+        for service in services {
+            set.insert(service);
+        }
+        set
+    }
+}
+
+impl Serialize for ServiceSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        // With its length up front: postcard writes it before the elements.
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for service in self.iter() {
+            seq.serialize_element(&service)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Vec::<u32>::deserialize(deserializer)?.into_iter().collect())
+    }
 }
 
 /// The indexed view of one trace.
@@ -165,37 +264,196 @@ fn owning_segment<'a>(docs: &[&'a ParsedDocument], doc: &'a ParsedDocument) -> O
 /// A segment of one service, or the inferred segment of an uninstrumented call: what
 /// `service(...) { ... }` filters test.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "NodeRow", into = "NodeRow")]
 pub struct NodeFact {
     /// Index into [`TraceSummary::services`].
     pub service: u32,
     pub start_time: f64,
-    pub root: bool,
-    pub inferred: bool,
-    pub error: bool,
-    pub fault: bool,
-    pub throttle: bool,
     pub response_time: MaybeSeconds,
-    pub http_status: Option<u16>,
+    pub flags: FactFlags,
 }
 
 /// A call from one service to another, as the caller's subsegment recorded it: what
 /// `edge(...) { ... }` filters test.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "EdgeRow", into = "EdgeRow")]
 pub struct EdgeFact {
     pub from: u32,
     pub to: u32,
     pub start_time: f64,
-    pub error: bool,
-    pub fault: bool,
-    pub throttle: bool,
     pub response_time: MaybeSeconds,
-    pub http_status: Option<u16>,
+    pub flags: FactFlags,
+}
+
+/// A fact's error, fault and throttle flags, whether it is a root or an inferred node, and its
+/// HTTP status, in four bytes where five `bool`s and an `Option<u16>` took nine: a node fact is
+/// 24 bytes with them, not 32, and a cached summary holds about eight. (An edge, with two
+/// service indexes, stays at 32.)
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct FactFlags {
+    status: u16,
+    bits: u8,
+}
+
+impl FactFlags {
+    const ERROR: u8 = 1;
+    const FAULT: u8 = 2;
+    const THROTTLE: u8 = 4;
+    const ROOT: u8 = 8;
+    const INFERRED: u8 = 16;
+    const HAS_STATUS: u8 = 32;
+
+    pub fn new(error: bool, fault: bool, throttle: bool, http_status: Option<u16>) -> Self {
+        let bit = |on: bool, bit: u8| if on { bit } else { 0 };
+        Self {
+            status: http_status.unwrap_or(0),
+            bits: bit(error, Self::ERROR)
+                | bit(fault, Self::FAULT)
+                | bit(throttle, Self::THROTTLE)
+                | bit(http_status.is_some(), Self::HAS_STATUS),
+        }
+    }
+
+    /// An entity's flags and status.
+    pub fn of(e: Entity<'_>) -> Self {
+        Self::new(e.error(), e.fault(), e.throttle(), e.http_status())
+    }
+
+    pub fn with_root(self, root: bool) -> Self {
+        self.set(Self::ROOT, root)
+    }
+
+    pub fn with_inferred(self, inferred: bool) -> Self {
+        self.set(Self::INFERRED, inferred)
+    }
+
+    fn set(mut self, bit: u8, on: bool) -> Self {
+        if on {
+            self.bits |= bit;
+        } else {
+            self.bits &= !bit;
+        }
+        self
+    }
+
+    pub fn error(self) -> bool {
+        self.bits & Self::ERROR != 0
+    }
+
+    pub fn fault(self) -> bool {
+        self.bits & Self::FAULT != 0
+    }
+
+    pub fn throttle(self) -> bool {
+        self.bits & Self::THROTTLE != 0
+    }
+
+    pub fn root(self) -> bool {
+        self.bits & Self::ROOT != 0
+    }
+
+    pub fn inferred(self) -> bool {
+        self.bits & Self::INFERRED != 0
+    }
+
+    pub fn http_status(self) -> Option<u16> {
+        (self.bits & Self::HAS_STATUS != 0).then_some(self.status)
+    }
+}
+
+impl std::fmt::Debug for FactFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FactFlags")
+            .field("error", &self.error())
+            .field("fault", &self.fault())
+            .field("throttle", &self.throttle())
+            .field("root", &self.root())
+            .field("inferred", &self.inferred())
+            .field("http_status", &self.http_status())
+            .finish()
+    }
+}
+
+/// How a node fact was serialized before its flags were packed (block formats before 4 hold
+/// facts this way), and still is.
+#[derive(Clone, Serialize, Deserialize)]
+struct NodeRow {
+    service: u32,
+    start_time: f64,
+    root: bool,
+    inferred: bool,
+    error: bool,
+    fault: bool,
+    throttle: bool,
+    response_time: MaybeSeconds,
+    http_status: Option<u16>,
+}
+
+impl From<NodeRow> for NodeFact {
+    fn from(r: NodeRow) -> Self {
+        let flags =
+            FactFlags::new(r.error, r.fault, r.throttle, r.http_status).with_root(r.root).with_inferred(r.inferred);
+        Self { service: r.service, start_time: r.start_time, response_time: r.response_time, flags }
+    }
+}
+
+impl From<NodeFact> for NodeRow {
+    fn from(n: NodeFact) -> Self {
+        let f = n.flags;
+        Self {
+            service: n.service,
+            start_time: n.start_time,
+            root: f.root(),
+            inferred: f.inferred(),
+            error: f.error(),
+            fault: f.fault(),
+            throttle: f.throttle(),
+            response_time: n.response_time,
+            http_status: f.http_status(),
+        }
+    }
+}
+
+/// [`NodeRow`]'s counterpart for edges.
+#[derive(Clone, Serialize, Deserialize)]
+struct EdgeRow {
+    from: u32,
+    to: u32,
+    start_time: f64,
+    error: bool,
+    fault: bool,
+    throttle: bool,
+    response_time: MaybeSeconds,
+    http_status: Option<u16>,
+}
+
+impl From<EdgeRow> for EdgeFact {
+    fn from(r: EdgeRow) -> Self {
+        let flags = FactFlags::new(r.error, r.fault, r.throttle, r.http_status);
+        Self { from: r.from, to: r.to, start_time: r.start_time, response_time: r.response_time, flags }
+    }
+}
+
+impl From<EdgeFact> for EdgeRow {
+    fn from(e: EdgeFact) -> Self {
+        let f = e.flags;
+        Self {
+            from: e.from,
+            to: e.to,
+            start_time: e.start_time,
+            error: f.error(),
+            fault: f.fault(),
+            throttle: f.throttle(),
+            response_time: e.response_time,
+            http_status: f.http_status(),
+        }
+    }
 }
 
 /// A duration in seconds that may be missing (an entity in progress has none) in the eight
 /// bytes of an `f64`, NaN standing for none: documents' times are finite, so no duration is
 /// NaN. An `Option<f64>` takes sixteen, and facts are a third of a cached summary's memory:
-/// this takes `NodeFact` and `EdgeFact` from 40 bytes to 32.
+/// this took `NodeFact` and `EdgeFact` from 40 bytes to 32.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(from = "Option<f64>", into = "Option<f64>")]
 pub struct MaybeSeconds(f64);
@@ -268,19 +526,10 @@ impl TraceSummary {
     }
 
     /// Gives every vector inside the summary exactly its length (its own lists are boxed slices,
-    /// exact from the start). Summaries are built by pushes, which left 44% of their heap unused
-    /// (1,152 of 2,615 bytes a trace on the load generator's traces), and a block's summaries stay
-    /// in memory for as long as the block is queried.
+    /// exact from the start, and so are annotations' values). Summaries are built by pushes, which
+    /// left 44% of their heap unused (1,152 of 2,615 bytes a trace on the load generator's
+    /// traces), and a block's summaries stay in memory for as long as the block is queried.
     fn fit(&mut self) {
-        for annotation in &mut self.annotations {
-            for (_, services) in &mut annotation.values {
-                fit(services);
-            }
-            fit(&mut annotation.values);
-        }
-        for user in &mut self.users {
-            fit(&mut user.services);
-        }
         let facts = &mut self.facts;
         for causes in [&mut facts.fault_root_causes, &mut facts.error_root_causes, &mut facts.response_time_root_causes]
         {
@@ -312,12 +561,16 @@ impl TraceSummary {
             .annotations
             .iter()
             .map(|a| {
-                let values: usize = a.values.iter().map(|(v, s)| 48 + value(v) + 4 * s.len()).sum();
+                let values: usize = a
+                    .values
+                    .iter()
+                    .map(|(v, s)| size_of::<(AnnotationValue, ServiceSet)>() + value(v) + s.heap_bytes())
+                    .sum();
                 size_of::<AnnotationSummary>() + heap(&a.key) + values
             })
             .sum();
         let users: usize =
-            self.users.iter().map(|u| size_of::<UserSummary>() + heap(&u.name) + 4 * u.services.len()).sum();
+            self.users.iter().map(|u| size_of::<UserSummary>() + heap(&u.name) + u.services.heap_bytes()).sum();
         let strings = |list: &[Text]| list.iter().map(|s| size_of::<Text>() + heap(s)).sum::<usize>();
         let causes = |causes: &[RootCause]| -> usize {
             causes
@@ -473,13 +726,8 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
             nodes.push(NodeFact {
                 service: to,
                 start_time: e.start_time(),
-                root: root.is_some_and(|r| std::ptr::eq(*r, *doc)),
-                inferred: false,
-                error: e.error(),
-                fault: e.fault(),
-                throttle: e.throttle(),
                 response_time: duration_of(e).into(),
-                http_status: e.http_status(),
+                flags: FactFlags::of(e).with_root(root.is_some_and(|r| std::ptr::eq(*r, *doc))),
             });
             // One observation per call: several segments may answer the same subsegment.
             let caller = doc.parent_id.filter(|p| calls_seen.insert(*p, ()));
@@ -508,13 +756,8 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
                 nodes.push(NodeFact {
                     service: to,
                     start_time: e.start_time(),
-                    root: false,
-                    inferred: true,
-                    error: e.error(),
-                    fault: e.fault(),
-                    throttle: e.throttle(),
                     response_time: duration_of(e).into(),
-                    http_status: e.http_status(),
+                    flags: FactFlags::of(e).with_inferred(true),
                 });
                 if let Some(from) = service {
                     edges.push(edge_fact(from, to, e));
@@ -639,11 +882,8 @@ fn edge_fact(from: u32, to: u32, call: Entity<'_>) -> EdgeFact {
         from,
         to,
         start_time: call.start_time(),
-        error: call.error(),
-        fault: call.fault(),
-        throttle: call.throttle(),
         response_time: duration_of(call).into(),
-        http_status: call.http_status(),
+        flags: FactFlags::of(call),
     }
 }
 
@@ -669,25 +909,29 @@ impl Services {
     }
 }
 
-/// Most keys have one value, and most values one service: their vectors start with room for one.
 fn add_annotation(out: &mut Vec<AnnotationSummary>, key: &str, value: AnnotationRef<'_>, service: Option<u32>) {
     let entry = match out.iter_mut().position(|a| a.key == key) {
         Some(i) => &mut out[i],
         None if out.len() < MAX_INDEXED_ANNOTATIONS => {
-            out.push(AnnotationSummary { key: key.into(), values: Vec::with_capacity(1) });
+            out.push(AnnotationSummary { key: key.into(), values: Box::default() });
             out.last_mut().expect("just pushed")
         }
         None => return,
     };
-    let slot = match entry.values.iter_mut().position(|(v, _)| *v == value) {
-        Some(i) => &mut entry.values[i],
+    let slot = match entry.values.iter().position(|(v, _)| *v == value) {
+        Some(i) => i,
         None => {
-            entry.values.push((value.to_value(), Vec::with_capacity(1)));
-            entry.values.last_mut().expect("just pushed")
+            // Values are boxed slices grown one at a time: most keys have one value, and a
+            // slice kept exact from the start needs no fitting afterwards.
+            let mut values = std::mem::take(&mut entry.values).into_vec();
+            values.reserve_exact(1);
+            values.push((value.to_value(), ServiceSet::default()));
+            entry.values = values.into_boxed_slice();
+            entry.values.len() - 1
         }
     };
-    if let Some(s) = service.filter(|s| !slot.1.contains(s)) {
-        slot.1.push(s);
+    if let Some(s) = service {
+        entry.values[slot].1.insert(s);
     }
 }
 
@@ -695,12 +939,12 @@ fn add_user(out: &mut Vec<UserSummary>, name: &str, service: Option<u32>) {
     let entry = match out.iter_mut().position(|u| u.name == name) {
         Some(i) => &mut out[i],
         None => {
-            out.push(UserSummary { name: name.into(), services: Vec::with_capacity(1) });
+            out.push(UserSummary { name: name.into(), services: ServiceSet::default() });
             out.last_mut().expect("just pushed")
         }
     };
-    if let Some(s) = service.filter(|s| !entry.services.contains(s)) {
-        entry.services.push(s);
+    if let Some(s) = service {
+        entry.services.insert(s);
     }
 }
 
@@ -717,6 +961,47 @@ mod tests {
 
     const TRACE: &str = "1-5759e988-bd862e3fe1be46a994272793";
 
+    #[test]
+    fn service_sets_hold_any_index_in_order_and_serialize_as_lists() {
+        let mut set = ServiceSet::default();
+        for service in [5, 0, 63, 5] {
+            set.insert(service);
+        }
+        assert_eq!((set.iter().collect::<Vec<_>>(), set.len()), (vec![0, 5, 63], 3));
+        assert!(matches!(set, ServiceSet::Bits(_)), "indexes under 64 take no allocation");
+        set.insert(1000);
+        set.insert(64);
+        set.insert(5);
+        assert_eq!(set.iter().collect::<Vec<_>>(), [0, 5, 63, 64, 1000]);
+        assert!(set.contains(1000) && set.contains(63) && !set.contains(62) && !set.contains(999));
+        let json = serde_json::to_string(&set).unwrap();
+        assert_eq!(json, "[0,5,63,64,1000]");
+        let listed: Vec<u32> = set.iter().collect();
+        assert_eq!(postcard::to_allocvec(&set).unwrap(), postcard::to_allocvec(&listed).unwrap());
+        assert_eq!(serde_json::from_str::<ServiceSet>("[1000,0,64,5,63,5]").unwrap(), set);
+        let small: ServiceSet = serde_json::from_str("[3,1]").unwrap();
+        assert_eq!(small, ServiceSet::Bits(0b1010));
+        assert_eq!(std::mem::size_of::<ServiceSet>(), 16);
+    }
+
+    #[test]
+    fn fact_flags_keep_every_combination_and_status() {
+        for bits in 0..32u8 {
+            for status in [None, Some(0), Some(200), Some(u16::MAX)] {
+                let on = |b: u8| bits & b != 0;
+                let flags = FactFlags::new(on(1), on(2), on(4), status).with_root(on(8)).with_inferred(on(16));
+                let read = (flags.error(), flags.fault(), flags.throttle(), flags.root(), flags.inferred());
+                assert_eq!(read, (on(1), on(2), on(4), on(8), on(16)));
+                assert_eq!(flags.http_status(), status);
+                let node = NodeFact { service: 3, start_time: 1.5, response_time: Some(0.25).into(), flags };
+                let row = serde_json::to_value(&node).unwrap();
+                assert_eq!(row["root"], on(8));
+                assert_eq!(serde_json::from_value::<NodeFact>(row).unwrap(), node);
+            }
+        }
+        assert_eq!((std::mem::size_of::<NodeFact>(), std::mem::size_of::<EdgeFact>()), (24, 32));
+    }
+
     fn doc(json: &str) -> ParsedDocument {
         parse_document(json.as_bytes(), MAX_DOCUMENT_BYTES).unwrap()
     }
@@ -730,8 +1015,7 @@ mod tests {
             assert_eq!(text, serde_json::to_string(&seconds).unwrap());
             assert_eq!(serde_json::from_str::<MaybeSeconds>(&text).unwrap(), held);
         }
-        assert_eq!(std::mem::size_of::<NodeFact>(), 32);
-        assert_eq!(std::mem::size_of::<EdgeFact>(), 32);
+        assert_eq!(std::mem::size_of::<MaybeSeconds>(), 8);
     }
 
     fn trace() -> Vec<ParsedDocument> {
@@ -791,19 +1075,19 @@ mod tests {
         assert_eq!(s.entry_point, Some(0));
         let tenant = &s.annotations[0];
         assert_eq!(tenant.key, "tenant");
-        assert_eq!(tenant.values[0], (AnnotationValue::String("acme".into()), vec![0, 1]));
-        assert_eq!(tenant.values[1], (AnnotationValue::String("beta".into()), vec![1]));
+        assert_eq!(tenant.values[0], (AnnotationValue::String("acme".into()), [0, 1].into_iter().collect()));
+        assert_eq!(tenant.values[1], (AnnotationValue::String("beta".into()), [1].into_iter().collect()));
         assert_eq!(s.users.len(), 1);
-        assert_eq!(s.users[0].services, vec![0, 1]);
+        assert_eq!(s.users[0].services.iter().collect::<Vec<_>>(), [0, 1]);
         assert_eq!(s.instance_ids[..], ["i-1"]);
         assert_eq!(s.availability_zones[..], ["us-east-1a"]);
         assert_eq!(s.resource_arns[..], ["arn:aws:ec2:i-1"]);
         assert_eq!(s.revision, 2);
         assert_eq!(s.document_count, 3);
-        let roots: Vec<&NodeFact> = s.facts.nodes.iter().filter(|n| n.root).collect();
-        assert_eq!((roots.len(), roots[0].service, roots[0].http_status), (1, 0, Some(429)));
+        let roots: Vec<&NodeFact> = s.facts.nodes.iter().filter(|n| n.flags.root()).collect();
+        assert_eq!((roots.len(), roots[0].service, roots[0].flags.http_status()), (1, 0, Some(429)));
         let dynamo = s.facts.nodes.iter().find(|n| n.service == 2).unwrap();
-        assert!(dynamo.inferred && dynamo.throttle);
+        assert!(dynamo.flags.inferred() && dynamo.flags.throttle());
         let edges: Vec<(u32, u32)> = s.facts.edges.iter().map(|e| (e.from, e.to)).collect();
         assert_eq!(edges, [(0, 2), (0, 1)], "api called users (inferred) and auth (instrumented)");
         assert!((s.facts.edges[1].response_time.get().unwrap() - 0.9).abs() < 1e-9);

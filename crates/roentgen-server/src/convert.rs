@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use roentgen_model::api;
 use roentgen_model::{AnnotationValue, Text, TraceId};
-use roentgen_query::{ServiceGraph, ServiceKey, TraceSummary};
+use roentgen_query::{ServiceGraph, ServiceKey, ServiceSet, TraceSummary};
 use roentgen_store::SummaryCursor;
 
 fn owned(text: Option<&Text>) -> Option<String> {
@@ -20,8 +20,8 @@ fn service_id(key: &ServiceKey) -> api::ServiceId {
     }
 }
 
-fn service_ids(summary: &TraceSummary, indexes: &[u32]) -> Vec<api::ServiceId> {
-    indexes.iter().filter_map(|&i| summary.services.get(i as usize)).map(|k| service_id(k)).collect()
+fn service_ids(summary: &TraceSummary, indexes: &ServiceSet) -> Vec<api::ServiceId> {
+    indexes.iter().filter_map(|i| summary.services.get(i as usize)).map(|k| service_id(k)).collect()
 }
 
 pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::TraceSummary {

@@ -16,7 +16,8 @@
 
 use roentgen_model::{Http, Text, TraceId};
 use roentgen_query::{
-    AnnotationSummary, EdgeFact, NodeFact, RootCause, ServiceKey, TraceFacts, TraceSummary, UserSummary, shared,
+    AnnotationSummary, EdgeFact, FactFlags, NodeFact, RootCause, ServiceKey, TraceFacts, TraceSummary, UserSummary,
+    shared,
 };
 use serde::Deserialize;
 
@@ -129,26 +130,21 @@ pub(crate) struct FactsIn {
 
 impl FactsIn {
     pub(crate) fn into_facts(self, base: f64) -> TraceFacts {
+        let flags = |f: &Fact| {
+            FactFlags::new(f.flags & ERROR != 0, f.flags & FAULT != 0, f.flags & THROTTLE != 0, f.http_status)
+        };
         let node = |f: Fact| NodeFact {
             service: f.from,
             start_time: at(base, f.start_time),
-            root: f.flags & ROOT != 0,
-            inferred: f.flags & INFERRED != 0,
-            error: f.flags & ERROR != 0,
-            fault: f.flags & FAULT != 0,
-            throttle: f.flags & THROTTLE != 0,
             response_time: f.response_time.map(seconds).into(),
-            http_status: f.http_status,
+            flags: flags(&f).with_root(f.flags & ROOT != 0).with_inferred(f.flags & INFERRED != 0),
         };
         let edge = |f: Fact| EdgeFact {
             from: f.from,
             to: f.to,
             start_time: at(base, f.start_time),
-            error: f.flags & ERROR != 0,
-            fault: f.flags & FAULT != 0,
-            throttle: f.flags & THROTTLE != 0,
             response_time: f.response_time.map(seconds).into(),
-            http_status: f.http_status,
+            flags: flags(&f),
         };
         TraceFacts {
             nodes: self.nodes.into_iter().map(node).collect(),
@@ -291,7 +287,7 @@ impl FactRows {
                 start: after(base, n.start_time),
                 flags: node_flags(n),
                 response_time: n.response_time.get().map(micros),
-                http_status: n.http_status.map(u64::from),
+                http_status: n.flags.http_status().map(u64::from),
             }));
             self.edge_counts.push(s.facts.edges.len() as u32);
             self.edges.extend(s.facts.edges.iter().map(|e| FactRow {
@@ -300,7 +296,7 @@ impl FactRows {
                 start: after(base, e.start_time),
                 flags: edge_flags(e),
                 response_time: e.response_time.get().map(micros),
-                http_status: e.http_status.map(u64::from),
+                http_status: e.flags.http_status().map(u64::from),
             }));
         }
     }
@@ -460,11 +456,19 @@ impl SummaryColumnsIn {
 }
 
 fn node_flags(n: &NodeFact) -> u8 {
-    flags(&[(n.fault, FAULT), (n.error, ERROR), (n.throttle, THROTTLE), (n.root, ROOT), (n.inferred, INFERRED)])
+    let f = n.flags;
+    flags(&[
+        (f.fault(), FAULT),
+        (f.error(), ERROR),
+        (f.throttle(), THROTTLE),
+        (f.root(), ROOT),
+        (f.inferred(), INFERRED),
+    ])
 }
 
 fn edge_flags(e: &EdgeFact) -> u8 {
-    flags(&[(e.fault, FAULT), (e.error, ERROR), (e.throttle, THROTTLE)])
+    let f = e.flags;
+    flags(&[(f.fault(), FAULT), (f.error(), ERROR), (f.throttle(), THROTTLE)])
 }
 
 /// The next facts of a run of fact columns, as version 4 recorded them.
@@ -599,24 +603,18 @@ mod tests {
             nodes: Box::new([NodeFact {
                 service: 0,
                 start_time: us(start + offsets[0]),
-                root: bits & 1 != 0,
-                inferred: bits & 2 != 0,
-                error: bits & 4 != 0,
-                fault: bits & 8 != 0,
-                throttle: bits & 16 != 0,
                 response_time: Some(us(offsets[last])).into(),
-                http_status: status,
+                flags: FactFlags::new(bits & 4 != 0, bits & 8 != 0, bits & 16 != 0, status)
+                    .with_root(bits & 1 != 0)
+                    .with_inferred(bits & 2 != 0),
             }]),
             edges: (0..last)
                 .map(|n| EdgeFact {
                     from: 0,
                     to: n as u32 + 1,
                     start_time: us(start + offsets[n]),
-                    error: bits & 32 != 0,
-                    fault: bits & 64 != 0,
-                    throttle: bits & 128 != 0,
                     response_time: MaybeSeconds::NONE,
-                    http_status: status,
+                    flags: FactFlags::new(bits & 32 != 0, bits & 64 != 0, bits & 128 != 0, status),
                 })
                 .collect(),
             ..TraceFacts::default()

@@ -114,13 +114,13 @@ impl BlockSummaries {
                 index_bytes += 4;
             }
             let nodes = &s.facts.nodes;
-            if nodes.iter().any(|n| n.fault) {
+            if nodes.iter().any(|n| n.flags.fault()) {
                 add(&mut index.node_fault);
             }
-            if nodes.iter().any(|n| n.error) {
+            if nodes.iter().any(|n| n.flags.error()) {
                 add(&mut index.node_error);
             }
-            if nodes.iter().any(|n| n.throttle) {
+            if nodes.iter().any(|n| n.flags.throttle()) {
                 add(&mut index.node_throttle);
             }
         }

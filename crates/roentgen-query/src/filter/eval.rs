@@ -207,7 +207,7 @@ fn trace_test(test: &Test, s: &TraceSummary) -> bool {
         Field::Fault => boolean(s.has_fault, c),
         Field::Throttle => boolean(s.has_throttle, c),
         Field::Partial => boolean(s.is_partial, c),
-        Field::Inferred => boolean(s.facts.nodes.iter().any(|n| n.inferred), c),
+        Field::Inferred => boolean(s.facts.nodes.iter().any(|n| n.flags.inferred()), c),
         Field::ResponseTime => number(s.response_time, c),
         Field::Duration => number(Some(s.duration()), c),
         Field::HttpStatus => number(http.and_then(|h| h.status).map(f64::from), c),
@@ -239,14 +239,14 @@ fn trace_test(test: &Test, s: &TraceSummary) -> bool {
 fn node_test(test: &Test, n: &NodeFact) -> bool {
     let c = &test.compare;
     match test.field {
-        Field::Ok => boolean(ok(n.error, n.fault, n.throttle), c),
-        Field::Error => boolean(n.error, c),
-        Field::Fault => boolean(n.fault, c),
-        Field::Throttle => boolean(n.throttle, c),
-        Field::Root => boolean(n.root, c),
-        Field::Inferred => boolean(n.inferred, c),
+        Field::Ok => boolean(ok(n.flags.error(), n.flags.fault(), n.flags.throttle()), c),
+        Field::Error => boolean(n.flags.error(), c),
+        Field::Fault => boolean(n.flags.fault(), c),
+        Field::Throttle => boolean(n.flags.throttle(), c),
+        Field::Root => boolean(n.flags.root(), c),
+        Field::Inferred => boolean(n.flags.inferred(), c),
         Field::ResponseTime => number(n.response_time.get(), c),
-        Field::HttpStatus => number(n.http_status.map(f64::from), c),
+        Field::HttpStatus => number(n.flags.http_status().map(f64::from), c),
         _ => false,
     }
 }
@@ -254,12 +254,12 @@ fn node_test(test: &Test, n: &NodeFact) -> bool {
 fn edge_test(test: &Test, e: &EdgeFact) -> bool {
     let c = &test.compare;
     match test.field {
-        Field::Ok => boolean(ok(e.error, e.fault, e.throttle), c),
-        Field::Error => boolean(e.error, c),
-        Field::Fault => boolean(e.fault, c),
-        Field::Throttle => boolean(e.throttle, c),
+        Field::Ok => boolean(ok(e.flags.error(), e.flags.fault(), e.flags.throttle()), c),
+        Field::Error => boolean(e.flags.error(), c),
+        Field::Fault => boolean(e.flags.fault(), c),
+        Field::Throttle => boolean(e.flags.throttle(), c),
         Field::ResponseTime => number(e.response_time.get(), c),
-        Field::HttpStatus => number(e.http_status.map(f64::from), c),
+        Field::HttpStatus => number(e.flags.http_status().map(f64::from), c),
         _ => false,
     }
 }
