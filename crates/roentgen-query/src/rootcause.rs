@@ -20,12 +20,12 @@ use roentgen_model::{Entity, Text};
 use serde::{Deserialize, Serialize};
 
 use crate::id_map::IdMap;
-use crate::summary::{Owners, ServiceKey};
+use crate::summary::{Owners, ServiceKey, exact};
 
 /// One root cause: the services on the path to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RootCause {
-    pub services: Vec<RootCauseService>,
+    pub services: Box<[RootCauseService]>,
     pub client_impacting: bool,
 }
 
@@ -77,14 +77,14 @@ pub struct RootCauseService {
     /// Index into [`TraceSummary::services`](crate::TraceSummary::services).
     pub service: u32,
     pub inferred: bool,
-    pub entity_path: Vec<RootCauseEntity>,
+    pub entity_path: Box<[RootCauseEntity]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RootCauseEntity {
     pub name: Text,
     /// (type, message) of each exception the entity recorded.
-    pub exceptions: Vec<(Option<Text>, Option<Text>)>,
+    pub exceptions: Box<[(Option<Text>, Option<Text>)]>,
     /// The entity is a call to another service (`aws` or `remote`).
     pub remote: bool,
     /// Response-time causes only: the entity's duration over the root's response time.
@@ -108,8 +108,8 @@ fn duration(e: Entity<'_>) -> Option<f64> {
     e.end_time().map(|end| (end - e.start_time()).max(0.0))
 }
 
-fn exceptions(e: Entity<'_>) -> Vec<(Option<Text>, Option<Text>)> {
-    e.exceptions().map(|x| (x.kind.map(Text::from), x.message.map(Text::from))).collect()
+fn exceptions(e: Entity<'_>) -> Box<[(Option<Text>, Option<Text>)]> {
+    exact(e.exceptions().map(|x| (x.kind.map(Text::from), x.message.map(Text::from))).collect())
 }
 
 impl<'a> TraceTree<'a> {
@@ -123,8 +123,9 @@ impl<'a> TraceTree<'a> {
         coverage: impl Fn(Entity<'a>) -> Option<f64>,
         client_impacting: bool,
     ) -> RootCause {
-        // Most paths stay in one service.
-        let mut services: Vec<RootCauseService> = Vec::with_capacity(1);
+        // The path in runs of one service each; most paths stay in one. Their lists are boxed
+        // slices, as a cached summary keeps them.
+        let mut runs: Vec<(u32, Vec<RootCauseEntity>)> = Vec::with_capacity(1);
         for &e in path {
             let Some(service) = self.owner.get(e.id()) else { continue };
             let entity = RootCauseEntity {
@@ -133,22 +134,26 @@ impl<'a> TraceTree<'a> {
                 remote: e.namespace().is_some(),
                 coverage: coverage(e),
             };
-            match services.last_mut() {
-                Some(last) if last.service == service => last.entity_path.push(entity),
-                _ => services.push(RootCauseService { service, inferred: false, entity_path: vec![entity] }),
+            match runs.last_mut() {
+                Some((last, entities)) if *last == service => entities.push(entity),
+                _ => runs.push((service, vec![entity])),
             }
         }
-        if let Some(&last) = path.last()
-            && let Some(&service) = self.inferred.get(&last.id())
-        {
+        let inferred = path.last().and_then(|&last| {
+            let &service = self.inferred.get(&last.id())?;
             let entity = RootCauseEntity {
                 name: Text::from(last.name()),
                 exceptions: exceptions(last),
                 remote: true,
                 coverage: coverage(last),
             };
-            services.push(RootCauseService { service, inferred: true, entity_path: vec![entity] });
-        }
+            Some(RootCauseService { service, inferred: true, entity_path: Box::new([entity]) })
+        });
+        let services = runs
+            .into_iter()
+            .map(|(service, entities)| RootCauseService { service, inferred: false, entity_path: exact(entities) })
+            .chain(inferred)
+            .collect();
         RootCause { services, client_impacting }
     }
 
