@@ -164,7 +164,7 @@ pub struct TraceSummary {
     /// Latest end of any entity (its start while in progress).
     pub end_time: f64,
     /// The root segment's end minus start; `None` while the root is in progress or unknown.
-    pub response_time: Option<f64>,
+    pub response_time: MaybeSeconds,
     pub has_fault: bool,
     pub has_error: bool,
     pub has_throttle: bool,
@@ -173,7 +173,8 @@ pub struct TraceSummary {
     /// Each key shared with the other summaries that name it ([`crate::shared`]).
     #[serde(deserialize_with = "crate::shared::deserialize")]
     pub services: Box<[Arc<ServiceKey>]>,
-    pub entry_point: Option<u32>,
+    /// The root segment's service, an index into `services`.
+    pub entry_point: MaybeIndex,
     pub annotations: Box<[AnnotationSummary]>,
     pub users: Box<[UserSummary]>,
     pub resource_arns: Box<[Text]>,
@@ -453,7 +454,8 @@ impl From<EdgeFact> for EdgeRow {
 /// A duration in seconds that may be missing (an entity in progress has none) in the eight
 /// bytes of an `f64`, NaN standing for none: documents' times are finite, so no duration is
 /// NaN. An `Option<f64>` takes sixteen, and facts are a third of a cached summary's memory:
-/// this took `NodeFact` and `EdgeFact` from 40 bytes to 32.
+/// this took `NodeFact` and `EdgeFact` from 40 bytes to 32, and a summary's response time is
+/// one too ([`MaybeIndex`] says why).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(from = "Option<f64>", into = "Option<f64>")]
 pub struct MaybeSeconds(f64);
@@ -463,6 +465,34 @@ impl MaybeSeconds {
 
     pub fn get(self) -> Option<f64> {
         (!self.0.is_nan()).then_some(self.0)
+    }
+}
+
+/// An optional index in the four bytes of a `u32` (`u32::MAX` standing for none; no trace has
+/// that many services), where an `Option<u32>` takes eight: with it and [`MaybeSeconds`],
+/// `TraceSummary` is 368 bytes, which with its `Arc`'s counts fills one of mimalloc's size
+/// classes (384 bytes; the next is 448). Serialized as an `Option<u32>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Option<u32>", into = "Option<u32>")]
+pub struct MaybeIndex(u32);
+
+impl MaybeIndex {
+    pub const NONE: Self = Self(u32::MAX);
+
+    pub fn get(self) -> Option<u32> {
+        (self != Self::NONE).then_some(self.0)
+    }
+}
+
+impl From<Option<u32>> for MaybeIndex {
+    fn from(index: Option<u32>) -> Self {
+        index.map_or(Self::NONE, Self)
+    }
+}
+
+impl From<MaybeIndex> for Option<u32> {
+    fn from(index: MaybeIndex) -> Self {
+        index.get()
     }
 }
 
@@ -511,7 +541,7 @@ impl TraceSummary {
     pub fn round_to_microseconds(&mut self) {
         self.start_time = whole_microseconds(self.start_time);
         self.end_time = whole_microseconds(self.end_time);
-        self.response_time = self.response_time.map(whole_microseconds);
+        self.response_time = self.response_time.get().map(whole_microseconds).into();
         for time in &mut self.segment_end_times {
             *time = whole_microseconds(*time);
         }
@@ -793,13 +823,13 @@ pub fn summarize(trace_id: TraceId, docs: &[&ParsedDocument], revision: u32) -> 
         trace_id,
         start_time,
         end_time,
-        response_time: root_entity.and_then(duration_of),
+        response_time: root_entity.and_then(duration_of).into(),
         has_fault: root_entity.is_some_and(|r| r.fault()),
         has_error: root_entity.is_some_and(|r| r.error()),
         has_throttle,
         is_partial,
         http: root_entity.and_then(|r| r.http()).map(|h| h.to_http()),
-        entry_point: root_entity.map(|r| services.index(ServiceKey::of_segment(r))),
+        entry_point: root_entity.map(|r| services.index(ServiceKey::of_segment(r))).into(),
         services: shared(services.keys),
         annotations: exact(annotations),
         users: exact(users),
@@ -966,6 +996,13 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_summary_fits_a_384_byte_allocation() {
+        // An `Arc` adds its two counts, 16 bytes. mimalloc's size classes here are 320, 384 and
+        // 448 bytes: past 384, 64 are lost.
+        assert!(16 + std::mem::size_of::<TraceSummary>() <= 384);
+    }
+
+    #[test]
     fn fact_flags_keep_every_combination_and_status() {
         for bits in 0..32u8 {
             for status in [None, Some(0), Some(200), Some(u16::MAX)] {
@@ -1033,7 +1070,7 @@ mod tests {
         ));
         let s = summarize(TraceId::parse(TRACE).unwrap(), &[&root], 1);
         assert_eq!((s.start_time, s.end_time), (1_700_000_000.763775, 1_700_000_000.814788));
-        assert_eq!(s.response_time, Some(s.duration()));
+        assert_eq!(s.response_time.get(), Some(s.duration()));
         assert_eq!(s.duration(), 0.051013);
         let mut again = s.clone();
         again.round_to_microseconds();
@@ -1047,13 +1084,13 @@ mod tests {
         let s = summarize(TraceId::parse(TRACE).unwrap(), &refs, 2);
         assert_eq!(s.start_time, 100.0);
         assert_eq!(s.end_time, 103.0);
-        assert_eq!(s.response_time, Some(3.0));
+        assert_eq!(s.response_time.get(), Some(3.0));
         assert!(s.has_error && !s.has_fault && s.has_throttle && s.is_partial);
         assert_eq!(s.http.as_ref().unwrap().status, Some(429));
         let names: Vec<&str> = s.services.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["api", "auth", "users"], "auth is instrumented, so no inferred remote node");
         assert_eq!(s.services[2].kind.as_deref(), Some("AWS::DynamoDB::Table"));
-        assert_eq!(s.entry_point, Some(0));
+        assert_eq!(s.entry_point.get(), Some(0));
         let tenant = &s.annotations[0];
         assert_eq!(tenant.key, "tenant");
         assert_eq!(tenant.values[0], (AnnotationValue::String("acme".into()), [0, 1].into_iter().collect()));

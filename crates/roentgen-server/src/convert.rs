@@ -46,7 +46,7 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
         id: summary.trace_id.to_string(),
         start_time: summary.start_time,
         duration: summary.duration(),
-        response_time: summary.response_time,
+        response_time: summary.response_time.get(),
         has_fault: summary.has_fault,
         has_error: summary.has_error,
         has_throttle: summary.has_throttle,
@@ -76,7 +76,7 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
             .iter()
             .map(|name| api::AvailabilityZoneDetail { name: name.to_string() })
             .collect(),
-        entry_point: summary.entry_point.and_then(|i| summary.services.get(i as usize)).map(|k| service_id(k)),
+        entry_point: summary.entry_point.get().and_then(|i| summary.services.get(i as usize)).map(|k| service_id(k)),
         fault_root_causes: summary.facts.fault_root_causes.iter().map(|c| c.to_api(&summary.services)).collect(),
         error_root_causes: summary.facts.error_root_causes.iter().map(|c| c.to_api(&summary.services)).collect(),
         response_time_root_causes: summary

@@ -84,14 +84,14 @@ impl SummaryIn {
             trace_id,
             start_time: base,
             end_time: at(base, self.end_time),
-            response_time: self.response_time.map(seconds),
+            response_time: self.response_time.map(seconds).into(),
             has_fault: self.flags & FAULT != 0,
             has_error: self.flags & ERROR != 0,
             has_throttle: self.flags & THROTTLE != 0,
             is_partial: self.flags & PARTIAL != 0,
             http: self.http,
             services: shared(self.services),
-            entry_point: self.entry_point,
+            entry_point: self.entry_point.into(),
             annotations: self.annotations.into(),
             users: self.users.into(),
             resource_arns: self.resource_arns.into(),
@@ -181,11 +181,11 @@ pub(crate) fn write_summary_section(
             }
         })?;
         out.seq(t.iter(), |out, s| out.signed(after(s.start_time, s.end_time)))?;
-        out.seq(t.iter(), |out, s| out.option_varint(s.response_time.map(micros)))?;
+        out.seq(t.iter(), |out, s| out.option_varint(s.response_time.get().map(micros)))?;
         out.seq(t.iter(), |out, s| out.byte(summary_flags(s)))?;
         out.serialized_seq(t.iter().map(|s| &s.http))?;
         out.serialized_seq(t.iter().map(|s| &s.services))?;
-        out.seq(t.iter(), |out, s| out.option_varint(s.entry_point.map(u64::from)))?;
+        out.seq(t.iter(), |out, s| out.option_varint(s.entry_point.get().map(u64::from)))?;
         out.serialized_seq(t.iter().map(|s| &s.annotations))?;
         out.serialized_seq(t.iter().map(|s| &s.users))?;
         out.serialized_seq(t.iter().map(|s| &s.resource_arns))?;
@@ -431,14 +431,14 @@ impl SummaryColumnsIn {
                 trace_id,
                 start_time: base,
                 end_time: at(base, end_time.next()?),
-                response_time: response_time.next()?.map(seconds),
+                response_time: response_time.next()?.map(seconds).into(),
                 has_fault: flags & FAULT != 0,
                 has_error: flags & ERROR != 0,
                 has_throttle: flags & THROTTLE != 0,
                 is_partial: flags & PARTIAL != 0,
                 http: http.next()?,
                 services: shared(services.next()?),
-                entry_point: entry_point.next()?,
+                entry_point: entry_point.next()?.into(),
                 annotations: annotations.next()?.into(),
                 users: users.next()?.into(),
                 resource_arns: resource_arns.next()?.into(),
@@ -623,14 +623,14 @@ mod tests {
             trace_id: TraceId::from_parts(epoch, u128::from(bits) + 7),
             start_time: start,
             end_time: us(start + offsets.iter().cloned().fold(0.0, f64::max)),
-            response_time: Some(us(offsets[0])),
+            response_time: Some(us(offsets[0])).into(),
             has_fault: bits & 1 != 0,
             has_error: bits & 2 != 0,
             has_throttle: bits & 4 != 0,
             is_partial: bits & 8 != 0,
             http: None,
             services: shared(vec![ServiceKey { name: "a".into(), kind: None, account_id: Some("1".into()) }]),
-            entry_point: Some(0),
+            entry_point: Some(0).into(),
             annotations: Box::default(),
             users: Box::default(),
             resource_arns: Box::new(["arn".into()]),

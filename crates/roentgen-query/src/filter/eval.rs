@@ -208,7 +208,7 @@ fn trace_test(test: &Test, s: &TraceSummary) -> bool {
         Field::Throttle => boolean(s.has_throttle, c),
         Field::Partial => boolean(s.is_partial, c),
         Field::Inferred => boolean(s.facts.nodes.iter().any(|n| n.flags.inferred()), c),
-        Field::ResponseTime => number(s.response_time, c),
+        Field::ResponseTime => number(s.response_time.get(), c),
         Field::Duration => number(Some(s.duration()), c),
         Field::HttpStatus => number(http.and_then(|h| h.status).map(f64::from), c),
         Field::HttpUrl => strings(root_http(|h| h.url.as_ref()), c),
