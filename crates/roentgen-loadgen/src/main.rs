@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 /// The server's allocator, so `pipeline` measures what the server does.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: roentgen_alloc::Mimalloc = roentgen_alloc::Mimalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "roentgen-loadgen", about = "Send realistic X-Ray load to roentgen and measure it")]
@@ -134,6 +134,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    roentgen_alloc::reuse_freed_pages_until_the_kernel_needs_them();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

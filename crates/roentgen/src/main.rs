@@ -11,30 +11,9 @@ use roentgen_server::{Config, RunningServer};
 /// mimalloc is built without asking for transparent huge pages (`no_thp`): the live documents'
 /// memory comes and goes with every flush, and faulting it in 2 MiB at a time cost 15% of the
 /// server's CPU under load, against under 4% in 4 KiB pages (the reason Redis and MongoDB
-/// advise against THP too).
+/// advise against THP too). `roentgen_alloc` says how it is called.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `purge_decommits`, 5 in its `mi_option_t` (mimalloc.h). libmimalloc-sys leaves
-/// it out of its constants; mimalloc keeps the numbers of its options, deprecating in place.
-const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
-
-/// Each flush frees the documents it wrote, a few hundred MB, and the next seconds of ingest
-/// allocate as much again. mimalloc gives memory that stayed free for a second back to the
-/// system, by default with `MADV_DONTNEED`, so the ingest then faults every page back in and the
-/// kernel zeroes it: a quarter of the server's CPU under `perf`. With purges as `MADV_FREE`, the
-/// kernel takes those pages only when it needs memory, and until then reusing them costs
-/// nothing: 0.95 times the server's CPU, 0.65 times the page faults, and a peak RSS 1.05 times
-/// as high, as freed pages stay counted until taken (BENCHMARKS.md). The environment's
-/// `MIMALLOC_PURGE_DECOMMITS=1` brings the default back.
-#[allow(unsafe_code)]
-fn reuse_freed_pages_until_the_kernel_needs_them() {
-    if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_none() {
-        // SAFETY: `mi_option_set` stores a number in mimalloc's table of options, read at each
-        // purge; it takes no pointer, and it runs before the server starts any thread.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0) };
-    }
-}
+static ALLOCATOR: roentgen_alloc::Mimalloc = roentgen_alloc::Mimalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "roentgen", version, about = "Self-hosted distributed tracing that speaks AWS X-Ray's protocols")]
@@ -112,7 +91,7 @@ impl ServeArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    reuse_freed_pages_until_the_kernel_needs_them();
+    roentgen_alloc::reuse_freed_pages_until_the_kernel_needs_them();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
