@@ -77,12 +77,14 @@ impl ServiceSet {
     pub fn insert(&mut self, service: u32) {
         match self {
             Self::Bits(bits) if service < 64 => *bits |= 1 << service,
-            _ if self.contains(service) => {}
-            _ => {
-                let mut list: Vec<u32> = self.iter().collect();
-                let at = list.partition_point(|&s| s < service);
-                list.insert(at, service);
-                *self = Self::List(list.into());
+            // Past every index below 64: the list stays sorted with it last.
+            Self::Bits(_) => *self = Self::List(self.iter().chain([service]).collect()),
+            Self::List(list) => {
+                if let Err(at) = list.binary_search(&service) {
+                    let mut grown = std::mem::take(list).into_vec();
+                    grown.insert(at, service);
+                    *list = grown.into();
+                }
             }
         }
     }
@@ -128,12 +130,15 @@ impl ServiceSet {
 }
 
 impl FromIterator<u32> for ServiceSet {
+    /// Sorted once, not inserted one by one: a list read from a block may be long.
     fn from_iter<I: IntoIterator<Item = u32>>(services: I) -> Self {
-        let mut set = Self::default();
-        for service in services {
-            set.insert(service);
+        let mut list: Vec<u32> = services.into_iter().collect();
+        if list.iter().all(|&s| s < 64) {
+            return Self::Bits(list.iter().fold(0, |bits, &s| bits | 1 << s));
         }
-        set
+        list.sort_unstable();
+        list.dedup();
+        Self::List(list.into())
     }
 }
 
@@ -466,6 +471,28 @@ impl MaybeSeconds {
     pub fn get(self) -> Option<f64> {
         (!self.0.is_nan()).then_some(self.0)
     }
+
+    pub fn map(self, f: impl FnOnce(f64) -> f64) -> Self {
+        self.get().map(f).into()
+    }
+}
+
+impl From<Option<f64>> for MaybeSeconds {
+    fn from(seconds: Option<f64>) -> Self {
+        seconds.map_or(Self::NONE, Self)
+    }
+}
+
+impl From<MaybeSeconds> for Option<f64> {
+    fn from(seconds: MaybeSeconds) -> Self {
+        seconds.get()
+    }
+}
+
+impl PartialEq for MaybeSeconds {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
 }
 
 /// An optional index in the four bytes of a `u32` (`u32::MAX` standing for none; no trace has
@@ -496,24 +523,6 @@ impl From<MaybeIndex> for Option<u32> {
     }
 }
 
-impl From<Option<f64>> for MaybeSeconds {
-    fn from(seconds: Option<f64>) -> Self {
-        seconds.map_or(Self::NONE, Self)
-    }
-}
-
-impl From<MaybeSeconds> for Option<f64> {
-    fn from(seconds: MaybeSeconds) -> Self {
-        seconds.get()
-    }
-}
-
-impl PartialEq for MaybeSeconds {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TraceFacts {
     pub nodes: Box<[NodeFact]>,
@@ -541,17 +550,17 @@ impl TraceSummary {
     pub fn round_to_microseconds(&mut self) {
         self.start_time = whole_microseconds(self.start_time);
         self.end_time = whole_microseconds(self.end_time);
-        self.response_time = self.response_time.get().map(whole_microseconds).into();
+        self.response_time = self.response_time.map(whole_microseconds);
         for time in &mut self.segment_end_times {
             *time = whole_microseconds(*time);
         }
         for node in &mut self.facts.nodes {
             node.start_time = whole_microseconds(node.start_time);
-            node.response_time = node.response_time.get().map(whole_microseconds).into();
+            node.response_time = node.response_time.map(whole_microseconds);
         }
         for edge in &mut self.facts.edges {
             edge.start_time = whole_microseconds(edge.start_time);
-            edge.response_time = edge.response_time.get().map(whole_microseconds).into();
+            edge.response_time = edge.response_time.map(whole_microseconds);
         }
     }
 
@@ -1000,6 +1009,20 @@ mod tests {
         // An `Arc` adds its two counts, 16 bytes. mimalloc's size classes here are 320, 384 and
         // 448 bytes: past 384, 64 are lost.
         assert!(16 + std::mem::size_of::<TraceSummary>() <= 384);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn service_sets_match_an_ordered_set(services in proptest::collection::vec(0u32..200, 0..40)) {
+            let mut inserted = ServiceSet::default();
+            for &s in &services {
+                inserted.insert(s);
+            }
+            let expected: Vec<u32> = services.iter().copied().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            proptest::prop_assert_eq!(inserted.iter().collect::<Vec<_>>(), expected.clone());
+            proptest::prop_assert_eq!(inserted.len(), expected.len());
+            proptest::prop_assert_eq!(&services.iter().copied().collect::<ServiceSet>(), &inserted);
+        }
     }
 
     #[test]
