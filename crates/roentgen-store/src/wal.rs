@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::StoreError;
 
+mod zeros;
+
 /// Magic and format version 1 of a WAL file, which is only read.
 const WAL_MAGIC_V1: &[u8; 8] = b"RGNWAL01";
 /// Magic and format version 2 of a WAL file.
@@ -264,6 +266,8 @@ pub(crate) struct WalFile {
     generation: u64,
     /// Present while the file is written around the page cache.
     direct: Option<Direct>,
+    /// Zeros written ahead of a direct log (`zeros`).
+    zeros: Option<zeros::Zeros>,
 }
 
 /// A log written with `O_DIRECT`: the bytes of its last, partly written page, and where that
@@ -372,11 +376,13 @@ impl WalFile {
             let mut direct = Direct { memory: Vec::new(), start: 0, tail: 0, page_offset: 0 };
             direct.buffer(log.len()).copy_from_slice(log);
             direct.tail = log.len();
-            return Ok(Self { file, path, generation, direct: Some(direct) });
+            let len = file.metadata().map_err(StoreError::io(&path))?.len();
+            let zeros = zeros::Zeros::start(&file, len);
+            return Ok(Self { file, path, generation, direct: Some(direct), zeros });
         }
         let mut file = OpenOptions::new().write(true).open(&path).map_err(StoreError::io(&path))?;
         file.seek(SeekFrom::Start(log.len() as u64)).map_err(StoreError::io(&path))?;
-        Ok(Self { file, path, generation, direct: None })
+        Ok(Self { file, path, generation, direct: None, zeros: None })
     }
 
     pub fn generation(&self) -> u64 {
@@ -395,8 +401,15 @@ impl WalFile {
             at += piece.len();
         }
         buffer[len..].fill(0);
+        let end = page_offset + padded as u64;
+        if let Some(zeros) = &self.zeros {
+            zeros.before_write(end);
+        }
         match self.file.write_all_at(buffer, page_offset) {
             Ok(()) => {
+                if let Some(zeros) = &self.zeros {
+                    zeros.after_write(end);
+                }
                 let whole = len / PAGE * PAGE;
                 buffer.copy_within(whole..len, 0);
                 direct.tail = len - whole;
@@ -415,6 +428,7 @@ impl WalFile {
     /// Goes on through the page cache, from where the log ends.
     fn leave_direct_io(&mut self) -> Result<(), StoreError> {
         let Some(direct) = self.direct.take() else { return Ok(()) };
+        self.zeros = None;
         let io = || StoreError::io(&self.path);
         let mut file = OpenOptions::new().write(true).open(&self.path).map_err(io())?;
         // The last page as it should be, in case a refused write left part of it.
@@ -631,6 +645,47 @@ mod tests {
             assert_eq!(decoded.torn_bytes, 0);
             assert_log_ends_at(&data, decoded.good_len);
         }
+    }
+
+    /// A log past a mebibyte has zeros written ahead of it while commits go on: it reads back
+    /// whole, only zeros follow it, and after a restart it is cut after its records and goes on.
+    #[test]
+    fn zeros_are_written_ahead_of_a_long_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(GENERATION));
+        let mut wal = WalFile::create(dir.path(), GENERATION).unwrap();
+        let mut expected = Vec::new();
+        for n in 0..50 {
+            let doc = vec![b'a' + (n % 26) as u8; 60_000 + n];
+            wal.append(&[&document_header(GENERATION, Source::Api, &doc), &doc]).unwrap();
+            wal.sync().unwrap();
+            expected.push(Record::Document { source: Source::Api, bytes: doc });
+        }
+        assert_eq!(wal.zeros.is_some(), wal.direct.is_some());
+        if let Some(zeros) = &wal.zeros {
+            zeros.settle();
+            assert_eq!(zeros.len(), fs::metadata(&path).unwrap().len());
+        }
+        let data = fs::read(&path).unwrap();
+        let decoded = decode(&data, GENERATION);
+        assert_eq!(decoded.records, expected);
+        assert_eq!(decoded.torn_bytes, 0);
+        assert!(data[decoded.good_len as usize..].iter().all(|&b| b == 0));
+        if wal.direct.is_some() {
+            let ahead = data.len() as u64 - decoded.good_len;
+            assert!(ahead >= zeros::MIN_STEP / 2, "{ahead} bytes ahead of the log");
+        }
+        drop(wal);
+
+        let mut wal = WalFile::reopen(dir.path(), GENERATION, decoded.good_len).unwrap();
+        let more = b"{\"more\":1}";
+        wal.append(&[&document_header(GENERATION, Source::Udp, more), more]).unwrap();
+        wal.sync().unwrap();
+        let data = fs::read(&path).unwrap();
+        let decoded = decode(&data, GENERATION);
+        assert_eq!(decoded.records.len(), expected.len() + 1);
+        assert_eq!(decoded.torn_bytes, 0);
+        assert!(data[decoded.good_len as usize..].iter().all(|&b| b == 0));
     }
 
     /// Retiring keeps the newest generations as spares, up to the limits on files and bytes, and
