@@ -10,9 +10,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use super::PAGE;
@@ -25,19 +23,19 @@ const CHUNK: usize = 1 << 20;
 pub(super) const MIN_STEP: u64 = 1 << 20;
 const MAX_STEP: u64 = 64 << 20;
 
-/// The thread writing zeros ahead of one log file.
+/// The thread writing zeros ahead of one log file. The log and the thread share one state
+/// under one lock, and each wakes the other through one condition variable: the log to ask for
+/// zeros or to stop, the thread as the zeros advance.
 #[derive(Debug)]
 pub(super) struct Zeros {
     shared: Arc<Shared>,
-    requests: Option<Sender<u64>>,
     thread: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    advanced: Condvar,
-    stop: AtomicBool,
+    changed: Condvar,
 }
 
 #[derive(Debug)]
@@ -45,10 +43,18 @@ struct State {
     /// The file's length: every byte before it is allocated, and overwriting it changes no
     /// metadata.
     len: u64,
-    /// Zeros are being written from `len` on.
-    busy: bool,
+    /// Where the zeros asked for end; while it is past `len`, they are being written.
+    target: u64,
     /// Writing zeros failed once: the log grows its file itself from then on.
     failed: bool,
+    /// The log let the file go.
+    stop: bool,
+}
+
+impl State {
+    fn busy(&self) -> bool {
+        self.target > self.len
+    }
 }
 
 impl Zeros {
@@ -57,26 +63,24 @@ impl Zeros {
     pub(super) fn start(file: &File, len: u64) -> Option<Self> {
         let file = file.try_clone().ok()?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { len, busy: false, failed: false }),
-            advanced: Condvar::new(),
-            stop: AtomicBool::new(false),
+            state: Mutex::new(State { len, target: len, failed: false, stop: false }),
+            changed: Condvar::new(),
         });
-        let (requests, received) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("roentgen-wal-zeros".into())
             .spawn({
                 let shared = shared.clone();
-                move || write_zeros(&file, &shared, &received)
+                move || write_zeros(&file, &shared)
             })
             .ok()?;
-        Some(Self { shared, requests: Some(requests), thread: Some(thread) })
+        Some(Self { shared, thread: Some(thread) })
     }
 
     /// Before a write that ends at `end`: waits while zeros still being written will reach it.
     pub(super) fn before_write(&self, end: u64) {
         let mut state = self.shared.lock();
-        while state.busy && end > state.len {
-            state = self.shared.advanced.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        while state.busy() && end > state.len {
+            state = self.shared.wait(state);
         }
     }
 
@@ -85,19 +89,13 @@ impl Zeros {
     pub(super) fn after_write(&self, end: u64) {
         let mut state = self.shared.lock();
         state.len = state.len.max(end);
-        if state.busy || state.failed {
+        if state.busy() || state.failed {
             return;
         }
         let step = state.len.clamp(MIN_STEP, MAX_STEP).next_multiple_of(PAGE as u64);
         if end >= MIN_STEP && state.len - end < step / 2 {
-            state.busy = true;
-            let target = state.len.next_multiple_of(PAGE as u64) + step;
-            if let Some(requests) = &self.requests
-                && requests.send(target).is_err()
-            {
-                state.busy = false;
-                state.failed = true;
-            }
+            state.target = state.len.next_multiple_of(PAGE as u64) + step;
+            self.shared.changed.notify_all();
         }
     }
 
@@ -111,15 +109,19 @@ impl Zeros {
     #[cfg(test)]
     pub(super) fn settle(&self) {
         let mut state = self.shared.lock();
-        while state.busy {
-            state = self.shared.advanced.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        while state.busy() {
+            state = self.shared.wait(state);
         }
     }
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(state).unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -127,22 +129,30 @@ impl Shared {
 /// retired: no zeros may be written into it after the log lets it go.
 impl Drop for Zeros {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        drop(self.requests.take());
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn write_zeros(file: &File, shared: &Shared, requests: &Receiver<u64>) {
+fn write_zeros(file: &File, shared: &Shared) {
     let memory = vec![0u8; CHUNK + PAGE];
     let start = memory.as_ptr().align_offset(PAGE);
     let zeros = &memory[start..start + CHUNK];
-    while let Ok(target) = requests.recv() {
-        let mut at = shared.lock().len.next_multiple_of(PAGE as u64);
+    let mut state = shared.lock();
+    loop {
+        while !state.stop && !state.busy() {
+            state = shared.wait(state);
+        }
+        if state.stop {
+            return;
+        }
+        let (mut at, target) = (state.len.next_multiple_of(PAGE as u64), state.target);
+        drop(state);
         let mut failed = None;
-        while at < target && !shared.stop.load(Ordering::Relaxed) {
+        while at < target {
             let len = (target - at).min(CHUNK as u64);
             if let Err(e) = file.write_all_at(&zeros[..len as usize], at) {
                 failed = Some(e);
@@ -151,14 +161,18 @@ fn write_zeros(file: &File, shared: &Shared, requests: &Receiver<u64>) {
             at += len;
             let mut state = shared.lock();
             state.len = state.len.max(at);
-            shared.advanced.notify_all();
+            shared.changed.notify_all();
+            if state.stop {
+                return;
+            }
         }
-        let mut state = shared.lock();
-        state.busy = false;
+        state = shared.lock();
         if let Some(e) = failed {
             tracing::warn!(error = %e, "writing zeros ahead of the write-ahead log failed; its commits grow the file from now on");
             state.failed = true;
         }
-        shared.advanced.notify_all();
+        // Done, or given up: no longer busy either way.
+        state.target = state.len;
+        shared.changed.notify_all();
     }
 }
