@@ -24,7 +24,8 @@ pub struct StoreConfig {
     /// A trace that keeps receiving segments is written out after this long anyway; later
     /// segments then make a new revision of it.
     pub trace_max_live_seconds: f64,
-    /// How often the flusher looks for traces to write into a block.
+    /// How often the flusher looks for traces to write into a block; it also looks whenever an
+    /// eighth of `max_live_bytes` has come in since it last did.
     pub flush_interval_seconds: f64,
     /// Live data above this many bytes is flushed at the next check, oldest traces first.
     pub max_live_bytes: u64,

@@ -103,6 +103,8 @@ pub(crate) struct LiveState {
     /// Raw bytes of the documents in `flushing`.
     pub flushing_bytes: u64,
     pub documents: u64,
+    /// Raw bytes of the documents applied since traces were last taken for a block.
+    pub appended_since_cut: u64,
 }
 
 impl LiveState {
@@ -135,6 +137,7 @@ impl LiveState {
             trace.bytes = trace.bytes + size - replaced_bytes.unwrap_or(0);
             self.bytes = self.bytes + size - replaced_bytes.unwrap_or(0);
             self.documents += (trace.docs.len() - before) as u64;
+            self.appended_since_cut += size;
         }
         true
     }
@@ -147,6 +150,7 @@ impl LiveState {
         max_live: std::time::Duration,
         max_bytes: u64,
     ) -> Vec<TraceId> {
+        self.appended_since_cut = 0;
         let is_due =
             |t: &LiveTrace| now.duration_since(t.last_update) >= idle || now.duration_since(t.first_seen) >= max_live;
         let mut due: Vec<TraceId> = self.traces.iter().filter(|(_, t)| is_due(t)).map(|(id, _)| *id).collect();
@@ -222,15 +226,24 @@ mod tests {
     fn accounting_and_flush_selection() {
         let mut live = LiveState::default();
         let t0 = Instant::now();
-        live.apply(doc("0000000000000001", r#""in_progress":true"#), t0, 1, u64::MAX, |_| false);
-        live.apply(doc("0000000000000001", r#""end_time":2"#), t0, 2, u64::MAX, |_| false);
-        live.apply(doc("0000000000000002", r#""end_time":2"#), t0, 2, u64::MAX, |_| false);
+        let docs = [
+            doc("0000000000000001", r#""in_progress":true"#),
+            doc("0000000000000001", r#""end_time":2"#),
+            doc("0000000000000002", r#""end_time":2"#),
+        ];
+        let appended: u64 = docs.iter().map(|d| d.raw.len() as u64).sum();
+        for (generation, d) in [1, 2, 2].into_iter().zip(docs) {
+            live.apply(d, t0, generation, u64::MAX, |_| false);
+        }
         assert_eq!(live.oldest_generation_needed(), Some(1));
         assert_eq!(live.documents, 2);
         let expected: u64 = live.traces.values().flat_map(|t| &t.docs).map(|d| d.raw.len() as u64).sum();
         assert_eq!(live.bytes, expected);
+        // A replaced document counts as it came in, though it holds no memory now.
+        assert_eq!(live.appended_since_cut, appended);
         let idle = Duration::from_secs(10);
         assert!(live.take_due(t0 + Duration::from_secs(1), idle, Duration::from_secs(60), u64::MAX).is_empty());
+        assert_eq!(live.appended_since_cut, 0, "counted again from every look for due traces");
         let due = live.take_due(t0 + Duration::from_secs(11), idle, Duration::from_secs(60), u64::MAX);
         assert_eq!(due.len(), 1);
         assert_eq!((live.bytes, live.documents), (0, 0));

@@ -332,7 +332,8 @@ struct Inner {
     flush_lock: tokio::sync::Mutex<()>,
     /// Raw bytes of the documents in memory, live or flushing: what appends are held back on.
     held_bytes: AtomicU64,
-    /// Wakes the flusher before its next tick: live documents passed `max_live_bytes`.
+    /// Wakes the flusher before its next tick: live documents passed `max_live_bytes`, or
+    /// [`early_flush_bytes`] came in since it last looked.
     flush_now: Arc<tokio::sync::Notify>,
     /// Wakes appends held back: a flush freed memory.
     room: tokio::sync::Notify,
@@ -1565,7 +1566,7 @@ fn commit(
             stats.live_documents.store(live.documents, Ordering::Relaxed);
             stats.live_bytes.store(live.bytes, Ordering::Relaxed);
             inner.held_bytes.store(live.bytes + live.flushing_bytes, Ordering::Relaxed);
-            if live.bytes > inner.config.max_live_bytes {
+            if live.bytes > inner.config.max_live_bytes || live.appended_since_cut >= early_flush_bytes(&inner.config) {
                 inner.flush_now.notify_one();
             }
         }
@@ -1582,6 +1583,15 @@ fn commit(
             Err(e) => Err(StoreError::Io { path: PathBuf::from("wal"), source: std::io::Error::other(e.to_string()) }),
         });
     }
+}
+
+/// Under a steady load, the flusher looks for due traces whenever this many bytes have come in
+/// since it last did, without waiting for its next tick: a trace is then written (and its
+/// memory freed) soon after it is due, not up to `flush_interval_seconds` later. Memory,
+/// rather than the clock, sets the pace: a quiet store still flushes once a tick, into blocks
+/// no smaller than before.
+fn early_flush_bytes(config: &StoreConfig) -> u64 {
+    (config.max_live_bytes / 8).max(1)
 }
 
 fn cut(inner: &Inner, wal: &mut WalFile, due: DueRule) -> Result<Option<u64>, StoreError> {

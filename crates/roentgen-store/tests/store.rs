@@ -672,6 +672,32 @@ async fn memory_past_its_budget_is_flushed_at_once_and_bounds_appends() {
     store.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn due_traces_are_flushed_once_enough_has_come_in_without_waiting_for_the_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    // A flush is looked for after each eighth of the budget: 4,000 bytes here.
+    // The flusher's first tick comes as the store opens, before the first trace is idle.
+    let config = StoreConfig { max_live_bytes: 32_000, trace_idle_seconds: 1.0, ..config(dir.path()) };
+    let store = Store::open(config).await.unwrap();
+    let stats = store.stats();
+    let blocks = || stats.blocks_written.load(std::sync::atomic::Ordering::Relaxed);
+    let first = complete(trace(0), 1);
+    let size = first.raw.len();
+    store.append(vec![first]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(blocks(), 0, "little came in, and the next tick is an hour away: the idle trace waits");
+    let more: Vec<_> = (1..=4_000 / size as u32 + 1).map(|n| complete(trace(n), 1)).collect();
+    store.append(more).await.unwrap();
+    let flushed = async {
+        while blocks() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), flushed).await.expect("no block was written");
+    assert!(store.get_trace(trace(0)).await.unwrap().is_some());
+    store.close().await.unwrap();
+}
+
 /// A block of an older format (the frozen version 4 fixture) is read beside new ones, and
 /// compaction rewrites its traces into a block of the current format.
 #[tokio::test]
