@@ -676,15 +676,15 @@ async fn memory_past_its_budget_is_flushed_at_once_and_bounds_appends() {
 async fn due_traces_are_flushed_once_enough_has_come_in_without_waiting_for_the_tick() {
     let dir = tempfile::tempdir().unwrap();
     // A flush is looked for after each eighth of the budget: 4,000 bytes here.
-    // The flusher's first tick comes as the store opens, before the first trace is idle.
-    let config = StoreConfig { max_live_bytes: 32_000, trace_idle_seconds: 1.0, ..config(dir.path()) };
+    // The flusher's first tick comes as the store opens, well before the first trace is idle.
+    let config = StoreConfig { max_live_bytes: 32_000, trace_idle_seconds: 2.0, ..config(dir.path()) };
     let store = Store::open(config).await.unwrap();
     let stats = store.stats();
     let blocks = || stats.blocks_written.load(std::sync::atomic::Ordering::Relaxed);
     let first = complete(trace(0), 1);
     let size = first.raw.len();
     store.append(vec![first]).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(blocks(), 0, "little came in, and the next tick is an hour away: the idle trace waits");
     let more: Vec<_> = (1..=4_000 / size as u32 + 1).map(|n| complete(trace(n), 1)).collect();
     store.append(more).await.unwrap();
