@@ -91,8 +91,9 @@ enum Command {
     },
     /// Measure the server's work per segment in this process, without HTTP or a second process:
     /// parsing and validating, the store's append (WAL with fsync, live traces) and the flush
-    /// into a block. CPU time of all threads, the best of several rounds: steadier than a load
-    /// test on a shared machine, for comparing two builds.
+    /// into a block, then reading traces back from the block one id at a time. CPU time of all
+    /// threads, the best of several rounds: steadier than a load test on a shared machine, for
+    /// comparing two builds.
     Pipeline {
         #[arg(long, default_value_t = 100_000)]
         segments: u64,
@@ -739,15 +740,23 @@ fn process_cpu() -> anyhow::Result<Duration> {
     Ok(Duration::from_nanos(total))
 }
 
+/// Traces the pipeline reads back from its block once it is written.
+const LOOKUPS: usize = 2_000;
+
 async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
     let generator = Generator::new(3600);
     let mut documents = Vec::new();
+    let mut trace_ids = Vec::new();
     let traces = segments / 2;
     while (documents.len() as u64) < segments {
-        documents.extend(generator.trace(traces).1);
+        let (id, docs) = generator.trace(traces);
+        trace_ids.push(roentgen_model::TraceId::parse(&id)?);
+        documents.extend(docs);
     }
+    // Traces read back from the block, spread over it: what `BatchGetTraces` does for one id.
+    let lookups: Vec<_> = trace_ids.iter().step_by((trace_ids.len() / LOOKUPS).max(1)).copied().collect();
     let raw_bytes: usize = documents.iter().map(String::len).sum();
-    let (mut parse, mut append, mut flush) = (f64::MAX, f64::MAX, f64::MAX);
+    let (mut parse, mut append, mut flush, mut lookup) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
     // The flusher's own phases (thread CPU), from the store's counters.
     let (mut summaries, mut rollups, mut encode) = (f64::MAX, f64::MAX, f64::MAX);
     for round in 0..rounds {
@@ -782,6 +791,12 @@ async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
         let appended_at = process_cpu()?;
         store.flush_all().await?;
         let flushed_at = process_cpu()?;
+        for &id in &lookups {
+            if store.trace(id).await?.is_none() {
+                bail!("trace {id} was not found in its block");
+            }
+        }
+        let looked_up_at = process_cpu()?;
         let stats = store.stats();
         store.close().await?;
         std::fs::remove_dir_all(&dir)?;
@@ -793,6 +808,7 @@ async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
         parse = parse.min(per_segment(parsed_at - cpu));
         append = append.min(per_segment(appended_at - parsed_at));
         flush = flush.min(per_segment(flushed_at - appended_at));
+        lookup = lookup.min((looked_up_at - flushed_at).as_secs_f64() * 1e6 / lookups.len() as f64);
     }
     emit(json!({
         "segments": documents.len(),
@@ -800,6 +816,8 @@ async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
         "rounds": rounds,
         "cpu_us_per_segment": { "parse": parse, "append": append, "flush": flush, "total": parse + append + flush },
         "flush_phases_us_per_segment": { "summaries": summaries, "rollups": rollups, "encode": encode },
+        "lookups": lookups.len(),
+        "cpu_us_per_lookup": lookup,
     }));
     Ok(())
 }
