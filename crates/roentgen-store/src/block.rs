@@ -37,6 +37,7 @@
 //! `meta.json` names the section ranges, the time range, the counts, and the WAL generation the
 //! block covers. It is written last: a block without it does not exist.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Range;
@@ -724,12 +725,9 @@ impl BlockHandle {
         let &(chunk_offset, chunk_len) =
             self.chunks.get(entry.chunk).ok_or_else(|| corrupt("chunk number out of range"))?;
         let frame = store.get_range(&self.data_path, chunk_offset..chunk_offset + u64::from(chunk_len)).await?;
-        let plain = decompress(&frame).map_err(|e| corrupt(&format!("chunk {}: {e}", entry.chunk)))?;
-        let region = entry
-            .offset
-            .checked_add(entry.length)
-            .and_then(|end| plain.get(entry.offset..end))
-            .ok_or_else(|| corrupt("trace region out of range"))?;
+        let end = entry.offset.checked_add(entry.length).ok_or_else(|| corrupt("trace region out of range"))?;
+        let plain = decompress_prefix(&frame, end).map_err(|e| corrupt(&format!("chunk {}: {e}", entry.chunk)))?;
+        let region = plain.get(entry.offset..end).ok_or_else(|| corrupt("trace region out of range"))?;
         let docs = split_documents(region, entry.count).ok_or_else(|| corrupt("damaged document framing"))?;
         Ok(Some(BlockRead { docs, limit_exceeded: entry.limit_exceeded, revision: entry.revision }))
     }
@@ -828,19 +826,59 @@ fn decode<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, String> {
     postcard::from_bytes(&plain).map_err(|e| e.to_string())
 }
 
+/// No frame of a block decompresses to more than this; a damaged one that says it does is
+/// not believed.
+const DECOMPRESSED_LIMIT: u64 = 1 << 30;
+
 /// Decompresses a run of zstd frames (a chunk is one, a section one or more), refusing to
 /// expand beyond what a block can legitimately hold.
 fn decompress(frames: &[u8]) -> std::io::Result<Vec<u8>> {
-    const LIMIT: u64 = 1 << 30;
     match decompressed_size(frames) {
-        Some(size) => zstd::bulk::decompress(frames, size.min(LIMIT) as usize),
+        Some(size) => {
+            let mut plain = Vec::with_capacity(size.min(DECOMPRESSED_LIMIT) as usize);
+            DECOMPRESSION.with_borrow_mut(|context| context.decompress(&mut plain, frames)).map_err(zstd_error)?;
+            Ok(plain)
+        }
         // A frame that does not record its size is read as a stream.
         None => {
             let mut plain = Vec::new();
-            zstd::stream::read::Decoder::with_buffer(frames)?.take(LIMIT).read_to_end(&mut plain)?;
+            zstd::stream::read::Decoder::with_buffer(frames)?.take(DECOMPRESSED_LIMIT).read_to_end(&mut plain)?;
             Ok(plain)
         }
     }
+}
+
+thread_local! {
+    /// A decompression context a thread, reused: making one for each read allocated and set
+    /// up zstd's tables every time.
+    static DECOMPRESSION: RefCell<zstd::zstd_safe::DCtx<'static>> = RefCell::new(zstd::zstd_safe::DCtx::create());
+}
+
+/// The first `len` bytes of what a zstd frame decompresses to (fewer if it holds fewer), and
+/// no more: a trace is read without decoding the part of its chunk after it, half the chunk on
+/// average.
+fn decompress_prefix(frame: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
+    let len = len.min(decompressed_size(frame).unwrap_or(DECOMPRESSED_LIMIT).min(DECOMPRESSED_LIMIT) as usize);
+    let mut plain = Vec::with_capacity(len);
+    DECOMPRESSION.with_borrow_mut(|context| {
+        context.reset(ResetDirective::SessionOnly).map_err(zstd_error)?;
+        let mut input = InBuffer::around(frame);
+        let mut output = OutBuffer::around(&mut plain);
+        while output.pos() < len {
+            let before = (input.pos(), output.pos());
+            let frame_ended = context.decompress_stream(&mut output, &mut input).map_err(zstd_error)? == 0;
+            if frame_ended || (input.pos(), output.pos()) == before {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    Ok(plain)
+}
+
+fn zstd_error(code: usize) -> std::io::Error {
+    std::io::Error::other(zstd::zstd_safe::get_error_name(code))
 }
 
 /// The sum of the frames' recorded sizes, if every frame records one.
@@ -1158,6 +1196,21 @@ mod tests {
         let streamed = zstd::stream::encode_all(&encoded[..], SECTION_LEVEL).unwrap();
         assert_eq!(decompressed_size(&streamed), None, "a stream records no size");
         assert_eq!(decompress(&streamed).unwrap(), encoded);
+    }
+
+    #[test]
+    fn a_prefix_of_a_frame_is_decompressed_alone() {
+        let plain: Vec<u8> = (0..300_000u32).flat_map(|i| format!("{i:08x},").into_bytes()).collect();
+        let frame = zstd::bulk::compress(&plain, 1).unwrap();
+        for len in [0, 1, 4096, 128 << 10, (128 << 10) + 1, plain.len() - 1, plain.len()] {
+            assert_eq!(decompress_prefix(&frame, len).unwrap(), plain[..len], "{len} bytes");
+        }
+        assert_eq!(decompress_prefix(&frame, plain.len() + 1).unwrap(), plain, "no more than the frame holds");
+        assert_eq!(decompress_prefix(&frame, usize::MAX).unwrap(), plain, "a damaged length reserves no more");
+        let cut = decompress_prefix(&frame[..frame.len() / 2], plain.len()).unwrap_or_default();
+        assert!(cut.len() < plain.len() && plain.starts_with(&cut), "a cut frame gives what it holds");
+        assert!(decompress_prefix(b"not a zstd frame", 10).is_err());
+        assert_eq!(decompress(&frame).unwrap(), plain, "the context is reused after a prefix");
     }
 
     proptest::proptest! {
