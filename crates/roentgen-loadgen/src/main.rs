@@ -99,6 +99,10 @@ enum Command {
         segments: u64,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// The block's chunk size (`store.block_chunk_bytes`), the store's default if not given:
+        /// the trade between bytes on disk and the CPU of a lookup.
+        #[arg(long)]
+        block_chunk_bytes: Option<u32>,
     },
     /// Measure two codecs on the generator's documents, alternating each pair of variants
     /// round by round: reading `PutTraceSegments` bodies of 50 documents (roentgen's decoder
@@ -186,7 +190,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(filters(&address, &expressions, requests))?;
         }
         Command::Graph { address, requests, windows } => runtime.block_on(graph(&address, requests, &windows))?,
-        Command::Pipeline { segments, rounds } => runtime.block_on(pipeline(segments, rounds))?,
+        Command::Pipeline { segments, rounds, block_chunk_bytes } => {
+            runtime.block_on(pipeline(segments, rounds, block_chunk_bytes))?;
+        }
         Command::Codecs { segments, rounds } => codecs(segments, rounds)?,
         Command::Fsync { dir, writes, bytes, rounds } => fsync(&dir, writes, bytes, rounds)?,
         Command::Query { address, trace_ids, requests } => {
@@ -743,7 +749,7 @@ fn process_cpu() -> anyhow::Result<Duration> {
 /// Traces the pipeline reads back from its block once it is written.
 const LOOKUPS: usize = 2_000;
 
-async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
+async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) -> anyhow::Result<()> {
     let generator = Generator::new(3600);
     let mut documents = Vec::new();
     let mut trace_ids = Vec::new();
@@ -757,16 +763,19 @@ async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
     let lookups: Vec<_> = trace_ids.iter().step_by((trace_ids.len() / LOOKUPS).max(1)).copied().collect();
     let raw_bytes: usize = documents.iter().map(String::len).sum();
     let (mut parse, mut append, mut flush, mut lookup) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let mut block_bytes = 0;
     // The flusher's own phases (thread CPU), from the store's counters.
     let (mut summaries, mut rollups, mut encode) = (f64::MAX, f64::MAX, f64::MAX);
     for round in 0..rounds {
         let dir = std::env::temp_dir().join(format!("roentgen-pipeline-{}-{round}", std::process::id()));
+        let defaults = roentgen_store::StoreConfig::default();
         let config = roentgen_store::StoreConfig {
             data_dir: dir.clone(),
             // Only the measured calls write blocks.
             flush_interval_seconds: 1e6,
             compaction_interval_seconds: 1e6,
-            ..Default::default()
+            block_chunk_bytes: block_chunk_bytes.unwrap_or(defaults.block_chunk_bytes),
+            ..defaults
         };
         let store = roentgen_store::Store::open(config).await?;
         let cpu = process_cpu()?;
@@ -797,6 +806,9 @@ async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
             }
         }
         let looked_up_at = process_cpu()?;
+        block_bytes = std::fs::read_dir(dir.join("blocks"))?
+            .map(|block| Ok(std::fs::metadata(block?.path().join("data"))?.len()))
+            .sum::<anyhow::Result<u64>>()?;
         let stats = store.stats();
         store.close().await?;
         std::fs::remove_dir_all(&dir)?;
@@ -816,6 +828,8 @@ async fn pipeline(segments: u64, rounds: usize) -> anyhow::Result<()> {
         "rounds": rounds,
         "cpu_us_per_segment": { "parse": parse, "append": append, "flush": flush, "total": parse + append + flush },
         "flush_phases_us_per_segment": { "summaries": summaries, "rollups": rollups, "encode": encode },
+        "block_chunk_bytes": block_chunk_bytes.unwrap_or(roentgen_store::StoreConfig::default().block_chunk_bytes),
+        "block_bytes_per_segment": block_bytes as f64 / documents.len() as f64,
         "lookups": lookups.len(),
         "cpu_us_per_lookup": lookup,
     }));
