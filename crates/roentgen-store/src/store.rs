@@ -78,6 +78,19 @@ struct BlockSummaries {
 }
 
 impl BlockSummaries {
+    /// Where the summaries that may fall in the query's time range are. They are sorted by
+    /// trace id, and so by the time a trace id carries: a `TraceId` range is a run of them,
+    /// found by binary search, where the other range types look at them all.
+    fn window(&self, query: &SummaryQuery) -> std::ops::Range<usize> {
+        match query.range {
+            TimeRangeType::TraceId => {
+                let at = |bound: f64| self.summaries.partition_point(|s| f64::from(s.trace_id.epoch()) < bound);
+                at(query.start)..at(query.end).max(at(query.start))
+            }
+            TimeRangeType::Event | TimeRangeType::Service => 0..self.summaries.len(),
+        }
+    }
+
     fn new(mut summaries: Vec<Arc<TraceSummary>>) -> Self {
         if !summaries.is_sorted_by_key(|s| s.trace_id) {
             summaries.sort_unstable_by_key(|s| s.trace_id);
@@ -763,9 +776,11 @@ impl Store {
                 live_ids.contains(&summary.trace_id)
                     || superseded.as_ref().is_some_and(|s| s.contains(&summary.trace_id))
             };
+            let window = data.window(query);
             match data.candidates(&requirements) {
                 Some(positions) => {
-                    for &i in positions {
+                    let at = |bound: usize| positions.partition_point(|&i| (i as usize) < bound);
+                    for &i in &positions[at(window.start)..at(window.end)] {
                         let summary = &data.summaries[i as usize];
                         if !skip(summary) {
                             consider(summary, &mut candidates);
@@ -773,7 +788,7 @@ impl Store {
                     }
                 }
                 None => {
-                    for summary in &data.summaries {
+                    for summary in &data.summaries[window] {
                         if !skip(summary) {
                             consider(summary, &mut candidates);
                         }
@@ -786,9 +801,14 @@ impl Store {
             let summaries = candidates.into_iter().map(|(_, _, s, m)| (s, m)).collect();
             return Ok(SummaryPage { summaries, scanned, next: None });
         }
-        candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        let newest_first = |a: &(f64, TraceId, _, _), b: &(f64, TraceId, _, _)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
         let more = candidates.len() > query.limit;
-        candidates.truncate(query.limit);
+        if more {
+            // A page is a few of the window's traces: only they are sorted.
+            candidates.select_nth_unstable_by(query.limit, newest_first);
+            candidates.truncate(query.limit);
+        }
+        candidates.sort_unstable_by(newest_first);
         let next = if more {
             candidates.last().map(|(time, trace_id, _, _)| SummaryCursor { time: *time, trace_id: *trace_id })
         } else {

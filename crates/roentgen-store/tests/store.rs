@@ -327,6 +327,45 @@ async fn summaries_are_filtered_in_blocks_and_live() {
     store.close().await.unwrap();
 }
 
+/// A `TraceId` range finds exactly the traces whose id carries a time inside it, in a block
+/// and live alike, and pages through them newest first, each once.
+#[tokio::test]
+async fn trace_id_ranges_and_pages_find_each_trace_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append((0..40).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
+    store.flush_all().await.unwrap();
+    store.append((40..50).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
+    let at = |n: f64| f64::from(epoch()) + n;
+    let query = |start: f64, end: f64, limit: usize| SummaryQuery { start, end, limit, ..all_time() };
+    for (start, end, expected) in [
+        (at(2.5), at(5.0), vec![4, 3]),
+        (at(3.0), at(3.0), vec![]),
+        (at(5.0), at(3.0), vec![]),
+        (at(38.0), at(42.0), vec![41, 40, 39, 38]),
+        (at(-10.0), at(1.0), vec![0]),
+        (at(49.0), at(1e6), vec![49]),
+    ] {
+        let page = store.summaries(&query(start, end, 100)).await.unwrap();
+        let found: Vec<TraceId> = page.summaries.iter().map(|(s, _)| s.trace_id).collect();
+        let expected: Vec<TraceId> = expected.into_iter().map(trace).collect();
+        assert_eq!(found, expected, "[{start}, {end})");
+    }
+    let mut paged = Vec::new();
+    let mut page_query = query(at(0.0), at(50.0), 7);
+    loop {
+        let page = store.summaries(&page_query).await.unwrap();
+        assert!(page.summaries.len() <= 7);
+        paged.extend(page.summaries.iter().map(|(s, _)| s.trace_id));
+        match page.next {
+            Some(next) => page_query.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, (0..50).rev().map(trace).collect::<Vec<_>>());
+    store.close().await.unwrap();
+}
+
 /// Index lookups and full scans give the same answers.
 #[tokio::test]
 async fn indexed_and_scanned_filters_agree() {
