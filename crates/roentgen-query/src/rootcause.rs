@@ -39,8 +39,8 @@ impl RootCause {
                 .filter_map(|svc| {
                     let key = services.get(svc.service as usize)?;
                     Some(api::RootCauseService {
-                        name: key.name.to_string(),
-                        names: vec![key.name.to_string()],
+                        name: key.name.as_str().to_owned(),
+                        names: vec![key.name.as_str().to_owned()],
                         kind: key.kind.as_deref().map(str::to_owned),
                         account_id: key.account_id.as_deref().map(str::to_owned),
                         inferred: svc.inferred,
@@ -64,7 +64,7 @@ impl RootCauseEntity {
             })
             .collect();
         api::RootCauseEntity {
-            name: self.name.to_string(),
+            name: self.name.as_str().to_owned(),
             exceptions: self.coverage.is_none().then_some(exceptions),
             coverage: self.coverage,
             remote: self.remote,

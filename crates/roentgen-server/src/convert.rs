@@ -8,13 +8,13 @@ use roentgen_query::{ServiceGraph, ServiceKey, ServiceSet, TraceSummary};
 use roentgen_store::SummaryCursor;
 
 fn owned(text: Option<&Text>) -> Option<String> {
-    text.map(Text::to_string)
+    text.map(|t| t.as_str().to_owned())
 }
 
 fn service_id(key: &ServiceKey) -> api::ServiceId {
     api::ServiceId {
-        name: key.name.to_string(),
-        names: vec![key.name.to_string()],
+        name: key.name.as_str().to_owned(),
+        names: vec![key.name.as_str().to_owned()],
         account_id: owned(key.account_id.as_ref()),
         kind: owned(key.kind.as_ref()),
     }
@@ -33,14 +33,14 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
             .iter()
             .map(|(value, services)| api::ValueWithServiceIds {
                 annotation_value: match value {
-                    AnnotationValue::String(s) => api::AnnotationValue::StringValue(s.to_string()),
+                    AnnotationValue::String(s) => api::AnnotationValue::StringValue(s.as_str().to_owned()),
                     AnnotationValue::Number(n) => api::AnnotationValue::NumberValue(*n),
                     AnnotationValue::Bool(b) => api::AnnotationValue::BooleanValue(*b),
                 },
                 service_ids: service_ids(summary, services),
             })
             .collect();
-        annotations.insert(a.key.to_string(), values);
+        annotations.insert(a.key.as_str().to_owned(), values);
     }
     api::TraceSummary {
         id: summary.trace_id.to_string(),
@@ -62,19 +62,26 @@ pub fn trace_summary(summary: &TraceSummary, matched_event_time: f64) -> api::Tr
         users: summary
             .users
             .iter()
-            .map(|u| api::TraceUser { user_name: u.name.to_string(), service_ids: service_ids(summary, &u.services) })
+            .map(|u| api::TraceUser {
+                user_name: u.name.as_str().to_owned(),
+                service_ids: service_ids(summary, &u.services),
+            })
             .collect(),
         service_ids: summary.services.iter().map(|k| service_id(k)).collect(),
         resource_arns: summary
             .resource_arns
             .iter()
-            .map(|arn| api::ResourceArnDetail { arn: arn.to_string() })
+            .map(|arn| api::ResourceArnDetail { arn: arn.as_str().to_owned() })
             .collect(),
-        instance_ids: summary.instance_ids.iter().map(|id| api::InstanceIdDetail { id: id.to_string() }).collect(),
+        instance_ids: summary
+            .instance_ids
+            .iter()
+            .map(|id| api::InstanceIdDetail { id: id.as_str().to_owned() })
+            .collect(),
         availability_zones: summary
             .availability_zones
             .iter()
-            .map(|name| api::AvailabilityZoneDetail { name: name.to_string() })
+            .map(|name| api::AvailabilityZoneDetail { name: name.as_str().to_owned() })
             .collect(),
         entry_point: summary.entry_point.get().and_then(|i| summary.services.get(i as usize)).map(|k| service_id(k)),
         fault_root_causes: summary.facts.fault_root_causes.iter().map(|c| c.to_api(&summary.services)).collect(),
@@ -140,8 +147,8 @@ pub fn services(graph: &ServiceGraph) -> Vec<api::Service> {
             let measured = !node.client && series.statistics.total() > 0;
             api::Service {
                 reference_id: reference[i],
-                name: node.key.name.to_string(),
-                names: vec![node.key.name.to_string()],
+                name: node.key.name.as_str().to_owned(),
+                names: vec![node.key.name.as_str().to_owned()],
                 root: node.root,
                 account_id: owned(node.key.account_id.as_ref()),
                 kind: owned(node.key.kind.as_ref()),
