@@ -75,20 +75,52 @@ struct BlockSummaries {
     node_fault: Vec<u32>,
     node_error: Vec<u32>,
     node_throttle: Vec<u32>,
+    /// How far the traces' end times lie from the times their ids carry.
+    event_lateness: Lateness,
+    /// The same for their segments' end times.
+    service_lateness: Lateness,
+}
+
+/// The bounds of a time's offset from the time in its trace's id, over a block's traces.
+#[derive(Debug, Clone, Copy)]
+struct Lateness {
+    min: f64,
+    max: f64,
+}
+
+impl Default for Lateness {
+    /// No times: a window over them is empty.
+    fn default() -> Self {
+        Self { min: f64::INFINITY, max: f64::NEG_INFINITY }
+    }
+}
+
+impl Lateness {
+    fn add(&mut self, time: f64, epoch: f64) {
+        self.min = self.min.min(time - epoch);
+        self.max = self.max.max(time - epoch);
+    }
+
+    /// The trace id times whose traces may have a time in `[start, end)`; a second more each
+    /// side covers the rounding of times some way past the epoch.
+    fn epochs(self, start: f64, end: f64) -> (f64, f64) {
+        (start - self.max - 1.0, end - self.min + 1.0)
+    }
 }
 
 impl BlockSummaries {
-    /// Where the summaries that may fall in the query's time range are. They are sorted by
-    /// trace id, and so by the time a trace id carries: a `TraceId` range is a run of them,
-    /// found by binary search, where the other range types look at them all.
+    /// Where the summaries that may fall in the query's time range are: a run of them, found
+    /// by binary search. They are sorted by trace id, and so by the time a trace id carries; an
+    /// `Event` or `Service` time lies within the block's lateness bounds of that time.
     fn window(&self, query: &SummaryQuery) -> std::ops::Range<usize> {
-        match query.range {
-            TimeRangeType::TraceId => {
-                let at = |bound: f64| self.summaries.partition_point(|s| f64::from(s.trace_id.epoch()) < bound);
-                at(query.start)..at(query.end).max(at(query.start))
-            }
-            TimeRangeType::Event | TimeRangeType::Service => 0..self.summaries.len(),
-        }
+        let (from, to) = match query.range {
+            TimeRangeType::TraceId => (query.start, query.end),
+            TimeRangeType::Event => self.event_lateness.epochs(query.start, query.end),
+            TimeRangeType::Service => self.service_lateness.epochs(query.start, query.end),
+        };
+        let at = |bound: f64| self.summaries.partition_point(|s| f64::from(s.trace_id.epoch()) < bound);
+        let start = at(from);
+        start..at(to).max(start)
     }
 
     fn new(mut summaries: Vec<Arc<TraceSummary>>) -> Self {
@@ -99,6 +131,11 @@ impl BlockSummaries {
         // Each index entry: a key (with a copy of its strings) and positions.
         let mut index_bytes = 0;
         for (i, s) in summaries.iter().enumerate() {
+            let epoch = f64::from(s.trace_id.epoch());
+            index.event_lateness.add(s.end_time, epoch);
+            for &time in &s.segment_end_times {
+                index.service_lateness.add(time, epoch);
+            }
             let i = i as u32;
             let add = |list: &mut Vec<u32>| {
                 if list.last() != Some(&i) {

@@ -328,13 +328,25 @@ async fn summaries_are_filtered_in_blocks_and_live() {
 }
 
 /// A `TraceId` range finds exactly the traces whose id carries a time inside it, in a block
-/// and live alike, and pages through them newest first, each once.
+/// and live alike, and pages through them newest first, each once; `Event` and `Service` ranges
+/// find a trace however long after its id's time it ended.
 #[tokio::test]
-async fn trace_id_ranges_and_pages_find_each_trace_once() {
+async fn time_ranges_and_pages_find_each_trace_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
     store.append((0..40).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
+    let late = TraceId::from_parts(epoch() + 10, 99);
+    store.append(vec![doc(late, 1, &format!(r#""end_time":{}.5"#, epoch() + 1000))]).await.unwrap();
     store.flush_all().await.unwrap();
+    let at = |n: f64| f64::from(epoch()) + n;
+    for range in [TimeRangeType::Event, TimeRangeType::Service] {
+        let window = |start: f64, end: f64| SummaryQuery { start, end, range, ..all_time() };
+        let found =
+            |page: roentgen_store::SummaryPage| page.summaries.iter().map(|(s, _)| s.trace_id).collect::<Vec<_>>();
+        assert_eq!(found(store.summaries(&window(at(1000.0), at(1001.0))).await.unwrap()), [late], "{range:?}");
+        assert_eq!(found(store.summaries(&window(at(3.0), at(5.0))).await.unwrap()), [trace(4), trace(3)], "{range:?}");
+        assert!(found(store.summaries(&window(at(-100.0), at(0.0))).await.unwrap()).is_empty(), "{range:?}");
+    }
     store.append((40..50).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
     let at = |n: f64| f64::from(epoch()) + n;
     let query = |start: f64, end: f64, limit: usize| SummaryQuery { start, end, limit, ..all_time() };
@@ -362,7 +374,9 @@ async fn trace_id_ranges_and_pages_find_each_trace_once() {
             None => break,
         }
     }
-    assert_eq!(paged, (0..50).rev().map(trace).collect::<Vec<_>>());
+    let mut expected: Vec<TraceId> = (0..50).map(trace).chain([late]).collect();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(paged, expected);
     store.close().await.unwrap();
 }
 
