@@ -751,6 +751,7 @@ fn process_cpu() -> anyhow::Result<Duration> {
 const LOOKUPS: usize = 2_000;
 
 async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) -> anyhow::Result<()> {
+    let block_chunk_bytes = block_chunk_bytes.unwrap_or(roentgen_store::StoreConfig::default().block_chunk_bytes);
     let generator = Generator::new(3600);
     let mut documents = Vec::new();
     let mut trace_ids = Vec::new();
@@ -769,14 +770,13 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
     let (mut summaries, mut rollups, mut encode) = (f64::MAX, f64::MAX, f64::MAX);
     for round in 0..rounds {
         let dir = std::env::temp_dir().join(format!("roentgen-pipeline-{}-{round}", std::process::id()));
-        let defaults = roentgen_store::StoreConfig::default();
         let config = roentgen_store::StoreConfig {
             data_dir: dir.clone(),
             // Only the measured calls write blocks.
             flush_interval_seconds: 1e6,
             compaction_interval_seconds: 1e6,
-            block_chunk_bytes: block_chunk_bytes.unwrap_or(defaults.block_chunk_bytes),
-            ..defaults
+            block_chunk_bytes,
+            ..Default::default()
         };
         let store = roentgen_store::Store::open(config).await?;
         let cpu = process_cpu()?;
@@ -829,7 +829,7 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
         "rounds": rounds,
         "cpu_us_per_segment": { "parse": parse, "append": append, "flush": flush, "total": parse + append + flush },
         "flush_phases_us_per_segment": { "summaries": summaries, "rollups": rollups, "encode": encode },
-        "block_chunk_bytes": block_chunk_bytes.unwrap_or(roentgen_store::StoreConfig::default().block_chunk_bytes),
+        "block_chunk_bytes": block_chunk_bytes,
         "block_bytes_per_segment": block_bytes as f64 / documents.len() as f64,
         "lookups": lookups.len(),
         "cpu_us_per_lookup": lookup,

@@ -348,7 +348,6 @@ async fn time_ranges_and_pages_find_each_trace_once() {
         assert!(found(store.summaries(&window(at(-100.0), at(0.0))).await.unwrap()).is_empty(), "{range:?}");
     }
     store.append((40..50).map(|i| complete(trace(i), 1)).collect()).await.unwrap();
-    let at = |n: f64| f64::from(epoch()) + n;
     let query = |start: f64, end: f64, limit: usize| SummaryQuery { start, end, limit, ..all_time() };
     for (start, end, expected) in [
         (at(2.5), at(5.0), vec![4, 3]),
