@@ -91,7 +91,8 @@ enum Command {
     },
     /// Measure the server's work per segment in this process, without HTTP or a second process:
     /// parsing and validating, the store's append (WAL with fsync, live traces) and the flush
-    /// into a block, then reading traces back from the block one id at a time. CPU time of all
+    /// into a block, then reading traces back from the block one id at a time, and the same
+    /// segments written as eight blocks and merged by a compaction. CPU time of all
     /// threads, the best of several rounds: steadier than a load test on a shared machine, for
     /// comparing two builds.
     Pipeline {
@@ -106,8 +107,10 @@ enum Command {
     },
     /// Measure two codecs on the generator's documents, alternating each pair of variants
     /// round by round: reading `PutTraceSegments` bodies of 50 documents (roentgen's decoder
-    /// against serde_json alone), and zstd level 1 on 512 KiB chunks of documents in trace-id
-    /// order, as blocks hold them (zstd's own hash table against the 4Ki entries blocks use).
+    /// against serde_json alone), parsing each document (against serde_json stepping over it
+    /// and building a `Value` of it), and zstd level 1 on 512 KiB chunks of documents in
+    /// trace-id order, as blocks hold them (zstd's own hash table against the 4Ki entries
+    /// blocks use).
     Codecs {
         #[arg(long, default_value_t = 60_000)]
         segments: u64,
@@ -647,7 +650,9 @@ fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
         let out = f()?;
         Ok((start.elapsed().as_secs_f64(), out))
     };
+    let documents: Vec<&str> = traces.iter().flat_map(|(_, docs)| docs.iter().map(String::as_str)).collect();
     let (mut serde, mut fast, mut zstd_default, mut zstd_small) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let (mut parse, mut skip, mut tree) = (f64::MAX, f64::MAX, f64::MAX);
     let (mut default_bytes, mut small_bytes) = (0, 0);
     for _ in 0..rounds {
         let (seconds, _) = time(&mut || {
@@ -668,6 +673,18 @@ fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
             Ok(n)
         })?;
         fast = fast.min(seconds);
+        let each_document = |read: &dyn Fn(&str) -> anyhow::Result<()>| {
+            time(&mut || documents.iter().try_for_each(|doc| read(doc)).map(|()| documents.len()))
+        };
+        let (seconds, _) = each_document(&|doc| {
+            roentgen_model::parse_document_text(doc, roentgen_model::MAX_DOCUMENT_BYTES)?;
+            Ok(())
+        })?;
+        parse = parse.min(seconds);
+        let (seconds, _) = each_document(&|doc| Ok(serde_json::from_str::<serde::de::IgnoredAny>(doc).map(drop)?))?;
+        skip = skip.min(seconds);
+        let (seconds, _) = each_document(&|doc| Ok(serde_json::from_str::<Value>(doc).map(drop)?))?;
+        tree = tree.min(seconds);
         for hash_log in [None, Some(12)] {
             let (seconds, bytes) = time(&mut || {
                 let mut compressor = zstd::bulk::Compressor::new(1)?;
@@ -682,12 +699,20 @@ fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
             }
         }
     }
-    let documents = count as f64;
+    let per_document = |seconds: f64| seconds * 1e6 / count as f64;
     let megabytes_per_second = |seconds: f64| raw as f64 / seconds / 1e6;
     emit(json!({
         "segments": count,
         "rounds": rounds,
-        "put_body_us_per_document": { "serde_json": serde * 1e6 / documents, "roentgen": fast * 1e6 / documents, "ratio": fast / serde },
+        "put_body_us_per_document": { "serde_json": per_document(serde), "roentgen": per_document(fast), "ratio": fast / serde },
+        // The whole parse (read, validate, the parsed form) against serde_json only stepping
+        // over the same document, which no JSON reader can beat by much, and building a tree.
+        "document_us": {
+            "parse_document": per_document(parse),
+            "serde_json_skip": per_document(skip),
+            "serde_json_value": per_document(tree),
+            "parse_to_skip": parse / skip,
+        },
         "document_chunks": {
             "raw_bytes": raw,
             "zstd_level_1": { "bytes": default_bytes, "ratio": raw as f64 / default_bytes as f64, "mb_per_second": megabytes_per_second(zstd_default) },
@@ -695,6 +720,49 @@ fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
         },
     }));
     Ok(())
+}
+
+/// Blocks a compaction merges at the least, and so how many the pipeline writes to merge.
+const COMPACTED_BLOCKS: usize = 8;
+
+/// Writes each part as a block of its own, then merges them: the CPU of the merge, and the
+/// merged block's bytes.
+async fn compact_blocks(parts: &[&[String]], config: &roentgen_store::StoreConfig) -> anyhow::Result<(Duration, u64)> {
+    let store = roentgen_store::Store::open(config.clone()).await?;
+    for part in parts {
+        for batch in part.chunks(50) {
+            let docs = batch
+                .iter()
+                .map(|raw| {
+                    Ok(Arc::new(roentgen_store::StoredDocument {
+                        raw: raw.as_str().into(),
+                        parsed: roentgen_model::parse_document_text(raw, roentgen_model::MAX_DOCUMENT_BYTES)?,
+                        source: roentgen_store::Source::Api,
+                    }))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            store.submit(docs).await?;
+        }
+        store.sync().await?;
+        store.flush_all().await?;
+    }
+    let cpu = process_cpu()?;
+    let merged = store.compact().await?;
+    let spent = process_cpu()? - cpu;
+    store.close().await?;
+    let bytes = block_bytes(&config.data_dir)?;
+    std::fs::remove_dir_all(&config.data_dir)?;
+    if merged != parts.len() {
+        bail!("the compaction merged {merged} blocks of {}", parts.len());
+    }
+    Ok((spent, bytes))
+}
+
+/// The bytes of the data files of the blocks in a data dir.
+fn block_bytes(data_dir: &std::path::Path) -> anyhow::Result<u64> {
+    std::fs::read_dir(data_dir.join("blocks"))?
+        .map(|block| Ok(std::fs::metadata(block?.path().join("data"))?.len()))
+        .sum()
 }
 
 /// The best of `rounds` of each way of writing a WAL generation: into a new file, and over the
@@ -755,30 +823,41 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
     let generator = Generator::new(3600);
     let mut documents = Vec::new();
     let mut trace_ids = Vec::new();
+    // Where each trace's documents start, so that blocks can be cut between traces.
+    let mut trace_starts = Vec::new();
     let traces = segments / 2;
     while (documents.len() as u64) < segments {
         let (id, docs) = generator.trace(traces);
         trace_ids.push(roentgen_model::TraceId::parse(&id)?);
+        trace_starts.push(documents.len());
         documents.extend(docs);
     }
+    // The compaction's input: as many blocks as make a group, each a slice of the traces.
+    let parts: Vec<&[String]> = (0..COMPACTED_BLOCKS)
+        .map(|part| {
+            let bound = |part: usize| trace_starts.get(part * trace_starts.len() / COMPACTED_BLOCKS).copied();
+            &documents[bound(part).unwrap_or(documents.len())..bound(part + 1).unwrap_or(documents.len())]
+        })
+        .collect();
     // Traces read back from the block, spread over it: what `BatchGetTraces` does for one id.
     let lookups: Vec<_> = trace_ids.iter().step_by((trace_ids.len() / LOOKUPS).max(1)).copied().collect();
     let raw_bytes: usize = documents.iter().map(String::len).sum();
     let (mut parse, mut append, mut flush, mut lookup) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let (mut compaction, mut compacted_bytes) = (f64::MAX, 0);
     let mut block_bytes = 0;
     // The flusher's own phases (thread CPU), from the store's counters.
     let (mut summaries, mut rollups, mut encode) = (f64::MAX, f64::MAX, f64::MAX);
     for round in 0..rounds {
         let dir = std::env::temp_dir().join(format!("roentgen-pipeline-{}-{round}", std::process::id()));
-        let config = roentgen_store::StoreConfig {
-            data_dir: dir.clone(),
+        let config_for = |data_dir| roentgen_store::StoreConfig {
+            data_dir,
             // Only the measured calls write blocks.
             flush_interval_seconds: 1e6,
             compaction_interval_seconds: 1e6,
             block_chunk_bytes,
             ..Default::default()
         };
-        let store = roentgen_store::Store::open(config).await?;
+        let store = roentgen_store::Store::open(config_for(dir.clone())).await?;
         let cpu = process_cpu()?;
         let mut parsed = Vec::with_capacity(documents.len());
         for raw in &documents {
@@ -807,12 +886,12 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
             }
         }
         let looked_up_at = process_cpu()?;
-        block_bytes = std::fs::read_dir(dir.join("blocks"))?
-            .map(|block| Ok(std::fs::metadata(block?.path().join("data"))?.len()))
-            .sum::<anyhow::Result<u64>>()?;
+        block_bytes = self::block_bytes(&dir)?;
         let stats = store.stats();
         store.close().await?;
         std::fs::remove_dir_all(&dir)?;
+        let (compacted, bytes) = compact_blocks(&parts, &config_for(dir.with_extension("compaction"))).await?;
+        compacted_bytes = bytes;
         let per_segment = |d: Duration| d.as_secs_f64() * 1e6 / documents.len() as f64;
         let phase = |nanos: &AtomicU64| per_segment(Duration::from_nanos(nanos.load(Ordering::Relaxed)));
         summaries = summaries.min(phase(&stats.flush_summaries_nanos));
@@ -822,6 +901,7 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
         append = append.min(per_segment(appended_at - parsed_at));
         flush = flush.min(per_segment(flushed_at - appended_at));
         lookup = lookup.min((looked_up_at - flushed_at).as_secs_f64() * 1e6 / lookups.len() as f64);
+        compaction = compaction.min(per_segment(compacted));
     }
     emit(json!({
         "segments": documents.len(),
@@ -829,6 +909,9 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
         "rounds": rounds,
         "cpu_us_per_segment": { "parse": parse, "append": append, "flush": flush, "total": parse + append + flush },
         "flush_phases_us_per_segment": { "summaries": summaries, "rollups": rollups, "encode": encode },
+        // What merging the segment's small block with others costs it later, once.
+        "compaction_cpu_us_per_segment": compaction,
+        "compacted_block_bytes_per_segment": compacted_bytes as f64 / documents.len() as f64,
         "block_chunk_bytes": block_chunk_bytes,
         "block_bytes_per_segment": block_bytes as f64 / documents.len() as f64,
         "lookups": lookups.len(),

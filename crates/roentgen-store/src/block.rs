@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! "RGNBLK01"
-//! chunks      zstd frames; each holds whole traces, a trace being its documents as u32 length + bytes
+//! chunks      zstd frames; each holds whole traces, a trace being its documents as u32 length + bytes;
+//!             a compaction's block starts with the chunks it copied from its inputs as they were,
+//!             so chunks need not follow trace id order: the index says where each trace is
 //! index       one entry per trace, sorted: trace id, chunk, offset, length, document count,
 //!             whether documents were dropped at the trace's size limit, revision; from
 //!             version 5 on, each entry relative to the one before it in pages of 128 (see the
@@ -118,9 +120,45 @@ pub(crate) struct BlockMeta {
 #[derive(Debug)]
 pub(crate) struct BlockTrace<'a> {
     pub trace_id: TraceId,
-    pub docs: Vec<&'a str>,
+    pub docs: TraceDocuments<'a>,
     pub summary: &'a TraceSummary,
     pub limit_exceeded: bool,
+}
+
+/// A trace's documents, as they go into a block.
+#[derive(Debug)]
+pub(crate) enum TraceDocuments<'a> {
+    /// To be compressed into the block's chunks.
+    Text(Vec<&'a str>),
+    /// Already in one of the compressed chunks the block is built with.
+    Copied(Region),
+}
+
+/// Where a trace's documents are in a compressed chunk taken from another block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Region {
+    /// The chunk, among those the block is built with.
+    pub frame: usize,
+    pub offset: usize,
+    pub length: usize,
+    pub count: usize,
+}
+
+/// What a compaction takes of one block: the traces it keeps, each as a region of a chunk
+/// copied as it is, or as text when its chunk is mostly traces left out or too small to keep.
+#[derive(Debug)]
+pub(crate) struct MergeInput {
+    /// The compressed chunks taken as they are.
+    pub frames: Vec<bytes::Bytes>,
+    /// One for each entry of the index, in trace id order: `None` for a trace left out.
+    pub traces: Vec<Option<MergedDocuments>>,
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) enum MergedDocuments {
+    Text(Vec<String>),
+    /// The region's `frame` counts among [`MergeInput::frames`].
+    Copied(Region),
 }
 
 /// One trace read from a block.
@@ -180,18 +218,35 @@ impl RollupSections {
 
 /// Encodes a block; `traces` must be sorted by trace id with no duplicates, and `rollups` are
 /// theirs.
+/// Encodes a block of `traces`, in trace id order. Those whose documents are
+/// [`TraceDocuments::Copied`] point into `frames`, compressed chunks that become the block's
+/// first ones as they are.
 pub(crate) fn build(
     traces: &[BlockTrace<'_>],
+    frames: &[bytes::Bytes],
     rollups: &RollupSections,
     options: BuildOptions,
 ) -> Result<(Vec<u8>, BlockMeta), StoreError> {
     debug_assert!(traces.windows(2).all(|w| w[0].trace_id < w[1].trace_id));
-    let raw: usize = traces.iter().flat_map(|t| &t.docs).map(|d| 4 + d.len()).sum();
+    let text = |trace: &BlockTrace<'_>| match &trace.docs {
+        TraceDocuments::Text(docs) => docs.iter().map(|d| 4 + d.len()).sum(),
+        TraceDocuments::Copied(_) => 0,
+    };
+    let raw: usize = traces.iter().map(text).sum();
+    let copied: usize = frames.iter().map(|f| f.len()).sum();
     // Documents compress about 8:1; reserving a quarter avoids regrowing (and re-copying) the block.
-    let mut data = Vec::with_capacity(raw / 4 + 4096);
+    let mut data = Vec::with_capacity(copied + raw / 4 + 4096);
     data.extend_from_slice(BLOCK_MAGIC);
     let mut index = IndexWriter::with_capacity(traces.len());
-    let mut chunk_table: Vec<(u64, u32)> = Vec::new();
+    let mut chunk_table: Vec<(u64, u32)> = Vec::with_capacity(frames.len());
+    for frame in frames {
+        let len = u32::try_from(frame.len()).map_err(|_| StoreError::CorruptBlock {
+            block: options.id.clone(),
+            reason: "a copied chunk is over 4 GiB".into(),
+        })?;
+        chunk_table.push((data.len() as u64, len));
+        data.extend_from_slice(frame);
+    }
     let mut pending: Vec<u8> = Vec::with_capacity(options.chunk_bytes + 4096);
     let mut document_count = 0u64;
     let mut raw_document_bytes = 0u64;
@@ -220,7 +275,21 @@ pub(crate) fn build(
     };
 
     for trace in traces {
-        let region: usize = trace.docs.iter().map(|d| 4 + d.len()).sum();
+        let revision = Some(trace.summary.revision);
+        let limit_exceeded = trace.limit_exceeded;
+        let docs = match &trace.docs {
+            TraceDocuments::Copied(region) => {
+                let Region { frame, offset, length, count } = *region;
+                index
+                    .push(trace.trace_id, IndexEntry { chunk: frame, offset, length, count, limit_exceeded, revision });
+                // Each document is its length in four bytes, then its text.
+                raw_document_bytes += length.saturating_sub(4 * count) as u64;
+                document_count += count as u64;
+                continue;
+            }
+            TraceDocuments::Text(docs) => docs,
+        };
+        let region = text(trace);
         if !pending.is_empty() && pending.len() + region > options.chunk_bytes {
             flush_chunk(&mut pending, &mut data, &mut chunk_table)?;
         }
@@ -228,17 +297,17 @@ pub(crate) fn build(
             chunk: chunk_table.len(),
             offset: pending.len(),
             length: region,
-            count: trace.docs.len(),
-            limit_exceeded: trace.limit_exceeded,
-            revision: Some(trace.summary.revision),
+            count: docs.len(),
+            limit_exceeded,
+            revision,
         };
         index.push(trace.trace_id, entry);
-        for doc in &trace.docs {
+        for doc in docs {
             pending.extend_from_slice(&(doc.len() as u32).to_le_bytes());
             pending.extend_from_slice(doc.as_bytes());
             raw_document_bytes += doc.len() as u64;
         }
-        document_count += trace.docs.len() as u64;
+        document_count += docs.len() as u64;
     }
     if !pending.is_empty() {
         flush_chunk(&mut pending, &mut data, &mut chunk_table)?;
@@ -688,28 +757,87 @@ impl BlockHandle {
         Ok(entries)
     }
 
-    /// Every trace of the block, in trace id order, for compaction: the whole index and every
-    /// chunk are read.
-    pub async fn read_all(&self, store: &dyn ObjectStore) -> Result<Vec<(TraceId, BlockRead)>, StoreError> {
-        let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
+    /// The whole index, in trace id order.
+    pub async fn index(&self, store: &dyn ObjectStore) -> Result<Vec<(TraceId, IndexEntry)>, StoreError> {
         let index = store.get_range(&self.data_path, self.meta.sections.index.clone()).await?;
-        let ranges: Vec<Range<u64>> = self.chunks.iter().map(|&(at, len)| at..at + u64::from(len)).collect();
-        let mut chunks = Vec::with_capacity(ranges.len());
-        for (n, frame) in store.get_ranges(&self.data_path, &ranges).await?.iter().enumerate() {
-            chunks.push(decompress(frame).map_err(|e| corrupt(format!("chunk {n}: {e}")))?);
+        self.entries(&index)
+    }
+
+    /// The documents of the traces of `index` (this block's, from [`Self::index`]) that `keep`
+    /// says to keep, for a compaction. A chunk holding at least `copy_bytes` of them is taken
+    /// compressed as it is; the kept traces of any other chunk are read out of it, to be
+    /// compressed again with others: the chunks of small blocks are small, and a chunk of
+    /// traces left out is mostly space to reclaim.
+    pub async fn merge_input(
+        &self,
+        store: &dyn ObjectStore,
+        index: &[(TraceId, IndexEntry)],
+        keep: &[bool],
+        copy_bytes: usize,
+    ) -> Result<MergeInput, StoreError> {
+        let corrupt = |reason: String| StoreError::CorruptBlock { block: self.meta.id.clone(), reason };
+        // Per chunk, the bytes of the traces kept in it, if any are.
+        let mut kept_bytes: Vec<Option<usize>> = vec![None; self.chunks.len()];
+        for ((_, entry), _) in index.iter().zip(keep).filter(|(_, keep)| **keep) {
+            let bytes = kept_bytes.get_mut(entry.chunk).ok_or_else(|| corrupt("chunk number out of range".into()))?;
+            *bytes = Some(bytes.unwrap_or(0).saturating_add(entry.length));
         }
-        let entries = self.entries(&index)?;
-        let mut traces = Vec::with_capacity(entries.len());
-        for (id, entry) in entries {
-            let region = chunks
-                .get(entry.chunk)
-                .and_then(|c| c.get(entry.offset..entry.offset.checked_add(entry.length)?))
-                .ok_or_else(|| corrupt("trace region out of range".into()))?;
-            let docs =
-                split_documents(region, entry.count).ok_or_else(|| corrupt("damaged document framing".into()))?;
-            traces.push((id, BlockRead { docs, limit_exceeded: entry.limit_exceeded, revision: entry.revision }));
+        let needed: Vec<(usize, usize)> =
+            kept_bytes.iter().enumerate().filter_map(|(n, bytes)| Some((n, (*bytes)?))).collect();
+        let ranges: Vec<Range<u64>> = needed
+            .iter()
+            .map(|&(n, _)| {
+                let (at, len) = self.chunks[n];
+                at..at + u64::from(len)
+            })
+            .collect();
+        let mut frames = Vec::new();
+        /// A chunk holding kept traces.
+        enum Read {
+            /// Taken as it is: where among `frames`, and the bytes it decompresses to.
+            Copied {
+                frame: usize,
+                size: u64,
+            },
+            Plain(Vec<u8>),
         }
-        Ok(traces)
+        let mut chunks: Vec<Option<Read>> = (0..self.chunks.len()).map(|_| None).collect();
+        for (&(n, kept), frame) in needed.iter().zip(store.get_ranges(&self.data_path, &ranges).await?) {
+            chunks[n] = Some(match decompressed_size(&frame) {
+                Some(size) if kept >= copy_bytes => {
+                    frames.push(frame);
+                    Read::Copied { frame: frames.len() - 1, size }
+                }
+                _ => Read::Plain(decompress(&frame).map_err(|e| corrupt(format!("chunk {n}: {e}")))?),
+            });
+        }
+        let mut traces = Vec::with_capacity(index.len());
+        for ((_, entry), &keep) in index.iter().zip(keep) {
+            if !keep {
+                traces.push(None);
+                continue;
+            }
+            let end =
+                entry.offset.checked_add(entry.length).ok_or_else(|| corrupt("trace region out of range".into()))?;
+            let Some(chunk) = &chunks[entry.chunk] else { return Err(corrupt("chunk number out of range".into())) };
+            traces.push(Some(match chunk {
+                Read::Copied { frame, size } => {
+                    if end as u64 > *size {
+                        return Err(corrupt("trace region out of range".into()));
+                    }
+                    let (offset, length, count) = (entry.offset, entry.length, entry.count);
+                    MergedDocuments::Copied(Region { frame: *frame, offset, length, count })
+                }
+                Read::Plain(plain) => {
+                    let region =
+                        plain.get(entry.offset..end).ok_or_else(|| corrupt("trace region out of range".into()))?;
+                    let docs = split_documents(region, entry.count)
+                        .ok_or_else(|| corrupt("damaged document framing".into()))?;
+                    MergedDocuments::Text(docs)
+                }
+            }));
+        }
+        Ok(MergeInput { frames, traces })
     }
 
     /// Whether the block holds a revision of the trace (no false positives).
@@ -951,7 +1079,7 @@ mod tests {
             .enumerate()
             .map(|(n, ((id, docs), summary))| BlockTrace {
                 trace_id: *id,
-                docs: docs.iter().map(String::as_str).collect(),
+                docs: TraceDocuments::Text(docs.iter().map(String::as_str).collect()),
                 summary,
                 limit_exceeded: n % 10 == 3,
             })
@@ -966,9 +1094,89 @@ mod tests {
         };
         let (kept, fine) = Rollups::of(input.iter().map(|t| t.summary)).split();
         let rollups = RollupSections::encode(kept, &fine, &options).unwrap();
-        let (data, meta) = build(&input, &rollups, options).unwrap();
+        let (data, meta) = build(&input, &[], &rollups, options).unwrap();
         store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();
         BlockHandle::open(store, meta).await.unwrap()
+    }
+
+    impl BlockHandle {
+        /// Every trace of the block, in trace id order: what a compaction that copies no chunk
+        /// reads.
+        async fn read_all(&self, store: &dyn ObjectStore) -> Result<Vec<(TraceId, BlockRead)>, StoreError> {
+            let index = self.index(store).await?;
+            let input = self.merge_input(store, &index, &vec![true; index.len()], usize::MAX).await?;
+            assert!(input.frames.is_empty());
+            Ok(index
+                .into_iter()
+                .zip(input.traces)
+                .map(|((id, entry), docs)| {
+                    let Some(MergedDocuments::Text(docs)) = docs else { panic!("{docs:?} is not text") };
+                    (id, BlockRead { docs, limit_exceeded: entry.limit_exceeded, revision: entry.revision })
+                })
+                .collect())
+        }
+    }
+
+    /// A block built from another's chunks, some copied as they are and the rest's traces
+    /// compressed again, with some traces left out: each kept trace reads back as it was, from
+    /// wherever it went, and those left out are not found.
+    #[tokio::test]
+    async fn a_merged_block_reads_copied_chunks_and_new_ones() {
+        let store = InMemory::new();
+        let traces = sample(300);
+        let block = write(&store, &traces, 4096).await;
+        assert!(block.chunks.len() > 10);
+        let index = block.index(&store).await.unwrap();
+        // Every seventh trace left out; so are all traces of the third chunk, and all but one of
+        // the fifth's, which is then compressed again.
+        let keep: Vec<bool> = index
+            .iter()
+            .enumerate()
+            .map(|(n, (_, e))| n % 7 != 0 && e.chunk != 2 && (e.chunk != 4 || index[n - 1].1.chunk != 4))
+            .collect();
+        let input = block.merge_input(&store, &index, &keep, 2048).await.unwrap();
+        assert_eq!(input.frames.len(), block.chunks.len() - 2, "every chunk but the two mostly left out");
+        assert!(input.traces.iter().flatten().any(|d| matches!(d, MergedDocuments::Text(_))));
+        let summaries: Vec<TraceSummary> = block.summaries(&store).await.unwrap();
+        let kept: Vec<BlockTrace<'_>> = index
+            .iter()
+            .zip(&input.traces)
+            .zip(&summaries)
+            .filter_map(|(((id, entry), docs), summary)| {
+                let docs = match docs.as_ref()? {
+                    MergedDocuments::Text(docs) => TraceDocuments::Text(docs.iter().map(String::as_str).collect()),
+                    MergedDocuments::Copied(region) => TraceDocuments::Copied(*region),
+                };
+                Some(BlockTrace { trace_id: *id, docs, summary, limit_exceeded: entry.limit_exceeded })
+            })
+            .collect();
+        let options = BuildOptions {
+            id: "merged".into(),
+            created_at: 2.0,
+            wal_generation: 3,
+            chunk_bytes: 4096,
+            level: 3,
+            supersedes: vec![],
+        };
+        let (kept_rollups, fine) = Rollups::of(kept.iter().map(|t| t.summary)).split();
+        let rollups = RollupSections::encode(kept_rollups, &fine, &options).unwrap();
+        let (data, meta) = build(&kept, &input.frames, &rollups, options).unwrap();
+        let kept_docs: usize = traces.iter().zip(&keep).filter(|(_, k)| **k).map(|((_, docs), _)| docs.len()).sum();
+        let kept_bytes: usize =
+            traces.iter().zip(&keep).filter(|(_, k)| **k).flat_map(|((_, docs), _)| docs).map(String::len).sum();
+        assert_eq!((meta.document_count, meta.raw_document_bytes), (kept_docs as u64, kept_bytes as u64));
+        store.put(&data_path("merged"), PutPayload::from(data)).await.unwrap();
+        let merged = BlockHandle::open(&store, meta).await.unwrap();
+        for (n, ((id, docs), keep)) in traces.iter().zip(&keep).enumerate() {
+            let read = merged.get(&store, *id).await.unwrap();
+            if *keep {
+                let read = read.unwrap();
+                assert_eq!((&read.docs, read.limit_exceeded), (docs, n % 10 == 3));
+            } else {
+                assert_eq!(read, None);
+            }
+        }
+        assert_eq!(merged.read_all(&store).await.unwrap().len(), keep.iter().filter(|k| **k).count());
     }
 
     #[tokio::test]
@@ -1074,6 +1282,9 @@ mod tests {
                     }
                     let _ = block.summaries(&store).await;
                     let _ = block.read_all(&store).await;
+                    if let Ok(index) = block.index(&store).await {
+                        let _ = block.merge_input(&store, &index, &vec![true; index.len()], 1).await;
+                    }
                 }
             }
         }

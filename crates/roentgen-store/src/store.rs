@@ -19,7 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::FastMap;
-use crate::block::{self, BlockHandle, BlockMeta, BlockRead, BlockTrace, BuildOptions, RollupSections, Superseded};
+use crate::block::{
+    self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, MergedDocuments, RollupSections, Superseded, TraceDocuments,
+};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::live::{LiveState, StoredDocument, upsert};
@@ -1087,7 +1089,7 @@ impl Store {
                 .zip(&summaries)
                 .map(|(t, summary)| BlockTrace {
                     trace_id: t.id,
-                    docs: t.docs.iter().map(|d| &*d.raw).collect(),
+                    docs: TraceDocuments::Text(t.docs.iter().map(|d| &*d.raw).collect()),
                     summary,
                     limit_exceeded: t.limit_exceeded,
                 })
@@ -1095,7 +1097,7 @@ impl Store {
             let (kept, fine) = Rollups::of(traces.iter().map(|t| t.summary)).split();
             let rollups = RollupSections::encode(kept, &fine, &options)?;
             let rolled_up = timer.elapsed();
-            let (data, meta) = block::build(&traces, &rollups, options)?;
+            let (data, meta) = block::build(&traces, &[], &rollups, options)?;
             drop(traces);
             stats.flush_rollups_nanos.fetch_add(nanos(rolled_up), Ordering::Relaxed);
             stats.flush_encode_nanos.fetch_add(nanos(timer.elapsed().saturating_sub(rolled_up)), Ordering::Relaxed);
@@ -1241,30 +1243,49 @@ impl Store {
             return Ok(0);
         }
         let objects = inner.objects.as_ref();
-        let mut traces: Vec<(TraceId, BlockRead, TraceSummary)> = Vec::new();
-        for block in &group {
-            let corrupt =
-                |reason: &str| StoreError::CorruptBlock { block: block.meta.id.clone(), reason: reason.into() };
-            let summaries = block.summaries(objects).await?;
-            let reads = block.read_all(objects).await?;
-            if summaries.len() != reads.len() {
-                return Err(corrupt("its summaries and its index disagree"));
+        let mut indexes = Vec::with_capacity(group.len());
+        let mut summaries = Vec::with_capacity(group.len());
+        // The traces to keep as (trace id, block, place in its index).
+        let mut order: Vec<(TraceId, usize, usize)> = Vec::new();
+        for (b, block) in group.iter().enumerate() {
+            let index = block.index(objects).await?;
+            let block_summaries = self.block_summaries(block).await?;
+            let listed = &block_summaries.summaries;
+            if listed.len() != index.len() || listed.iter().zip(&index).any(|(s, (id, _))| s.trace_id != *id) {
+                let reason = "its summaries and its index disagree".into();
+                return Err(StoreError::CorruptBlock { block: block.meta.id.clone(), reason });
             }
             let hidden = hidden.get(&block.meta.id);
-            for (summary, (id, read)) in summaries.into_iter().zip(reads) {
-                if summary.trace_id != id {
-                    return Err(corrupt("its summaries and its index disagree"));
-                }
-                if !hidden.is_some_and(|h| h.contains(&id)) {
-                    traces.push((id, read, summary));
-                }
-            }
+            let kept = index.iter().enumerate().filter(|(_, (id, _))| !hidden.is_some_and(|h| h.contains(id)));
+            order.extend(kept.map(|(at, (id, _))| (*id, b, at)));
+            indexes.push(index);
+            summaries.push(block_summaries);
         }
         // Newest block first, an order the stable sort keeps among equal ids, so that for a trace
         // in two of them (which supersedes should prevent) the newest copy is the one kept.
-        traces.reverse();
-        traces.sort_by_key(|t| t.0);
-        traces.dedup_by_key(|t| t.0);
+        order.reverse();
+        order.sort_by_key(|t| t.0);
+        order.dedup_by_key(|t| t.0);
+        let mut keep: Vec<Vec<bool>> = indexes.iter().map(|index| vec![false; index.len()]).collect();
+        for &(_, b, at) in &order {
+            keep[b][at] = true;
+        }
+        // Chunks at least half full of kept traces are copied as they are, compressed.
+        let copy_bytes = inner.config.block_chunk_bytes as usize / 2;
+        let mut frames = Vec::new();
+        let mut documents = Vec::with_capacity(group.len());
+        for (b, block) in group.iter().enumerate() {
+            let input = block.merge_input(objects, &indexes[b], &keep[b], copy_bytes).await?;
+            let first = frames.len();
+            frames.extend(input.frames);
+            let mut traces = input.traces;
+            for docs in traces.iter_mut().flatten() {
+                if let MergedDocuments::Copied(region) = docs {
+                    region.frame += first;
+                }
+            }
+            documents.push(traces);
+        }
         let ids: HashSet<&str> = group.iter().map(|b| b.meta.id.as_str()).collect();
         let supersedes: Vec<Superseded> = group
             .iter()
@@ -1280,25 +1301,29 @@ impl Store {
             level: inner.config.compression_level,
             supersedes,
         };
-        let (data, mut meta) = tokio::task::spawn_blocking(move || {
-            let (mut docs, mut rest) = (Vec::with_capacity(traces.len()), Vec::with_capacity(traces.len()));
-            for (id, read, summary) in traces {
-                docs.push(read.docs);
-                rest.push((id, read.limit_exceeded, summary));
+        let (data, mut meta, merged) = tokio::task::spawn_blocking(move || {
+            let merged: Vec<Arc<TraceSummary>> =
+                order.iter().map(|&(_, b, at)| summaries[b].summaries[at].clone()).collect();
+            let mut block_traces = Vec::with_capacity(order.len());
+            for (&(trace_id, b, at), summary) in order.iter().zip(&merged) {
+                let docs = match &documents[b][at] {
+                    Some(MergedDocuments::Text(docs)) => {
+                        TraceDocuments::Text(docs.iter().map(String::as_str).collect())
+                    }
+                    Some(MergedDocuments::Copied(region)) => TraceDocuments::Copied(*region),
+                    None => {
+                        let reason = format!("trace {trace_id} was kept but not read");
+                        return Err(StoreError::CorruptBlock { block: "compacted".into(), reason });
+                    }
+                };
+                let limit_exceeded = indexes[b][at].1.limit_exceeded;
+                block_traces.push(BlockTrace { trace_id, docs, summary, limit_exceeded });
             }
-            let block_traces: Vec<BlockTrace<'_>> = rest
-                .iter()
-                .zip(&docs)
-                .map(|((trace_id, limit_exceeded, summary), docs)| BlockTrace {
-                    trace_id: *trace_id,
-                    docs: docs.iter().map(String::as_str).collect(),
-                    summary,
-                    limit_exceeded: *limit_exceeded,
-                })
-                .collect();
             let (kept, fine) = Rollups::of(block_traces.iter().map(|t| t.summary)).split();
             let rollups = RollupSections::encode(kept, &fine, &options)?;
-            block::build(&block_traces, &rollups, options)
+            let (data, meta) = block::build(&block_traces, &frames, &rollups, options)?;
+            drop(block_traces);
+            Ok((data, meta, BlockSummaries::new(merged)))
         })
         .await
         .map_err(|e| StoreError::CorruptBlock {
@@ -1308,6 +1333,8 @@ impl Store {
         meta.compacted_from = group.iter().map(|b| b.meta.id.clone()).collect();
         self.write_block(data, &meta).await?;
         let handle = Arc::new(BlockHandle::open(objects, meta).await?);
+        // The inputs' summaries, now the merged block's: cached, they need no decoding.
+        self.cache_summaries(&handle.meta.id, Arc::new(merged));
         {
             // Readers see the inputs or the merged block, never both.
             let mut catalog = inner.catalog.write().expect("catalog lock");

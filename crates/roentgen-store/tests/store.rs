@@ -630,12 +630,24 @@ async fn snapshot(store: &Store, traces: &[TraceId]) -> (Vec<(Vec<u64>, bool, u3
 
 /// Small blocks are merged into one: every trace reads back the same, the revision a late
 /// segment made replaces the old one, graphs are unchanged, and a crash between committing the
-/// merged block and deleting its inputs leaves no duplicate.
+/// merged block and deleting its inputs leaves no duplicate. With chunks of 512 KiB, each block's
+/// one chunk is small and its traces are compressed again; with chunks of 4 KiB, most are
+/// copied as they are, one of them with the superseded revision inside.
 #[tokio::test]
 async fn compaction_merges_small_blocks_and_drops_superseded_revisions() {
+    for block_chunk_bytes in [512 << 10, 4096] {
+        merges_small_blocks(block_chunk_bytes).await;
+    }
+}
+
+async fn merges_small_blocks(block_chunk_bytes: u32) {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        StoreConfig { compaction_target_traces: 40, compaction_interval_seconds: 3600.0, ..config(dir.path()) };
+    let config = StoreConfig {
+        compaction_target_traces: 40,
+        compaction_interval_seconds: 3600.0,
+        block_chunk_bytes,
+        ..config(dir.path())
+    };
     let mut store = Store::open(config.clone()).await.unwrap();
     let traces: Vec<TraceId> =
         (0..30).map(|n| TraceId::from_parts(epoch() + n * 7, u128::from(n) * 0x1_0000_0001 + 9)).collect();
@@ -644,9 +656,10 @@ async fn compaction_merges_small_blocks_and_drops_superseded_revisions() {
             t,
             1,
             &format!(
-                r#""end_time":{e}.5,"subsegments":[{{"id":"00000000000000aa","name":"db{}","namespace":"remote","start_time":{e}.3,"end_time":{e}.4}}]"#,
+                r#""end_time":{e}.5,"metadata":{{"default":{{"pad":"{pad}"}}}},"subsegments":[{{"id":"00000000000000aa","name":"db{}","namespace":"remote","start_time":{e}.3,"end_time":{e}.4}}]"#,
                 n % 4,
-                e = t.epoch()
+                e = t.epoch(),
+                pad = "x".repeat(600)
             ),
         )
     };
