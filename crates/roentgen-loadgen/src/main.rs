@@ -731,16 +731,7 @@ async fn compact_blocks(parts: &[&[String]], config: &roentgen_store::StoreConfi
     let store = roentgen_store::Store::open(config.clone()).await?;
     for part in parts {
         for batch in part.chunks(50) {
-            let docs = batch
-                .iter()
-                .map(|raw| {
-                    Ok(Arc::new(roentgen_store::StoredDocument {
-                        raw: raw.as_str().into(),
-                        parsed: roentgen_model::parse_document_text(raw, roentgen_model::MAX_DOCUMENT_BYTES)?,
-                        source: roentgen_store::Source::Api,
-                    }))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let docs = batch.iter().map(|raw| stored_document(raw)).collect::<anyhow::Result<Vec<_>>>()?;
             store.submit(docs).await?;
         }
         store.sync().await?;
@@ -756,6 +747,15 @@ async fn compact_blocks(parts: &[&[String]], config: &roentgen_store::StoreConfi
         bail!("the compaction merged {merged} blocks of {}", parts.len());
     }
     Ok((spent, bytes))
+}
+
+/// A document parsed as `PutTraceSegments` parses it, ready for the store.
+fn stored_document(raw: &str) -> anyhow::Result<Arc<roentgen_store::StoredDocument>> {
+    Ok(Arc::new(roentgen_store::StoredDocument {
+        raw: raw.into(),
+        parsed: roentgen_model::parse_document_text(raw, roentgen_model::MAX_DOCUMENT_BYTES)?,
+        source: roentgen_store::Source::Api,
+    }))
 }
 
 /// The bytes of the data files of the blocks in a data dir.
@@ -861,12 +861,7 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
         let cpu = process_cpu()?;
         let mut parsed = Vec::with_capacity(documents.len());
         for raw in &documents {
-            let doc = roentgen_model::parse_document_text(raw, roentgen_model::MAX_DOCUMENT_BYTES)?;
-            parsed.push(Arc::new(roentgen_store::StoredDocument {
-                raw: raw.as_str().into(),
-                parsed: doc,
-                source: roentgen_store::Source::Api,
-            }));
+            parsed.push(stored_document(raw)?);
         }
         let parsed_at = process_cpu()?;
         let mut rest = parsed.as_slice();

@@ -161,6 +161,16 @@ pub(crate) enum MergedDocuments {
     Copied(Region),
 }
 
+impl MergedDocuments {
+    /// The documents as they go into the merged block.
+    pub fn to_block(&self) -> TraceDocuments<'_> {
+        match self {
+            Self::Text(docs) => TraceDocuments::Text(docs.iter().map(String::as_str).collect()),
+            Self::Copied(region) => TraceDocuments::Copied(*region),
+        }
+    }
+}
+
 /// One trace read from a block.
 #[derive(Debug, PartialEq)]
 pub(crate) struct BlockRead {
@@ -1143,10 +1153,7 @@ mod tests {
             .zip(&input.traces)
             .zip(&summaries)
             .filter_map(|(((id, entry), docs), summary)| {
-                let docs = match docs.as_ref()? {
-                    MergedDocuments::Text(docs) => TraceDocuments::Text(docs.iter().map(String::as_str).collect()),
-                    MergedDocuments::Copied(region) => TraceDocuments::Copied(*region),
-                };
+                let docs = docs.as_ref()?.to_block();
                 Some(BlockTrace { trace_id: *id, docs, summary, limit_exceeded: entry.limit_exceeded })
             })
             .collect();

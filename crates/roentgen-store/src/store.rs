@@ -1306,16 +1306,11 @@ impl Store {
                 order.iter().map(|&(_, b, at)| summaries[b].summaries[at].clone()).collect();
             let mut block_traces = Vec::with_capacity(order.len());
             for (&(trace_id, b, at), summary) in order.iter().zip(&merged) {
-                let docs = match &documents[b][at] {
-                    Some(MergedDocuments::Text(docs)) => {
-                        TraceDocuments::Text(docs.iter().map(String::as_str).collect())
-                    }
-                    Some(MergedDocuments::Copied(region)) => TraceDocuments::Copied(*region),
-                    None => {
-                        let reason = format!("trace {trace_id} was kept but not read");
-                        return Err(StoreError::CorruptBlock { block: "compacted".into(), reason });
-                    }
+                let Some(docs) = &documents[b][at] else {
+                    let reason = format!("trace {trace_id} was kept but not read");
+                    return Err(StoreError::CorruptBlock { block: "compacted".into(), reason });
                 };
+                let docs = docs.to_block();
                 let limit_exceeded = indexes[b][at].1.limit_exceeded;
                 block_traces.push(BlockTrace { trace_id, docs, summary, limit_exceeded });
             }
