@@ -41,6 +41,19 @@ impl Rollups {
         Self { levels }
     }
 
+    /// Adds `other`'s graphs, span by span: the rollups of two disjoint sets of traces merge
+    /// into the rollups of their union, with no trace added again.
+    pub fn merge(&mut self, other: &Rollups) {
+        if self.levels.len() < other.levels.len() {
+            self.levels.resize_with(other.levels.len(), BTreeMap::new);
+        }
+        for (mine, theirs) in self.levels.iter_mut().zip(&other.levels) {
+            for (&key, graph) in theirs {
+                mine.entry(key).or_default().merge(graph);
+            }
+        }
+    }
+
     /// The kept levels, and the fine levels of each hour that has any: a window's edges then
     /// need only the fine rollups of the hours they fall in.
     pub fn split(mut self) -> (Self, BTreeMap<i64, Self>) {

@@ -976,6 +976,27 @@ impl Store {
         Ok(Some(rollups))
     }
 
+    /// All of a block's rollups, as its kept levels and its hours of fine ones, or `None` for a
+    /// block written before rollups were stored. Hours not in the cache are read around it: a
+    /// compaction reads each block's once.
+    async fn block_rollups(&self, block: &BlockHandle) -> Result<Option<Vec<Arc<Rollups>>>, StoreError> {
+        let Some(kept) = block.kept_rollups.as_ref() else { return Ok(None) };
+        let mut parts = vec![Arc::new(kept.rollups.clone())];
+        for &(hour, _) in &kept.fine_frames {
+            let cached =
+                self.inner.fine_rollups.lock().expect("rollups cache lock").get(&(block.meta.id.clone(), hour));
+            let fine = match cached {
+                Some(fine) => fine,
+                None => match block.fine_rollups(self.inner.objects.as_ref(), hour).await? {
+                    Some((fine, _)) => Arc::new(fine),
+                    None => return Ok(None),
+                },
+            };
+            parts.push(fine);
+        }
+        Ok(Some(parts))
+    }
+
     async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<BlockSummaries>, StoreError> {
         if let Some(hit) = self.inner.summary_cache.lock().expect("cache lock").get(&block.meta.id) {
             return Ok(hit);
@@ -1270,6 +1291,18 @@ impl Store {
         for &(_, b, at) in &order {
             keep[b][at] = true;
         }
+        // A block whose traces are all kept brings its rollups, merged instead of built again
+        // from its summaries; the others' kept traces are rolled up anew.
+        let mut rolled = vec![false; group.len()];
+        let mut rollup_parts: Vec<Arc<Rollups>> = Vec::new();
+        for (b, block) in group.iter().enumerate() {
+            if keep[b].iter().all(|&k| k)
+                && let Some(parts) = self.block_rollups(block).await?
+            {
+                rolled[b] = true;
+                rollup_parts.extend(parts);
+            }
+        }
         // Chunks at least half full of kept traces are copied as they are, compressed.
         let copy_bytes = inner.config.block_chunk_bytes as usize / 2;
         let mut frames = Vec::new();
@@ -1314,7 +1347,12 @@ impl Store {
                 let limit_exceeded = indexes[b][at].1.limit_exceeded;
                 block_traces.push(BlockTrace { trace_id, docs, summary, limit_exceeded });
             }
-            let (kept, fine) = Rollups::of(block_traces.iter().map(|t| t.summary)).split();
+            let rebuilt = order.iter().zip(&merged).filter(|((_, b, _), _)| !rolled[*b]).map(|(_, s)| &**s);
+            let mut rollups = Rollups::of(rebuilt);
+            for part in &rollup_parts {
+                rollups.merge(part);
+            }
+            let (kept, fine) = rollups.split();
             let rollups = RollupSections::encode(kept, &fine, &options)?;
             let (data, meta) = block::build(&block_traces, &frames, &rollups, options)?;
             drop(block_traces);

@@ -519,24 +519,23 @@ async fn service_graph_from_rollups_equals_a_scan() {
     // Live and in blocks, then all in blocks, then with the rollups read back from the blocks.
     for phase in ["late segment live", "flushed", "reopened"] {
         enter(&mut store, phase, dir.path()).await;
-        for (start, end) in windows {
-            let (start, end) = roentgen_query::whole_minutes(start, end);
-            let query = SummaryQuery {
-                start,
-                end,
-                range: TimeRangeType::Event,
-                limit: usize::MAX,
-                ordered: false,
-                ..all_time()
-            };
-            let mut scanned = roentgen_query::ServiceGraph::default();
-            for (summary, _) in store.summaries(&query).await.unwrap().summaries {
-                scanned.add(&summary);
-            }
-            let rolled = store.service_graph(start, end).await.unwrap();
-            assert!(!scanned.nodes.is_empty(), "window {start}..{end} is empty");
-            assert_eq!(canonical(&rolled), canonical(&scanned), "window {start}..{end}, {phase}");
+        graphs_equal_a_scan(&store, &windows, phase).await;
+    }
+}
+
+/// The store's service graph of each window is the graph of the summaries it returns.
+async fn graphs_equal_a_scan(store: &Store, windows: &[(f64, f64)], phase: &str) {
+    for &(start, end) in windows {
+        let (start, end) = roentgen_query::whole_minutes(start, end);
+        let query =
+            SummaryQuery { start, end, range: TimeRangeType::Event, limit: usize::MAX, ordered: false, ..all_time() };
+        let mut scanned = roentgen_query::ServiceGraph::default();
+        for (summary, _) in store.summaries(&query).await.unwrap().summaries {
+            scanned.add(&summary);
         }
+        let rolled = store.service_graph(start, end).await.unwrap();
+        assert!(!scanned.nodes.is_empty(), "window {start}..{end} is empty");
+        assert_eq!(canonical(&rolled), canonical(&scanned), "window {start}..{end}, {phase}");
     }
 }
 
@@ -681,6 +680,11 @@ async fn merges_small_blocks(block_chunk_bytes: u32) {
     assert_eq!(store.compact().await.unwrap(), 0, "one block is left: nothing to merge");
     assert_eq!(store.stats().blocks.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(snapshot(&store, &traces).await, before);
+    // The merged rollups (the first block's built again, its trace 0 superseded; the others'
+    // merged) answer windows of minutes and of hours as a scan does.
+    let base = f64::from(epoch());
+    let windows = [(base, base + 60.0), (base + 61.0, base + 125.0), (base + 7.0, base + 200.0), (base, base + 3600.0)];
+    graphs_equal_a_scan(&store, &windows, "compacted").await;
 
     // The inputs come back, as if the process died before deleting them.
     store.close().await.unwrap();
