@@ -203,8 +203,8 @@ pub struct GraphNode {
 /// A service graph under construction, or built.
 ///
 /// Serialized as its nodes only (rollups are stored in blocks); the lookups are rebuilt.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "Vec<GraphNode>", into = "Vec<GraphNode>")]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "Vec<GraphNode>")]
 pub struct ServiceGraph {
     pub nodes: Vec<GraphNode>,
     services: Map<ServiceKey, usize>,
@@ -230,9 +230,10 @@ impl From<Vec<GraphNode>> for ServiceGraph {
     }
 }
 
-impl From<ServiceGraph> for Vec<GraphNode> {
-    fn from(graph: ServiceGraph) -> Self {
-        graph.nodes
+/// Serialized as its nodes, borrowed: serde's `into` would clone every graph it writes.
+impl Serialize for ServiceGraph {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.nodes.serialize(serializer)
     }
 }
 
