@@ -212,7 +212,7 @@ impl Metrics {
             );
         }
 
-        let store_metrics: [(&str, &str, &str, &AtomicU64); 25] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 26] = [
             (
                 "roentgen_store_documents_appended_total",
                 "counter",
@@ -253,6 +253,12 @@ impl Metrics {
                 "counter",
                 "Blocks merged into larger ones by compaction.",
                 &store.blocks_compacted,
+            ),
+            (
+                "roentgen_documents_compacted_total",
+                "counter",
+                "Documents in the blocks compactions wrote.",
+                &store.documents_compacted,
             ),
             (
                 "roentgen_blocks_corrupt_total",
@@ -317,6 +323,14 @@ impl Metrics {
         for (phase, nanos) in phases {
             let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", get(nanos) as f64 / 1e9);
         }
+        let name = "roentgen_compaction_cpu_seconds_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "CPU time compactions spent building merged blocks, their inputs' reads not counted (wall time where the OS does not say).",
+        );
+        let _ = writeln!(out, "{name} {}", get(&store.compaction_nanos) as f64 / 1e9);
         let wal_commit = [
             (
                 "roentgen_wal_commit_cpu_seconds_total",
@@ -363,6 +377,8 @@ mod tests {
         assert!(text.contains("roentgen_flush_seconds_total{phase=\"rollups\"} 1.5"));
         stats.wal_commit_wall_nanos.store(250_000_000, std::sync::atomic::Ordering::Relaxed);
         assert!(m.render(&stats).contains("\nroentgen_wal_commit_seconds_total 0.25\n"));
+        stats.compaction_nanos.store(2_000_000_000, std::sync::atomic::Ordering::Relaxed);
+        assert!(m.render(&stats).contains("\nroentgen_compaction_cpu_seconds_total 2\n"));
         assert!(text.contains("roentgen_segments_received_total{source=\"udp\"} 3"));
         assert!(text.contains("roentgen_segments_rejected_total{source=\"udp\",reason=\"InvalidName\"} 1"));
         assert!(text.contains("roentgen_udp_datagrams_dropped_total{reason=\"invalid_header\"} 1"));

@@ -19,6 +19,10 @@ pub struct StoreStats {
     /// Compactions done, and the blocks they merged.
     pub compactions: AtomicU64,
     pub blocks_compacted: AtomicU64,
+    /// Documents the merged blocks hold, and the CPU time spent building those blocks, in
+    /// nanoseconds (their inputs' reads not counted).
+    pub documents_compacted: AtomicU64,
+    pub compaction_nanos: AtomicU64,
     pub corrupt_blocks: AtomicU64,
     pub trace_revisions: AtomicU64,
     /// Documents dropped because their trace had reached `max_trace_bytes`.

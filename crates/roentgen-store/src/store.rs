@@ -1334,7 +1334,9 @@ impl Store {
             level: inner.config.compression_level,
             supersedes,
         };
+        let stats = inner.stats.clone();
         let (data, mut meta, merged) = tokio::task::spawn_blocking(move || {
+            let timer = PhaseTimer::start();
             let merged: Vec<Arc<TraceSummary>> =
                 order.iter().map(|&(_, b, at)| summaries[b].summaries[at].clone()).collect();
             let mut block_traces = Vec::with_capacity(order.len());
@@ -1356,7 +1358,9 @@ impl Store {
             let rollups = RollupSections::encode(kept, &fine, &options)?;
             let (data, meta) = block::build(&block_traces, &frames, &rollups, options)?;
             drop(block_traces);
-            Ok((data, meta, BlockSummaries::new(merged)))
+            let merged = BlockSummaries::new(merged);
+            stats.compaction_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
+            Ok((data, meta, merged))
         })
         .await
         .map_err(|e| StoreError::CorruptBlock {
@@ -1366,6 +1370,7 @@ impl Store {
         meta.compacted_from = group.iter().map(|b| b.meta.id.clone()).collect();
         self.write_block(data, &meta).await?;
         let handle = Arc::new(BlockHandle::open(objects, meta).await?);
+        let documents = handle.meta.document_count;
         // The inputs' summaries, now the merged block's: cached, they need no decoding.
         self.cache_summaries(&handle.meta.id, Arc::new(merged));
         {
@@ -1377,6 +1382,7 @@ impl Store {
         let merged = group.len();
         inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
         inner.stats.blocks_compacted.fetch_add(merged as u64, Ordering::Relaxed);
+        inner.stats.documents_compacted.fetch_add(documents, Ordering::Relaxed);
         for block in group {
             self.delete_block(block).await?;
         }

@@ -679,6 +679,7 @@ async fn merges_small_blocks(block_chunk_bytes: u32) {
     assert_eq!(store.compact().await.unwrap(), 6);
     assert_eq!(store.compact().await.unwrap(), 0, "one block is left: nothing to merge");
     assert_eq!(store.stats().blocks.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(store.stats().documents_compacted.load(std::sync::atomic::Ordering::Relaxed), 31);
     assert_eq!(snapshot(&store, &traces).await, before);
     // The merged rollups (the first block's built again, its trace 0 superseded; the others'
     // merged) answer windows of minutes and of hours as a scan does.
