@@ -1516,7 +1516,12 @@ const COMPACTION_MIN_BLOCKS: usize = 8;
 /// that holds a quarter of `target` traces or [`COMPACTION_MIN_BLOCKS`] blocks, up to `target`
 /// traces. Given the blocks' metas in catalog order, returns the run's positions.
 fn compaction_group(blocks: &[&BlockMeta], target: u64, wal_floor: u64) -> std::ops::Range<usize> {
-    let ready = |len: usize, traces: u64| len >= 2 && (traces >= target / 4 || len >= COMPACTION_MIN_BLOCKS);
+    // A run is worth merging once it holds a quarter of the target's traces, or half of the
+    // bytes one compaction may read: traces of a few kilobytes reach that bound long before the
+    // target, and runs under it only waited for more blocks.
+    let ready = |len: usize, traces: u64, raw: u64| {
+        len >= 2 && (traces >= target / 4 || raw >= COMPACTION_MAX_RAW_BYTES / 2 || len >= COMPACTION_MIN_BLOCKS)
+    };
     // The run is blocks[start..at], with its totals kept as it grows: a low-traffic server may
     // have thousands of tiny blocks in one run.
     let (mut start, mut traces, mut raw) = (0, 0u64, 0u64);
@@ -1529,12 +1534,12 @@ fn compaction_group(blocks: &[&BlockMeta], target: u64, wal_floor: u64) -> std::
             (traces, raw) = (traces + meta.trace_count, raw + meta.raw_document_bytes);
             continue;
         }
-        if ready(at - start, traces) {
+        if ready(at - start, traces, raw) {
             return start..at;
         }
         (start, traces, raw) = if small { (at, meta.trace_count, meta.raw_document_bytes) } else { (at + 1, 0, 0) };
     }
-    if ready(blocks.len() - start, traces) { start..blocks.len() } else { 0..0 }
+    if ready(blocks.len() - start, traces, raw) { start..blocks.len() } else { 0..0 }
 }
 
 /// Deletes a block's files: the meta first, since without it the block no longer exists.
@@ -1819,6 +1824,12 @@ mod tests {
         // A block with a quarter of the raw-bytes bound is big.
         let bulky = meta(10, COMPACTION_MAX_RAW_BYTES / 4, 1);
         assert_eq!(group(&[bulky.clone(), bulky.clone(), bulky], 9), 0..0);
+        // Runs of a few blocks of large traces are merged once they hold half the bytes a
+        // compaction may read, and no more than all of them.
+        let large = |fifths: u64| meta(10, COMPACTION_MAX_RAW_BYTES / 20 * fifths, 1);
+        assert_eq!(group(&[large(4), large(4)], 9), 0..0, "two fifths of the bytes: wait for more");
+        assert_eq!(group(&[large(4), large(4), large(4)], 9), 0..3);
+        assert_eq!(group(&[large(4), large(4), large(4), large(4), large(4), large(4)], 9), 0..5);
     }
 
     #[test]
