@@ -226,11 +226,9 @@ impl RollupSections {
     }
 }
 
-/// Encodes a block; `traces` must be sorted by trace id with no duplicates, and `rollups` are
-/// theirs.
-/// Encodes a block of `traces`, in trace id order. Those whose documents are
-/// [`TraceDocuments::Copied`] point into `frames`, compressed chunks that become the block's
-/// first ones as they are.
+/// Encodes a block of `traces`, sorted by trace id with no duplicates; `rollups` are theirs.
+/// Traces whose documents are [`TraceDocuments::Copied`] point into `frames`, compressed chunks
+/// that become the block's first ones as they are.
 pub(crate) fn build(
     traces: &[BlockTrace<'_>],
     frames: &[bytes::Bytes],
