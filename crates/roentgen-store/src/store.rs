@@ -25,7 +25,7 @@ use crate::block::{
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::live::{LiveState, StoredDocument, upsert};
-use crate::rollup::{FIRST_KEPT_LEVEL, ROLLUP_MINUTES, Rollups, minute, tiles};
+use crate::rollup::{FIRST_KEPT_LEVEL, KeptRollups, ROLLUP_MINUTES, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
 
@@ -976,25 +976,19 @@ impl Store {
         Ok(Some(rollups))
     }
 
-    /// All of a block's rollups, as its kept levels and its hours of fine ones, or `None` for a
-    /// block written before rollups were stored. Hours not in the cache are read around it: a
-    /// compaction reads each block's once.
-    async fn block_rollups(&self, block: &BlockHandle) -> Result<Option<Vec<Arc<Rollups>>>, StoreError> {
-        let Some(kept) = block.kept_rollups.as_ref() else { return Ok(None) };
-        let mut parts = vec![Arc::new(kept.rollups.clone())];
+    /// All of a block's rollups: its kept levels and its hours of fine ones, or `None` for a
+    /// block written before rollups were stored.
+    async fn block_rollups(
+        &self,
+        block: &BlockHandle,
+    ) -> Result<Option<(Arc<KeptRollups>, Vec<Arc<Rollups>>)>, StoreError> {
+        let Some(kept) = block.kept_rollups.clone() else { return Ok(None) };
+        let mut fine = Vec::with_capacity(kept.fine_frames.len());
         for &(hour, _) in &kept.fine_frames {
-            let cached =
-                self.inner.fine_rollups.lock().expect("rollups cache lock").get(&(block.meta.id.clone(), hour));
-            let fine = match cached {
-                Some(fine) => fine,
-                None => match block.fine_rollups(self.inner.objects.as_ref(), hour).await? {
-                    Some((fine, _)) => Arc::new(fine),
-                    None => return Ok(None),
-                },
-            };
-            parts.push(fine);
+            let Some(rollups) = self.fine_rollups(block, hour).await? else { return Ok(None) };
+            fine.push(rollups);
         }
-        Ok(Some(parts))
+        Ok(Some((kept, fine)))
     }
 
     async fn block_summaries(&self, block: &BlockHandle) -> Result<Arc<BlockSummaries>, StoreError> {
@@ -1294,13 +1288,13 @@ impl Store {
         // A block whose traces are all kept brings its rollups, merged instead of built again
         // from its summaries; the others' kept traces are rolled up anew.
         let mut rolled = vec![false; group.len()];
-        let mut rollup_parts: Vec<Arc<Rollups>> = Vec::new();
+        let mut rollup_parts = Vec::new();
         for (b, block) in group.iter().enumerate() {
             if keep[b].iter().all(|&k| k)
                 && let Some(parts) = self.block_rollups(block).await?
             {
                 rolled[b] = true;
-                rollup_parts.extend(parts);
+                rollup_parts.push(parts);
             }
         }
         // Chunks at least half full of kept traces are copied as they are, compressed.
@@ -1351,8 +1345,9 @@ impl Store {
             }
             let rebuilt = order.iter().zip(&merged).filter(|((_, b, _), _)| !rolled[*b]).map(|(_, s)| &**s);
             let mut rollups = Rollups::of(rebuilt);
-            for part in &rollup_parts {
-                rollups.merge(part);
+            for (kept, fine) in &rollup_parts {
+                rollups.merge(&kept.rollups);
+                fine.iter().for_each(|hour| rollups.merge(hour));
             }
             let (kept, fine) = rollups.split();
             let rollups = RollupSections::encode(kept, &fine, &options)?;
@@ -1513,8 +1508,8 @@ const COMPACTION_MIN_BLOCKS: usize = 8;
 
 /// The next blocks to compact: the first run of consecutive small blocks (under a quarter of
 /// `target` traces and of [`COMPACTION_MAX_RAW_BYTES`], WAL generations all below `wal_floor`)
-/// that holds a quarter of `target` traces or [`COMPACTION_MIN_BLOCKS`] blocks, up to `target`
-/// traces. Given the blocks' metas in catalog order, returns the run's positions.
+/// that holds a quarter of `target` traces, half of [`COMPACTION_MAX_RAW_BYTES`] or
+/// [`COMPACTION_MIN_BLOCKS`] blocks, up to `target` traces and that many bytes. Given the blocks' metas in catalog order, returns the run's positions.
 fn compaction_group(blocks: &[&BlockMeta], target: u64, wal_floor: u64) -> std::ops::Range<usize> {
     // A run is worth merging once it holds a quarter of the target's traces, or half of the
     // bytes one compaction may read: traces of a few kilobytes reach that bound long before the
