@@ -455,9 +455,9 @@ pub(crate) enum SectionError {
 
 /// A section's encoding in postcard's format, compressed into a frame each time it holds
 /// `frame_bytes`. Values are written either through serde ([`SectionWriter::serialize`]) or, for
-/// the columns of numbers that make most of the summaries and facts, straight from the numbers:
-/// postcard hands every varint over as a slice, copied with a call to `memcpy`, which took the
-/// most of encoding those columns.
+/// the columns that make most of the summaries and facts, straight from their numbers and
+/// strings: postcard hands every varint over as a slice, copied with a call to `memcpy`, and
+/// checks the frame after every byte, which took the most of encoding those columns.
 pub(crate) struct SectionWriter<'a> {
     buffer: &'a mut Vec<u8>,
     frame_bytes: usize,
@@ -498,6 +498,24 @@ impl SectionWriter<'_> {
             Some(value) => {
                 self.byte(1);
                 self.varint(value);
+            }
+        }
+    }
+
+    /// A string: its length, then its bytes.
+    #[inline]
+    pub(crate) fn str(&mut self, value: &str) {
+        self.varint(value.len() as u64);
+        self.buffer.extend_from_slice(value.as_bytes());
+    }
+
+    #[inline]
+    pub(crate) fn option_str(&mut self, value: Option<&str>) {
+        match value {
+            None => self.byte(0),
+            Some(value) => {
+                self.byte(1);
+                self.str(value);
             }
         }
     }
