@@ -71,6 +71,21 @@ impl LiveTrace {
         }
     }
 
+    /// Takes in a later live trace of the same id: its documents replace those with their ids,
+    /// as they would have on arrival. The size limit is the flush's to apply.
+    fn absorb(&mut self, later: LiveTrace) {
+        for doc in later.docs {
+            upsert(&mut self.docs, doc);
+        }
+        self.bytes = self.docs.iter().map(|d| d.raw.len() as u64).sum();
+        self.first_seen = self.first_seen.min(later.first_seen);
+        self.last_update = self.last_update.max(later.last_update);
+        self.maybe_in_blocks |= later.maybe_in_blocks;
+        self.first_generation = self.first_generation.min(later.first_generation);
+        self.limit_exceeded |= later.limit_exceeded;
+        *self.summary.get_mut().expect("summary cache lock") = None;
+    }
+
     /// The summary of the documents held here, cached until the next change.
     pub fn summary(&self, trace_id: TraceId, revision: u32) -> Arc<TraceSummary> {
         let mut cached = self.summary.lock().expect("summary cache lock");
@@ -174,9 +189,19 @@ impl LiveState {
         for id in &due {
             if let Some(trace) = self.traces.remove(id) {
                 self.bytes -= trace.bytes;
-                self.flushing_bytes += trace.bytes;
                 self.documents -= trace.docs.len() as u64;
-                self.flushing.insert(*id, trace);
+                match self.flushing.get_mut(id) {
+                    // Left by a flush that failed: the documents it holds are acknowledged too.
+                    Some(flushing) => {
+                        let before = flushing.bytes;
+                        flushing.absorb(trace);
+                        self.flushing_bytes = self.flushing_bytes - before + flushing.bytes;
+                    }
+                    None => {
+                        self.flushing_bytes += trace.bytes;
+                        self.flushing.insert(*id, trace);
+                    }
+                }
             }
         }
         due
@@ -265,6 +290,33 @@ mod tests {
         let trace = live.traces.values().next().unwrap();
         assert!(trace.limit_exceeded);
         assert_eq!((trace.docs.len(), trace.docs[0].parsed.entity().end_time()), (1, Some(2.0)));
+    }
+
+    #[test]
+    fn a_trace_still_flushing_after_a_failed_flush_keeps_its_documents_when_cut_again() {
+        let mut live = LiveState::default();
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(1);
+        let due = |live: &mut LiveState, at| live.take_due(at, idle, Duration::from_secs(60), u64::MAX);
+        live.apply(doc("0000000000000001", r#""in_progress":true"#), t0, 1, u64::MAX, |_| false);
+        live.apply(doc("0000000000000002", r#""end_time":2"#), t0, 1, u64::MAX, |_| false);
+        assert_eq!(due(&mut live, t0 + idle).len(), 1);
+        // The flush failed: the trace stays in `flushing`, and more of it comes in.
+        let t1 = t0 + Duration::from_secs(5);
+        live.apply(doc("0000000000000001", r#""end_time":3"#), t1, 2, u64::MAX, |_| false);
+        live.apply(doc("0000000000000003", r#""end_time":3"#), t1, 2, u64::MAX, |_| false);
+        assert_eq!(due(&mut live, t1 + idle).len(), 1);
+        let trace = live.flushing.values().next().unwrap();
+        let mut ids: Vec<String> = trace.docs.iter().map(|d| d.id().to_string()).collect();
+        ids.sort();
+        assert_eq!(ids, ["0000000000000001", "0000000000000002", "0000000000000003"]);
+        assert_eq!(
+            trace.docs.iter().find(|d| d.id().to_string().ends_with('1')).unwrap().parsed.entity().end_time(),
+            Some(3.0)
+        );
+        let held: u64 = trace.docs.iter().map(|d| d.raw.len() as u64).sum();
+        assert_eq!((trace.bytes, live.flushing_bytes, live.bytes), (held, held, 0));
+        assert_eq!(live.oldest_generation_needed(), Some(1), "the first generation holds document 2");
     }
 
     #[test]
