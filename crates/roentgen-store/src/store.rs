@@ -1030,9 +1030,16 @@ impl Store {
         let mut supersedes = Vec::new();
         let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
         for (id, docs, maybe_in_blocks, mut limit_exceeded) in due {
+            let earlier = if maybe_in_blocks { self.newest_block_revision(id).await? } else { None };
+            // A live trace's documents have one id each, as `upsert` leaves them: with no earlier
+            // revision, and within the size limit, they are the trace as it is.
+            if earlier.is_none() && docs.iter().map(|d| d.raw.len() as u64).sum::<u64>() <= config.max_trace_bytes {
+                merged.push(FlushTrace { id, docs, revision: 1, limit_exceeded });
+                continue;
+            }
             let mut revision = 1;
             let mut all = Vec::new();
-            if maybe_in_blocks && let Some(earlier) = self.newest_block_revision(id).await? {
+            if let Some(earlier) = earlier {
                 let newest = inner.catalog.read().expect("catalog lock").candidates(id);
                 for block in newest {
                     supersedes.push(Superseded { block: block.meta.id.clone(), trace_id: id.to_string() });
