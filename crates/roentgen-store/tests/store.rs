@@ -278,6 +278,31 @@ async fn wal_generations_are_reclaimed() {
 }
 
 #[tokio::test]
+async fn flushes_that_fail_lose_nothing_while_the_trace_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let (blocks, away) = (dir.path().join("blocks"), dir.path().join("blocks.away"));
+    store.append(vec![complete(trace(1), 1), complete(trace(2), 1)]).await.unwrap();
+    // No block can be written: a file stands where their directory was.
+    std::fs::rename(&blocks, &away).unwrap();
+    std::fs::write(&blocks, b"").unwrap();
+    assert!(store.flush_all().await.is_err());
+    // The trace goes on while its first documents wait for a block, and is cut again.
+    store.append(vec![complete(trace(1), 2)]).await.unwrap();
+    assert!(store.flush_all().await.is_err());
+    std::fs::remove_file(&blocks).unwrap();
+    std::fs::rename(&away, &blocks).unwrap();
+    store.append(vec![complete(trace(1), 3)]).await.unwrap();
+    store.flush_all().await.unwrap();
+    assert_eq!(ids(&store.get_trace(trace(1)).await.unwrap().unwrap()), [1, 2, 3]);
+    store.close().await.unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(ids(&store.get_trace(trace(1)).await.unwrap().unwrap()), [1, 2, 3]);
+    assert_eq!(ids(&store.get_trace(trace(2)).await.unwrap().unwrap()), [1]);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_second_instance_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
