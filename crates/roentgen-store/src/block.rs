@@ -691,6 +691,10 @@ pub(crate) struct BlockHandle {
     pub kept_rollups: Option<Arc<KeptRollups>>,
 }
 
+fn corrupt_block(meta: &BlockMeta, reason: &str) -> StoreError {
+    StoreError::CorruptBlock { block: meta.id.clone(), reason: reason.to_owned() }
+}
+
 pub(crate) fn meta_path(id: &str) -> ObjectPath {
     ObjectPath::from_iter([id, "meta.json"])
 }
@@ -700,8 +704,25 @@ pub(crate) fn data_path(id: &str) -> ObjectPath {
 }
 
 impl BlockHandle {
+    /// A stored block, reading what a handle holds from its data.
     pub async fn open(store: &dyn ObjectStore, meta: BlockMeta) -> Result<Self, StoreError> {
-        let corrupt = |reason: &str| StoreError::CorruptBlock { block: meta.id.clone(), reason: reason.to_owned() };
+        let ranges = Self::held_ranges(&meta)?;
+        let parts = store.get_ranges(&data_path(&meta.id), &ranges).await?;
+        Self::from_parts(meta, parts.iter().map(|part| &part[..]))
+    }
+
+    /// A block just built, from its data in memory: taken before the block is written, so that a
+    /// block once written is never left out of the catalog for want of reading it back.
+    pub fn from_data(meta: BlockMeta, data: &[u8]) -> Result<Self, StoreError> {
+        let ranges = Self::held_ranges(&meta)?;
+        let parts: Option<Vec<&[u8]>> =
+            ranges.iter().map(|r| data.get(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?)).collect();
+        let parts = parts.ok_or_else(|| corrupt_block(&meta, "a section lies past the data"))?;
+        Self::from_parts(meta, parts.into_iter())
+    }
+
+    /// The ranges of the data a handle holds: fences, chunk table, bloom filter and kept rollups.
+    fn held_ranges(meta: &BlockMeta) -> Result<Vec<std::ops::Range<u64>>, StoreError> {
         let s = &meta.sections;
         let v3 = meta.format_version >= 3;
         if !READABLE_VERSIONS.contains(&meta.format_version)
@@ -710,34 +731,36 @@ impl BlockHandle {
             || v3 != s.kept_rollups.is_some()
             || v3 != s.links.is_some()
         {
-            return Err(corrupt(&format!("format version {} is not supported", meta.format_version)));
+            return Err(corrupt_block(meta, &format!("format version {} is not supported", meta.format_version)));
         }
-        let data_path = data_path(&meta.id);
         let mut ranges = vec![s.fences.clone(), s.chunks.clone(), s.bloom.clone()];
         ranges.extend(s.kept_rollups.clone());
-        let mut parts = store.get_ranges(&data_path, &ranges).await?.into_iter();
+        Ok(ranges)
+    }
+
+    /// The handle, from the data of [`BlockHandle::held_ranges`] in order.
+    fn from_parts<'d>(meta: BlockMeta, mut parts: impl Iterator<Item = &'d [u8]>) -> Result<Self, StoreError> {
+        let corrupt = |reason: &str| corrupt_block(&meta, reason);
         let (Some(fences), Some(chunks), Some(bloom), kept) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(corrupt("short read"));
         };
         let kept_rollups = match kept {
-            Some(frame) => {
-                Some(Arc::new(decode::<KeptRollups>(&frame).map_err(|e| corrupt(&format!("rollups: {e}")))?))
-            }
+            Some(frame) => Some(Arc::new(decode::<KeptRollups>(frame).map_err(|e| corrupt(&format!("rollups: {e}")))?)),
             None => None,
         };
         if chunks.len() % 12 != 0 {
             return Err(corrupt("chunk table has a partial entry"));
         }
-        let fences = Fences::parse(&fences, meta.format_version).ok_or_else(|| corrupt("damaged fences"))?;
+        let fences = Fences::parse(fences, meta.format_version).ok_or_else(|| corrupt("damaged fences"))?;
         let chunks = chunks
             .chunks_exact(12)
             .map(|c| {
                 (u64::from_le_bytes(c[..8].try_into().expect("8")), u32::from_le_bytes(c[8..].try_into().expect("4")))
             })
             .collect();
-        let bloom = Bloom::from_bytes(&bloom).ok_or_else(|| corrupt("empty bloom filter"))?;
-        Ok(Self { meta, data_path, bloom, fences, chunks, kept_rollups })
+        let bloom = Bloom::from_bytes(bloom).ok_or_else(|| corrupt("empty bloom filter"))?;
+        Ok(Self { data_path: data_path(&meta.id), meta, bloom, fences, chunks, kept_rollups })
     }
 
     pub fn may_contain(&self, id: TraceId) -> bool {
@@ -1121,8 +1144,14 @@ mod tests {
         let (kept, fine) = Rollups::of(input.iter().map(|t| t.summary)).split();
         let rollups = RollupSections::encode(kept, &fine, &options).unwrap();
         let (data, meta) = build(&input, &[], &rollups, options).unwrap();
+        let built = BlockHandle::from_data(meta.clone(), &data).unwrap();
         store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();
-        BlockHandle::open(store, meta).await.unwrap()
+        let opened = BlockHandle::open(store, meta).await.unwrap();
+        // A handle from the data in memory and one read back hold the same.
+        let held = |h: &BlockHandle| format!("{:?}", (&h.meta, &h.data_path, &h.bloom, &h.fences, &h.chunks));
+        assert_eq!(held(&built), held(&opened));
+        assert_eq!(built.kept_rollups, opened.kept_rollups);
+        opened
     }
 
     impl BlockHandle {

@@ -1129,8 +1129,8 @@ impl Store {
         .await
         .map_err(builder_failed)??;
 
-        self.write_block(data, &meta).await?;
-        let handle = Arc::new(BlockHandle::open(inner.objects.as_ref(), meta).await?);
+        let handle = Arc::new(BlockHandle::from_data(meta, &data)?);
+        self.write_block(data, &handle.meta).await?;
         let stats = &inner.stats;
         stats.blocks_written.fetch_add(1, Ordering::Relaxed);
         stats.block_documents_written.fetch_add(handle.meta.document_count, Ordering::Relaxed);
@@ -1168,7 +1168,21 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a block and commits it (its meta last). A write that fails takes back what it
+    /// wrote, as far as it can: the traces are written again by the next attempt, and a block
+    /// left committed beside that one would hold them twice after a restart.
     async fn write_block(&self, data: Vec<u8>, meta: &BlockMeta) -> Result<(), StoreError> {
+        let written = self.write_block_files(data, meta).await;
+        if written.is_err() {
+            let inner = &self.inner;
+            if let Err(e) = delete_block_files(inner.objects.as_ref(), inner.local_blocks.as_deref(), &meta.id).await {
+                tracing::error!(block = %meta.id, error = %e, "a block whose write failed could not be deleted");
+            }
+        }
+        written
+    }
+
+    async fn write_block_files(&self, data: Vec<u8>, meta: &BlockMeta) -> Result<(), StoreError> {
         let objects = self.inner.objects.as_ref();
         objects.put(&block::data_path(&meta.id), PutPayload::from(data)).await?;
         let meta_json = serde_json::to_vec_pretty(meta)
@@ -1370,8 +1384,8 @@ impl Store {
             reason: format!("compaction failed: {e}"),
         })??;
         meta.compacted_from = group.iter().map(|b| b.meta.id.clone()).collect();
-        self.write_block(data, &meta).await?;
-        let handle = Arc::new(BlockHandle::open(objects, meta).await?);
+        let handle = Arc::new(BlockHandle::from_data(meta, &data)?);
+        self.write_block(data, &handle.meta).await?;
         let documents = handle.meta.document_count;
         // The inputs' summaries, now the merged block's: cached, they need no decoding.
         self.cache_summaries(&handle.meta.id, Arc::new(merged));
