@@ -227,29 +227,52 @@ pub(crate) fn list_generations(dir: &Path) -> Result<Vec<u64>, StoreError> {
     list(dir, "wal")
 }
 
-/// Retires the generations before `keep_from`: the newest of them become spares, up to
-/// [`MAX_SPARES`] files and `max_spare_bytes` in all, and the rest are deleted.
+/// Retires the generations before `keep_from`. The longest files, of those and of the spares
+/// already kept, are the spares, up to [`MAX_SPARES`] files and `max_spare_bytes` in all; the
+/// rest are deleted. A generation's log writes zeros ahead of itself wherever it passes the end
+/// of its file, so a long spare spares it those writes. Kept newest first, a generation that
+/// ended soon after its start (one header long when nothing came in) took a place, and was the
+/// next generation's file (BENCHMARKS.md, session 22).
 pub(crate) fn retire_generations_before(dir: &Path, keep_from: u64, max_spare_bytes: u64) -> Result<(), StoreError> {
     let size = |path: &Path| fs::metadata(path).map(|m| m.len()).map_err(StoreError::io(path));
-    let spares = list(dir, "spare")?;
-    let mut spare_count = spares.len();
-    let mut spare_bytes = 0;
-    for generation in spares {
-        spare_bytes += size(&dir.join(spare_name(generation)))?;
+    let mut files = Vec::new();
+    for generation in list(dir, "spare")? {
+        let path = dir.join(spare_name(generation));
+        files.push((size(&path)?, generation, path, true));
     }
-    for generation in list_generations(dir)?.into_iter().filter(|g| *g < keep_from).rev() {
+    for generation in list_generations(dir)?.into_iter().filter(|g| *g < keep_from) {
         let path = dir.join(file_name(generation));
-        let bytes = size(&path)?;
+        files.push((size(&path)?, generation, path, false));
+    }
+    // Longest first; of equal lengths, the newest.
+    files.sort_unstable_by_key(|&(len, generation, ..)| std::cmp::Reverse((len, generation)));
+    let (mut spare_count, mut spare_bytes) = (0, 0);
+    for (bytes, generation, path, is_spare) in files {
         if spare_count < MAX_SPARES && spare_bytes + bytes <= max_spare_bytes {
-            let spare = dir.join(spare_name(generation));
-            fs::rename(&path, &spare).map_err(StoreError::io(&spare))?;
             spare_count += 1;
             spare_bytes += bytes;
+            if !is_spare {
+                let spare = dir.join(spare_name(generation));
+                fs::rename(&path, &spare).map_err(StoreError::io(&spare))?;
+            }
         } else {
             fs::remove_file(&path).map_err(StoreError::io(&path))?;
         }
     }
     Ok(())
+}
+
+/// The longest spare, where a new generation's log has the most room before it writes zeros.
+fn longest_spare(dir: &Path) -> Result<Option<u64>, StoreError> {
+    let mut longest = None;
+    for generation in list(dir, "spare")? {
+        let path = dir.join(spare_name(generation));
+        let len = fs::metadata(&path).map(|m| m.len()).map_err(StoreError::io(&path))?;
+        if longest.is_none_or(|(longest_len, _)| len >= longest_len) {
+            longest = Some((len, generation));
+        }
+    }
+    Ok(longest.map(|(_, generation)| generation))
 }
 
 pub(crate) fn read_file(path: &Path, generation: u64) -> Result<FileContents, StoreError> {
@@ -313,12 +336,12 @@ fn refused_as_direct(e: &std::io::Error) -> bool {
 }
 
 impl WalFile {
-    /// Starts generation `generation`, durably: over the newest spare when there is one, else in
-    /// a new file.
+    /// Starts generation `generation`, durably: over the longest spare when there is one, else
+    /// in a new file.
     pub fn create(dir: &Path, generation: u64) -> Result<Self, StoreError> {
         let path = dir.join(file_name(generation));
-        let header = match list(dir, "spare")?.last() {
-            Some(&previous) => {
+        let header = match longest_spare(dir)? {
+            Some(previous) => {
                 let spare = dir.join(spare_name(previous));
                 let file = OpenOptions::new().write(true).open(&spare).map_err(StoreError::io(&spare))?;
                 // The header is durable before the rename: a file under a generation's name
@@ -688,8 +711,8 @@ mod tests {
         assert!(data[decoded.good_len as usize..].iter().all(|&b| b == 0));
     }
 
-    /// Retiring keeps the newest generations as spares, up to the limits on files and bytes, and
-    /// deletes the rest.
+    /// Retiring keeps the longest files as spares, the newest of equal ones, up to the limits on
+    /// files and bytes, and deletes the rest; a new generation takes the longest spare.
     #[test]
     fn retired_generations_become_spares_up_to_the_limits() {
         let dir = tempfile::tempdir().unwrap();
@@ -709,6 +732,18 @@ mod tests {
         retire_generations_before(dir.path(), 3, one).unwrap();
         assert_eq!(list(dir.path(), "spare").unwrap(), [2], "a second spare would pass the bytes");
         assert_eq!(list_generations(dir.path()).unwrap(), [3]);
+
+        // A generation that ended at once gives its place to a longer one.
+        let dir = tempfile::tempdir().unwrap();
+        for (generation, count) in [(1, 2000), (2, 0), (3, 1000), (4, 1)] {
+            write(dir.path(), generation, &documents(count));
+        }
+        retire_generations_before(dir.path(), 3, u64::MAX).unwrap();
+        assert_eq!(list(dir.path(), "spare").unwrap(), [1, 2]);
+        retire_generations_before(dir.path(), 4, u64::MAX).unwrap();
+        assert_eq!(list(dir.path(), "spare").unwrap(), [1, 3], "the header-only generation 2 was deleted");
+        WalFile::create(dir.path(), 5).unwrap();
+        assert_eq!(list(dir.path(), "spare").unwrap(), [3], "generation 5 took the longest spare, 1's");
     }
 
     /// Records appended as pieces, more of them than one writev takes, read back whole.
