@@ -1022,18 +1022,21 @@ impl Store {
         inner.publish_gauges();
         let Some(covered) = covered else { return Ok(()) };
         // Traces left in `flushing` by a failed attempt go into this block too.
-        let due: Vec<(TraceId, Vec<Arc<StoredDocument>>, bool, bool)> = {
+        let due: Vec<_> = {
             let live = inner.live.read().expect("live lock");
-            live.flushing.iter().map(|(id, t)| (*id, t.docs.clone(), t.maybe_in_blocks, t.limit_exceeded)).collect()
+            live.flushing
+                .iter()
+                .map(|(id, t)| (*id, t.docs.clone(), t.bytes, t.maybe_in_blocks, t.limit_exceeded))
+                .collect()
         };
 
         let mut supersedes = Vec::new();
         let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
-        for (id, docs, maybe_in_blocks, mut limit_exceeded) in due {
+        for (id, docs, live_bytes, maybe_in_blocks, mut limit_exceeded) in due {
             let earlier = if maybe_in_blocks { self.newest_block_revision(id).await? } else { None };
             // A live trace's documents have one id each, as `upsert` leaves them: with no earlier
             // revision, and within the size limit, they are the trace as it is.
-            if earlier.is_none() && docs.iter().map(|d| d.raw.len() as u64).sum::<u64>() <= config.max_trace_bytes {
+            if earlier.is_none() && live_bytes <= config.max_trace_bytes {
                 merged.push(FlushTrace { id, docs, revision: 1, limit_exceeded });
                 continue;
             }
@@ -1530,7 +1533,8 @@ const COMPACTION_MIN_BLOCKS: usize = 8;
 /// The next blocks to compact: the first run of consecutive small blocks (under a quarter of
 /// `target` traces and of [`COMPACTION_MAX_RAW_BYTES`], WAL generations all below `wal_floor`)
 /// that holds a quarter of `target` traces, half of [`COMPACTION_MAX_RAW_BYTES`] or
-/// [`COMPACTION_MIN_BLOCKS`] blocks, up to `target` traces and that many bytes. Given the blocks' metas in catalog order, returns the run's positions.
+/// [`COMPACTION_MIN_BLOCKS`] blocks, up to `target` traces and that many bytes. Given the
+/// blocks' metas in catalog order, returns the run's positions.
 fn compaction_group(blocks: &[&BlockMeta], target: u64, wal_floor: u64) -> std::ops::Range<usize> {
     // A run is worth merging once it holds a quarter of the target's traces, or half of the
     // bytes one compaction may read: traces of a few kilobytes reach that bound long before the
@@ -1842,10 +1846,10 @@ mod tests {
         assert_eq!(group(&[bulky.clone(), bulky.clone(), bulky], 9), 0..0);
         // Runs of a few blocks of large traces are merged once they hold half the bytes a
         // compaction may read, and no more than all of them.
-        let large = |fifths: u64| meta(10, COMPACTION_MAX_RAW_BYTES / 20 * fifths, 1);
-        assert_eq!(group(&[large(4), large(4)], 9), 0..0, "two fifths of the bytes: wait for more");
-        assert_eq!(group(&[large(4), large(4), large(4)], 9), 0..3);
-        assert_eq!(group(&[large(4), large(4), large(4), large(4), large(4), large(4)], 9), 0..5);
+        let fifth = meta(10, COMPACTION_MAX_RAW_BYTES / 5, 1);
+        assert_eq!(group(&vec![fifth.clone(); 2], 9), 0..0, "two fifths of the bytes: wait for more");
+        assert_eq!(group(&vec![fifth.clone(); 3], 9), 0..3);
+        assert_eq!(group(&vec![fifth; 6], 9), 0..5);
     }
 
     #[test]

@@ -234,7 +234,6 @@ pub(crate) fn list_generations(dir: &Path) -> Result<Vec<u64>, StoreError> {
 /// ended soon after its start (one header long when nothing came in) took a place, and was the
 /// next generation's file (BENCHMARKS.md, session 22).
 pub(crate) fn retire_generations_before(dir: &Path, keep_from: u64, max_spare_bytes: u64) -> Result<(), StoreError> {
-    let size = |path: &Path| fs::metadata(path).map(|m| m.len()).map_err(StoreError::io(path));
     let mut files = Vec::new();
     for generation in list(dir, "spare")? {
         let path = dir.join(spare_name(generation));
@@ -262,12 +261,15 @@ pub(crate) fn retire_generations_before(dir: &Path, keep_from: u64, max_spare_by
     Ok(())
 }
 
+fn size(path: &Path) -> Result<u64, StoreError> {
+    fs::metadata(path).map(|m| m.len()).map_err(StoreError::io(path))
+}
+
 /// The longest spare, where a new generation's log has the most room before it writes zeros.
 fn longest_spare(dir: &Path) -> Result<Option<u64>, StoreError> {
     let mut longest = None;
     for generation in list(dir, "spare")? {
-        let path = dir.join(spare_name(generation));
-        let len = fs::metadata(&path).map(|m| m.len()).map_err(StoreError::io(&path))?;
+        let len = size(&dir.join(spare_name(generation)))?;
         if longest.is_none_or(|(longest_len, _)| len >= longest_len) {
             longest = Some((len, generation));
         }
