@@ -269,6 +269,12 @@ impl fmt::Display for Node {
     }
 }
 
+/// `expr` as an operand of AND, OR or NOT, in parentheses where `grouped`: AND binds tighter than
+/// OR, and both group from the left, as the parser reads them.
+fn operand(f: &mut fmt::Formatter<'_>, expr: &Expr, grouped: bool) -> fmt::Result {
+    if grouped { write!(f, "({expr})") } else { write!(f, "{expr}") }
+}
+
 fn braces(f: &mut fmt::Formatter<'_>, filter: &Option<Box<Expr>>) -> fmt::Result {
     match filter {
         Some(filter) => write!(f, " {{ {filter} }}"),
@@ -279,9 +285,23 @@ fn braces(f: &mut fmt::Formatter<'_>, filter: &Option<Box<Expr>>) -> fmt::Result
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Expr::And(a, b) => write!(f, "({a} AND {b})"),
-            Expr::Or(a, b) => write!(f, "({a} OR {b})"),
-            Expr::Not(inner) => write!(f, "!{inner}"),
+            // Parentheses only where the tree needs them: each pair printed is a level of nesting
+            // when parsed again, and a chain of forty ANDs each in its own pair went past the
+            // parser's limit on nesting that the text it was parsed from kept within.
+            Expr::And(a, b) => {
+                operand(f, a, matches!(**a, Expr::Or(..)))?;
+                f.write_str(" AND ")?;
+                operand(f, b, matches!(**b, Expr::And(..) | Expr::Or(..)))
+            }
+            Expr::Or(a, b) => {
+                operand(f, a, false)?;
+                f.write_str(" OR ")?;
+                operand(f, b, matches!(**b, Expr::Or(..)))
+            }
+            Expr::Not(inner) => {
+                f.write_str("!")?;
+                operand(f, inner, matches!(**inner, Expr::And(..) | Expr::Or(..)))
+            }
             Expr::Test(test) => {
                 match &test.field {
                     Field::Annotation(key) if plain_key(key) => write!(f, "annotation.{key}")?,

@@ -96,6 +96,28 @@ fn errors_teach() {
 }
 
 #[test]
+fn printing_keeps_only_the_parentheses_the_tree_needs() {
+    for (text, printed) in [
+        ("ok AND fault AND error", "ok AND fault AND error"),
+        ("ok OR fault OR error", "ok OR fault OR error"),
+        ("ok AND (fault AND error)", "ok AND (fault AND error)"),
+        ("ok OR (fault OR error)", "ok OR (fault OR error)"),
+        ("(ok OR fault) AND error", "(ok OR fault) AND error"),
+        ("ok OR fault AND error", "ok OR fault AND error"),
+        ("(ok AND fault) OR error", "ok AND fault OR error"),
+        ("!(ok AND fault)", "!(ok AND fault)"),
+        ("!!ok", "!!ok"),
+    ] {
+        assert_eq!(Filter::parse(text).unwrap().to_string(), printed, "{text:?}");
+    }
+    // Found by the filter_expression fuzz target: with a pair of parentheses around each AND, a
+    // long chain of them printed deeper than the parser allows.
+    let chain = vec![format!("{}ok", "!".repeat(60)); 40].join(" AND ");
+    let filter = Filter::parse(&chain).unwrap();
+    assert_eq!(Filter::parse(&filter.to_string()).unwrap(), filter);
+}
+
+#[test]
 fn documented_root_cause_forms_parse_and_round_trip() {
     for text in [
         "rootcause.fault.entity { last and name = \"deserialize\" }",
