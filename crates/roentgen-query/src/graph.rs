@@ -380,6 +380,19 @@ mod tests {
             }
         }
 
+        /// A histogram counts each bucket's latencies, in order.
+        #[test]
+        fn recording_counts_each_bucket(latencies in proptest::collection::vec(proptest::prop_oneof![0u64..40, 0u64..5000, proptest::num::u64::ANY], 0..200)) {
+            let mut h = Histogram::new();
+            let mut expected = BTreeMap::new();
+            for &ms in &latencies {
+                let seconds = ms as f64 / 1000.0;
+                h.record(seconds);
+                *expected.entry(bucket(seconds)).or_insert(0u64) += 1;
+            }
+            proptest::prop_assert_eq!(h.iter().collect::<Vec<_>>(), expected.into_iter().collect::<Vec<_>>());
+        }
+
         /// Merging histograms, in place or not, counts what recording every latency would.
         #[test]
         fn merging_equals_recording(a in proptest::collection::vec(0u64..3000, 0..60), b in proptest::collection::vec(0u64..3000, 0..60)) {
