@@ -479,6 +479,13 @@ pub struct CreateGroupRequest {
     pub tags: Option<Vec<Tag>>,
 }
 
+/// `GetGroups`, `GetSamplingRules` and `GetSamplingStatisticSummaries`: only a page token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PageRequest {
+    pub next_token: Option<String>,
+}
+
 /// `GetGroup`, `DeleteGroup` and `UpdateGroup` name a group by name or ARN.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]

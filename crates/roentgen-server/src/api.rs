@@ -416,7 +416,7 @@ async fn get_group(State(state): Shared, request: Request) -> Result<Response, A
 }
 
 async fn get_groups(State(state): Shared, request: Request) -> Result<Response, ApiError> {
-    read_json::<serde::de::IgnoredAny>(&state, request.into_body()).await?;
+    first_page(read_json(&state, request.into_body()).await?, "group")?;
     Ok(json(&state.groups.list()))
 }
 
@@ -447,8 +447,7 @@ async fn delete_sampling_rule(State(state): Shared, request: Request) -> Result<
 }
 
 async fn get_sampling_rules(State(state): Shared, request: Request) -> Result<Response, ApiError> {
-    // The body holds only NextToken, which is never needed: every rule is in the first page.
-    read_json::<serde::de::IgnoredAny>(&state, request.into_body()).await?;
+    first_page(read_json(&state, request.into_body()).await?, "rule")?;
     Ok(json(&state.sampling.rules()))
 }
 
@@ -458,8 +457,19 @@ async fn get_sampling_targets(State(state): Shared, request: Request) -> Result<
 }
 
 async fn get_sampling_statistic_summaries(State(state): Shared, request: Request) -> Result<Response, ApiError> {
-    read_json::<serde::de::IgnoredAny>(&state, request.into_body()).await?;
+    first_page(read_json(&state, request.into_body()).await?, "summary")?;
     Ok(json(&state.sampling.statistic_summaries()))
+}
+
+/// Operations that answer with every item in their first page issue no `NextToken`, so a
+/// request carrying one did not get it from this server.
+fn first_page(request: api::PageRequest, item: &str) -> Result<(), ApiError> {
+    match request.next_token.as_deref() {
+        None | Some("") => Ok(()),
+        Some(_) => Err(ApiError::invalid(format!(
+            "NextToken is not valid: this server answers with every {item} in the first page, and gives no NextToken"
+        ))),
+    }
 }
 
 async fn metrics(State(state): Shared) -> Response {

@@ -258,6 +258,14 @@ async fn hostile_bodies_get_aws_errors_and_the_server_keeps_serving() {
     assert!(message.contains("GetInsightSummaries is not available"), "{message}");
     let (status, code, _) = h.error("/NoSuchOperation", "{}").await;
     assert_eq!((status, code.as_str()), (404, "UnknownOperationException"));
+    for path in ["/Groups", "/GetSamplingRules", "/SamplingStatisticSummaries"] {
+        let (status, code, message) = h.error(path, json!({"NextToken": "bogus"}).to_string()).await;
+        assert_eq!((status, code.as_str()), (400, "InvalidRequestException"), "{path}");
+        assert!(message.starts_with("NextToken is not valid"), "{path}: {message}");
+        let (_, code, _) = h.error(path, "5").await;
+        assert_eq!(code, "SerializationException", "{path}");
+        assert_eq!(h.post(path, json!({"NextToken": ""})).await.0, 200, "{path}");
+    }
 
     h.put(&[segment(&trace_id(4), 1, "")]).await;
 }
@@ -837,4 +845,179 @@ async fn service_graph_pages() {
     other["NextToken"] = first["NextToken"].clone();
     let (_, code, message) = h.error("/ServiceGraph", other.to_string()).await;
     assert_eq!(code, "InvalidRequestException", "{message}");
+}
+
+/// A small deterministic generator (splitmix64): the same requests every run.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    /// A value of any JSON type: the edges of each (huge, negative, empty, long, NUL), nested a
+    /// little, with trace ids and times that name what is stored.
+    fn value(&mut self, depth: usize, known: &[Value]) -> Value {
+        match self.below(if depth < 3 { 10 } else { 8 }) {
+            0..=2 => self.pick(known).clone(),
+            3 => json!(self.pick(&[
+                0.0,
+                -1.0,
+                1.5,
+                1e308,
+                -1e308,
+                1e-300,
+                1.8446744073709552e19,
+                4102444800.0,
+                253402300800.0
+            ])),
+            4 => json!(self.pick(&[0i64, -1, 1, i64::MAX, i64::MIN, 1_700_000_000])),
+            5 => json!(self.pick(&[
+                "",
+                "x",
+                "*",
+                "\u{0}",
+                "Event",
+                "TraceId",
+                "Service",
+                "fault",
+                "service(\"a\") { error }",
+                "id(name: \"a\")",
+                "edge(\"a\", \"b\")",
+                "responsetime > 1 AND (ok OR !error)",
+                "group.name = \"g\"",
+                "arn:aws:xray:us-east-1:000000000000:group/g/x",
+                "arn:aws:xray:us-east-1:000000000000:sampling-rule/r"
+            ])),
+            6 => json!("é".repeat(self.below(400))),
+            7 => self.pick(&[Value::Null, json!(true), json!(false)]).clone(),
+            8 => Value::Array((0..self.below(4)).map(|_| self.value(depth + 1, known)).collect()),
+            _ => {
+                let keys = ["Key", "Value", "Name", "RuleName", "a"];
+                (0..self.below(3)).map(|_| (self.pick(&keys).to_string(), self.value(depth + 1, known))).collect()
+            }
+        }
+    }
+
+    /// Changes one place in `value`: a member or an element, at any depth, is removed or
+    /// replaced by any value.
+    fn mutate(&mut self, value: &mut Value, known: &[Value]) {
+        match value {
+            Value::Object(members) if !members.is_empty() && self.below(3) != 0 => {
+                let key = members.keys().nth(self.below(members.len())).unwrap().clone();
+                if self.below(4) == 0 {
+                    members.remove(&key);
+                } else {
+                    self.mutate(members.get_mut(&key).unwrap(), known);
+                }
+            }
+            Value::Array(items) if !items.is_empty() && self.below(3) != 0 => {
+                let at = self.below(items.len());
+                self.mutate(&mut items[at], known);
+            }
+            _ => *value = self.value(1, known),
+        }
+    }
+}
+
+/// Random requests to every operation served, with fields of the right names holding values of
+/// every type: each answer is the operation's own or an AWS error of the client's kind, never a
+/// server error, and the server goes on serving.
+#[tokio::test]
+async fn random_requests_get_answers_or_client_errors() {
+    let h = Harness::start().await;
+    let stored: Vec<String> = (0..5).map(trace_id).collect();
+    for (i, id) in stored.iter().enumerate() {
+        h.put(&[segment(id, i as u64 + 1, r#""http":{"response":{"status":500}},"fault":true,"#)]).await;
+    }
+    let mut known: Vec<Value> = stored.iter().map(|id| json!(id)).collect();
+    known.extend([json!(now()), json!(now() - 600.0), json!(now() - 3600.0), json!([stored[0]]), json!(60)]);
+    // A valid request for each operation, changed in up to three places.
+    let (start, end) = (now() - 3600.0, now());
+    let rule = json!({"RuleName": "r", "ResourceARN": "*", "Priority": 1, "FixedRate": 0.1, "ReservoirSize": 1,
+        "ServiceName": "*", "ServiceType": "*", "Host": "*", "HTTPMethod": "*", "URLPath": "*", "Version": 1,
+        "Attributes": {"a": "b"}});
+    let operations = [
+        ("/TraceSegments", json!({"TraceSegmentDocuments": [segment(&stored[1], 9, "")]})),
+        ("/Traces", json!({"TraceIds": [stored[0], stored[1]]})),
+        (
+            "/TraceSummaries",
+            json!({"StartTime": start, "EndTime": end, "TimeRangeType": "Event",
+            "FilterExpression": "fault AND http.status = 500", "Sampling": false}),
+        ),
+        (
+            "/TelemetryRecords",
+            json!({"TelemetryRecords": [{"Timestamp": end, "SegmentsReceivedCount": 1,
+            "SegmentsSentCount": 1, "SegmentsSpilloverCount": 0, "SegmentsRejectedCount": 0,
+            "BackendConnectionErrors": {"TimeoutCount": 0, "ConnectionRefusedCount": 1}}], "EC2InstanceId": "i-1"}),
+        ),
+        ("/ServiceGraph", json!({"StartTime": start, "EndTime": end})),
+        ("/TraceGraph", json!({"TraceIds": [stored[0]]})),
+        (
+            "/TimeSeriesServiceStatistics",
+            json!({"StartTime": start, "EndTime": end, "Period": 60,
+            "EntitySelectorExpression": "service(\"checkout\")"}),
+        ),
+        (
+            "/CreateGroup",
+            json!({"GroupName": "g", "FilterExpression": "fault",
+            "InsightsConfiguration": {"InsightsEnabled": false}}),
+        ),
+        ("/GetGroup", json!({"GroupName": "g"})),
+        ("/Groups", json!({})),
+        ("/UpdateGroup", json!({"GroupName": "g", "FilterExpression": "error"})),
+        ("/DeleteGroup", json!({"GroupName": "g"})),
+        ("/CreateSamplingRule", json!({"SamplingRule": rule})),
+        ("/UpdateSamplingRule", json!({"SamplingRuleUpdate": {"RuleName": "r", "FixedRate": 0.5}})),
+        ("/DeleteSamplingRule", json!({"RuleName": "r"})),
+        ("/GetSamplingRules", json!({})),
+        (
+            "/SamplingTargets",
+            json!({"SamplingStatisticsDocuments": [{"RuleName": "r",
+            "ClientID": "0123456789abcdef01234567", "Timestamp": end, "RequestCount": 1, "SampledCount": 1,
+            "BorrowCount": 0}]}),
+        ),
+        ("/SamplingStatisticSummaries", json!({})),
+    ];
+    let mut random = Random(23);
+    let mut answered = std::collections::BTreeMap::<&str, (u32, u32)>::new();
+    for _ in 0..3000 {
+        let (path, valid) = random.pick(&operations);
+        let mut body = valid.clone();
+        for _ in 0..random.below(4) {
+            random.mutate(&mut body, &known);
+        }
+        let (status, headers, answer) = h.post_raw(path, body.to_string()).await;
+        assert!(headers.contains_key("x-amzn-RequestId"), "{path} {body}");
+        assert!(status == 200 || (400..500).contains(&status), "{path} {body}: {status} {answer}");
+        let count = answered.entry(path).or_default();
+        if status == 200 {
+            count.0 += 1;
+        } else {
+            count.1 += 1;
+            assert!(headers.contains_key("x-amzn-ErrorType"), "{path} {body}: {status} {answer}");
+            assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{path} {body}: {answer}");
+        }
+    }
+    // Every operation both answered and refused some of them: the requests reached past the
+    // first check.
+    for (path, _) in &operations {
+        let (answers, errors) = answered.get(path).copied().unwrap_or_default();
+        assert!(answers > 0 && errors > 0, "{path}: {answers} answers, {errors} errors");
+    }
+    let (status, body) = h.post("/Traces", json!({ "TraceIds": [stored[0]] })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["Traces"][0]["Id"], stored[0]);
 }
