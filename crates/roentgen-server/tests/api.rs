@@ -1021,3 +1021,69 @@ async fn random_requests_get_answers_or_client_errors() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["Traces"][0]["Id"], stored[0]);
 }
+
+/// Segment documents of every shape the SDKs send, changed in up to three places: each one is
+/// either listed in `UnprocessedTraceSegments` with its error, or stored and given back by
+/// `BatchGetTraces` exactly as it was sent.
+#[tokio::test]
+async fn mutated_documents_are_stored_whole_or_listed_as_unprocessed() {
+    let h = Harness::start().await;
+    let t = now() - 30.0;
+    // No valid segment id among them: each document's id stays its own, so the one listed
+    // as unprocessed is that document.
+    let known = [json!(trace_id(900)), json!(t), json!(t + 1.0), json!("fedcba987654321"), json!(true), json!(500)];
+    let mut random = Random(2);
+    let (mut all_stored, mut all_refused) = (0, 0);
+    for batch in 0..4u32 {
+        let mut sent = Vec::new();
+        for i in 0..50u32 {
+            let n = batch * 50 + i;
+            let mut doc = json!({
+                "trace_id": trace_id(1000 + n), "id": format!("{:016x}", 0x1000 + n), "name": "checkout",
+                "start_time": t, "end_time": t + 0.5, "fault": true, "user": "alice", "origin": "AWS::EC2::Instance",
+                "http": {"request": {"method": "GET", "url": "https://shop/cart", "client_ip": "10.0.0.1"},
+                         "response": {"status": 500, "content_length": 12}},
+                "annotations": {"tenant": "t-1", "attempt": 2, "cached": false},
+                "metadata": {"default": {"blob": [1, {"a": null}]}},
+                "aws": {"account_id": "123456789012", "ec2": {"instance_id": "i-1", "availability_zone": "eu-west-1a"}},
+                "cause": {"working_directory": "/app", "exceptions": [{"id": "00000000000000aa", "message": "boom",
+                          "type": "Error", "stack": [{"path": "a.py", "line": 3, "label": "f"}]}]},
+                "subsegments": [{"id": format!("{:016x}", 0x9000 + n), "name": "orders", "namespace": "remote",
+                    "start_time": t + 0.1, "end_time": t + 0.2, "sql": {"url": "postgresql://db/orders"},
+                    "subsegments": [{"id": format!("{:016x}", 0x19000 + n), "name": "DynamoDB", "namespace": "aws",
+                        "start_time": t + 0.11, "end_time": t + 0.12, "aws": {"operation": "GetItem", "table_name": "s"}}]}]
+            });
+            for _ in 0..random.below(4) {
+                random.mutate(&mut doc, &known);
+            }
+            sent.push(doc.to_string());
+        }
+        let answer = h.put(&sent).await;
+        let unprocessed = answer["UnprocessedTraceSegments"].as_array().unwrap();
+        for item in unprocessed {
+            assert!(item["ErrorCode"].as_str().is_some_and(|c| !c.is_empty()), "{item}");
+            assert!(item["Message"].as_str().is_some_and(|m| !m.is_empty()), "{item}");
+        }
+        let refused: Vec<Option<&str>> = unprocessed.iter().map(|item| item["Id"].as_str()).collect();
+        let mut stored = 0;
+        for text in &sent {
+            let doc: Value = serde_json::from_str(text).unwrap();
+            let (Some(trace), Some(id)) = (doc["trace_id"].as_str(), doc["id"].as_str()) else { continue };
+            if refused.contains(&Some(id)) {
+                continue;
+            }
+            let (status, body) = h.post("/Traces", json!({ "TraceIds": [trace] })).await;
+            assert_eq!(status, 200, "{body}");
+            let segments = body["Traces"][0]["Segments"].as_array();
+            let found = segments.into_iter().flatten().find(|s| s["Id"] == id);
+            let Some(found) = found else { panic!("{text} was neither listed as unprocessed nor stored: {answer}") };
+            assert_eq!(found["Document"].as_str(), Some(text.as_str()));
+            stored += 1;
+        }
+        assert_eq!(refused.len() + stored, sent.len(), "{answer}");
+        all_stored += stored;
+        all_refused += refused.len();
+    }
+    // Both outcomes were reached, and not only the first check of each document.
+    assert!(all_stored > 50 && all_refused > 20, "{all_stored} stored, {all_refused} refused");
+}
