@@ -229,7 +229,7 @@ async fn put_trace_segments(State(state): Shared, request: Request) -> Result<Re
         }
     }
     let count = accepted.len() as u64;
-    state.store.append(accepted).await.map_err(ApiError::internal)?;
+    state.store.append(accepted).await.map_err(ApiError::store)?;
     metrics.accepted(Source::Api, count, dropped_annotations);
     Ok(json(&api::PutTraceSegmentsResponse { unprocessed_trace_segments: unprocessed }))
 }
@@ -251,7 +251,7 @@ async fn batch_get_traces(State(state): Shared, request: Request) -> Result<Resp
             response.unprocessed_trace_ids.push(text.clone());
             continue;
         };
-        match state.store.trace(id).await.map_err(ApiError::internal)? {
+        match state.store.trace(id).await.map_err(ApiError::store)? {
             Some(StoredTrace { mut docs, limit_exceeded }) => {
                 docs.sort_by(|a, b| a.parsed.entity().start_time().total_cmp(&b.parsed.entity().start_time()));
                 let first = docs.iter().map(|d| d.parsed.entity().start_time()).fold(f64::INFINITY, f64::min);
@@ -332,7 +332,7 @@ async fn get_trace_summaries(State(state): Shared, request: Request) -> Result<R
         filter,
         ordered: true,
     };
-    let page = state.store.summaries(&query).await.map_err(ApiError::internal)?;
+    let page = state.store.summaries(&query).await.map_err(ApiError::store)?;
     let response = api::GetTraceSummariesResponse {
         trace_summaries: page.summaries.iter().map(|(s, matched)| convert::trace_summary(s, *matched)).collect(),
         approximate_time: page.next.map_or(start, |c| c.time.max(start)),

@@ -3,6 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use roentgen_model::api::ErrorBody;
+use roentgen_store::StoreError;
 
 /// Every kind of error the API answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,9 @@ pub enum ErrorKind {
     RuleLimitExceeded,
     /// No operation at this path and method.
     UnknownOperation,
+    /// roentgen cannot take this request now (its disk is short of room, or it is shutting
+    /// down); the client may retry later.
+    ServiceUnavailable,
     /// Something failed inside roentgen; the client may retry.
     Internal,
 }
@@ -30,6 +34,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => ("RequestEntityTooLargeException", StatusCode::PAYLOAD_TOO_LARGE),
             Self::RuleLimitExceeded => ("RuleLimitExceededException", StatusCode::BAD_REQUEST),
             Self::UnknownOperation => ("UnknownOperationException", StatusCode::NOT_FOUND),
+            Self::ServiceUnavailable => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal => ("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
@@ -54,6 +59,16 @@ impl ApiError {
 
     pub fn internal(error: impl std::fmt::Display) -> Self {
         Self { kind: ErrorKind::Internal, message: format!("internal error: {error}") }
+    }
+
+    /// A store error: one the client can wait out, or an internal one.
+    pub fn store(error: StoreError) -> Self {
+        match error {
+            StoreError::DiskFull { .. } | StoreError::Closed => {
+                Self { kind: ErrorKind::ServiceUnavailable, message: error.to_string() }
+            }
+            error => Self::internal(error),
+        }
     }
 }
 

@@ -53,7 +53,7 @@ async fn traces_in(
         filter,
         ordered: false,
     };
-    let page = state.store.summaries(&query).await.map_err(ApiError::internal)?;
+    let page = state.store.summaries(&query).await.map_err(ApiError::store)?;
     Ok(page.summaries.into_iter().map(|(s, _)| s).collect())
 }
 
@@ -73,7 +73,7 @@ pub async fn service_graph(
             }
             graph
         }
-        None => state.store.service_graph(start, end).await.map_err(ApiError::internal)?,
+        None => state.store.service_graph(start, end).await.map_err(ApiError::store)?,
     };
     // Pages slice one ordering of the whole graph, so reference ids hold across pages.
     let key = convert::fnv1a(&[
@@ -110,7 +110,7 @@ pub async fn trace_graph(
     let mut graph = ServiceGraph::default();
     for text in ids {
         let id = TraceId::parse(&text).map_err(|e| ApiError::invalid(format!("TraceIds: {e}")))?;
-        if let Some(docs) = state.store.get_trace(id).await.map_err(ApiError::internal)? {
+        if let Some(docs) = state.store.get_trace(id).await.map_err(ApiError::store)? {
             let parsed: Vec<_> = docs.iter().map(|d| &d.parsed).collect();
             graph.add(&summarize(id, &parsed, 1));
         }

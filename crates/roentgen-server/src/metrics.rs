@@ -212,7 +212,7 @@ impl Metrics {
             );
         }
 
-        let store_metrics: [(&str, &str, &str, &AtomicU64); 26] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 28] = [
             (
                 "roentgen_store_documents_appended_total",
                 "counter",
@@ -285,6 +285,12 @@ impl Metrics {
                 "Appends (API calls, UDP batches) made to wait because the documents in memory had reached twice store.max_live_bytes.",
                 &store.appends_held_back,
             ),
+            (
+                "roentgen_segments_refused_disk_full_total",
+                "counter",
+                "Segment documents refused, from any source, because the data's file systems had less than store.min_free_bytes free.",
+                &store.documents_refused_disk_full,
+            ),
             ("roentgen_wal_generation", "gauge", "Current write-ahead log generation.", &store.wal_generation),
             ("roentgen_blocks", "gauge", "Blocks stored.", &store.blocks),
             ("roentgen_block_bytes", "gauge", "Bytes of stored blocks.", &store.block_bytes),
@@ -298,6 +304,12 @@ impl Metrics {
                 &store.live_documents,
             ),
             ("roentgen_live_bytes", "gauge", "Bytes of documents held in memory.", &store.live_bytes),
+            (
+                "roentgen_disk_free_bytes",
+                "gauge",
+                "Free bytes on the fullest file system the store writes to (data directory, blocks), as last looked at.",
+                &store.disk_free_bytes,
+            ),
             (
                 "roentgen_summary_cache_bytes",
                 "gauge",

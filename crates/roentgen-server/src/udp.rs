@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use roentgen_model::parse_document_and_text;
-use roentgen_store::{Source, StoredDocument};
+use roentgen_store::{Source, StoreError, StoredDocument};
 use tokio::net::UdpSocket;
 
 use crate::api::AppState;
@@ -83,6 +83,8 @@ pub async fn serve(socket: UdpSocket, state: Arc<AppState>) {
         let dropped: u64 = docs.iter().map(|d: &Arc<StoredDocument>| u64::from(d.parsed.dropped_annotations)).sum();
         match state.store.submit(docs).await {
             Ok(()) => state.metrics.accepted(Source::Udp, count, dropped),
+            // Counted by the store; the receiver goes on, to store again once there is room.
+            Err(StoreError::DiskFull { .. }) => {}
             Err(e) => {
                 tracing::error!(error = %e, "udp receiver stopping: the store is closed");
                 return;

@@ -361,6 +361,37 @@ async fn udp_datagrams_good_and_bad() {
     assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await, 2.0);
 }
 
+/// A server whose disk is under `store.min_free_bytes` refuses segments from the API with
+/// AWS's `ServiceUnavailable`, which the SDKs retry, and from UDP by counting them; it goes on
+/// answering reads, and its UDP receiver goes on receiving.
+#[tokio::test]
+async fn without_room_on_disk_segments_are_refused_and_reads_go_on() {
+    let h = Harness::start_with(|c| c.store.min_free_bytes = u64::MAX).await;
+    let t = trace_id(6);
+    let body = json!({ "TraceSegmentDocuments": [segment(&t, 1, "")] }).to_string();
+    let (status, code, message) = h.error("/TraceSegments", body).await;
+    assert_eq!((status, code.as_str()), (503, "ServiceUnavailable"));
+    assert!(message.contains("store.min_free_bytes") && message.contains("bytes free"), "{message}");
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagram = format!("{{\"format\":\"json\",\"version\":1}}\n{}", segment(&t, 2, ""));
+    let mut refused = 0.0;
+    for _ in 0..50 {
+        socket.send_to(datagram.as_bytes(), h.server().udp_address).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        refused = h.metric("roentgen_segments_refused_disk_full_total").await;
+        if refused >= 3.0 {
+            break;
+        }
+    }
+    assert!(refused >= 3.0, "the API's segment and two datagrams refused, got {refused}");
+    assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await, 0.0);
+    assert!(h.metric("roentgen_disk_free_bytes").await > 0.0);
+
+    let (status, body) = h.post("/Traces", json!({"TraceIds": [t]})).await;
+    assert_eq!((status, &body["Traces"]), (200, &json!([])), "{body}");
+}
+
 #[tokio::test]
 async fn telemetry_records_become_metrics() {
     let h = Harness::start().await;

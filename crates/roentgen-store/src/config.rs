@@ -49,6 +49,12 @@ pub struct StoreConfig {
     /// `BatchGetTraces` reports the trace with `LimitExceeded`. X-Ray's own limit is 100 to
     /// 500 KB; this one protects the store from a runaway trace id.
     pub max_trace_bytes: u64,
+    /// Free space kept on the file systems of the data directory and the blocks: segments are
+    /// refused while there is less, and under twice this much every live trace is written into
+    /// a block at once. A flush needs room for its block before it can delete the write-ahead
+    /// log the block replaces: 128 MiB holds the block of `max_live_bytes` of documents, a
+    /// tenth of their size at the default compression, with room to spare.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +73,7 @@ impl Default for StoreConfig {
             compaction_target_traces: 1_000_000,
             summary_cache_bytes: 2 << 30,
             max_trace_bytes: 4 * 1024 * 1024,
+            min_free_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -87,23 +94,23 @@ impl StoreConfig {
         ];
         for (name, value) in positive {
             if !(value.is_finite() && value > 0.0) {
-                return Err(format!("storage.{name} must be a positive number, not {value}"));
+                return Err(format!("store.{name} must be a positive number, not {value}"));
             }
         }
         if self.block_chunk_bytes < 4096 {
-            return Err("storage.block_chunk_bytes must be at least 4096".into());
+            return Err("store.block_chunk_bytes must be at least 4096".into());
         }
         if self.compaction_target_traces < 4 {
-            return Err("storage.compaction_target_traces must be at least 4".into());
+            return Err("store.compaction_target_traces must be at least 4".into());
         }
         if self.max_trace_bytes < roentgen_model::MAX_DOCUMENT_BYTES as u64 {
             return Err(format!(
-                "storage.max_trace_bytes must be at least one document's limit, {}",
+                "store.max_trace_bytes must be at least one document's limit, {}",
                 roentgen_model::MAX_DOCUMENT_BYTES
             ));
         }
         if !(1..=22).contains(&self.compression_level) {
-            return Err("storage.compression_level must be between 1 and 22".into());
+            return Err("store.compression_level must be between 1 and 22".into());
         }
         Ok(())
     }

@@ -13,6 +13,10 @@ pub enum StoreError {
     CorruptBlock { block: String, reason: String },
     #[error("invalid storage location {0:?}: use a local directory path or file:///path")]
     UnsupportedStorage(String),
+    #[error(
+        "no room to store segments: the file system of {path} has {free} bytes free, under store.min_free_bytes ({reserve}); they are taken again once flushes or retention free space, or you do"
+    )]
+    DiskFull { path: PathBuf, free: u64, reserve: u64 },
     #[error("the store is shutting down")]
     Closed,
 }

@@ -8,6 +8,7 @@
 mod block;
 mod compact;
 mod config;
+mod disk;
 mod error;
 mod index;
 mod live;

@@ -31,6 +31,8 @@ pub struct StoreStats {
     /// Appends that waited for a flush because the documents in memory had reached twice
     /// `max_live_bytes`.
     pub appends_held_back: AtomicU64,
+    /// Documents refused because the file systems had less than `min_free_bytes` free.
+    pub documents_refused_disk_full: AtomicU64,
     /// Time the flusher spent, in nanoseconds: summarizing traces, building and encoding their
     /// service-graph rollups, and encoding the rest of the block.
     pub flush_summaries_nanos: AtomicU64,
@@ -48,6 +50,9 @@ pub struct StoreStats {
     pub live_traces: AtomicU64,
     pub live_documents: AtomicU64,
     pub live_bytes: AtomicU64,
+    /// The least free space of the file systems the store writes to, at the last look
+    /// (`disk`).
+    pub disk_free_bytes: AtomicU64,
     /// Memory held by decoded block summaries (an estimate).
     pub summary_cache_bytes: AtomicU64,
 }

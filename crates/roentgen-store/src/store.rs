@@ -23,6 +23,7 @@ use crate::block::{
     self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, MergedDocuments, RollupSections, Superseded, TraceDocuments,
 };
 use crate::config::StoreConfig;
+use crate::disk::{DiskSpace, Room};
 use crate::error::StoreError;
 use crate::live::{LiveState, StoredDocument, upsert};
 use crate::rollup::{FIRST_KEPT_LEVEL, KeptRollups, ROLLUP_MINUTES, Rollups, minute, tiles};
@@ -389,6 +390,8 @@ struct Inner {
     flush_now: Arc<tokio::sync::Notify>,
     /// Wakes appends held back: a flush freed memory.
     room: tokio::sync::Notify,
+    /// Free space against `min_free_bytes`.
+    disk: DiskSpace,
     stats: Arc<StoreStats>,
     /// Held while the store is open; released by `close`.
     lock: Mutex<Option<File>>,
@@ -456,6 +459,9 @@ impl Store {
         std::fs::create_dir_all(&blocks_dir).map_err(StoreError::io(&blocks_dir))?;
         let objects: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&blocks_dir)?);
         let stats = Arc::new(StoreStats::default());
+        let disk = DiskSpace::new(&wal_dir, &blocks_dir, config.min_free_bytes, stats.clone());
+        disk.look();
+        let keep_free = disk.pressed_below();
 
         let catalog = load_catalog(objects.as_ref(), Some(&blocks_dir), &stats).await?;
         let recovered = read_wal(&wal_dir, &stats)?;
@@ -489,13 +495,13 @@ impl Store {
         // Appends go on in the newest generation, unless it is of an older format (or has no
         // good header): then in a new one.
         let wal_file = match recovered.newest {
-            Some((generation, Some(good_len))) => WalFile::reopen(&wal_dir, generation, good_len)?,
-            Some((generation, None)) => WalFile::create(&wal_dir, generation + 1)?,
-            None => WalFile::create(&wal_dir, 1)?,
+            Some((generation, Some(good_len))) => WalFile::reopen(&wal_dir, generation, good_len, keep_free)?,
+            Some((generation, None)) => WalFile::create(&wal_dir, generation + 1, keep_free)?,
+            None => WalFile::create(&wal_dir, 1, keep_free)?,
         };
         let current = wal_file.generation();
         let keep_from = live.oldest_generation_needed().unwrap_or(current).min(current);
-        wal::retire_generations_before(&wal_dir, keep_from, config.max_live_bytes)?;
+        wal::retire_generations_before(&wal_dir, keep_from, spare_bytes(&config, &disk))?;
         stats.wal_generation.store(current, Ordering::Relaxed);
 
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
@@ -515,6 +521,7 @@ impl Store {
             held_bytes,
             flush_now: Arc::new(tokio::sync::Notify::new()),
             room: tokio::sync::Notify::new(),
+            disk,
             stats,
             lock: Mutex::new(Some(lock)),
         });
@@ -594,6 +601,7 @@ impl Store {
         if docs.is_empty() {
             return Ok(());
         }
+        self.check_disk(docs.len())?;
         self.wait_for_room().await;
         let (ack, done) = oneshot::channel();
         self.inner.writer.send(Command::Append { docs, ack: Some(ack) }).await.map_err(|_| StoreError::Closed)?;
@@ -605,8 +613,21 @@ impl Store {
         if docs.is_empty() {
             return Ok(());
         }
+        self.check_disk(docs.len())?;
         self.wait_for_room().await;
         self.inner.writer.send(Command::Append { docs, ack: None }).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Refuses `count` documents at once while the file systems are under the reserve, looking
+    /// again each time, so that what flushes and retention free is seen. The WAL writer looks
+    /// at every group commit as well.
+    fn check_disk(&self, count: usize) -> Result<(), StoreError> {
+        let disk = &self.inner.disk;
+        if disk.room() == Room::Full && disk.look() == Room::Full {
+            self.inner.stats.documents_refused_disk_full.fetch_add(count as u64, Ordering::Relaxed);
+            return Err(disk.full_error());
+        }
+        Ok(())
     }
 
     /// Holds an append back while the documents in memory (live, and being written into a block)
@@ -1013,6 +1034,8 @@ impl Store {
         let inner = &self.inner;
         let _guard = inner.flush_lock.lock().await;
         let config = &inner.config;
+        // Short of room, every live trace goes: its block takes a tenth of the log it frees.
+        let everything = everything || inner.disk.look() >= Room::Pressed;
         let idle = if everything { Duration::ZERO } else { StoreConfig::duration(config.trace_idle_seconds) };
         let max_live = StoreConfig::duration(config.trace_max_live_seconds);
         let due = DueRule { idle, max_live, max_bytes: config.max_live_bytes };
@@ -1162,10 +1185,11 @@ impl Store {
             }
         });
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
+        inner.disk.look();
         wal::retire_generations_before(
             &inner.wal_dir,
             keep_from.unwrap_or(current).min(current),
-            config.max_live_bytes,
+            spare_bytes(config, &inner.disk),
         )?;
         inner.publish_gauges();
         Ok(())
@@ -1279,6 +1303,13 @@ impl Store {
             (group, hidden)
         };
         if group.len() < 2 {
+            return Ok(0);
+        }
+        // The merged block is written before its inputs are deleted: it waits for room.
+        let input_bytes: u64 = group.iter().map(|b| b.meta.data_bytes).sum();
+        if inner.disk.look() >= Room::Pressed
+            || inner.disk.free() < inner.disk.pressed_below().saturating_add(input_bytes)
+        {
             return Ok(0);
         }
         let objects = inner.objects.as_ref();
@@ -1679,13 +1710,22 @@ fn commit(
     group: &mut Group,
     acks: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
 ) {
+    let disk = &inner.disk;
+    let before = disk.room();
+    let room = if group.docs.is_empty() { before } else { disk.look() };
+    if room > before {
+        inner.flush_now.notify_one();
+    }
     let result = if group.docs.is_empty() {
         Ok(())
+    } else if room == Room::Full {
+        inner.stats.documents_refused_disk_full.fetch_add(group.docs.len() as u64, Ordering::Relaxed);
+        Err(disk.full_error())
     } else {
         let pieces: Vec<&[u8]> =
             group.headers.iter().zip(&group.docs).flat_map(|(h, d)| [&h[..], d.raw.as_bytes()]).collect();
         let timer = PhaseTimer::start();
-        let written = wal.append(&pieces).and_then(|()| wal.sync());
+        let written = wal.commit(&pieces);
         let stats = &inner.stats;
         stats.wal_commit_cpu_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
         stats.wal_commit_wall_nanos.fetch_add(nanos(timer.wall.elapsed()), Ordering::Relaxed);
@@ -1718,6 +1758,8 @@ fn commit(
                 inner.flush_now.notify_one();
             }
         }
+        // Logged once, when the room ran out (`disk`).
+        Err(StoreError::DiskFull { .. }) => pending.clear(),
         Err(e) => {
             tracing::error!(error = %e, "write-ahead log append failed; the batch is refused");
             pending.clear();
@@ -1728,9 +1770,18 @@ fn commit(
     for ack in acks.drain(..) {
         let _ = ack.send(match &result {
             Ok(()) => Ok(()),
+            Err(StoreError::DiskFull { path, free, reserve }) => {
+                Err(StoreError::DiskFull { path: path.clone(), free: *free, reserve: *reserve })
+            }
             Err(e) => Err(StoreError::Io { path: PathBuf::from("wal"), source: std::io::Error::other(e.to_string()) }),
         });
     }
+}
+
+/// Bytes of retired log files kept to be overwritten by the next generations: none while the
+/// file systems are short of room, whose space the spares would keep.
+fn spare_bytes(config: &StoreConfig, disk: &DiskSpace) -> u64 {
+    if disk.room() >= Room::Pressed { 0 } else { config.max_live_bytes }
 }
 
 /// Under a steady load, the flusher looks for due traces whenever this many bytes have come in
@@ -1753,7 +1804,7 @@ fn cut(inner: &Inner, wal: &mut WalFile, due: DueRule) -> Result<Option<u64>, St
     // Only this thread appends, so every document of the traces just taken is in `covered` or
     // earlier, and every later document goes to the new generation.
     let covered = wal.generation();
-    *wal = WalFile::create(&inner.wal_dir, covered + 1)?;
+    *wal = WalFile::create(&inner.wal_dir, covered + 1, inner.disk.pressed_below())?;
     inner.stats.wal_generation.store(covered + 1, Ordering::Relaxed);
     Ok(Some(covered))
 }

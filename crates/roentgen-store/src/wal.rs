@@ -293,6 +293,8 @@ pub(crate) struct WalFile {
     direct: Option<Direct>,
     /// Zeros written ahead of a direct log (`zeros`).
     zeros: Option<zeros::Zeros>,
+    /// Where the log ends, when written through the page cache.
+    buffered_end: u64,
 }
 
 /// A log written with `O_DIRECT`: the bytes of its last, partly written page, and where that
@@ -339,8 +341,8 @@ fn refused_as_direct(e: &std::io::Error) -> bool {
 
 impl WalFile {
     /// Starts generation `generation`, durably: over the longest spare when there is one, else
-    /// in a new file.
-    pub fn create(dir: &Path, generation: u64) -> Result<Self, StoreError> {
+    /// in a new file. Zeros are written ahead of the log only while `keep_free` bytes stay free.
+    pub fn create(dir: &Path, generation: u64, keep_free: u64) -> Result<Self, StoreError> {
         let path = dir.join(file_name(generation));
         let header = match longest_spare(dir)? {
             Some(previous) => {
@@ -368,12 +370,12 @@ impl WalFile {
             }
         };
         sync_dir(dir)?;
-        Self::open(path, generation, &header)
+        Self::open(path, generation, &header, keep_free)
     }
 
     /// Reopens an existing generation of the current format for appending, cutting what follows
     /// its last good record first.
-    pub fn reopen(dir: &Path, generation: u64, good_len: u64) -> Result<Self, StoreError> {
+    pub fn reopen(dir: &Path, generation: u64, good_len: u64, keep_free: u64) -> Result<Self, StoreError> {
         let path = dir.join(file_name(generation));
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(StoreError::io(&path))?;
         file.set_len(good_len).map_err(StoreError::io(&path))?;
@@ -381,7 +383,7 @@ impl WalFile {
         let page_offset = good_len / PAGE as u64 * PAGE as u64;
         let mut last_page = vec![0; (good_len - page_offset) as usize];
         file.read_exact_at(&mut last_page, page_offset).map_err(StoreError::io(&path))?;
-        let mut wal = Self::open(path, generation, &[])?;
+        let mut wal = Self::open(path, generation, &[], keep_free)?;
         match &mut wal.direct {
             Some(direct) => {
                 direct.buffer(last_page.len()).copy_from_slice(&last_page);
@@ -389,6 +391,7 @@ impl WalFile {
             }
             None => {
                 wal.file.seek(SeekFrom::Start(good_len)).map_err(StoreError::io(&wal.path))?;
+                wal.buffered_end = good_len;
             }
         }
         Ok(wal)
@@ -396,26 +399,47 @@ impl WalFile {
 
     /// The file at `path`, whose log so far is `log`, opened to append to it: directly where
     /// the file system allows it.
-    fn open(path: PathBuf, generation: u64, log: &[u8]) -> Result<Self, StoreError> {
+    fn open(path: PathBuf, generation: u64, log: &[u8], keep_free: u64) -> Result<Self, StoreError> {
+        let buffered_end = log.len() as u64;
         if let Some(file) = open_direct(&path) {
             let mut direct = Direct { memory: Vec::new(), start: 0, tail: 0, page_offset: 0 };
             direct.buffer(log.len()).copy_from_slice(log);
             direct.tail = log.len();
             let len = file.metadata().map_err(StoreError::io(&path))?.len();
-            let zeros = zeros::Zeros::start(&file, len);
-            return Ok(Self { file, path, generation, direct: Some(direct), zeros });
+            let zeros = zeros::Zeros::start(&file, len, keep_free);
+            return Ok(Self { file, path, generation, direct: Some(direct), zeros, buffered_end });
         }
         let mut file = OpenOptions::new().write(true).open(&path).map_err(StoreError::io(&path))?;
-        file.seek(SeekFrom::Start(log.len() as u64)).map_err(StoreError::io(&path))?;
-        Ok(Self { file, path, generation, direct: None, zeros: None })
+        file.seek(SeekFrom::Start(buffered_end)).map_err(StoreError::io(&path))?;
+        Ok(Self { file, path, generation, direct: None, zeros: None, buffered_end })
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// Appends bytes given in pieces (a record's header, its document, the next header...).
-    pub fn append(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
+    /// Appends bytes given in pieces (a record's header, its document, the next header...) and
+    /// makes them durable. If either fails, the file is cut back to where the log ended, so
+    /// that the next commit follows the last good record: a write cut short would otherwise
+    /// leave part of a record there, where replay stops, and what was acknowledged after it
+    /// would be lost; and records refused here must not come back at replay.
+    pub fn commit(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
+        let added = pieces.iter().map(|piece| piece.len()).sum::<usize>();
+        let written = self.append(pieces).and_then(|()| self.sync());
+        match written {
+            Ok(()) => self.advance(added),
+            Err(e) => {
+                if let Err(cut) = self.cut_back() {
+                    tracing::error!(error = %cut, "a failed write-ahead log commit could not be taken back");
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the pieces after the log, without moving its end.
+    fn append(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
         let Some(direct) = &mut self.direct else { return self.append_buffered(pieces) };
         let len = direct.tail + pieces.iter().map(|piece| piece.len()).sum::<usize>();
         let padded = len.next_multiple_of(PAGE);
@@ -435,10 +459,6 @@ impl WalFile {
                 if let Some(zeros) = &self.zeros {
                     zeros.after_write(end);
                 }
-                let whole = len / PAGE * PAGE;
-                buffer.copy_within(whole..len, 0);
-                direct.tail = len - whole;
-                direct.page_offset += whole as u64;
                 Ok(())
             }
             Err(e) if refused_as_direct(&e) => {
@@ -459,8 +479,39 @@ impl WalFile {
         // The last page as it should be, in case a refused write left part of it.
         let tail = &direct.memory[direct.start..direct.start + direct.tail];
         file.write_all_at(tail, direct.page_offset).map_err(io())?;
-        file.seek(SeekFrom::Start(direct.page_offset + direct.tail as u64)).map_err(io())?;
+        self.buffered_end = direct.page_offset + direct.tail as u64;
+        file.seek(SeekFrom::Start(self.buffered_end)).map_err(io())?;
         self.file = file;
+        Ok(())
+    }
+
+    /// After a commit: the log ends `added` bytes further on.
+    fn advance(&mut self, added: usize) {
+        match &mut self.direct {
+            Some(direct) => {
+                let len = direct.tail + added;
+                let whole = len / PAGE * PAGE;
+                let start = direct.start;
+                direct.memory.copy_within(start + whole..start + len, start);
+                direct.tail = len - whole;
+                direct.page_offset += whole as u64;
+            }
+            None => self.buffered_end += added as u64,
+        }
+    }
+
+    /// After a failed commit: the file ends where the log does. Zeros are no longer written
+    /// ahead of it, which would grow it again.
+    fn cut_back(&mut self) -> Result<(), StoreError> {
+        self.zeros = None;
+        let end = match &self.direct {
+            Some(direct) => direct.page_offset + direct.tail as u64,
+            None => self.buffered_end,
+        };
+        self.file.set_len(end).map_err(StoreError::io(&self.path))?;
+        if self.direct.is_none() {
+            self.file.seek(SeekFrom::Start(end)).map_err(StoreError::io(&self.path))?;
+        }
         Ok(())
     }
 
@@ -482,7 +533,7 @@ impl WalFile {
         Ok(())
     }
 
-    pub fn sync(&mut self) -> Result<(), StoreError> {
+    fn sync(&mut self) -> Result<(), StoreError> {
         self.file.sync_data().map_err(StoreError::io(&self.path))
     }
 }
@@ -525,7 +576,7 @@ mod tests {
     /// Writes `records` as generation `generation` with the writer, over a spare when `dir` has
     /// one, and returns the file's bytes.
     fn write(dir: &Path, generation: u64, records: &[Record]) -> Vec<u8> {
-        let mut wal = WalFile::create(dir, generation).unwrap();
+        let mut wal = WalFile::create(dir, generation, 0).unwrap();
         let docs: Vec<(Source, &[u8])> = records
             .iter()
             .map(|r| match r {
@@ -535,8 +586,7 @@ mod tests {
             .collect();
         let headers: Vec<DocumentHeader> = docs.iter().map(|(s, d)| document_header(generation, *s, d)).collect();
         let pieces: Vec<&[u8]> = headers.iter().zip(&docs).flat_map(|(h, (_, d))| [&h[..], d]).collect();
-        wal.append(&pieces).unwrap();
-        wal.sync().unwrap();
+        wal.commit(&pieces).unwrap();
         fs::read(dir.join(file_name(generation))).unwrap()
     }
 
@@ -615,10 +665,9 @@ mod tests {
         assert!(decoded.good_len < data.len() as u64, "the old records are still there");
 
         // Reopened after a restart, the file is cut after its records and appended to.
-        let mut wal = WalFile::reopen(dir.path(), 2, decoded.good_len).unwrap();
+        let mut wal = WalFile::reopen(dir.path(), 2, decoded.good_len, 0).unwrap();
         let more = b"{\"more\":1}";
-        wal.append(&[&document_header(2, Source::Api, more), more]).unwrap();
-        wal.sync().unwrap();
+        wal.commit(&[&document_header(2, Source::Api, more), more]).unwrap();
         let decoded = decode(&fs::read(dir.path().join(file_name(2))).unwrap(), 2);
         assert_eq!(decoded.records.len(), 2);
         assert_log_ends_at(&fs::read(dir.path().join(file_name(2))).unwrap(), decoded.good_len);
@@ -629,22 +678,57 @@ mod tests {
     #[test]
     fn a_log_left_for_the_page_cache_goes_on_where_it_ended() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = WalFile::create(dir.path(), GENERATION).unwrap();
+        let mut wal = WalFile::create(dir.path(), GENERATION, 0).unwrap();
         let records: Vec<Record> =
             (0..3).map(|n| Record::Document { source: Source::Api, bytes: vec![b'x'; 3000 * n + 5] }).collect();
         for (n, record) in records.iter().enumerate() {
             let Record::Document { source, bytes } = record else { unreachable!() };
-            wal.append(&[&document_header(GENERATION, *source, bytes), bytes]).unwrap();
+            wal.commit(&[&document_header(GENERATION, *source, bytes), bytes]).unwrap();
             if n == 1 {
                 wal.leave_direct_io().unwrap();
                 assert!(wal.direct.is_none());
             }
         }
-        wal.sync().unwrap();
         let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
         let decoded = decode(&data, GENERATION);
         assert_eq!(decoded.records, records);
         assert_eq!(decoded.torn_bytes, 0);
+    }
+
+    /// A commit that failed after part or all of it was written leaves nothing of itself: the
+    /// next commit follows the last good record, directly and through the page cache, where a
+    /// record cut short would otherwise have ended the log before it.
+    #[test]
+    fn a_failed_commit_leaves_nothing_of_itself() {
+        for through_page_cache in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut wal = WalFile::create(dir.path(), GENERATION, 0).unwrap();
+            if through_page_cache {
+                wal.leave_direct_io().unwrap();
+            }
+            let records: Vec<Record> = (0..3)
+                .map(|n| Record::Document { source: Source::Api, bytes: vec![b'a' + n; 2500 * n as usize + 7] })
+                .collect();
+            let pieces = |record: &Record| match record {
+                Record::Document { source, bytes } => (document_header(GENERATION, *source, bytes), bytes.clone()),
+                Record::Checkpoint => unreachable!(),
+            };
+            let (header, bytes) = pieces(&records[0]);
+            wal.commit(&[&header, &bytes]).unwrap();
+            // Written, and then its fsync failed; or written in part, when the write failed.
+            let (header, bytes) = pieces(&records[2]);
+            wal.append(&[&header, &bytes]).unwrap();
+            wal.cut_back().unwrap();
+            wal.append(&[&header, &bytes[..bytes.len() / 2]]).unwrap();
+            wal.cut_back().unwrap();
+            let (header, bytes) = pieces(&records[1]);
+            wal.commit(&[&header, &bytes]).unwrap();
+            let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
+            let decoded = decode(&data, GENERATION);
+            assert_eq!(decoded.records, records[..2], "page cache: {through_page_cache}");
+            assert_eq!(decoded.torn_bytes, 0);
+            assert_log_ends_at(&data, decoded.good_len);
+        }
     }
 
     /// Group commits of every size, each ending anywhere in a page, and a reopen between them:
@@ -652,17 +736,16 @@ mod tests {
     #[test]
     fn commits_ending_mid_page_replay_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = WalFile::create(dir.path(), GENERATION).unwrap();
+        let mut wal = WalFile::create(dir.path(), GENERATION, 0).unwrap();
         let mut expected = Vec::new();
         for (n, size) in [1, 4000, 4096, 10, 9000, 0, 20000, 3, 4084, 1].into_iter().enumerate() {
             if n == 5 {
                 let good_len = read_file(&dir.path().join(file_name(GENERATION)), GENERATION).unwrap().good_len;
-                wal = WalFile::reopen(dir.path(), GENERATION, good_len).unwrap();
+                wal = WalFile::reopen(dir.path(), GENERATION, good_len, 0).unwrap();
                 continue;
             }
             let doc = vec![b'a' + n as u8; size];
-            wal.append(&[&document_header(GENERATION, Source::Udp, &doc), &doc]).unwrap();
-            wal.sync().unwrap();
+            wal.commit(&[&document_header(GENERATION, Source::Udp, &doc), &doc]).unwrap();
             expected.push(Record::Document { source: Source::Udp, bytes: doc });
             let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
             let decoded = decode(&data, GENERATION);
@@ -678,12 +761,11 @@ mod tests {
     fn zeros_are_written_ahead_of_a_long_log() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(file_name(GENERATION));
-        let mut wal = WalFile::create(dir.path(), GENERATION).unwrap();
+        let mut wal = WalFile::create(dir.path(), GENERATION, 0).unwrap();
         let mut expected = Vec::new();
         for n in 0..50 {
             let doc = vec![b'a' + (n % 26) as u8; 60_000 + n];
-            wal.append(&[&document_header(GENERATION, Source::Api, &doc), &doc]).unwrap();
-            wal.sync().unwrap();
+            wal.commit(&[&document_header(GENERATION, Source::Api, &doc), &doc]).unwrap();
             expected.push(Record::Document { source: Source::Api, bytes: doc });
         }
         assert_eq!(wal.zeros.is_some(), wal.direct.is_some());
@@ -702,10 +784,9 @@ mod tests {
         }
         drop(wal);
 
-        let mut wal = WalFile::reopen(dir.path(), GENERATION, decoded.good_len).unwrap();
+        let mut wal = WalFile::reopen(dir.path(), GENERATION, decoded.good_len, 0).unwrap();
         let more = b"{\"more\":1}";
-        wal.append(&[&document_header(GENERATION, Source::Udp, more), more]).unwrap();
-        wal.sync().unwrap();
+        wal.commit(&[&document_header(GENERATION, Source::Udp, more), more]).unwrap();
         let data = fs::read(&path).unwrap();
         let decoded = decode(&data, GENERATION);
         assert_eq!(decoded.records.len(), expected.len() + 1);
@@ -744,7 +825,7 @@ mod tests {
         assert_eq!(list(dir.path(), "spare").unwrap(), [1, 2]);
         retire_generations_before(dir.path(), 4, u64::MAX).unwrap();
         assert_eq!(list(dir.path(), "spare").unwrap(), [1, 3], "the header-only generation 2 was deleted");
-        WalFile::create(dir.path(), 5).unwrap();
+        WalFile::create(dir.path(), 5, 0).unwrap();
         assert_eq!(list(dir.path(), "spare").unwrap(), [3], "generation 5 took the longest spare, 1's");
     }
 

@@ -829,3 +829,58 @@ async fn compaction_rewrites_older_formats_as_the_current_one() {
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(blocks[0].join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["format_version"], 5);
 }
+
+/// Bytes free for an unprivileged writer on the file system of `path`.
+#[allow(clippy::useless_conversion)] // the counts are 32 bits wide on some targets
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let stats = nix::sys::statvfs::statvfs(path).unwrap();
+    u64::from(stats.blocks_available()) * u64::from(stats.fragment_size())
+}
+
+/// Short of room, the store refuses appends with `DiskFull` and writes its live traces into a
+/// block at once; reads go on; once space is freed, appends are taken again. On the temporary
+/// directory's own file system: a ballast file takes the room, the reserve set so that the
+/// ballast crosses it with 32 MiB to spare either way for whatever else writes meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn short_of_room_appends_are_refused_until_space_is_freed() {
+    const BALLAST: u64 = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let reserve = free_bytes(dir.path()).checked_sub(BALLAST / 2).expect("the test needs 32 MiB free");
+    let config = StoreConfig { min_free_bytes: reserve, ..config(dir.path()) };
+    let store = Store::open(config).await.unwrap();
+    let stats = store.stats();
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let (kept, refused, later) = (trace(1), trace(2), trace(3));
+    store.append(vec![complete(kept, 1)]).await.unwrap();
+
+    let ballast_path = dir.path().join("ballast");
+    let ballast = std::fs::File::create(&ballast_path).unwrap();
+    nix::fcntl::posix_fallocate(&ballast, 0, BALLAST as i64).expect("the test needs 64 MiB free");
+    let error = store.append(vec![complete(refused, 2)]).await.unwrap_err();
+    assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+    assert!(error.to_string().contains("store.min_free_bytes"), "{error}");
+    let error = store.append(vec![complete(refused, 3)]).await.unwrap_err();
+    assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+    assert_eq!(count(&stats.documents_refused_disk_full), 2);
+    assert!(count(&stats.disk_free_bytes) < reserve);
+
+    // The refusal woke the flusher, whose interval is an hour: the live trace, idle for less
+    // than its `trace_idle_seconds`, is written all the same.
+    for _ in 0..500 {
+        if count(&stats.blocks_written) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&stats.blocks_written), 1);
+    assert_eq!(count(&stats.live_traces), 0);
+    assert_eq!(store.get_trace(kept).await.unwrap().map(|docs| docs.len()), Some(1));
+    assert!(store.get_trace(refused).await.unwrap().is_none());
+
+    drop(ballast);
+    std::fs::remove_file(&ballast_path).unwrap();
+    store.append(vec![complete(later, 4)]).await.unwrap();
+    assert_eq!(store.get_trace(later).await.unwrap().map(|docs| docs.len()), Some(1));
+    assert_eq!(count(&stats.documents_refused_disk_full), 2);
+    store.close().await.unwrap();
+}

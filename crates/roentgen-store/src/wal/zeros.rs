@@ -7,6 +7,9 @@
 //! the log's own writes zeros ahead of it, a step at a time, so the writer never waits for them
 //! unless it overtakes them. PostgreSQL fills each new WAL segment with zeros for the same reason.
 //! A recycled generation's spare needs none of this until the log passes its old length.
+//! Zeros are not written where they would leave the file system less free space than the
+//! store's reserve asks (`disk`): a step of up to 64 MiB ahead of the log must not take the
+//! room the flush needs.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -40,6 +43,8 @@ pub(super) struct Zeros {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Free bytes a step must leave on the file system.
+    keep_free: u64,
 }
 
 #[derive(Debug)]
@@ -62,13 +67,14 @@ impl State {
 }
 
 impl Zeros {
-    /// Starts the thread for `file`, now `len` bytes long; `None` if it cannot start, and the
-    /// log then grows its file itself.
-    pub(super) fn start(file: &File, len: u64) -> Option<Self> {
+    /// Starts the thread for `file`, now `len` bytes long, to write zeros while `keep_free`
+    /// bytes stay free; `None` if it cannot start, and the log then grows its file itself.
+    pub(super) fn start(file: &File, len: u64, keep_free: u64) -> Option<Self> {
         let file = file.try_clone().ok()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State { len, target: len, failed: false, stop: false }),
             changed: Condvar::new(),
+            keep_free,
         });
         let thread = std::thread::Builder::new()
             .name("roentgen-wal-zeros".into())
@@ -156,6 +162,11 @@ fn write_zeros(file: &File, shared: &Shared) {
         let (mut at, target) = (state.len.next_multiple_of(PAGE as u64), state.target);
         drop(state);
         let mut failed = None;
+        // Skipped, not failed: the log grows its file itself this time, and asks again later.
+        let room = crate::disk::available_for(file).unwrap_or(u64::MAX);
+        if room < shared.keep_free.saturating_add(target.saturating_sub(at)) {
+            at = target;
+        }
         while at < target {
             let len = (target - at).min(CHUNK as u64);
             if let Err(e) = file.write_all_at(&zeros[..len as usize], at) {
