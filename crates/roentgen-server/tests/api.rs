@@ -361,30 +361,31 @@ async fn udp_datagrams_good_and_bad() {
     assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await, 2.0);
 }
 
-/// A server whose disk is under `store.min_free_bytes` refuses segments from the API with
-/// AWS's `ServiceUnavailable`, which the SDKs retry, and from UDP by counting them; it goes on
-/// answering reads, and its UDP receiver goes on receiving.
+/// A server whose disk stays under `store.min_free_bytes` holds segments back for a while, then
+/// refuses them: from the API with AWS's `ServiceUnavailable`, which the SDKs retry, and from
+/// UDP by counting them. It goes on answering reads, and its UDP receiver goes on receiving.
 #[tokio::test]
 async fn without_room_on_disk_segments_are_refused_and_reads_go_on() {
     let h = Harness::start_with(|c| c.store.min_free_bytes = u64::MAX).await;
     let t = trace_id(6);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagram = format!("{{\"format\":\"json\",\"version\":1}}\n{}", segment(&t, 2, ""));
+    socket.send_to(datagram.as_bytes(), h.server().udp_address).unwrap();
     let body = json!({ "TraceSegmentDocuments": [segment(&t, 1, "")] }).to_string();
     let (status, code, message) = h.error("/TraceSegments", body).await;
     assert_eq!((status, code.as_str()), (503, "ServiceUnavailable"));
     assert!(message.contains("store.min_free_bytes") && message.contains("bytes free"), "{message}");
 
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let datagram = format!("{{\"format\":\"json\",\"version\":1}}\n{}", segment(&t, 2, ""));
+    socket.send_to(datagram.as_bytes(), h.server().udp_address).unwrap();
     let mut refused = 0.0;
-    for _ in 0..50 {
-        socket.send_to(datagram.as_bytes(), h.server().udp_address).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..200 {
         refused = h.metric("roentgen_segments_refused_disk_full_total").await;
         if refused >= 3.0 {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(refused >= 3.0, "the API's segment and two datagrams refused, got {refused}");
+    assert_eq!(refused, 3.0, "the API's segment and two datagrams refused");
     assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await, 0.0);
     assert!(h.metric("roentgen_disk_free_bytes").await > 0.0);
 

@@ -19,6 +19,12 @@ pub struct StoreConfig {
     pub storage: String,
     /// Blocks older than this are deleted.
     pub retention_days: f64,
+    /// While the blocks take more than this many bytes, those whose newest trace is the oldest
+    /// are deleted (the newest block always stays), at the flush that goes over and every
+    /// minute; 0 bounds them by age alone. As Prometheus' `retention.size`: with it, the oldest
+    /// traces make room for new ones, where without it a full disk refuses them
+    /// (`min_free_bytes`).
+    pub retention_bytes: u64,
     /// A trace with no new segment for this long is written into the next block.
     pub trace_idle_seconds: f64,
     /// A trace that keeps receiving segments is written out after this long anyway; later
@@ -63,6 +69,7 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("./roentgen-data"),
             storage: String::new(),
             retention_days: 30.0,
+            retention_bytes: 0,
             trace_idle_seconds: 10.0,
             trace_max_live_seconds: 300.0,
             flush_interval_seconds: 5.0,

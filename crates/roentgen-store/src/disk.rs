@@ -6,9 +6,9 @@
 //! every segment until someone deleted its data (measured on a 48 MiB file system, session 24).
 //! So the store keeps `min_free_bytes` free. Under twice that it is *pressed*: live traces are
 //! flushed at once whatever their age, retired log files are deleted rather than kept for reuse,
-//! no zeros are written ahead of the log, and compaction waits. Under it, appends are refused
-//! with [`StoreError::DiskFull`] until flushes, retention or the operator free space; reads go
-//! on. VictoriaMetrics' `-storage.minFreeDiskSpaceBytes` and Elasticsearch's flood-stage
+//! no zeros are written ahead of the log, and compaction waits. Under it, appends wait for room,
+//! and are refused with [`StoreError::DiskFull`] if none comes within seconds; the WAL writer
+//! refuses what reaches it under half the reserve. Reads go on. VictoriaMetrics' `-storage.minFreeDiskSpaceBytes` and Elasticsearch's flood-stage
 //! watermark work the same way.
 
 use std::os::unix::fs::MetadataExt;
@@ -94,7 +94,7 @@ impl DiskSpace {
             let (path, reserve) = (path.display(), self.reserve);
             match room {
                 Room::Full => tracing::error!(
-                    "the file system of {path} has {free} bytes free, under store.min_free_bytes ({reserve}): segments are refused until flushes, retention or you free space"
+                    "the file system of {path} has {free} bytes free, under store.min_free_bytes ({reserve}): segments are refused until flushes, retention or you free space (store.retention_bytes bounds the blocks' size)"
                 ),
                 Room::Pressed => tracing::warn!(
                     "the file system of {path} has {free} bytes free, under twice store.min_free_bytes ({reserve}): live traces are written into blocks at once, and the write-ahead log's old files deleted"
@@ -113,6 +113,10 @@ impl DiskSpace {
     /// The least free space found by the last look.
     pub(crate) fn free(&self) -> u64 {
         self.stats.disk_free_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn reserve(&self) -> u64 {
+        self.reserve
     }
 
     /// Free bytes under which the store is pressed: twice the reserve.

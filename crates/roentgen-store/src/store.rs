@@ -61,6 +61,9 @@ struct DueRule {
 
 /// How many commands may wait for the writer before senders are made to wait.
 const WRITER_QUEUE: usize = 4096;
+/// How long an append waits for room on disk before it is refused: about what one flush of
+/// everything live takes (`wait_for_disk`).
+const DISK_WAIT: Duration = Duration::from_secs(5);
 /// The writer commits at most this many bytes of records in one group.
 const GROUP_COMMIT_BYTES: usize = 8 << 20;
 /// Hours of blocks' fine rollups kept in memory, by the size of their encoding (decoded, they
@@ -544,7 +547,13 @@ impl Store {
         let config = &self.inner.config;
         let flush_now = Some(self.inner.flush_now.clone());
         let flusher = self.every(StoreConfig::duration(config.flush_interval_seconds), flush_now, |store| async move {
-            store.flush_due(false).await.map_err(|e| ("flushing live traces into a block failed", e))
+            store.flush_due(false).await.map_err(|e| ("flushing live traces into a block failed", e))?;
+            // A block that takes the store past its byte bound makes room at once.
+            let bound = store.inner.config.retention_bytes;
+            if bound > 0 && store.inner.stats.block_bytes.load(Ordering::Relaxed) > bound {
+                store.apply_retention(now_seconds()).await.map_err(|e| ("applying retention failed", e))?;
+            }
+            Ok(())
         });
         let retention = self.every(Duration::from_secs(60), None, |store| async move {
             store.apply_retention(now_seconds()).await.map(drop).map_err(|e| ("applying retention failed", e))
@@ -601,7 +610,7 @@ impl Store {
         if docs.is_empty() {
             return Ok(());
         }
-        self.check_disk(docs.len())?;
+        self.wait_for_disk(docs.len()).await?;
         self.wait_for_room().await;
         let (ack, done) = oneshot::channel();
         self.inner.writer.send(Command::Append { docs, ack: Some(ack) }).await.map_err(|_| StoreError::Closed)?;
@@ -613,21 +622,35 @@ impl Store {
         if docs.is_empty() {
             return Ok(());
         }
-        self.check_disk(docs.len())?;
+        self.wait_for_disk(docs.len()).await?;
         self.wait_for_room().await;
         self.inner.writer.send(Command::Append { docs, ack: None }).await.map_err(|_| StoreError::Closed)
     }
 
-    /// Refuses `count` documents at once while the file systems are under the reserve, looking
-    /// again each time, so that what flushes and retention free is seen. The WAL writer looks
-    /// at every group commit as well.
-    fn check_disk(&self, count: usize) -> Result<(), StoreError> {
-        let disk = &self.inner.disk;
-        if disk.room() == Room::Full && disk.look() == Room::Full {
-            self.inner.stats.documents_refused_disk_full.fetch_add(count as u64, Ordering::Relaxed);
-            return Err(disk.full_error());
+    /// Holds `count` documents back while the file systems are under the reserve, looking
+    /// again every 100 ms, so that what flushes, retention or the operator free is seen at once;
+    /// refuses them after [`DISK_WAIT`]. The flush this wakes usually frees the room first: a
+    /// refusal then is a slower answer instead. The WAL writer looks at every group commit as
+    /// well. It writes what came through here before the room ran out into the upper half of
+    /// the reserve, and refuses only what it finds under its lower half.
+    async fn wait_for_disk(&self, count: usize) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        if inner.disk.room() != Room::Full {
+            return Ok(());
         }
-        Ok(())
+        inner.flush_now.notify_one();
+        let deadline = Instant::now() + DISK_WAIT;
+        loop {
+            let freed = inner.room.notified();
+            if inner.disk.look() != Room::Full {
+                return Ok(());
+            }
+            if Instant::now() >= deadline || inner.writer.is_closed() {
+                inner.stats.documents_refused_disk_full.fetch_add(count as u64, Ordering::Relaxed);
+                return Err(inner.disk.full_error());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
+        }
     }
 
     /// Holds an append back while the documents in memory (live, and being written into a block)
@@ -1227,13 +1250,27 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes blocks whose newest data is older than the retention period.
+    /// Deletes blocks whose newest data is older than the retention period; then, while the
+    /// blocks hold more than `retention_bytes`, those whose newest data is the oldest. The
+    /// newest block is never deleted for its size.
     pub async fn apply_retention(&self, now: f64) -> Result<usize, StoreError> {
         let _guard = self.inner.flush_lock.lock().await;
-        let cutoff = now - self.inner.config.retention_days * 86_400.0;
+        let config = &self.inner.config;
+        let cutoff = now - config.retention_days * 86_400.0;
         let expired: Vec<Arc<BlockHandle>> = {
-            let catalog = self.inner.catalog.read().expect("catalog lock");
-            catalog.blocks.iter().filter(|b| b.meta.max_time < cutoff).cloned().collect()
+            let mut blocks = self.inner.catalog.read().expect("catalog lock").blocks.clone();
+            blocks.sort_by(|a, b| a.meta.max_time.total_cmp(&b.meta.max_time));
+            let mut bytes: u64 = blocks.iter().map(|b| b.meta.data_bytes).sum();
+            let newest = blocks.len().saturating_sub(1);
+            let mut expired = Vec::new();
+            for (i, block) in blocks.into_iter().enumerate() {
+                let too_many_bytes = config.retention_bytes > 0 && bytes > config.retention_bytes && i < newest;
+                if block.meta.max_time < cutoff || too_many_bytes {
+                    bytes -= block.meta.data_bytes;
+                    expired.push(block);
+                }
+            }
+            expired
         };
         let count = expired.len();
         for block in expired {
@@ -1718,7 +1755,7 @@ fn commit(
     }
     let result = if group.docs.is_empty() {
         Ok(())
-    } else if room == Room::Full {
+    } else if room == Room::Full && disk.free() < disk.reserve() / 2 {
         inner.stats.documents_refused_disk_full.fetch_add(group.docs.len() as u64, Ordering::Relaxed);
         Err(disk.full_error())
     } else {
