@@ -6,10 +6,11 @@
 //! every segment until someone deleted its data (measured on a 48 MiB file system, session 24).
 //! So the store keeps `min_free_bytes` free. Under twice that it is *pressed*: live traces are
 //! flushed at once whatever their age, retired log files are deleted rather than kept for reuse,
-//! no zeros are written ahead of the log, and compaction waits. Under it, appends wait for room,
-//! and are refused with [`StoreError::DiskFull`] if none comes within seconds; the WAL writer
-//! refuses what reaches it under half the reserve. Reads go on. VictoriaMetrics' `-storage.minFreeDiskSpaceBytes` and Elasticsearch's flood-stage
-//! watermark work the same way.
+//! and no zeros are written ahead of the log. A compaction waits until its merged block fits
+//! beside the reserve. Under the reserve, appends wait for room, and are refused with
+//! [`StoreError::DiskFull`] if none comes within seconds; the WAL writer refuses what reaches
+//! it under half the reserve. Reads go on. VictoriaMetrics' `-storage.minFreeDiskSpaceBytes`
+//! and Elasticsearch's flood-stage watermark work the same way.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -1342,11 +1342,11 @@ impl Store {
         if group.len() < 2 {
             return Ok(0);
         }
-        // The merged block is written before its inputs are deleted: it waits for room.
+        // The merged block, no larger than its inputs, is written before they are deleted: it
+        // waits until it fits beside the reserve.
         let input_bytes: u64 = group.iter().map(|b| b.meta.data_bytes).sum();
-        if inner.disk.look() >= Room::Pressed
-            || inner.disk.free() < inner.disk.pressed_below().saturating_add(input_bytes)
-        {
+        inner.disk.look();
+        if inner.disk.free() < inner.disk.reserve().saturating_add(input_bytes) {
             return Ok(0);
         }
         let objects = inner.objects.as_ref();
