@@ -95,11 +95,26 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the cause chain on one line, without a backtrace.
-            eprintln!("roentgen: {e:#}");
+            eprintln!("roentgen: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each once: the libraries' errors show their cause in
+/// their own message, as the logs print them, and give it as their source as well.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -156,5 +171,20 @@ impl Signals {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let address = "127.0.0.1:2000".parse().unwrap();
+        let bind = roentgen_server::StartError::Bind { setting: "udp_address", address, source: denied() };
+        assert_eq!(one_line(&bind.into()), format!("cannot listen on 127.0.0.1:2000 (udp_address): {}", denied()));
+        let flushing = anyhow::Error::new(denied()).context("flushing on shutdown");
+        assert_eq!(one_line(&flushing), format!("flushing on shutdown: {}", denied()));
     }
 }
