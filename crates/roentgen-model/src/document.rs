@@ -17,6 +17,11 @@ pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 pub const MAX_NAME_CHARS: usize = 200;
 const MAX_ANNOTATION_KEY_CHARS: usize = 500;
 const MAX_ANNOTATION_VALUE_CHARS: usize = 1000;
+/// 10000-01-01T00:00:00Z in epoch seconds. Later times are refused: the AWS SDKs read
+/// timestamps into types that end with the year 9999 (botocore's `datetime` among them), so one
+/// such segment would make every `GetTraceSummaries` page it falls in unreadable. A time sent
+/// in milliseconds or microseconds, a common mistake, is past it.
+const YEAR_10000: f64 = 253_402_300_800.0;
 
 /// The `ErrorCode` of an entry in `UnprocessedTraceSegments`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -653,11 +658,14 @@ fn epoch_seconds(
 ) -> Result<Option<f64>, DocumentError> {
     match value {
         s if s.is_missing() => Ok(None),
-        Scalar::Num(n) if n.is_finite() && *n >= 0.0 => Ok(Some(*n)),
+        Scalar::Num(n) if (0.0..YEAR_10000).contains(n) => Ok(Some(*n)),
         other => Err(fail(
             invalid,
             sub,
-            format!("{field} must be epoch seconds as a non-negative number, not {}", describe(other)),
+            format!(
+                "{field} must be epoch seconds as a non-negative number before the year 10000, not {}",
+                describe(other)
+            ),
         )),
     }
 }
@@ -719,6 +727,8 @@ fn describe(value: &Scalar) -> String {
         Scalar::Null => "null".into(),
         Scalar::Str(s) if s.len() > 40 => format!("the string {:?}…", s.chars().take(40).collect::<String>()),
         Scalar::Str(s) => format!("the string {s:?}"),
+        // Past 21 digits as JSON writes them, not a screenful of zeros.
+        Scalar::Num(n) if n.abs() >= 1e21 => format!("the number {n:e}"),
         Scalar::Num(n) => format!("the number {n}"),
         Scalar::Bool(b) => format!("{b}"),
         Scalar::Other => "an object or array".into(),
@@ -841,6 +851,19 @@ mod tests {
         assert_eq!(
             code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":"x","end_time":2}}"#)),
             DocumentErrorCode::InvalidStartTime
+        );
+        for start in ["1763950000000.5", "2.6e11", "-1", "1e300"] {
+            assert_eq!(
+                code(&format!(
+                    r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":{start},"end_time":2}}"#
+                )),
+                DocumentErrorCode::InvalidStartTime,
+                "{start}"
+            );
+        }
+        assert_eq!(
+            code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":1,"end_time":1e12}}"#)),
+            DocumentErrorCode::InvalidEndTime
         );
         assert_eq!(
             code(&format!(r#"{{"trace_id":"{t}","id":"70de5b6f19ff9a0a","name":"a","start_time":1}}"#)),
