@@ -116,6 +116,15 @@ pub(crate) struct BlockMeta {
     pub compacted_from: Vec<String>,
 }
 
+impl BlockMeta {
+    /// How new the block's data is, for retention: its traces' latest end, but never later than
+    /// the block was written. A sender whose clock is far ahead would otherwise keep the block,
+    /// and every trace in it, for as long.
+    pub(crate) fn newest_time(&self) -> f64 {
+        self.max_time.min(self.created_at)
+    }
+}
+
 /// One trace going into a block.
 #[derive(Debug)]
 pub(crate) struct BlockTrace<'a> {

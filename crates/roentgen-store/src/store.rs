@@ -1250,22 +1250,22 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes blocks whose newest data is older than the retention period; then, while the
-    /// blocks hold more than `retention_bytes`, those whose newest data is the oldest. The
-    /// newest block is never deleted for its size.
+    /// Deletes blocks whose newest data ([`BlockMeta::newest_time`]) is older than the
+    /// retention period; then, while the blocks hold more than `retention_bytes`, those whose
+    /// newest data is the oldest. The newest block is never deleted for its size.
     pub async fn apply_retention(&self, now: f64) -> Result<usize, StoreError> {
         let _guard = self.inner.flush_lock.lock().await;
         let config = &self.inner.config;
         let cutoff = now - config.retention_days * 86_400.0;
         let expired: Vec<Arc<BlockHandle>> = {
             let mut blocks = self.inner.catalog.read().expect("catalog lock").blocks.clone();
-            blocks.sort_by(|a, b| a.meta.max_time.total_cmp(&b.meta.max_time));
+            blocks.sort_by(|a, b| a.meta.newest_time().total_cmp(&b.meta.newest_time()));
             let mut bytes: u64 = blocks.iter().map(|b| b.meta.data_bytes).sum();
             let newest = blocks.len().saturating_sub(1);
             let mut expired = Vec::new();
             for (i, block) in blocks.into_iter().enumerate() {
                 let too_many_bytes = config.retention_bytes > 0 && bytes > config.retention_bytes && i < newest;
-                if block.meta.max_time < cutoff || too_many_bytes {
+                if block.meta.newest_time() < cutoff || too_many_bytes {
                     bytes -= block.meta.data_bytes;
                     expired.push(block);
                 }

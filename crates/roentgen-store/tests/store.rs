@@ -327,6 +327,23 @@ async fn retention_deletes_expired_blocks() {
     store.close().await.unwrap();
 }
 
+/// A sender whose clock is far ahead does not keep a block past its retention: a block's data
+/// is never newer than the block.
+#[tokio::test]
+async fn retention_is_not_put_off_by_times_in_the_future() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig { retention_days: 1.0, ..config(dir.path()) }).await.unwrap();
+    let ahead = trace(1);
+    let century = f64::from(ahead.epoch()) + 100.0 * 365.0 * 86_400.0;
+    store.append(vec![complete(trace(2), 1), doc(ahead, 2, &format!(r#""end_time":{century}"#))]).await.unwrap();
+    store.flush_all().await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert_eq!(store.apply_retention(now + 3600.0).await.unwrap(), 0);
+    assert_eq!(store.apply_retention(now + 2.0 * 86_400.0).await.unwrap(), 1);
+    assert!(store.get_trace(ahead).await.unwrap().is_none());
+    store.close().await.unwrap();
+}
+
 /// Past `retention_bytes`, the blocks whose newest trace is the oldest go first, and the
 /// newest block stays even alone over the bound.
 #[tokio::test]
