@@ -1,6 +1,7 @@
 //! Storage settings, part of roentgen's one typed configuration tree.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,9 @@ pub struct StoreConfig {
     /// How often the flusher looks for traces to write into a block; it also looks whenever an
     /// eighth of `max_live_bytes` has come in since it last did.
     pub flush_interval_seconds: f64,
-    /// Live data above this many bytes is flushed at the next check, oldest traces first.
+    /// Live data above this many bytes is flushed at the next check, oldest traces first, and
+    /// appends wait while twice this much is held. By default an eighth of the memory the
+    /// process may use (the machine's, or its cgroup's limit), between 64 and 512 MiB.
     pub max_live_bytes: u64,
     /// Uncompressed size of one compressed chunk of documents in a block. A lookup decompresses
     /// one chunk: 512 KiB takes a fraction of a millisecond, and stores 2% fewer bytes a segment
@@ -49,7 +52,8 @@ pub struct StoreConfig {
     /// many.
     pub compaction_target_traces: u64,
     /// Memory for decoded block summaries, which filters and summary queries read; the blocks
-    /// used longest ago leave first.
+    /// used longest ago leave first. By default an eighth of the memory the process may use,
+    /// between 64 MiB and 2 GiB.
     pub summary_cache_bytes: u64,
     /// A trace keeps documents up to this many bytes; later ones are dropped (and counted), and
     /// `BatchGetTraces` reports the trace with `LimitExceeded`. X-Ray's own limit is 100 to
@@ -73,16 +77,73 @@ impl Default for StoreConfig {
             trace_idle_seconds: 10.0,
             trace_max_live_seconds: 300.0,
             flush_interval_seconds: 5.0,
-            max_live_bytes: 512 * 1024 * 1024,
+            max_live_bytes: share_of_memory(512 << 20),
             block_chunk_bytes: 512 * 1024,
             compression_level: 1,
             compaction_interval_seconds: 60.0,
             compaction_target_traces: 1_000_000,
-            summary_cache_bytes: 2 << 30,
+            summary_cache_bytes: share_of_memory(2 << 30),
             max_trace_bytes: 4 * 1024 * 1024,
             min_free_bytes: 128 * 1024 * 1024,
         }
     }
+}
+
+/// An eighth of the memory this process may use, between 64 MiB and `most`: a server on a small
+/// machine or in a container with a memory limit is not killed for want of memory its
+/// defaults took (live documents take about 1.7 times their bytes with their parsed form, up
+/// to twice `max_live_bytes` of them).
+fn share_of_memory(most: u64) -> u64 {
+    static MEMORY: OnceLock<Option<u64>> = OnceLock::new();
+    let memory = *MEMORY.get_or_init(memory_limit);
+    memory.map_or(most, |memory| (memory / 8).clamp(64 << 20, most))
+}
+
+/// The least of the machine's memory and the limit of the process's memory cgroup, if known.
+fn memory_limit() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| meminfo_total(&text));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| cgroup_limit(&text, |path| std::fs::read_to_string(path).ok()));
+    total.into_iter().chain(cgroup).min()
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn meminfo_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find_map(|line| line.strip_prefix("MemTotal:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// The least memory limit of the cgroups named in `/proc/self/cgroup` (v2's `memory.max`, v1's
+/// `memory.limit_in_bytes`) and their ancestors, read through `read`. In a container's cgroup
+/// namespace the process sees its own cgroup as the root. "max" (v2) and v1's huge "no limit"
+/// leave the machine's memory to decide.
+fn cgroup_limit(proc_self_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let mut limits = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let (root, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = path.trim_end_matches('/');
+        loop {
+            let limit = read(&format!("{root}{dir}/{file}")).and_then(|text| text.trim().parse::<u64>().ok());
+            limits.extend(limit);
+            match dir.rfind('/') {
+                Some(parent) => dir = &dir[..parent],
+                None => break,
+            }
+        }
+    }
+    limits.into_iter().min()
 }
 
 impl StoreConfig {
@@ -120,5 +181,51 @@ impl StoreConfig {
             return Err("store.compression_level must be between 1 and 22".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_of_the_machine() {
+        let meminfo = "MemTotal:       24684096 kB\nMemFree:         1000 kB\n";
+        assert_eq!(meminfo_total(meminfo), Some(24_684_096 * 1024));
+        assert_eq!(meminfo_total("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn memory_limits_of_cgroups() {
+        let files = |entries: &'static [(&'static str, &'static str)]| {
+            move |path: &str| entries.iter().find(|(p, _)| *p == path).map(|(_, text)| (*text).to_owned())
+        };
+        // v2, limited, seen under its path.
+        let v2 = files(&[("/sys/fs/cgroup/app/memory.max", "1073741824\n")]);
+        assert_eq!(cgroup_limit("0::/app\n", v2), Some(1 << 30));
+        // v2 in a cgroup namespace: "/" is the container's own cgroup.
+        let root = files(&[("/sys/fs/cgroup/memory.max", "536870912\n")]);
+        assert_eq!(cgroup_limit("0::/\n", root), Some(512 << 20));
+        // v2 without a limit, under a parent with one.
+        assert_eq!(cgroup_limit("0::/app\n", files(&[("/sys/fs/cgroup/app/memory.max", "max\n")])), None);
+        let nested =
+            files(&[("/sys/fs/cgroup/a/b/memory.max", "max\n"), ("/sys/fs/cgroup/a/memory.max", "268435456\n")]);
+        assert_eq!(cgroup_limit("0::/a/b\n", nested), Some(256 << 20));
+        // v1, as on this project's machines: the memory controller's own line, no limit set.
+        let v1 = files(&[("/sys/fs/cgroup/memory/process_api/9e/memory.limit_in_bytes", "9223372036854771712\n")]);
+        let lines = "5:devices:/\n4:memory:/process_api/9e\n0::/\n";
+        assert_eq!(cgroup_limit(lines, v1), Some(9_223_372_036_854_771_712));
+        assert_eq!(
+            cgroup_limit("4:cpu,memory:/x\n", files(&[("/sys/fs/cgroup/memory/x/memory.limit_in_bytes", "2048")])),
+            Some(2048)
+        );
+        assert_eq!(cgroup_limit("garbage", files(&[])), None);
+    }
+
+    #[test]
+    fn defaults_take_a_share_of_memory() {
+        let config = StoreConfig::default();
+        assert!((64 << 20..=512 << 20).contains(&config.max_live_bytes));
+        assert!((64 << 20..=2 << 30).contains(&config.summary_cache_bytes));
     }
 }
