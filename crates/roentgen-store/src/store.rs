@@ -1755,7 +1755,7 @@ fn commit(
     }
     let result = if group.docs.is_empty() {
         Ok(())
-    } else if room == Room::Full && disk.free() < disk.reserve() / 2 {
+    } else if disk.free() < disk.reserve() / 2 {
         inner.stats.documents_refused_disk_full.fetch_add(group.docs.len() as u64, Ordering::Relaxed);
         Err(disk.full_error())
     } else {
