@@ -44,6 +44,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -698,6 +699,8 @@ pub(crate) struct BlockHandle {
     chunks: Vec<(u64, u32)>,
     /// The hour and day rollups and the index of the hourly ones, read at open (version 3 on).
     pub kept_rollups: Option<Arc<KeptRollups>>,
+    /// Part of the block failed its checks when it was read (`Store::tolerate`).
+    pub damaged: AtomicBool,
 }
 
 fn corrupt_block(meta: &BlockMeta, reason: &str) -> StoreError {
@@ -769,7 +772,15 @@ impl BlockHandle {
             })
             .collect();
         let bloom = Bloom::from_bytes(bloom).ok_or_else(|| corrupt("empty bloom filter"))?;
-        Ok(Self { data_path: data_path(&meta.id), meta, bloom, fences, chunks, kept_rollups })
+        Ok(Self {
+            data_path: data_path(&meta.id),
+            meta,
+            bloom,
+            fences,
+            chunks,
+            kept_rollups,
+            damaged: AtomicBool::new(false),
+        })
     }
 
     pub fn may_contain(&self, id: TraceId) -> bool {

@@ -482,7 +482,7 @@ impl Store {
             let cover = match covered.get(&id) {
                 Some(cover) => *cover,
                 None => {
-                    let cover = covering_generation(&catalog, objects.as_ref(), id).await?;
+                    let cover = covering_generation(&catalog, objects.as_ref(), &stats, id).await?;
                     covered.insert(id, cover);
                     cover
                 }
@@ -800,7 +800,8 @@ impl Store {
         let mut newest = None;
         let mut revisions = 0u32;
         for block in candidates {
-            if let Some(stored) = block.get(self.inner.objects.as_ref(), id).await? {
+            let read = block.get(self.inner.objects.as_ref(), id).await;
+            if let Some(stored) = tolerate(&block, &self.inner.stats, read)?.flatten() {
                 revisions += 1;
                 if newest.is_none() {
                     newest = Some(stored);
@@ -853,7 +854,9 @@ impl Store {
         // are looked at; they are still checked against the whole filter.
         let requirements = query.filter.as_ref().map(|f| f.requirements()).unwrap_or_default();
         for block in blocks {
-            let data = self.block_summaries(&block).await?;
+            let Some(data) = tolerate(&block, &self.inner.stats, self.block_summaries(&block).await)? else {
+                continue;
+            };
             let superseded = self.inner.catalog.read().expect("catalog lock").superseded.get(&block.meta.id).cloned();
             let skip = |summary: &TraceSummary| {
                 live_ids.contains(&summary.trace_id)
@@ -971,7 +974,9 @@ impl Store {
             let meta = &block.meta;
             let mut holds_live = false;
             for &id in live.in_blocks.iter().filter(|&&id| block.may_contain(id)) {
-                holds_live |= block.contains(self.inner.objects.as_ref(), id).await?;
+                // Not known to hold it: read as if it did, from the summaries.
+                let read = block.contains(self.inner.objects.as_ref(), id).await;
+                holds_live |= tolerate(&block, &self.inner.stats, read)?.unwrap_or(true);
             }
             let nothing_superseded = superseded.as_ref().is_none_or(|s| s.is_empty());
             if let Some(kept) = block.kept_rollups.as_ref()
@@ -987,15 +992,21 @@ impl Store {
                 for (level, key) in tiles(first.max(from), last.min(to)) {
                     if level >= FIRST_KEPT_LEVEL {
                         kept.rollups.merge_into(&mut graph, &[(level, key)]);
-                    } else if let Some(fine) =
-                        self.fine_rollups(&block, (key * ROLLUP_MINUTES[level]).div_euclid(hour)).await?
+                    } else if let Some(fine) = tolerate(
+                        &block,
+                        &self.inner.stats,
+                        self.fine_rollups(&block, (key * ROLLUP_MINUTES[level]).div_euclid(hour)).await,
+                    )?
+                    .flatten()
                     {
                         fine.merge_into(&mut graph, &[(level, key)]);
                     }
                 }
                 continue;
             }
-            let data = self.block_summaries(&block).await?;
+            let Some(data) = tolerate(&block, &self.inner.stats, self.block_summaries(&block).await)? else {
+                continue;
+            };
             let skip = |s: &TraceSummary| {
                 live.ids.contains(&s.trace_id) || superseded.as_ref().is_some_and(|set| set.contains(&s.trace_id))
             };
@@ -1080,6 +1091,13 @@ impl Store {
         let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
         for (id, docs, live_bytes, maybe_in_blocks, mut limit_exceeded) in due {
             let earlier = if maybe_in_blocks { self.newest_block_revision(id).await? } else { None };
+            if earlier.is_none() && maybe_in_blocks {
+                // A damaged block may hold a revision that could not be read: this one replaces it.
+                let damaged = inner.catalog.read().expect("catalog lock").candidates(id);
+                for block in damaged.iter().filter(|b| b.damaged.load(Ordering::Relaxed)) {
+                    supersedes.push(Superseded { block: block.meta.id.clone(), trace_id: id.to_string() });
+                }
+            }
             // A live trace's documents have one id each, as `upsert` leaves them: with no earlier
             // revision, and within the size limit, they are the trace as it is.
             if earlier.is_none() && live_bytes <= config.max_trace_bytes {
@@ -1323,6 +1341,19 @@ impl Store {
     /// of revisions. Only blocks whose WAL generations are all deleted are merged: no replay can
     /// then meet a document the merged block would wrongly claim to cover.
     pub async fn compact(&self) -> Result<usize, StoreError> {
+        let merged = self.merge_next_group().await;
+        if let Err(StoreError::CorruptBlock { block, reason }) = &merged {
+            let found =
+                self.inner.catalog.read().expect("catalog lock").blocks.iter().find(|b| b.meta.id == *block).cloned();
+            if let Some(found) = found {
+                mark_damaged(&found, &self.inner.stats, reason);
+            }
+        }
+        merged
+    }
+
+    /// [`Store::compact`], but for what a damaged input does.
+    async fn merge_next_group(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let _guard = inner.flush_lock.lock().await;
         self.delete_retired().await?;
@@ -1330,9 +1361,11 @@ impl Store {
         let wal_floor = wal::list_generations(&inner.wal_dir)?.first().copied().unwrap_or(current).min(current);
         let (group, hidden) = {
             let catalog = inner.catalog.read().expect("catalog lock");
-            let metas: Vec<&BlockMeta> = catalog.blocks.iter().map(|b| &b.meta).collect();
+            let sound: Vec<&Arc<BlockHandle>> =
+                catalog.blocks.iter().filter(|b| !b.damaged.load(Ordering::Relaxed)).collect();
+            let metas: Vec<&BlockMeta> = sound.iter().map(|b| &b.meta).collect();
             let run = compaction_group(&metas, inner.config.compaction_target_traces, wal_floor);
-            let group = catalog.blocks[run].to_vec();
+            let group: Vec<Arc<BlockHandle>> = sound[run].iter().map(|b| Arc::clone(b)).collect();
             let hidden: HashMap<String, HashSet<TraceId>> = group
                 .iter()
                 .filter_map(|b| catalog.superseded.get(&b.meta.id).map(|s| (b.meta.id.clone(), s.clone())))
@@ -1583,14 +1616,44 @@ fn read_wal(dir: &Path, stats: &StoreStats) -> Result<Recovered, StoreError> {
 }
 
 /// The newest WAL generation that a block holding this trace covers; 0 when none holds it.
-async fn covering_generation(catalog: &Catalog, objects: &dyn ObjectStore, id: TraceId) -> Result<u64, StoreError> {
+async fn covering_generation(
+    catalog: &Catalog,
+    objects: &dyn ObjectStore,
+    stats: &StoreStats,
+    id: TraceId,
+) -> Result<u64, StoreError> {
     let mut cover = 0;
     for block in catalog.candidates(id) {
-        if block.meta.wal_generation > cover && block.contains(objects, id).await? {
+        // A damaged block is not known to cover it: the document is replayed, and written again.
+        if block.meta.wal_generation > cover
+            && tolerate(&block, stats, block.contains(objects, id).await)? == Some(true)
+        {
             cover = block.meta.wal_generation;
         }
     }
     Ok(cover)
+}
+
+/// A read of a block that failed its checks (as a flipped bit makes them fail) goes on as if
+/// the block did not hold what could not be read: `None`. The block is counted and logged once,
+/// and left out of compaction. Before, one bad chunk failed every flush that met a trace in it,
+/// and so every later flush, for good (session 24).
+fn tolerate<T>(block: &BlockHandle, stats: &StoreStats, read: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match read {
+        Ok(value) => Ok(Some(value)),
+        Err(StoreError::CorruptBlock { reason, .. }) => {
+            mark_damaged(block, stats, &reason);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn mark_damaged(block: &BlockHandle, stats: &StoreStats, reason: &str) {
+    if !block.damaged.swap(true, Ordering::Relaxed) {
+        stats.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(block = %block.meta.id, %reason, "a block is damaged: what cannot be read in it is skipped, and it is not compacted");
+    }
 }
 
 /// Raw document bytes one compaction reads into memory, at most.

@@ -945,3 +945,40 @@ async fn short_of_room_appends_wait_until_space_is_freed() {
     assert_eq!(count(&stats.documents_refused_disk_full), 0);
     store.close().await.unwrap();
 }
+
+/// A block whose chunk fails its checks (a flipped bit) loses what that chunk held, and nothing
+/// else: a late segment of a trace in it is still written, each trace is listed once, other
+/// flushes go on, and the store opens again.
+#[tokio::test]
+async fn a_damaged_block_loses_only_what_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let (damaged, other, later) = (trace(1), trace(2), trace(3));
+    store.append(vec![complete(damaged, 1), complete(other, 1)]).await.unwrap();
+    store.flush_all().await.unwrap();
+    let block = std::fs::read_dir(dir.path().join("blocks")).unwrap().next().unwrap().unwrap().path();
+    let data = block.join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    // The first chunk starts the file.
+    for byte in &mut bytes[20..60] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&data, &bytes).unwrap();
+
+    assert!(store.get_trace(damaged).await.unwrap().is_none());
+    store.append(vec![complete(damaged, 2), complete(later, 1)]).await.unwrap();
+    store.flush_all().await.unwrap();
+    assert_eq!(ids(&store.get_trace(damaged).await.unwrap().unwrap()), [2]);
+    assert_eq!(store.get_trace(later).await.unwrap().map(|docs| docs.len()), Some(1));
+    assert_eq!(store.stats().corrupt_blocks.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let page = store.summaries(&all_time()).await.unwrap();
+    let mut listed: Vec<TraceId> = page.summaries.iter().map(|(s, _)| s.trace_id).collect();
+    listed.sort();
+    assert_eq!(listed, [damaged, other, later]);
+    assert_eq!(store.compact().await.unwrap(), 0);
+    store.close().await.unwrap();
+
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(ids(&store.get_trace(damaged).await.unwrap().unwrap()), [2]);
+    store.close().await.unwrap();
+}
