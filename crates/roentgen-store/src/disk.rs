@@ -133,7 +133,7 @@ impl DiskSpace {
 }
 
 /// Bytes an unprivileged writer may still use on the file system of `path`.
-pub(crate) fn available(path: &Path) -> Option<u64> {
+fn available(path: &Path) -> Option<u64> {
     nix::sys::statvfs::statvfs(path).ok().map(|stats| bytes_available(&stats))
 }
 
