@@ -699,7 +699,7 @@ pub(crate) struct BlockHandle {
     chunks: Vec<(u64, u32)>,
     /// The hour and day rollups and the index of the hourly ones, read at open (version 3 on).
     pub kept_rollups: Option<Arc<KeptRollups>>,
-    /// Part of the block failed its checks when it was read (`Store::tolerate`).
+    /// Part of the block failed its checks when it was read (`store::tolerate`).
     pub damaged: AtomicBool,
 }
 

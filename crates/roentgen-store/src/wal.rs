@@ -424,17 +424,13 @@ impl WalFile {
     /// leave part of a record there, where replay stops, and what was acknowledged after it
     /// would be lost; and records refused here must not come back at replay.
     pub fn commit(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
-        let added = pieces.iter().map(|piece| piece.len()).sum::<usize>();
-        let written = self.append(pieces).and_then(|()| self.sync());
-        match written {
-            Ok(()) => self.advance(added),
-            Err(e) => {
-                if let Err(cut) = self.cut_back() {
-                    tracing::error!(error = %cut, "a failed write-ahead log commit could not be taken back");
-                }
-                return Err(e);
+        if let Err(e) = self.append(pieces).and_then(|()| self.sync()) {
+            if let Err(cut) = self.cut_back() {
+                tracing::error!(error = %cut, "a failed write-ahead log commit could not be taken back");
             }
+            return Err(e);
         }
+        self.advance(pieces.iter().map(|piece| piece.len()).sum());
         Ok(())
     }
 
