@@ -23,28 +23,97 @@ impl StoredDocument {
     }
 }
 
-/// Merges `incoming` into `docs`, keyed by document id: a complete document replaces an in-progress
-/// one; an in-progress document never replaces a complete one; otherwise the later arrival wins.
-/// Returns false when `incoming` was ignored.
-pub(crate) fn upsert(docs: &mut Vec<Arc<StoredDocument>>, incoming: Arc<StoredDocument>) -> bool {
-    match docs.iter_mut().find(|d| d.id() == incoming.id()) {
-        Some(existing) => {
+/// What [`Documents::upsert`] did with a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upsert {
+    Added,
+    /// It replaced a document of its id, of this many bytes.
+    Replaced(u64),
+    /// An in-progress document came after its complete version.
+    Ignored,
+}
+
+/// A trace's documents, one per id, in the order their ids first came in.
+///
+/// Looked up by a scan while few, and through an index from [`INDEXED_FROM`] documents on: a
+/// trace streamed in thousands of documents (a long job's subsegments, a sender that reuses one
+/// trace id) was scanned whole for each new one, on the WAL writer's thread, which every append
+/// waits for.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Documents {
+    list: Vec<Arc<StoredDocument>>,
+    index: Option<Box<FastMap<SegmentId, u32>>>,
+}
+
+const INDEXED_FROM: usize = 32;
+
+impl Documents {
+    /// The documents of `docs`, each id once: a later one takes an earlier one's place as
+    /// [`Documents::upsert`] decides.
+    pub fn of(docs: impl IntoIterator<Item = Arc<StoredDocument>>) -> Self {
+        let mut all = Self::default();
+        for doc in docs {
+            all.upsert(doc);
+        }
+        all
+    }
+
+    fn position(&self, id: SegmentId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&id).map(|&at| at as usize),
+            None => self.list.iter().position(|d| d.id() == id),
+        }
+    }
+
+    /// The document of this id, if held.
+    pub fn get(&self, id: SegmentId) -> Option<&Arc<StoredDocument>> {
+        self.position(id).map(|at| &self.list[at])
+    }
+
+    /// Merges `incoming` in, keyed by document id: a complete document replaces an in-progress
+    /// one; an in-progress document never replaces a complete one; otherwise the later arrival
+    /// wins.
+    pub fn upsert(&mut self, incoming: Arc<StoredDocument>) -> Upsert {
+        let id = incoming.id();
+        if let Some(at) = self.position(id) {
+            let existing = &mut self.list[at];
             if incoming.parsed.entity().in_progress() && !existing.parsed.entity().in_progress() {
-                return false;
+                return Upsert::Ignored;
             }
-            *existing = incoming;
-            true
+            let replaced = std::mem::replace(existing, incoming);
+            return Upsert::Replaced(replaced.raw.len() as u64);
         }
-        None => {
-            docs.push(incoming);
-            true
+        self.list.push(incoming);
+        let at = self.list.len() - 1;
+        match &mut self.index {
+            Some(index) => {
+                index.insert(id, at as u32);
+            }
+            None if self.list.len() >= INDEXED_FROM => {
+                let index = self.list.iter().enumerate().map(|(at, d)| (d.id(), at as u32)).collect();
+                self.index = Some(Box::new(index));
+            }
+            None => {}
         }
+        Upsert::Added
+    }
+
+    pub fn into_vec(self) -> Vec<Arc<StoredDocument>> {
+        self.list
+    }
+}
+
+impl std::ops::Deref for Documents {
+    type Target = [Arc<StoredDocument>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.list
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct LiveTrace {
-    pub docs: Vec<Arc<StoredDocument>>,
+    pub docs: Documents,
     pub first_seen: Instant,
     pub last_update: Instant,
     pub bytes: u64,
@@ -60,7 +129,7 @@ pub(crate) struct LiveTrace {
 impl LiveTrace {
     fn new(now: Instant, maybe_in_blocks: bool, first_generation: u64) -> Self {
         Self {
-            docs: Vec::new(),
+            docs: Documents::default(),
             first_seen: now,
             last_update: now,
             bytes: 0,
@@ -74,8 +143,8 @@ impl LiveTrace {
     /// Takes in a later live trace of the same id: its documents replace those with their ids,
     /// as they would have on arrival. The size limit is the flush's to apply.
     fn absorb(&mut self, later: LiveTrace) {
-        for doc in later.docs {
-            upsert(&mut self.docs, doc);
+        for doc in later.docs.into_vec() {
+            self.docs.upsert(doc);
         }
         self.bytes = self.docs.iter().map(|d| d.raw.len() as u64).sum();
         self.first_seen = self.first_seen.min(later.first_seen);
@@ -140,20 +209,23 @@ impl LiveState {
             let earlier = self.flushing.contains_key(&trace_id) || maybe_in_blocks(trace_id);
             LiveTrace::new(now, earlier, generation)
         });
-        let before = trace.docs.len();
-        let replaced_bytes = trace.docs.iter().find(|d| d.id() == doc.id()).map(|d| d.raw.len() as u64);
-        if replaced_bytes.is_none() && trace.bytes + size > max_trace_bytes {
+        if trace.bytes + size > max_trace_bytes && trace.docs.get(doc.id()).is_none() {
             trace.limit_exceeded = true;
             return false;
         }
-        if upsert(&mut trace.docs, doc) {
-            *trace.summary.get_mut().expect("summary cache lock") = None;
-            trace.last_update = now;
-            trace.bytes = trace.bytes + size - replaced_bytes.unwrap_or(0);
-            self.bytes = self.bytes + size - replaced_bytes.unwrap_or(0);
-            self.documents += (trace.docs.len() - before) as u64;
-            self.appended_since_cut += size;
-        }
+        let replaced_bytes = match trace.docs.upsert(doc) {
+            Upsert::Ignored => return true,
+            Upsert::Added => {
+                self.documents += 1;
+                0
+            }
+            Upsert::Replaced(bytes) => bytes,
+        };
+        *trace.summary.get_mut().expect("summary cache lock") = None;
+        trace.last_update = now;
+        trace.bytes = trace.bytes + size - replaced_bytes;
+        self.bytes = self.bytes + size - replaced_bytes;
+        self.appended_since_cut += size;
         true
     }
 
@@ -238,13 +310,34 @@ mod tests {
 
     #[test]
     fn complete_replaces_in_progress_but_not_the_reverse() {
-        let mut docs = Vec::new();
-        assert!(upsert(&mut docs, doc("0000000000000001", r#""in_progress":true"#)));
-        assert!(upsert(&mut docs, doc("0000000000000001", r#""end_time":2"#)));
-        assert!(!upsert(&mut docs, doc("0000000000000001", r#""in_progress":true"#)));
-        assert!(upsert(&mut docs, doc("0000000000000001", r#""end_time":3"#)));
+        let mut docs = Documents::default();
+        let first = doc("0000000000000001", r#""in_progress":true"#);
+        let size = first.raw.len() as u64;
+        assert_eq!(docs.upsert(first), Upsert::Added);
+        assert_eq!(docs.upsert(doc("0000000000000001", r#""end_time":2"#)), Upsert::Replaced(size));
+        assert_eq!(docs.upsert(doc("0000000000000001", r#""in_progress":true"#)), Upsert::Ignored);
+        assert!(matches!(docs.upsert(doc("0000000000000001", r#""end_time":3"#)), Upsert::Replaced(_)));
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0].parsed.entity().end_time(), Some(3.0));
+    }
+
+    #[test]
+    fn many_documents_are_found_through_the_index_as_through_the_scan() {
+        let mut docs = Documents::default();
+        for n in 1..=3 * INDEXED_FROM as u64 {
+            assert_eq!(docs.upsert(doc(&format!("{n:016x}"), r#""in_progress":true"#)), Upsert::Added);
+        }
+        assert!(docs.index.is_some());
+        for n in (1..=3 * INDEXED_FROM as u64).step_by(7) {
+            assert!(matches!(docs.upsert(doc(&format!("{n:016x}"), r#""end_time":2"#)), Upsert::Replaced(_)));
+        }
+        assert_eq!(docs.len(), 3 * INDEXED_FROM);
+        for (n, d) in (1u64..).zip(docs.iter()) {
+            assert_eq!(d.id().to_string(), format!("{n:016x}"), "first-arrival order is kept");
+            assert_eq!(d.parsed.entity().in_progress(), (n - 1) % 7 != 0);
+            assert!(Arc::ptr_eq(docs.get(d.id()).unwrap(), d));
+        }
+        assert!(docs.get(SegmentId::parse("ffffffffffffffff").unwrap()).is_none());
     }
 
     #[test]
@@ -262,7 +355,7 @@ mod tests {
         }
         assert_eq!(live.oldest_generation_needed(), Some(1));
         assert_eq!(live.documents, 2);
-        let expected: u64 = live.traces.values().flat_map(|t| &t.docs).map(|d| d.raw.len() as u64).sum();
+        let expected: u64 = live.traces.values().flat_map(|t| t.docs.iter()).map(|d| d.raw.len() as u64).sum();
         assert_eq!(live.bytes, expected);
         // A replaced document counts as it came in, though it holds no memory now.
         assert_eq!(live.appended_since_cut, appended);

@@ -25,7 +25,7 @@ use crate::block::{
 use crate::config::StoreConfig;
 use crate::disk::{DiskSpace, Room};
 use crate::error::StoreError;
-use crate::live::{LiveState, StoredDocument, upsert};
+use crate::live::{Documents, LiveState, StoredDocument, Upsert};
 use crate::rollup::{FIRST_KEPT_LEVEL, KeptRollups, ROLLUP_MINUTES, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
@@ -727,9 +727,7 @@ impl Store {
                 seen = true;
                 maybe |= trace.maybe_in_blocks;
                 limited |= trace.limit_exceeded;
-                for doc in &trace.docs {
-                    upsert(&mut docs, doc.clone());
-                }
+                docs.extend(trace.docs.iter().cloned());
             }
             (seen.then_some(docs), !seen || maybe, limited)
         };
@@ -739,12 +737,7 @@ impl Store {
             limit_exceeded |= stored.limit_exceeded;
         }
         let docs = match from_live {
-            Some(live_docs) => {
-                for doc in live_docs {
-                    upsert(&mut docs, doc);
-                }
-                docs
-            }
+            Some(live_docs) => Documents::of(docs.into_iter().chain(live_docs)).into_vec(),
             None if docs.is_empty() => return Ok(None),
             None => docs,
         };
@@ -1083,7 +1076,7 @@ impl Store {
             let live = inner.live.read().expect("live lock");
             live.flushing
                 .iter()
-                .map(|(id, t)| (*id, t.docs.clone(), t.bytes, t.maybe_in_blocks, t.limit_exceeded))
+                .map(|(id, t)| (*id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded))
                 .collect()
         };
 
@@ -1105,13 +1098,13 @@ impl Store {
                 continue;
             }
             let mut revision = 1;
-            let mut all = Vec::new();
+            let mut all = Documents::default();
             if let Some(earlier) = earlier {
                 let newest = inner.catalog.read().expect("catalog lock").candidates(id);
                 for block in newest {
                     supersedes.push(Superseded { block: block.meta.id.clone(), trace_id: id.to_string() });
                 }
-                all = earlier.docs;
+                all = Documents::of(earlier.docs);
                 revision = earlier.revision + 1;
                 limit_exceeded |= earlier.limit_exceeded;
                 inner.stats.trace_revisions.fetch_add(1, Ordering::Relaxed);
@@ -1119,18 +1112,19 @@ impl Store {
             // The size limit holds across revisions: what the blocks hold comes first.
             let mut bytes: u64 = all.iter().map(|d| d.raw.len() as u64).sum();
             for doc in docs {
-                let replaced = all.iter().find(|d| d.id() == doc.id()).map(|d| d.raw.len() as u64);
                 let size = doc.raw.len() as u64;
-                if replaced.is_none() && bytes + size > config.max_trace_bytes {
+                if bytes + size > config.max_trace_bytes && all.get(doc.id()).is_none() {
                     limit_exceeded = true;
                     inner.stats.documents_over_trace_limit.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if upsert(&mut all, doc) {
-                    bytes = bytes + size - replaced.unwrap_or(0);
+                match all.upsert(doc) {
+                    Upsert::Added => bytes += size,
+                    Upsert::Replaced(replaced) => bytes = bytes + size - replaced,
+                    Upsert::Ignored => {}
                 }
             }
-            merged.push(FlushTrace { id, docs: all, revision, limit_exceeded });
+            merged.push(FlushTrace { id, docs: all.into_vec(), revision, limit_exceeded });
         }
         merged.sort_unstable_by_key(|t| t.id);
         let builder_failed = |e: tokio::task::JoinError| StoreError::CorruptBlock {
