@@ -119,10 +119,12 @@ impl BlockSummaries {
     /// by binary search. They are sorted by trace id, and so by the time a trace id carries; an
     /// `Event` or `Service` time lies within the block's lateness bounds of that time.
     fn window(&self, query: &SummaryQuery) -> std::ops::Range<usize> {
+        // Past a cursor, only traces whose times are no later than its are left.
+        let end = query.after.map_or(query.end, |after| query.end.min(after.time + 1.0));
         let (from, to) = match query.range {
-            TimeRangeType::TraceId => (query.start, query.end),
-            TimeRangeType::Event => self.event_lateness.epochs(query.start, query.end),
-            TimeRangeType::Service => self.service_lateness.epochs(query.start, query.end),
+            TimeRangeType::TraceId => (query.start, end),
+            TimeRangeType::Event => self.event_lateness.epochs(query.start, end),
+            TimeRangeType::Service => self.service_lateness.epochs(query.start, end),
         };
         let at = |bound: f64| self.summaries.partition_point(|s| f64::from(s.trace_id.epoch()) < bound);
         let start = at(from);
@@ -344,14 +346,15 @@ struct Catalog {
     /// Oldest first.
     blocks: Vec<Arc<BlockHandle>>,
     /// Per block id, the traces a newer block holds a newer revision of.
-    superseded: HashMap<String, HashSet<TraceId>>,
+    /// Shared, as every summaries page and graph reads a block's set.
+    superseded: HashMap<String, Arc<HashSet<TraceId>>>,
 }
 
 impl Catalog {
     fn add(&mut self, handle: Arc<BlockHandle>) {
         for s in &handle.meta.supersedes {
             if let Ok(id) = TraceId::parse(&s.trace_id) {
-                self.superseded.entry(s.block.clone()).or_default().insert(id);
+                Arc::make_mut(self.superseded.entry(s.block.clone()).or_default()).insert(id);
             }
         }
         let at = self.blocks.partition_point(|b| b.meta.id < handle.meta.id);
@@ -813,25 +816,32 @@ impl Store {
     pub async fn summaries(&self, query: &SummaryQuery) -> Result<SummaryPage, StoreError> {
         let mut candidates: Vec<(f64, TraceId, Arc<TraceSummary>, f64)> = Vec::new();
         let mut scanned = 0u64;
+        // Returns whether the summary was taken.
         let mut consider = |summary: &Arc<TraceSummary>, candidates: &mut Vec<_>| {
-            let Some(matched) = summary.matched_time(query.range, query.start, query.end) else { return };
-            scanned += 1;
-            if query.filter.as_ref().is_some_and(|f| !f.matches(summary)) {
-                return;
-            }
-            if let Some(rate) = query.sample_rate
-                && sample_fraction(summary.trace_id) >= rate
-            {
-                return;
-            }
+            let Some(matched) = summary.matched_time(query.range, query.start, query.end) else { return false };
             let key = summary.sort_time(query.range);
             if let Some(after) = query.after
                 && (key, summary.trace_id) >= (after.time, after.trace_id)
             {
-                return;
+                return false;
+            }
+            scanned += 1;
+            if query.filter.as_ref().is_some_and(|f| !f.matches(summary)) {
+                return false;
+            }
+            if let Some(rate) = query.sample_rate
+                && sample_fraction(summary.trace_id) >= rate
+            {
+                return false;
             }
             candidates.push((key, summary.trace_id, summary.clone(), matched));
+            true
         };
+        // By trace id time, a page newest first is a block's summaries backwards, from the
+        // cursor on: each block's scan stops once it has taken a page and one more. Paging
+        // through a window scanned all of it for every page, as Event and Service times still do.
+        let backwards = query.ordered && query.range == TimeRangeType::TraceId;
+        let taken_enough = |taken: usize| backwards && taken > query.limit;
 
         let live = self.live_summaries().await?;
         for summary in &live.summaries {
@@ -855,22 +865,25 @@ impl Store {
                 live_ids.contains(&summary.trace_id)
                     || superseded.as_ref().is_some_and(|s| s.contains(&summary.trace_id))
             };
-            let window = data.window(query);
-            match data.candidates(&requirements) {
+            let mut window = data.window(query);
+            if backwards && let Some(after) = query.after {
+                let before_cursor = data.summaries.partition_point(|s| s.trace_id < after.trace_id);
+                window.end = window.end.min(before_cursor.max(window.start));
+            }
+            let positions: Box<dyn DoubleEndedIterator<Item = usize>> = match data.candidates(&requirements) {
                 Some(positions) => {
                     let at = |bound: usize| positions.partition_point(|&i| (i as usize) < bound);
-                    for &i in &positions[at(window.start)..at(window.end)] {
-                        let summary = &data.summaries[i as usize];
-                        if !skip(summary) {
-                            consider(summary, &mut candidates);
-                        }
-                    }
+                    Box::new(positions[at(window.start)..at(window.end)].iter().map(|&i| i as usize))
                 }
-                None => {
-                    for summary in &data.summaries[window] {
-                        if !skip(summary) {
-                            consider(summary, &mut candidates);
-                        }
+                None => Box::new(window),
+            };
+            let mut taken = 0;
+            for i in positions.rev() {
+                let summary = &data.summaries[i];
+                if !skip(summary) && consider(summary, &mut candidates) {
+                    taken += 1;
+                    if taken_enough(taken) {
+                        break;
                     }
                 }
             }
@@ -1360,7 +1373,7 @@ impl Store {
             let metas: Vec<&BlockMeta> = sound.iter().map(|b| &b.meta).collect();
             let run = compaction_group(&metas, inner.config.compaction_target_traces, wal_floor);
             let group: Vec<Arc<BlockHandle>> = sound[run].iter().map(|b| Arc::clone(b)).collect();
-            let hidden: HashMap<String, HashSet<TraceId>> = group
+            let hidden: HashMap<String, Arc<HashSet<TraceId>>> = group
                 .iter()
                 .filter_map(|b| catalog.superseded.get(&b.meta.id).map(|s| (b.meta.id.clone(), s.clone())))
                 .collect();
