@@ -212,7 +212,7 @@ impl Metrics {
             );
         }
 
-        let store_metrics: [(&str, &str, &str, &AtomicU64); 28] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 29] = [
             (
                 "roentgen_store_documents_appended_total",
                 "counter",
@@ -265,6 +265,12 @@ impl Metrics {
                 "counter",
                 "Blocks skipped because they could not be read.",
                 &store.corrupt_blocks,
+            ),
+            (
+                "roentgen_blocks_without_rollups_total",
+                "counter",
+                "Blocks written without service graph rollups, their nodes being nearly as many as their traces.",
+                &store.blocks_without_rollups,
             ),
             (
                 "roentgen_trace_revisions_total",

@@ -218,10 +218,21 @@ pub(crate) struct BuildOptions {
 pub(crate) struct RollupSections {
     fine: Vec<u8>,
     kept: Vec<u8>,
+    /// The rollups were not worth keeping: stored as absent.
+    pub absent: bool,
 }
 
 impl RollupSections {
-    pub fn encode(kept: Rollups, fine: &BTreeMap<i64, Rollups>, options: &BuildOptions) -> Result<Self, StoreError> {
+    /// `traces` is how many traces the rollups are of; rollups not worth keeping for them
+    /// (see [`Rollups::worth_keeping`]) are stored as absent.
+    pub fn encode(
+        kept: Rollups,
+        fine: &BTreeMap<i64, Rollups>,
+        traces: usize,
+        options: &BuildOptions,
+    ) -> Result<Self, StoreError> {
+        let absent = !kept.worth_keeping(traces);
+        let (kept, fine) = if absent { (Rollups::absent(), &BTreeMap::new()) } else { (kept, fine) };
         let mut frames = Vec::new();
         let mut fine_frames = Vec::with_capacity(fine.len());
         // An hour's rollups are small: the buffers start small, and every hour reuses them.
@@ -232,7 +243,7 @@ impl RollupSections {
         let kept = KeptRollups { rollups: kept, fine_frames };
         let mut kept_frame = Vec::new();
         compressed_section(options, &mut kept_frame, &mut buffers, "rollups", &kept)?;
-        Ok(Self { fine: frames, kept: kept_frame })
+        Ok(Self { fine: frames, kept: kept_frame, absent })
     }
 }
 
@@ -758,9 +769,10 @@ impl BlockHandle {
             return Err(corrupt("short read"));
         };
         let kept_rollups = match kept {
-            Some(frame) => Some(Arc::new(decode::<KeptRollups>(frame).map_err(|e| corrupt(&format!("rollups: {e}")))?)),
+            Some(frame) => Some(decode::<KeptRollups>(frame).map_err(|e| corrupt(&format!("rollups: {e}")))?),
             None => None,
         };
+        let kept_rollups = kept_rollups.filter(|k| !k.rollups.is_absent()).map(Arc::new);
         if chunks.len() % 12 != 0 {
             return Err(corrupt("chunk table has a partial entry"));
         }
@@ -1162,7 +1174,7 @@ mod tests {
             supersedes: vec![],
         };
         let (kept, fine) = Rollups::of(input.iter().map(|t| t.summary)).split();
-        let rollups = RollupSections::encode(kept, &fine, &options).unwrap();
+        let rollups = RollupSections::encode(kept, &fine, input.len(), &options).unwrap();
         let (data, meta) = build(&input, &[], &rollups, options).unwrap();
         let built = BlockHandle::from_data(meta.clone(), &data).unwrap();
         store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();
@@ -1231,7 +1243,7 @@ mod tests {
             supersedes: vec![],
         };
         let (kept_rollups, fine) = Rollups::of(kept.iter().map(|t| t.summary)).split();
-        let rollups = RollupSections::encode(kept_rollups, &fine, &options).unwrap();
+        let rollups = RollupSections::encode(kept_rollups, &fine, kept.len(), &options).unwrap();
         let (data, meta) = build(&kept, &input.frames, &rollups, options).unwrap();
         let kept_docs: usize = traces.iter().zip(&keep).filter(|(_, k)| **k).map(|((_, docs), _)| docs.len()).sum();
         let kept_bytes: usize =

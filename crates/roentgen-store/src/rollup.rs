@@ -8,9 +8,23 @@ use serde::{Deserialize, Serialize};
 
 /// Rollup span lengths in minutes, shortest first.
 pub(crate) const ROLLUP_MINUTES: [i64; 4] = [1, 10, 60, 1440];
+// Each span tiles the next: levels are built one from another, and windows tiled by them.
+const _: () = {
+    let mut level = 1;
+    while level < ROLLUP_MINUTES.len() {
+        assert!(ROLLUP_MINUTES[level] % ROLLUP_MINUTES[level - 1] == 0);
+        level += 1;
+    }
+};
 /// Levels from this one up are kept in memory for every block, so that windows of hours and
 /// days need no block's summaries; the finer ones (most of the bytes) live with the summaries.
 pub(crate) const FIRST_KEPT_LEVEL: usize = 2;
+
+/// Kept rollups are held in memory for as long as their block lives: they are kept only while
+/// they are much smaller than the traces they stand for, at most one graph node for this many
+/// traces (about 30 bytes a trace), or a few hundred kilobytes a block whatever its size.
+const TRACES_PER_KEPT_NODE: usize = 16;
+const KEPT_NODES_ALWAYS: usize = 1024;
 
 /// Service graphs of the traces whose last activity falls in each aligned span of
 /// [`ROLLUP_MINUTES`] minutes: one map per span length, keyed by span number. A part of the
@@ -30,10 +44,13 @@ impl Rollups {
         for summary in summaries {
             minutes.entry(minute(summary.end_time)).or_default().add(summary);
         }
-        let levels = ROLLUP_MINUTES[1..].iter().fold(vec![minutes], |mut levels, &span| {
+        // Each level from the one below it, whose spans tile its own: an hour is six merges,
+        // not sixty.
+        let levels = ROLLUP_MINUTES.windows(2).fold(vec![minutes], |mut levels, spans| {
+            let ratio = spans[1] / spans[0];
             let mut coarser: BTreeMap<i64, ServiceGraph> = BTreeMap::new();
-            for (&m, graph) in &levels[0] {
-                coarser.entry(m.div_euclid(span)).or_default().merge(graph);
+            for (&key, graph) in levels.last().expect("the minutes at least") {
+                coarser.entry(key.div_euclid(ratio)).or_default().merge(graph);
             }
             levels.push(coarser);
             levels
@@ -75,6 +92,25 @@ impl Rollups {
             }
         }
         (Self { levels: kept }, fine)
+    }
+
+    /// Whether these kept levels (of [`Rollups::split`]) of the rollups of `traces` traces are
+    /// worth holding. Where service names carry ids (a host, a request), every trace brings
+    /// nodes of its own, and the rollups take more memory than the traces' summaries: such a
+    /// block keeps none, and graphs over it read its summaries.
+    pub fn worth_keeping(&self, traces: usize) -> bool {
+        let nodes: usize = self.levels.iter().flat_map(|spans| spans.values()).map(|g| g.nodes.len()).sum();
+        nodes <= KEPT_NODES_ALWAYS.max(traces / TRACES_PER_KEPT_NODE)
+    }
+
+    /// Rollups that stand for no levels at all, stored by a block that keeps none: different
+    /// from the rollups of no traces, which have every level, empty.
+    pub fn absent() -> Self {
+        Self { levels: Vec::new() }
+    }
+
+    pub fn is_absent(&self) -> bool {
+        self.levels.is_empty()
     }
 
     /// Merges into `graph` the rollups of the given spans.

@@ -24,6 +24,8 @@ pub struct StoreStats {
     pub documents_compacted: AtomicU64,
     pub compaction_nanos: AtomicU64,
     pub corrupt_blocks: AtomicU64,
+    /// Blocks written without service-graph rollups, too many of their nodes being one-offs.
+    pub blocks_without_rollups: AtomicU64,
     pub trace_revisions: AtomicU64,
     /// Documents dropped because their trace had reached `max_trace_bytes`.
     pub documents_over_trace_limit: AtomicU64,

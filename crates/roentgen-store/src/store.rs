@@ -1191,7 +1191,8 @@ impl Store {
                 })
                 .collect();
             let (kept, fine) = Rollups::of(traces.iter().map(|t| t.summary)).split();
-            let rollups = RollupSections::encode(kept, &fine, &options)?;
+            let rollups = RollupSections::encode(kept, &fine, traces.len(), &options)?;
+            count_absent_rollups(&stats, &rollups);
             let rolled_up = timer.elapsed();
             let (data, meta) = block::build(&traces, &[], &rollups, options)?;
             drop(traces);
@@ -1482,7 +1483,8 @@ impl Store {
                 fine.iter().for_each(|hour| rollups.merge(hour));
             }
             let (kept, fine) = rollups.split();
-            let rollups = RollupSections::encode(kept, &fine, &options)?;
+            let rollups = RollupSections::encode(kept, &fine, block_traces.len(), &options)?;
+            count_absent_rollups(&stats, &rollups);
             let (data, meta) = block::build(&block_traces, &frames, &rollups, options)?;
             drop(block_traces);
             let merged = BlockSummaries::new(merged);
@@ -1532,6 +1534,16 @@ impl Inner {
         stats.block_bytes.store(catalog.blocks.iter().map(|b| b.meta.data_bytes).sum(), Ordering::Relaxed);
         stats.block_documents.store(catalog.blocks.iter().map(|b| b.meta.document_count).sum(), Ordering::Relaxed);
         stats.block_traces.store(catalog.blocks.iter().map(|b| b.meta.trace_count).sum(), Ordering::Relaxed);
+    }
+}
+
+/// Counts a block written without rollups, and says why the first time.
+fn count_absent_rollups(stats: &StoreStats, rollups: &RollupSections) {
+    if rollups.absent && stats.blocks_without_rollups.fetch_add(1, Ordering::Relaxed) == 0 {
+        tracing::warn!(
+            "a block's service graph has about as many nodes as traces, so it keeps no rollups and \
+             graphs over it read its traces' summaries: do service names or called hosts carry ids?"
+        );
     }
 }
 

@@ -643,6 +643,45 @@ async fn service_graph_from_rollups_equals_a_scan() {
     }
 }
 
+/// Where every trace calls services of its own, a block keeps no rollups (they would take more
+/// memory than its summaries), and graphs over it, read from its summaries, are still a scan's:
+/// flushed, read back, and compacted.
+#[tokio::test]
+async fn one_off_service_names_keep_no_rollups_and_graphs_stay_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        StoreConfig { compaction_target_traces: 4_000, compaction_interval_seconds: 3600.0, ..config(dir.path()) };
+    let mut store = Store::open(config.clone()).await.unwrap();
+    let one_off = |n: u32| {
+        let t = TraceId::from_parts(epoch() + n % 900, u128::from(n) * 0x1_0000_0001 + 11);
+        let raw = format!(
+            r#"{{"trace_id":"{t}","id":"{:016x}","name":"host-{n}","start_time":{e}.25,"end_time":{e}.5,"subsegments":[{{"id":"00000000000000aa","name":"peer-{n}","namespace":"remote","start_time":{e}.3,"end_time":{e}.4}}]}}"#,
+            n + 1,
+            e = t.epoch()
+        );
+        let parsed = parse_document(raw.as_bytes(), usize::MAX).unwrap();
+        Arc::new(StoredDocument { raw: raw.into(), parsed, source: Source::Api })
+    };
+    for half in [0..700, 700..1400] {
+        store.append(half.map(one_off).collect()).await.unwrap();
+        store.flush_all().await.unwrap();
+    }
+    let without = |store: &Store| store.stats().blocks_without_rollups.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(without(&store), 2);
+    let base = f64::from(epoch());
+    let windows = [(0.0, 4e9), (base, base + 300.0), (base + 61.0, base + 125.0)];
+    graphs_equal_a_scan(&store, &windows, "flushed").await;
+    // A later block moves the log past the first two, which may then be merged.
+    store.append(vec![one_off(1400)]).await.unwrap();
+    store.flush_all().await.unwrap();
+    assert!(store.compact().await.unwrap() >= 2);
+    assert_eq!(without(&store), 3, "the merged block keeps none either");
+    graphs_equal_a_scan(&store, &windows, "compacted").await;
+    enter(&mut store, "reopened", dir.path()).await;
+    graphs_equal_a_scan(&store, &windows, "reopened").await;
+    store.close().await.unwrap();
+}
+
 /// The store's service graph of each window is the graph of the summaries it returns.
 async fn graphs_equal_a_scan(store: &Store, windows: &[(f64, f64)], phase: &str) {
     for &(start, end) in windows {
