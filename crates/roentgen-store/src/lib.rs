@@ -21,6 +21,7 @@ mod wal;
 /// summaries' indexes built at every flush (SipHash was a third of the time it took) and the
 /// live traces, looked up for every document.
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub use config::StoreConfig;
 pub use error::StoreError;

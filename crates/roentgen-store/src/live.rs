@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use roentgen_model::{ParsedDocument, SegmentId, TraceId};
-use roentgen_query::{TraceSummary, summarize};
+use roentgen_query::TraceSummary;
 
 use crate::FastMap;
 use crate::wal::Source;
@@ -123,12 +123,16 @@ pub(crate) struct LiveTrace {
     pub first_generation: u64,
     /// Documents were dropped because the trace reached its size limit.
     pub limit_exceeded: bool,
+    /// Which change of the live state this trace last saw: summaries made from its documents
+    /// as they were then are its summary until the next one.
+    version: u64,
     summary: std::sync::Mutex<Option<Arc<TraceSummary>>>,
 }
 
 impl LiveTrace {
-    fn new(now: Instant, maybe_in_blocks: bool, first_generation: u64) -> Self {
+    fn new(now: Instant, maybe_in_blocks: bool, first_generation: u64, version: u64) -> Self {
         Self {
+            version,
             docs: Documents::default(),
             first_seen: now,
             last_update: now,
@@ -140,9 +144,14 @@ impl LiveTrace {
         }
     }
 
+    fn changed(&mut self, version: u64) {
+        self.version = version;
+        *self.summary.get_mut().expect("summary cache lock") = None;
+    }
+
     /// Takes in a later live trace of the same id: its documents replace those with their ids,
     /// as they would have on arrival. The size limit is the flush's to apply.
-    fn absorb(&mut self, later: LiveTrace) {
+    fn absorb(&mut self, later: LiveTrace, version: u64) {
         for doc in later.docs.into_vec() {
             self.docs.upsert(doc);
         }
@@ -152,19 +161,25 @@ impl LiveTrace {
         self.maybe_in_blocks |= later.maybe_in_blocks;
         self.first_generation = self.first_generation.min(later.first_generation);
         self.limit_exceeded |= later.limit_exceeded;
-        *self.summary.get_mut().expect("summary cache lock") = None;
+        self.changed(version);
     }
 
-    /// The summary of the documents held here, cached until the next change.
-    pub fn summary(&self, trace_id: TraceId, revision: u32) -> Arc<TraceSummary> {
-        let mut cached = self.summary.lock().expect("summary cache lock");
-        if let Some(s) = cached.as_ref().filter(|s| s.revision == revision) {
-            return s.clone();
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The summary of the documents held here (as a first revision), if one was made since
+    /// they last changed.
+    pub fn cached_summary(&self) -> Option<Arc<TraceSummary>> {
+        self.summary.lock().expect("summary cache lock").clone()
+    }
+
+    /// Caches `summary`, made from the documents this trace held at `version`, unless they
+    /// changed since.
+    pub fn offer_summary(&self, version: u64, summary: &Arc<TraceSummary>) {
+        if self.version == version {
+            *self.summary.lock().expect("summary cache lock") = Some(summary.clone());
         }
-        let parsed: Vec<&ParsedDocument> = self.docs.iter().map(|d| &d.parsed).collect();
-        let summary = Arc::new(summarize(trace_id, &parsed, revision));
-        *cached = Some(summary.clone());
-        summary
     }
 
     /// Caches `refined` (the same summary with more filled in) in place of `summary`, unless the
@@ -189,6 +204,8 @@ pub(crate) struct LiveState {
     pub documents: u64,
     /// Raw bytes of the documents applied since traces were last taken for a block.
     pub appended_since_cut: u64,
+    /// Changes to traces so far: each change's number is the changed trace's version.
+    changes: u64,
 }
 
 impl LiveState {
@@ -205,9 +222,11 @@ impl LiveState {
     ) -> bool {
         let trace_id = doc.parsed.trace_id;
         let size = doc.raw.len() as u64;
+        self.changes += 1;
+        let version = self.changes;
         let trace = self.traces.entry(trace_id).or_insert_with(|| {
             let earlier = self.flushing.contains_key(&trace_id) || maybe_in_blocks(trace_id);
-            LiveTrace::new(now, earlier, generation)
+            LiveTrace::new(now, earlier, generation, version)
         });
         if trace.bytes + size > max_trace_bytes && trace.docs.get(doc.id()).is_none() {
             trace.limit_exceeded = true;
@@ -221,7 +240,7 @@ impl LiveState {
             }
             Upsert::Replaced(bytes) => bytes,
         };
-        *trace.summary.get_mut().expect("summary cache lock") = None;
+        trace.changed(version);
         trace.last_update = now;
         trace.bytes = trace.bytes + size - replaced_bytes;
         self.bytes = self.bytes + size - replaced_bytes;
@@ -266,7 +285,8 @@ impl LiveState {
                     // Left by a flush that failed: the documents it holds are acknowledged too.
                     Some(flushing) => {
                         let before = flushing.bytes;
-                        flushing.absorb(trace);
+                        self.changes += 1;
+                        flushing.absorb(trace, self.changes);
                         self.flushing_bytes = self.flushing_bytes - before + flushing.bytes;
                     }
                     None => {
@@ -338,6 +358,29 @@ mod tests {
             assert!(Arc::ptr_eq(docs.get(d.id()).unwrap(), d));
         }
         assert!(docs.get(SegmentId::parse("ffffffffffffffff").unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_summary_made_before_a_change_is_not_cached_after_it() {
+        let mut live = LiveState::default();
+        let t0 = Instant::now();
+        let summary = |live: &LiveState| live.traces.values().next().unwrap().cached_summary();
+        live.apply(doc("0000000000000001", r#""in_progress":true"#), t0, 1, u64::MAX, |_| false);
+        let trace = live.traces.values().next().unwrap();
+        let parsed: Vec<&ParsedDocument> = trace.docs.iter().map(|d| &d.parsed).collect();
+        let made = Arc::new(roentgen_query::summarize(parsed[0].trace_id, &parsed, 1));
+        let before = trace.version();
+        trace.offer_summary(before, &made);
+        assert!(Arc::ptr_eq(&summary(&live).unwrap(), &made));
+        live.apply(doc("0000000000000002", r#""end_time":2"#), t0, 1, u64::MAX, |_| false);
+        assert!(summary(&live).is_none(), "a change drops the summary");
+        live.traces.values().next().unwrap().offer_summary(before, &made);
+        assert!(summary(&live).is_none(), "a summary of the documents before the change is refused");
+        // Cut, then live again under the same id: the new trace's versions are not the old one's.
+        let flushing_version = live.traces.values().next().unwrap().version();
+        live.take_due(t0, Duration::ZERO, Duration::ZERO, u64::MAX);
+        live.apply(doc("0000000000000003", r#""end_time":2"#), t0, 2, u64::MAX, |_| false);
+        assert_ne!(live.traces.values().next().unwrap().version(), flushing_version);
     }
 
     #[test]

@@ -18,7 +18,6 @@ use roentgen_query::{LinkSource, ServiceGraph, TimeRangeType, TraceSummary, link
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::FastMap;
 use crate::block::{
     self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, MergedDocuments, RollupSections, Superseded, TraceDocuments,
 };
@@ -29,6 +28,7 @@ use crate::live::{Documents, LiveState, StoredDocument, Upsert};
 use crate::rollup::{FIRST_KEPT_LEVEL, KeptRollups, ROLLUP_MINUTES, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
+use crate::{FastMap, FastSet};
 
 /// Commands to the WAL writer thread, which alone appends to the log and applies to live state.
 enum Command {
@@ -238,6 +238,8 @@ struct FlushTrace {
     docs: Vec<Arc<StoredDocument>>,
     revision: u32,
     limit_exceeded: bool,
+    /// The summary a query made of these documents while they were live, if still theirs.
+    summary: Option<Arc<TraceSummary>>,
 }
 
 /// Values kept until the sum of their sizes passes a bound; the oldest inserted leave first.
@@ -301,7 +303,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> ByteBoundedCache<K, V> {
 /// Summaries of the live traces, with the ids they stand for.
 struct LiveSummaries {
     summaries: Vec<Arc<TraceSummary>>,
-    ids: HashSet<TraceId>,
+    ids: FastSet<TraceId>,
     /// Live traces that may also have an earlier revision in a block.
     in_blocks: Vec<TraceId>,
 }
@@ -912,23 +914,49 @@ impl Store {
 
     /// Summaries of every live trace, merged with the earlier revision a block may hold.
     async fn live_summaries(&self) -> Result<LiveSummaries, StoreError> {
-        let mut ids = HashSet::new();
+        let mut ids = FastSet::default();
         let mut summaries = Vec::new();
         let mut merge_later = Vec::new();
+        // Traces whose documents changed since their last summary, with their documents then.
+        let mut to_make = Vec::new();
         {
             let live = self.inner.live.read().expect("live lock");
+            ids.reserve(live.flushing.len() + live.traces.len());
+            summaries.reserve(live.flushing.len() + live.traces.len());
             for (id, trace) in live.flushing.iter().chain(live.traces.iter()) {
                 if !ids.insert(*id) || trace.maybe_in_blocks {
                     merge_later.push(*id);
                     continue;
                 }
-                summaries.push(trace.summary(*id, 1));
+                match trace.cached_summary() {
+                    Some(summary) => summaries.push(summary),
+                    None => to_make.push((*id, trace.version(), trace.docs.to_vec())),
+                }
             }
         }
         merge_later.sort_unstable();
         merge_later.dedup();
         // A trace seen twice above (flushing and live again) may have had its first summary pushed.
         summaries.retain(|s: &Arc<TraceSummary>| merge_later.binary_search(&s.trace_id).is_err());
+        to_make.retain(|(id, _, _)| merge_later.binary_search(id).is_err());
+        // Made without the lock, which appends wait for: the first query after a burst of
+        // ingest summarises every new trace.
+        let made: Vec<(TraceId, u64, Arc<TraceSummary>)> = to_make
+            .into_iter()
+            .map(|(id, version, docs)| {
+                let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
+                (id, version, Arc::new(summarize(id, &parsed, 1)))
+            })
+            .collect();
+        if !made.is_empty() {
+            let live = self.inner.live.read().expect("live lock");
+            for (id, version, summary) in made {
+                for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
+                    trace.offer_summary(version, &summary);
+                }
+                summaries.push(summary);
+            }
+        }
         for &id in &merge_later {
             let (docs, revisions) = match self.get_trace(id).await? {
                 Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |r| r.revision)),
@@ -1089,13 +1117,13 @@ impl Store {
             let live = inner.live.read().expect("live lock");
             live.flushing
                 .iter()
-                .map(|(id, t)| (*id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded))
+                .map(|(id, t)| (*id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded, t.cached_summary()))
                 .collect()
         };
 
         let mut supersedes = Vec::new();
         let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
-        for (id, docs, live_bytes, maybe_in_blocks, mut limit_exceeded) in due {
+        for (id, docs, live_bytes, maybe_in_blocks, mut limit_exceeded, summary) in due {
             let earlier = if maybe_in_blocks { self.newest_block_revision(id).await? } else { None };
             if earlier.is_none() && maybe_in_blocks {
                 // A damaged block may hold a revision that could not be read: this one replaces it.
@@ -1107,7 +1135,7 @@ impl Store {
             // A live trace's documents have one id each, as `upsert` leaves them: with no earlier
             // revision, and within the size limit, they are the trace as it is.
             if earlier.is_none() && live_bytes <= config.max_trace_bytes {
-                merged.push(FlushTrace { id, docs, revision: 1, limit_exceeded });
+                merged.push(FlushTrace { id, docs, revision: 1, limit_exceeded, summary });
                 continue;
             }
             let mut revision = 1;
@@ -1137,7 +1165,7 @@ impl Store {
                     Upsert::Ignored => {}
                 }
             }
-            merged.push(FlushTrace { id, docs: all.into_vec(), revision, limit_exceeded });
+            merged.push(FlushTrace { id, docs: all.into_vec(), revision, limit_exceeded, summary: None });
         }
         merged.sort_unstable_by_key(|t| t.id);
         let builder_failed = |e: tokio::task::JoinError| StoreError::CorruptBlock {
@@ -1152,7 +1180,12 @@ impl Store {
             let timer = PhaseTimer::start();
             let summaries: Vec<Arc<TraceSummary>> = merged
                 .iter()
-                .map(|t| Arc::new(summarize(t.id, &t.docs.iter().map(|d| &d.parsed).collect::<Vec<_>>(), t.revision)))
+                .map(|t| match &t.summary {
+                    Some(made) => made.clone(),
+                    None => {
+                        Arc::new(summarize(t.id, &t.docs.iter().map(|d| &d.parsed).collect::<Vec<_>>(), t.revision))
+                    }
+                })
                 .collect();
             stats.flush_summaries_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
             (merged, summaries)

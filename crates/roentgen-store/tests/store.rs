@@ -136,6 +136,28 @@ async fn paging_returns_each_trace_once() {
     store.close().await.unwrap();
 }
 
+/// A live trace's summary, made for one query, follows the documents that come in after it, and
+/// the flush writes the summary of all of them.
+#[tokio::test]
+async fn a_live_summary_follows_later_documents_into_the_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let t = trace(1);
+    let seen = |page: roentgen_store::SummaryPage| {
+        let (s, _) = &page.summaries[0];
+        (page.summaries.len(), s.is_partial, s.end_time)
+    };
+    store.append(vec![doc(t, 1, r#""in_progress":true"#)]).await.unwrap();
+    assert_eq!(seen(store.summaries(&all_time()).await.unwrap()), (1, true, f64::from(t.epoch()) + 0.25));
+    let end = f64::from(t.epoch()) + 3.5;
+    store.append(vec![doc(t, 1, &format!(r#""end_time":{end}"#))]).await.unwrap();
+    assert_eq!(seen(store.summaries(&all_time()).await.unwrap()), (1, false, end));
+    store.append(vec![doc(t, 2, &format!(r#""end_time":{}"#, end + 1.0))]).await.unwrap();
+    store.flush_all().await.unwrap();
+    assert_eq!(seen(store.summaries(&all_time()).await.unwrap()), (1, false, end + 1.0));
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn torn_wal_tail_is_cut_and_the_rest_replayed() {
     let dir = tempfile::tempdir().unwrap();
