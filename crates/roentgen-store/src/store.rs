@@ -939,15 +939,23 @@ impl Store {
         // A trace seen twice above (flushing and live again) may have had its first summary pushed.
         summaries.retain(|s: &Arc<TraceSummary>| merge_later.binary_search(&s.trace_id).is_err());
         to_make.retain(|(id, _, _)| merge_later.binary_search(id).is_err());
-        // Made without the lock, which appends wait for: the first query after a burst of
-        // ingest summarises every new trace.
-        let made: Vec<(TraceId, u64, Arc<TraceSummary>)> = to_make
-            .into_iter()
-            .map(|(id, version, docs)| {
-                let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
-                (id, version, Arc::new(summarize(id, &parsed, 1)))
-            })
-            .collect();
+        // Made without the lock, which appends wait for, and off the runtime's threads, which
+        // serve them: the first query after a burst of ingest summarises every new trace.
+        let make = move || -> Vec<(TraceId, u64, Arc<TraceSummary>)> {
+            to_make
+                .into_iter()
+                .map(|(id, version, docs)| {
+                    let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
+                    (id, version, Arc::new(summarize(id, &parsed, 1)))
+                })
+                .collect()
+        };
+        let made = match tokio::task::spawn_blocking(make).await {
+            Ok(made) => made,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels it.
+            Err(_) => return Err(StoreError::Closed),
+        };
         if !made.is_empty() {
             let live = self.inner.live.read().expect("live lock");
             for (id, version, summary) in made {
