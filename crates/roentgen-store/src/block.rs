@@ -927,18 +927,104 @@ impl BlockHandle {
     }
 
     /// The documents of one trace, or `None` when the block does not hold it.
+    #[cfg(test)]
     pub async fn get(&self, store: &dyn ObjectStore, id: TraceId) -> Result<Option<BlockRead>, StoreError> {
-        let Some(entry) = self.find(store, id).await? else { return Ok(None) };
-        let corrupt =
-            |reason: &str| StoreError::CorruptBlock { block: self.meta.id.clone(), reason: reason.to_owned() };
-        let &(chunk_offset, chunk_len) =
-            self.chunks.get(entry.chunk).ok_or_else(|| corrupt("chunk number out of range"))?;
-        let frame = store.get_range(&self.data_path, chunk_offset..chunk_offset + u64::from(chunk_len)).await?;
-        let end = entry.offset.checked_add(entry.length).ok_or_else(|| corrupt("trace region out of range"))?;
-        let plain = decompress_prefix(&frame, end).map_err(|e| corrupt(&format!("chunk {}: {e}", entry.chunk)))?;
-        let region = plain.get(entry.offset..end).ok_or_else(|| corrupt("trace region out of range"))?;
-        let docs = split_documents(region, entry.count).ok_or_else(|| corrupt("damaged document framing"))?;
-        Ok(Some(BlockRead { docs, limit_exceeded: entry.limit_exceeded, revision: entry.revision }))
+        let mut read = self.get_many(store, &[id]).await?;
+        read.pop().map_or(Ok(None), |(_, read)| read)
+    }
+
+    /// The documents of each of `ids` (sorted, each once), or `None` for those the block does
+    /// not hold, as [`Self::get`] reads one; each index page and each chunk is read and
+    /// decompressed once, however many of the traces it holds. A trace whose page or chunk fails
+    /// the block's checks has that error for its own; a failed read of the object store fails
+    /// them all.
+    pub async fn get_many(
+        &self,
+        store: &dyn ObjectStore,
+        ids: &[TraceId],
+    ) -> Result<Vec<(TraceId, Result<Option<BlockRead>, StoreError>)>, StoreError> {
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let version = self.meta.format_version;
+        let index = &self.meta.sections.index;
+        let index_len = (index.end - index.start) as usize;
+        // The index pages to read, and the ids on each.
+        let mut pages: Vec<(usize, Vec<TraceId>)> = Vec::new();
+        let mut results: Vec<(TraceId, Result<Option<BlockRead>, StoreError>)> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.fences.page_of(id).filter(|_| self.may_contain(id)) {
+                Some(page) if pages.last().is_some_and(|(last, _)| *last == page) => {
+                    pages.last_mut().expect("just matched").1.push(id);
+                }
+                Some(page) => pages.push((page, vec![id])),
+                None => results.push((id, Ok(None))),
+            }
+        }
+        let mut ranges = Vec::with_capacity(pages.len());
+        let mut firsts = Vec::with_capacity(pages.len());
+        for (page, _) in &pages {
+            let (range, first) =
+                IndexReader::page_range(version, &self.fences, *page, self.meta.trace_count as usize, index_len)
+                    .ok_or_else(|| self.corrupt("index page out of range".into()))?;
+            ranges.push(index.start + range.start as u64..index.start + range.end as u64);
+            firsts.push(first);
+        }
+        // The entries found, by chunk.
+        let mut in_chunks: BTreeMap<usize, Vec<(TraceId, IndexEntry)>> = BTreeMap::new();
+        let page_bytes =
+            if ranges.is_empty() { Vec::new() } else { store.get_ranges(&self.data_path, &ranges).await? };
+        for (((_, wanted), bytes), first) in pages.iter().zip(&page_bytes).zip(firsts) {
+            let mut entries = IndexReader::page(bytes, first, version, &self.fences);
+            let mut entry = entries.next_entry();
+            for &id in wanted {
+                loop {
+                    match &entry {
+                        Ok(Some((entry_id, _))) if *entry_id < id => entry = entries.next_entry(),
+                        _ => break,
+                    }
+                }
+                match &entry {
+                    Ok(Some((entry_id, found))) if *entry_id == id => {
+                        in_chunks.entry(found.chunk).or_default().push((id, *found));
+                    }
+                    Ok(_) => results.push((id, Ok(None))),
+                    Err(e) => results.push((id, Err(self.corrupt((*e).into())))),
+                }
+            }
+        }
+        let mut chunk_ranges = Vec::with_capacity(in_chunks.len());
+        for (&chunk, found) in &mut in_chunks {
+            match self.chunks.get(chunk) {
+                Some(&(at, len)) => chunk_ranges.push(at..at + u64::from(len)),
+                None => results
+                    .extend(found.drain(..).map(|(id, _)| (id, Err(self.corrupt("chunk number out of range".into()))))),
+            }
+        }
+        in_chunks.retain(|_, found| !found.is_empty());
+        let frames =
+            if chunk_ranges.is_empty() { Vec::new() } else { store.get_ranges(&self.data_path, &chunk_ranges).await? };
+        for ((chunk, found), frame) in in_chunks.into_iter().zip(frames) {
+            let end = found.iter().map(|(_, e)| e.offset.saturating_add(e.length)).max().unwrap_or(0);
+            let plain = decompress_prefix(&frame, end).map_err(|e| format!("chunk {chunk}: {e}"));
+            for (id, entry) in found {
+                let read = match &plain {
+                    Ok(plain) => self.trace_in(plain, &entry),
+                    Err(reason) => Err(self.corrupt(reason.clone())),
+                };
+                results.push((id, read.map(Some)));
+            }
+        }
+        results.sort_unstable_by_key(|(id, _)| *id);
+        Ok(results)
+    }
+
+    /// One trace's documents in its decompressed chunk.
+    fn trace_in(&self, plain: &[u8], entry: &IndexEntry) -> Result<BlockRead, StoreError> {
+        let end =
+            entry.offset.checked_add(entry.length).ok_or_else(|| self.corrupt("trace region out of range".into()))?;
+        let region = plain.get(entry.offset..end).ok_or_else(|| self.corrupt("trace region out of range".into()))?;
+        let docs =
+            split_documents(region, entry.count).ok_or_else(|| self.corrupt("damaged document framing".into()))?;
+        Ok(BlockRead { docs, limit_exceeded: entry.limit_exceeded, revision: entry.revision })
     }
 
     /// The minute and 10-minute rollups of one hour, with the size of their encoding; `None`
@@ -1300,6 +1386,47 @@ mod tests {
         assert_eq!(block.meta.max_epoch, 1_700_000_049);
     }
 
+    /// Traces read together are read as each alone: held or not, and a chunk that fails its
+    /// checks fails only its own traces.
+    #[tokio::test]
+    async fn traces_read_together_are_read_as_each_alone() {
+        let store = InMemory::new();
+        let traces = sample(600);
+        let block = write(&store, &traces, 4096).await;
+        let absent =
+            (0..200u128).map(|i| TraceId::from_parts(1_700_000_020, i.wrapping_mul(0x1234_5678_9abc_def1) ^ 0x77));
+        let mut ids: Vec<TraceId> = traces.iter().step_by(3).map(|(id, _)| *id).chain(absent).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let read = block.get_many(&store, &ids).await.unwrap();
+        assert_eq!(read.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+        let mut held = 0;
+        for (id, read) in &read {
+            let alone = block.get(&store, *id).await.unwrap();
+            held += usize::from(alone.is_some());
+            assert_eq!(read.as_ref().unwrap(), &alone, "{id}");
+        }
+        assert_eq!(held, 200);
+
+        // A chunk's frame damaged in its middle: its traces fail, alone as together; no other does.
+        let (at, len) = block.chunks[3];
+        let mut data = store.get(&data_path(&block.meta.id)).await.unwrap().bytes().await.unwrap().to_vec();
+        for byte in &mut data[(at + u64::from(len) / 3) as usize..(at + u64::from(len) / 2) as usize] {
+            *byte ^= 0x5a;
+        }
+        store.put(&data_path(&block.meta.id), PutPayload::from(data)).await.unwrap();
+        let mut failed = 0;
+        for (id, read) in block.get_many(&store, &ids).await.unwrap() {
+            let alone = block.get(&store, id).await;
+            assert_eq!(read.is_err(), alone.is_err(), "{id}");
+            failed += usize::from(read.is_err());
+            if let (Ok(read), Ok(alone)) = (read, alone) {
+                assert_eq!(read, alone);
+            }
+        }
+        assert!(failed > 0 && failed < held, "{failed} of {held} failed");
+    }
+
     async fn open_fixture(name: &str) -> (InMemory, BlockHandle) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
         let meta: BlockMeta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
@@ -1364,6 +1491,7 @@ mod tests {
                     for id in &ids {
                         let _ = block.get(&store, *id).await;
                     }
+                    let _ = block.get_many(&store, &ids).await;
                     let _ = block.summaries(&store).await;
                     let _ = block.read_all(&store).await;
                     if let Ok(index) = block.index(&store).await {

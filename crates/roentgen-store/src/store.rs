@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::block::{
-    self, BlockHandle, BlockMeta, BlockTrace, BuildOptions, MergedDocuments, RollupSections, Superseded, TraceDocuments,
+    self, BlockHandle, BlockMeta, BlockRead, BlockTrace, BuildOptions, MergedDocuments, RollupSections, Superseded,
+    TraceDocuments,
 };
 use crate::config::StoreConfig;
 use crate::disk::{DiskSpace, Room};
@@ -794,24 +795,45 @@ impl Store {
 
     /// The newest block revision of a trace.
     async fn newest_block_revision(&self, id: TraceId) -> Result<Option<BlockRevision>, StoreError> {
-        let candidates = self.inner.catalog.read().expect("catalog lock").candidates(id);
-        let mut newest = None;
-        let mut revisions = 0u32;
-        for block in candidates {
-            let read = block.get(self.inner.objects.as_ref(), id).await;
-            if let Some(stored) = tolerate(&block, &self.inner.stats, read)?.flatten() {
-                revisions += 1;
-                if newest.is_none() {
-                    newest = Some(stored);
-                }
+        Ok(self.newest_block_revisions(vec![id]).await?.remove(&id))
+    }
+
+    /// The newest block revision of each of these traces, read a block at a time: each index
+    /// page and chunk once for all the traces in it. A flush of many late segments read and
+    /// decompressed half a chunk for each of their traces, on a thread of its own each time.
+    async fn newest_block_revisions(
+        &self,
+        mut ids: Vec<TraceId>,
+    ) -> Result<FastMap<TraceId, BlockRevision>, StoreError> {
+        ids.sort_unstable();
+        ids.dedup();
+        let blocks: Vec<Arc<BlockHandle>> =
+            self.inner.catalog.read().expect("catalog lock").blocks.iter().rev().cloned().collect();
+        // Newest block first: a trace's first read is its newest revision, and the number of
+        // blocks holding it is its revision in blocks that do not record it (before version 3).
+        let mut found: FastMap<TraceId, (BlockRead, u32)> = FastMap::default();
+        for block in blocks {
+            ids.retain(|id| found.get(id).is_none_or(|(read, _)| read.revision.is_none()));
+            let wanted: Vec<TraceId> = ids.iter().copied().filter(|&id| block.may_contain(id)).collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            for (id, read) in block.get_many(self.inner.objects.as_ref(), &wanted).await? {
+                let Some(read) = tolerate(&block, &self.inner.stats, read)?.flatten() else { continue };
+                found.entry(id).and_modify(|(_, holders)| *holders += 1).or_insert((read, 1));
             }
         }
-        Ok(newest.map(|stored| BlockRevision {
-            docs: stored.docs.into_iter().filter_map(|r| parse_stored(r, Source::Api)).collect(),
-            // Blocks before version 3 do not record it: each revision was in a block of its own.
-            revision: stored.revision.unwrap_or(revisions),
-            limit_exceeded: stored.limit_exceeded,
-        }))
+        Ok(found
+            .into_iter()
+            .map(|(id, (stored, holders))| {
+                let revision = BlockRevision {
+                    docs: stored.docs.into_iter().filter_map(|r| parse_stored(r, Source::Api)).collect(),
+                    revision: stored.revision.unwrap_or(holders),
+                    limit_exceeded: stored.limit_exceeded,
+                };
+                (id, revision)
+            })
+            .collect())
     }
 
     /// One page of trace summaries in `[start, end)`, newest first.
@@ -1131,8 +1153,10 @@ impl Store {
 
         let mut supersedes = Vec::new();
         let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
+        let mut earlier_revisions =
+            self.newest_block_revisions(due.iter().filter(|t| t.3).map(|t| t.0).collect()).await?;
         for (id, docs, live_bytes, maybe_in_blocks, mut limit_exceeded, summary) in due {
-            let earlier = if maybe_in_blocks { self.newest_block_revision(id).await? } else { None };
+            let earlier = earlier_revisions.remove(&id);
             if earlier.is_none() && maybe_in_blocks {
                 // A damaged block may hold a revision that could not be read: this one replaces it.
                 let damaged = inner.catalog.read().expect("catalog lock").candidates(id);
