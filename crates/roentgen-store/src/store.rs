@@ -226,6 +226,33 @@ pub struct StoredTrace {
     pub limit_exceeded: bool,
 }
 
+/// What live state holds of a trace.
+struct LivePart {
+    /// `None` when live state does not hold the trace.
+    docs: Option<Vec<Arc<StoredDocument>>>,
+    /// Whether a block may hold an earlier revision.
+    in_blocks: bool,
+    limit_exceeded: bool,
+}
+
+impl LivePart {
+    /// The trace: its block revision's documents, those of live state replacing the ones of
+    /// their ids.
+    fn merged_with(self, earlier: Option<BlockRevision>) -> Option<StoredTrace> {
+        let (mut docs, mut limit_exceeded) = (Vec::new(), self.limit_exceeded);
+        if let Some(earlier) = earlier {
+            docs = earlier.docs;
+            limit_exceeded |= earlier.limit_exceeded;
+        }
+        let docs = match self.docs {
+            Some(live) => Documents::of(docs.into_iter().chain(live)).into_vec(),
+            None if docs.is_empty() => return None,
+            None => docs,
+        };
+        Some(StoredTrace { docs, limit_exceeded })
+    }
+}
+
 /// The newest block revision of a trace.
 struct BlockRevision {
     docs: Vec<Arc<StoredDocument>>,
@@ -725,29 +752,23 @@ impl Store {
     /// A trace as `BatchGetTraces` returns it: its documents, merged across blocks and live
     /// state, and whether some were dropped at its size limit; `None` if unknown.
     pub async fn trace(&self, id: TraceId) -> Result<Option<StoredTrace>, StoreError> {
-        let (from_live, in_blocks, mut limit_exceeded) = {
-            let live = self.inner.live.read().expect("live lock");
-            let mut docs: Vec<Arc<StoredDocument>> = Vec::new();
-            let (mut seen, mut maybe, mut limited) = (false, false, false);
-            for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
-                seen = true;
-                maybe |= trace.maybe_in_blocks;
-                limited |= trace.limit_exceeded;
-                docs.extend(trace.docs.iter().cloned());
-            }
-            (seen.then_some(docs), !seen || maybe, limited)
-        };
-        let mut docs = Vec::new();
-        if in_blocks && let Some(stored) = self.newest_block_revision(id).await? {
-            docs = stored.docs;
-            limit_exceeded |= stored.limit_exceeded;
+        let live = self.live_part(id);
+        let earlier = if live.in_blocks { self.newest_block_revision(id).await? } else { None };
+        Ok(live.merged_with(earlier))
+    }
+
+    /// What live state holds of a trace, flushing or live.
+    fn live_part(&self, id: TraceId) -> LivePart {
+        let live = self.inner.live.read().expect("live lock");
+        let mut docs: Vec<Arc<StoredDocument>> = Vec::new();
+        let (mut seen, mut maybe, mut limit_exceeded) = (false, false, false);
+        for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
+            seen = true;
+            maybe |= trace.maybe_in_blocks;
+            limit_exceeded |= trace.limit_exceeded;
+            docs.extend(trace.docs.iter().cloned());
         }
-        let docs = match from_live {
-            Some(live_docs) => Documents::of(docs.into_iter().chain(live_docs)).into_vec(),
-            None if docs.is_empty() => return Ok(None),
-            None => docs,
-        };
-        Ok(Some(StoredTrace { docs, limit_exceeded }))
+        LivePart { docs: seen.then_some(docs), in_blocks: !seen || maybe, limit_exceeded }
     }
 
     /// Where each of these links comes from, read from the linked traces: those in `batch`
@@ -987,12 +1008,12 @@ impl Store {
                 summaries.push(summary);
             }
         }
+        let mut earlier_revisions = self.newest_block_revisions(merge_later.clone()).await?;
         for &id in &merge_later {
-            let (docs, revisions) = match self.get_trace(id).await? {
-                Some(docs) => (docs, self.newest_block_revision(id).await?.map_or(0, |r| r.revision)),
-                None => continue,
-            };
-            let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
+            let earlier = earlier_revisions.remove(&id);
+            let revisions = earlier.as_ref().map_or(0, |r| r.revision);
+            let Some(trace) = self.live_part(id).merged_with(earlier) else { continue };
+            let parsed: Vec<&ParsedDocument> = trace.docs.iter().map(|d| &d.parsed).collect();
             summaries.push(Arc::new(summarize(id, &parsed, revisions + 1)));
         }
         for summary in &mut summaries {
