@@ -800,29 +800,6 @@ impl BlockHandle {
         epoch >= self.meta.min_epoch && epoch <= self.meta.max_epoch && self.bloom.may_contain(id)
     }
 
-    /// The index entry of a trace: one read of one index page.
-    async fn find(&self, store: &dyn ObjectStore, id: TraceId) -> Result<Option<IndexEntry>, StoreError> {
-        if !self.may_contain(id) {
-            return Ok(None);
-        }
-        let Some(page) = self.fences.page_of(id) else { return Ok(None) };
-        let version = self.meta.format_version;
-        let index = &self.meta.sections.index;
-        let index_len = (index.end - index.start) as usize;
-        let (range, first) =
-            IndexReader::page_range(version, &self.fences, page, self.meta.trace_count as usize, index_len)
-                .ok_or_else(|| self.corrupt("index page out of range".into()))?;
-        let bytes =
-            store.get_range(&self.data_path, index.start + range.start as u64..index.start + range.end as u64).await?;
-        let mut entries = IndexReader::page(&bytes, first, version, &self.fences);
-        while let Some((entry_id, entry)) = entries.next_entry().map_err(|e| self.corrupt(e.into()))? {
-            if entry_id >= id {
-                return Ok((entry_id == id).then_some(entry));
-            }
-        }
-        Ok(None)
-    }
-
     fn corrupt(&self, reason: String) -> StoreError {
         StoreError::CorruptBlock { block: self.meta.id.clone(), reason }
     }
@@ -921,11 +898,6 @@ impl BlockHandle {
         Ok(MergeInput { frames, traces })
     }
 
-    /// Whether the block holds a revision of the trace (no false positives).
-    pub async fn contains(&self, store: &dyn ObjectStore, id: TraceId) -> Result<bool, StoreError> {
-        Ok(self.find(store, id).await?.is_some())
-    }
-
     /// The documents of one trace, or `None` when the block does not hold it.
     #[cfg(test)]
     pub async fn get(&self, store: &dyn ObjectStore, id: TraceId) -> Result<Option<BlockRead>, StoreError> {
@@ -933,23 +905,28 @@ impl BlockHandle {
         read.pop().map_or(Ok(None), |(_, read)| read)
     }
 
-    /// The documents of each of `ids` (sorted, each once), or `None` for those the block does
-    /// not hold, as [`Self::get`] reads one; each index page and each chunk is read and
-    /// decompressed once, however many of the traces it holds. A trace whose page or chunk fails
-    /// the block's checks has that error for its own; a failed read of the object store fails
-    /// them all.
-    pub async fn get_many(
+    /// Whether the block holds a revision of the trace (no false positives).
+    pub async fn contains(&self, store: &dyn ObjectStore, id: TraceId) -> Result<bool, StoreError> {
+        let mut found = self.find_many(store, &[id]).await?;
+        found.pop().map_or(Ok(false), |(_, entry)| entry.map(|entry| entry.is_some()))
+    }
+
+    /// The index entry of each of `ids` (sorted, each once), or `None` for those the block does
+    /// not hold; each index page is read once, however many of the traces it holds. A trace
+    /// whose page fails the block's checks has that error for its own; a failed read of the
+    /// object store fails them all.
+    pub async fn find_many(
         &self,
         store: &dyn ObjectStore,
         ids: &[TraceId],
-    ) -> Result<Vec<(TraceId, Result<Option<BlockRead>, StoreError>)>, StoreError> {
+    ) -> Result<Vec<(TraceId, Result<Option<IndexEntry>, StoreError>)>, StoreError> {
         debug_assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let version = self.meta.format_version;
         let index = &self.meta.sections.index;
         let index_len = (index.end - index.start) as usize;
         // The index pages to read, and the ids on each.
         let mut pages: Vec<(usize, Vec<TraceId>)> = Vec::new();
-        let mut results: Vec<(TraceId, Result<Option<BlockRead>, StoreError>)> = Vec::with_capacity(ids.len());
+        let mut results = Vec::with_capacity(ids.len());
         for &id in ids {
             match self.fences.page_of(id).filter(|_| self.may_contain(id)) {
                 Some(page) if pages.last().is_some_and(|(last, _)| *last == page) => {
@@ -968,8 +945,6 @@ impl BlockHandle {
             ranges.push(index.start + range.start as u64..index.start + range.end as u64);
             firsts.push(first);
         }
-        // The entries found, by chunk.
-        let mut in_chunks: BTreeMap<usize, Vec<(TraceId, IndexEntry)>> = BTreeMap::new();
         let page_bytes =
             if ranges.is_empty() { Vec::new() } else { store.get_ranges(&self.data_path, &ranges).await? };
         for (((_, wanted), bytes), first) in pages.iter().zip(&page_bytes).zip(firsts) {
@@ -982,13 +957,35 @@ impl BlockHandle {
                         _ => break,
                     }
                 }
-                match &entry {
-                    Ok(Some((entry_id, found))) if *entry_id == id => {
-                        in_chunks.entry(found.chunk).or_default().push((id, *found));
-                    }
-                    Ok(_) => results.push((id, Ok(None))),
-                    Err(e) => results.push((id, Err(self.corrupt((*e).into())))),
-                }
+                results.push(match &entry {
+                    Ok(Some((entry_id, found))) if *entry_id == id => (id, Ok(Some(*found))),
+                    Ok(_) => (id, Ok(None)),
+                    Err(e) => (id, Err(self.corrupt((*e).into()))),
+                });
+            }
+        }
+        results.sort_unstable_by_key(|(id, _)| *id);
+        Ok(results)
+    }
+
+    /// The documents of each of `ids` (sorted, each once), or `None` for those the block does
+    /// not hold, as [`Self::get`] reads one; each index page and each chunk is read and
+    /// decompressed once, however many of the traces it holds. A trace whose page or chunk fails
+    /// the block's checks has that error for its own; a failed read of the object store fails
+    /// them all.
+    pub async fn get_many(
+        &self,
+        store: &dyn ObjectStore,
+        ids: &[TraceId],
+    ) -> Result<Vec<(TraceId, Result<Option<BlockRead>, StoreError>)>, StoreError> {
+        let mut results = Vec::with_capacity(ids.len());
+        // The entries found, by chunk.
+        let mut in_chunks: BTreeMap<usize, Vec<(TraceId, IndexEntry)>> = BTreeMap::new();
+        for (id, found) in self.find_many(store, ids).await? {
+            match found {
+                Ok(Some(entry)) => in_chunks.entry(entry.chunk).or_default().push((id, entry)),
+                Ok(None) => results.push((id, Ok(None))),
+                Err(e) => results.push((id, Err(e))),
             }
         }
         let mut chunk_ranges = Vec::with_capacity(in_chunks.len());

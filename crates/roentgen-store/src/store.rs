@@ -1058,10 +1058,12 @@ impl Store {
             let superseded = self.inner.catalog.read().expect("catalog lock").superseded.get(&block.meta.id).cloned();
             let meta = &block.meta;
             let mut holds_live = false;
-            for &id in live.in_blocks.iter().filter(|&&id| block.may_contain(id)) {
-                // Not known to hold it: read as if it did, from the summaries.
-                let read = block.contains(self.inner.objects.as_ref(), id).await;
-                holds_live |= tolerate(&block, &self.inner.stats, read)?.unwrap_or(true);
+            let wanted: Vec<TraceId> = live.in_blocks.iter().copied().filter(|&id| block.may_contain(id)).collect();
+            if !wanted.is_empty() {
+                for (_, found) in block.find_many(self.inner.objects.as_ref(), &wanted).await? {
+                    // Not known to hold it: read as if it did, from the summaries.
+                    holds_live |= tolerate(&block, &self.inner.stats, found)?.is_none_or(|entry| entry.is_some());
+                }
             }
             let nothing_superseded = superseded.as_ref().is_none_or(|s| s.is_empty());
             if let Some(kept) = block.kept_rollups.as_ref()
