@@ -1,7 +1,8 @@
 //! The store: durable appends, trace lookup, summary scans, and the background work that turns
 //! live traces into blocks and deletes expired ones.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -224,6 +225,30 @@ impl BlockSummaries {
 pub struct StoredTrace {
     pub docs: Vec<Arc<StoredDocument>>,
     pub limit_exceeded: bool,
+}
+
+/// A time ordered as `f64::total_cmp` orders it.
+#[derive(Debug, Clone, Copy)]
+struct OrderedTime(f64);
+
+impl PartialEq for OrderedTime {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for OrderedTime {}
+
+impl PartialOrd for OrderedTime {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedTime {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 /// What live state holds of a trace.
@@ -884,9 +909,13 @@ impl Store {
         };
         // By trace id time, a page newest first is a block's summaries backwards, from the
         // cursor on: each block's scan stops once it has taken a page and one more. Paging
-        // through a window scanned all of it for every page, as Event and Service times still do.
+        // through a window scanned all of it for every page. By end time (`Event`), a block's
+        // scan backwards stops once the latest its older traces can end, their id's time plus
+        // the block's lateness, is before the page and one more it has taken; `Service` times
+        // (which a start after every segment's end may set) still scan the window.
         let backwards = query.ordered && query.range == TimeRangeType::TraceId;
         let taken_enough = |taken: usize| backwards && taken > query.limit;
+        let bounded_by_lateness = query.ordered && query.range == TimeRangeType::Event;
 
         let live = self.live_summaries().await?;
         for summary in &live.summaries {
@@ -923,12 +952,27 @@ impl Store {
                 None => Box::new(window),
             };
             let mut taken = 0;
+            // With `bounded_by_lateness`: the keys of the page and one more this block has
+            // given, least on top.
+            let mut best: BinaryHeap<Reverse<OrderedTime>> = BinaryHeap::new();
             for i in positions.rev() {
                 let summary = &data.summaries[i];
+                if best.len() > query.limit
+                    && let Some(Reverse(least)) = best.peek()
+                    && f64::from(summary.trace_id.epoch()) + data.event_lateness.max + 1.0 < least.0
+                {
+                    break;
+                }
                 if !skip(summary) && consider(summary, &mut candidates) {
                     taken += 1;
                     if taken_enough(taken) {
                         break;
+                    }
+                    if bounded_by_lateness {
+                        best.push(Reverse(OrderedTime(summary.sort_time(query.range))));
+                        if best.len() > query.limit + 1 {
+                            best.pop();
+                        }
                     }
                 }
             }

@@ -481,13 +481,17 @@ async fn time_ranges_and_pages_find_each_trace_once() {
 }
 
 /// Pages of every size, through blocks whose trace ids interleave and a newer block holding late
-/// revisions, give what one page gives, filtered or not, in every time range type.
+/// revisions, give what one page gives, filtered or sampled or not, in time range types whose
+/// order is the trace ids' and one whose order is not.
 #[tokio::test]
 async fn pages_across_interleaved_blocks_agree_with_one_page() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
+    // Every fifth trace ends 20 s after it began: by end time it comes before those of the
+    // next 20 seconds.
     let tagged = |i: u32, id: u64| {
-        doc(trace(i), id, &format!(r#""annotations":{{"tenant":"t{}"}},"end_time":{}.5"#, i % 3, trace(i).epoch()))
+        let end = trace(i).epoch() + if i.is_multiple_of(5) { 20 } else { 0 };
+        doc(trace(i), id, &format!(r#""annotations":{{"tenant":"t{}"}},"end_time":{end}.5"#, i % 3))
     };
     for block in 0..3 {
         store.append((0..40).filter(|i| i % 3 == block).map(|i| tagged(i, 1)).collect()).await.unwrap();
