@@ -851,6 +851,9 @@ impl Store {
         &self,
         mut ids: Vec<TraceId>,
     ) -> Result<FastMap<TraceId, BlockRevision>, StoreError> {
+        if ids.is_empty() {
+            return Ok(FastMap::default());
+        }
         ids.sort_unstable();
         ids.dedup();
         let blocks: Vec<Arc<BlockHandle>> =
@@ -1028,20 +1031,24 @@ impl Store {
         to_make.retain(|(id, _, _)| merge_later.binary_search(id).is_err());
         // Made without the lock, which appends wait for, and off the runtime's threads, which
         // serve them: the first query after a burst of ingest summarises every new trace.
-        let make = move || -> Vec<(TraceId, u64, Arc<TraceSummary>)> {
-            to_make
-                .into_iter()
-                .map(|(id, version, docs)| {
-                    let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
-                    (id, version, Arc::new(summarize(id, &parsed, 1)))
-                })
-                .collect()
-        };
-        let made = match tokio::task::spawn_blocking(make).await {
-            Ok(made) => made,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only a runtime shutting down cancels it.
-            Err(_) => return Err(StoreError::Closed),
+        let made: Vec<(TraceId, u64, Arc<TraceSummary>)> = if to_make.is_empty() {
+            Vec::new()
+        } else {
+            let make = move || {
+                to_make
+                    .into_iter()
+                    .map(|(id, version, docs)| {
+                        let parsed: Vec<&ParsedDocument> = docs.iter().map(|d| &d.parsed).collect();
+                        (id, version, Arc::new(summarize(id, &parsed, 1)))
+                    })
+                    .collect()
+            };
+            match tokio::task::spawn_blocking(make).await {
+                Ok(made) => made,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Only a runtime shutting down cancels it.
+                Err(_) => return Err(StoreError::Closed),
+            }
         };
         if !made.is_empty() {
             let live = self.inner.live.read().expect("live lock");
@@ -1220,8 +1227,9 @@ impl Store {
 
         let mut supersedes = Vec::new();
         let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
-        let mut earlier_revisions =
-            self.newest_block_revisions(due.iter().filter(|t| t.3).map(|t| t.0).collect()).await?;
+        let mut earlier_revisions = self
+            .newest_block_revisions(due.iter().filter(|(_, _, _, late, ..)| *late).map(|(id, ..)| *id).collect())
+            .await?;
         for (id, docs, live_bytes, maybe_in_blocks, mut limit_exceeded, summary) in due {
             let earlier = earlier_revisions.remove(&id);
             if earlier.is_none() && maybe_in_blocks {
