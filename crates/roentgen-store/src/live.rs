@@ -168,8 +168,8 @@ impl LiveTrace {
         self.version
     }
 
-    /// The summary of the documents held here (as a first revision), if one was made since
-    /// they last changed.
+    /// The summary of the documents held here, if one was made since they last changed: as a
+    /// first revision, or, where a block may hold an earlier one, merged with it.
     pub fn cached_summary(&self) -> Option<Arc<TraceSummary>> {
         self.summary.lock().expect("summary cache lock").clone()
     }

@@ -1006,29 +1006,44 @@ impl Store {
     async fn live_summaries(&self) -> Result<LiveSummaries, StoreError> {
         let mut ids = FastSet::default();
         let mut summaries = Vec::new();
-        let mut merge_later = Vec::new();
+        // Every live trace a block may also hold, and those held twice (flushing and live again).
+        let mut in_blocks = Vec::new();
+        let mut twice = Vec::new();
         // Traces whose documents changed since their last summary, with their documents then.
         let mut to_make = Vec::new();
+        // Traces held once whose block revision is to be merged in, with their versions: their
+        // merged summaries are cached like any other.
+        let mut late_versions = FastMap::default();
         {
             let live = self.inner.live.read().expect("live lock");
             ids.reserve(live.flushing.len() + live.traces.len());
             summaries.reserve(live.flushing.len() + live.traces.len());
             for (id, trace) in live.flushing.iter().chain(live.traces.iter()) {
-                if !ids.insert(*id) || trace.maybe_in_blocks {
-                    merge_later.push(*id);
+                if !ids.insert(*id) {
+                    late_versions.remove(id);
+                    twice.push(*id);
+                    in_blocks.push(*id);
                     continue;
+                }
+                if trace.maybe_in_blocks {
+                    in_blocks.push(*id);
                 }
                 match trace.cached_summary() {
                     Some(summary) => summaries.push(summary),
+                    None if trace.maybe_in_blocks => drop(late_versions.insert(*id, trace.version())),
                     None => to_make.push((*id, trace.version(), trace.docs.to_vec())),
                 }
             }
         }
+        in_blocks.sort_unstable();
+        in_blocks.dedup();
+        twice.sort_unstable();
+        // A trace held twice may have had its first summary pushed, or queued.
+        summaries.retain(|s: &Arc<TraceSummary>| twice.binary_search(&s.trace_id).is_err());
+        to_make.retain(|(id, _, _)| twice.binary_search(id).is_err());
+        let mut merge_later: Vec<TraceId> = late_versions.keys().copied().chain(twice).collect();
         merge_later.sort_unstable();
         merge_later.dedup();
-        // A trace seen twice above (flushing and live again) may have had its first summary pushed.
-        summaries.retain(|s: &Arc<TraceSummary>| merge_later.binary_search(&s.trace_id).is_err());
-        to_make.retain(|(id, _, _)| merge_later.binary_search(id).is_err());
         // Made without the lock, which appends wait for, and off the runtime's threads, which
         // serve them: the first query after a burst of ingest summarises every new trace.
         let made: Vec<(TraceId, u64, Arc<TraceSummary>)> = if to_make.is_empty() {
@@ -1060,12 +1075,19 @@ impl Store {
             }
         }
         let mut earlier_revisions = self.newest_block_revisions(merge_later.clone()).await?;
-        for &id in &merge_later {
+        for id in merge_later {
             let earlier = earlier_revisions.remove(&id);
             let revisions = earlier.as_ref().map_or(0, |r| r.revision);
             let Some(trace) = self.live_part(id).merged_with(earlier) else { continue };
             let parsed: Vec<&ParsedDocument> = trace.docs.iter().map(|d| &d.parsed).collect();
-            summaries.push(Arc::new(summarize(id, &parsed, revisions + 1)));
+            let summary = Arc::new(summarize(id, &parsed, revisions + 1));
+            if let Some(&version) = late_versions.get(&id) {
+                let live = self.inner.live.read().expect("live lock");
+                for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
+                    trace.offer_summary(version, &summary);
+                }
+            }
+            summaries.push(summary);
         }
         for summary in &mut summaries {
             if summary.links.iter().any(|l| l.source.is_none()) {
@@ -1079,7 +1101,7 @@ impl Store {
                 *summary = refined;
             }
         }
-        Ok(LiveSummaries { summaries, ids, in_blocks: merge_later })
+        Ok(LiveSummaries { summaries, ids, in_blocks })
     }
 
     /// The service graph of the traces whose last activity falls in the whole minutes that
@@ -1221,7 +1243,12 @@ impl Store {
             let live = inner.live.read().expect("live lock");
             live.flushing
                 .iter()
-                .map(|(id, t)| (*id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded, t.cached_summary()))
+                // A late trace's cached summary counts the block revision a query merged it with,
+                // which the flush reads again.
+                .map(|(id, t)| {
+                    let summary = t.cached_summary().filter(|_| !t.maybe_in_blocks);
+                    (*id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded, summary)
+                })
                 .collect()
         };
 

@@ -158,6 +158,41 @@ async fn a_live_summary_follows_later_documents_into_the_block() {
     store.close().await.unwrap();
 }
 
+/// A late trace kept live is merged with its block revision once, not at every query: the
+/// merged summary is kept until the trace changes, and graphs still count it once.
+#[tokio::test]
+async fn a_late_trace_is_merged_once_until_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let t = trace(1);
+    store.append(vec![complete(t, 1)]).await.unwrap();
+    store.flush_all().await.unwrap();
+    store.append(vec![doc(t, 2, &format!(r#""end_time":{}.75"#, t.epoch()))]).await.unwrap();
+    let late = |page: roentgen_store::SummaryPage| {
+        assert_eq!(page.summaries.len(), 1);
+        page.summaries[0].0.clone()
+    };
+    let first = late(store.summaries(&all_time()).await.unwrap());
+    assert_eq!((first.revision, first.end_time), (2, f64::from(t.epoch()) + 0.75));
+    let again = late(store.summaries(&all_time()).await.unwrap());
+    assert!(Arc::ptr_eq(&first, &again), "the merged summary is kept");
+    let requests = |graph: roentgen_query::ServiceGraph| {
+        let svc = graph.nodes.iter().find(|n| n.key.name == "svc").unwrap();
+        svc.series.statistics.total()
+    };
+    assert_eq!(requests(store.service_graph(0.0, 4e9).await.unwrap()), 2, "each segment once");
+    store.append(vec![doc(t, 3, &format!(r#""end_time":{}.875"#, t.epoch()))]).await.unwrap();
+    let changed = late(store.summaries(&all_time()).await.unwrap());
+    assert_eq!((changed.revision, changed.end_time), (2, f64::from(t.epoch()) + 0.875));
+    assert_eq!(requests(store.service_graph(0.0, 4e9).await.unwrap()), 3);
+    store.flush_all().await.unwrap();
+    let flushed = late(store.summaries(&all_time()).await.unwrap());
+    assert_eq!((flushed.revision, flushed.end_time), (2, changed.end_time));
+    assert_eq!(ids(&store.get_trace(t).await.unwrap().unwrap()), [1, 2, 3]);
+    assert_eq!(requests(store.service_graph(0.0, 4e9).await.unwrap()), 3);
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn torn_wal_tail_is_cut_and_the_rest_replayed() {
     let dir = tempfile::tempdir().unwrap();
