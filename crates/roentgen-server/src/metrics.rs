@@ -53,6 +53,8 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     daemon: [AtomicU64; 10],
     telemetry_records: AtomicU64,
+    /// The UDP receiver's socket, whose drops for a full receive buffer the kernel counts.
+    udp_socket: Option<u64>,
 }
 
 fn source_index(source: Source) -> usize {
@@ -78,6 +80,12 @@ pub const DAEMON_COUNTERS: [(&str, &str); 10] = [
 ];
 
 impl Metrics {
+    /// Counters that report, as well, the kernel's drops for the socket of this inode
+    /// ([`crate::udp::socket_inode`]).
+    pub fn with_udp_socket(inode: Option<u64>) -> Self {
+        Self { udp_socket: inode, ..Self::default() }
+    }
+
     pub fn received(&self, source: Source, count: u64) {
         self.received[source_index(source)].fetch_add(count, Ordering::Relaxed);
     }
@@ -151,7 +159,8 @@ impl Metrics {
             &mut out,
             "roentgen_udp_datagrams_dropped_total",
             "counter",
-            "UDP datagrams dropped before their document was read, by reason.",
+            "UDP datagrams dropped before their document was read, by reason: a missing or invalid header, or a \
+             receive buffer the receiver did not empty in time (as the kernel counts them).",
         );
         for (i, reason) in DatagramError::ALL.iter().enumerate() {
             let _ = writeln!(
@@ -160,6 +169,9 @@ impl Metrics {
                 reason.as_str(),
                 get(&self.datagrams_dropped[i])
             );
+        }
+        if let Some(drops) = self.udp_socket.and_then(crate::udp::receive_buffer_drops) {
+            let _ = writeln!(out, "roentgen_udp_datagrams_dropped_total{{reason=\"receive_buffer_full\"}} {drops}");
         }
         simple(
             &mut out,

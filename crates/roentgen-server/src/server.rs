@@ -107,7 +107,8 @@ impl RunningServer {
             "otlp addresses reserved; otlp ingest is not served by this version"
         );
 
-        let state = Arc::new(AppState { config, store, metrics: Metrics::default(), sampling, groups });
+        let metrics = Metrics::with_udp_socket(udp::socket_inode(&socket));
+        let state = Arc::new(AppState { config, store, metrics, sampling, groups });
         let (stop, stopped) = watch::channel(false);
         let udp_task = {
             let state = state.clone();

@@ -2,6 +2,7 @@
 //! and one segment document.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,6 +28,33 @@ pub fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// The kernel's number for a socket (its inode), by which `/proc/net/udp` lists it; `None` off
+/// Linux.
+pub fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Datagrams the kernel dropped for the socket of this inode because its receive buffer was
+/// full: what the receiver did not read in time, which nothing else counts.
+pub fn receive_buffer_drops(inode: u64) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .into_iter()
+        .find_map(|table| drops_in_table(&std::fs::read_to_string(table).ok()?, inode))
+}
+
+/// A `/proc/net/udp` table's drop count for one socket: its tenth column is the inode, its
+/// thirteenth and last the drops.
+fn drops_in_table(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        if fields.get(9)?.parse::<u64>().ok()? != inode {
+            return None;
+        }
+        fields.get(12)?.parse().ok()
+    })
 }
 
 /// The headers the official SDKs send, byte for byte (the Python and .NET SDKs' without spaces,
@@ -125,6 +153,35 @@ fn debug_rate_limited(message: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_are_read_from_the_socket_row() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  521: 0100007F:07D0 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17
+  522: 0100007F:A410 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4243 2 0000000000000000 0
+";
+        assert_eq!(drops_in_table(table, 4242), Some(17));
+        assert_eq!(drops_in_table(table, 4243), Some(0));
+        assert_eq!(drops_in_table(table, 99), None);
+        assert_eq!(drops_in_table("header only", 4242), None);
+    }
+
+    /// Datagrams sent to a socket nobody reads overflow its buffer, and the kernel's count of
+    /// them is found.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_full_receive_buffer_is_counted() {
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let inode = socket_inode(&socket).expect("a socket's inode on Linux");
+        assert_eq!(receive_buffer_drops(inode), Some(0));
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let datagram = vec![b'x'; 60_000];
+        // Far more than any receive buffer the kernel grants (net.core.rmem_max).
+        for _ in 0..2_000 {
+            let _ = sender.send_to(&datagram, socket.local_addr().unwrap());
+        }
+        assert!(receive_buffer_drops(inode).unwrap() > 0);
+    }
 
     #[test]
     fn headers_as_the_sdks_send_them() {
