@@ -1030,7 +1030,9 @@ impl Store {
                 }
                 match trace.cached_summary() {
                     Some(summary) => summaries.push(summary),
-                    None if trace.maybe_in_blocks => drop(late_versions.insert(*id, trace.version())),
+                    None if trace.maybe_in_blocks => {
+                        late_versions.insert(*id, trace.version());
+                    }
                     None => to_make.push((*id, trace.version(), trace.docs.to_vec())),
                 }
             }
