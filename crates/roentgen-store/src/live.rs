@@ -209,6 +209,11 @@ pub(crate) struct LiveState {
 }
 
 impl LiveState {
+    /// What live state holds of a trace: its flushing part, then its live one, either or both.
+    pub fn holding(&self, id: TraceId) -> impl Iterator<Item = &LiveTrace> {
+        [self.flushing.get(&id), self.traces.get(&id)].into_iter().flatten()
+    }
+
     /// Adds one document, logged in WAL `generation`; `maybe_in_blocks` is asked only for a trace
     /// not yet live. A new document that would take its trace past `max_trace_bytes` is dropped:
     /// returns false then.

@@ -787,7 +787,7 @@ impl Store {
         let live = self.inner.live.read().expect("live lock");
         let mut docs: Vec<Arc<StoredDocument>> = Vec::new();
         let (mut seen, mut maybe, mut limit_exceeded) = (false, false, false);
-        for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
+        for trace in live.holding(id) {
             seen = true;
             maybe |= trace.maybe_in_blocks;
             limit_exceeded |= trace.limit_exceeded;
@@ -1048,7 +1048,7 @@ impl Store {
         merge_later.dedup();
         // Made without the lock, which appends wait for, and off the runtime's threads, which
         // serve them: the first query after a burst of ingest summarises every new trace.
-        let made: Vec<(TraceId, u64, Arc<TraceSummary>)> = if to_make.is_empty() {
+        let mut made: Vec<(TraceId, u64, Arc<TraceSummary>)> = if to_make.is_empty() {
             Vec::new()
         } else {
             let make = move || {
@@ -1067,15 +1067,6 @@ impl Store {
                 Err(_) => return Err(StoreError::Closed),
             }
         };
-        if !made.is_empty() {
-            let live = self.inner.live.read().expect("live lock");
-            for (id, version, summary) in made {
-                for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
-                    trace.offer_summary(version, &summary);
-                }
-                summaries.push(summary);
-            }
-        }
         let mut earlier_revisions = self.newest_block_revisions(merge_later.clone()).await?;
         for id in merge_later {
             let earlier = earlier_revisions.remove(&id);
@@ -1083,23 +1074,25 @@ impl Store {
             let Some(trace) = self.live_part(id).merged_with(earlier) else { continue };
             let parsed: Vec<&ParsedDocument> = trace.docs.iter().map(|d| &d.parsed).collect();
             let summary = Arc::new(summarize(id, &parsed, revisions + 1));
-            if let Some(&version) = late_versions.get(&id) {
-                let live = self.inner.live.read().expect("live lock");
-                for trace in [live.flushing.get(&id), live.traces.get(&id)].into_iter().flatten() {
-                    trace.offer_summary(version, &summary);
-                }
+            match late_versions.get(&id) {
+                Some(&version) => made.push((id, version, summary)),
+                // Held twice: merged again at every query.
+                None => summaries.push(summary),
             }
-            summaries.push(summary);
+        }
+        // Each cached by its trace unless the trace changed meanwhile, in one pass under the lock.
+        if !made.is_empty() {
+            let live = self.inner.live.read().expect("live lock");
+            for (id, version, summary) in made {
+                live.holding(id).for_each(|trace| trace.offer_summary(version, &summary));
+                summaries.push(summary);
+            }
         }
         for summary in &mut summaries {
             if summary.links.iter().any(|l| l.source.is_none()) {
                 let refined = self.with_link_sources(summary.clone()).await?;
                 let live = self.inner.live.read().expect("live lock");
-                for trace in
-                    [live.flushing.get(&summary.trace_id), live.traces.get(&summary.trace_id)].into_iter().flatten()
-                {
-                    trace.refine_summary(summary, refined.clone());
-                }
+                live.holding(summary.trace_id).for_each(|trace| trace.refine_summary(summary, refined.clone()));
                 *summary = refined;
             }
         }
