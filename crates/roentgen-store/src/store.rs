@@ -261,6 +261,18 @@ struct LivePart {
 }
 
 impl LivePart {
+    fn of(live: &LiveState, id: TraceId) -> Self {
+        let mut docs: Vec<Arc<StoredDocument>> = Vec::new();
+        let (mut seen, mut maybe, mut limit_exceeded) = (false, false, false);
+        for trace in live.holding(id) {
+            seen = true;
+            maybe |= trace.maybe_in_blocks;
+            limit_exceeded |= trace.limit_exceeded;
+            docs.extend(trace.docs.iter().cloned());
+        }
+        LivePart { docs: seen.then_some(docs), in_blocks: !seen || maybe, limit_exceeded }
+    }
+
     /// The trace: its block revision's documents, those of live state replacing the ones of
     /// their ids.
     fn merged_with(self, earlier: Option<BlockRevision>) -> Option<StoredTrace> {
@@ -420,6 +432,10 @@ impl Catalog {
     /// first block that may and clones nothing.
     fn may_hold(&self, id: TraceId) -> bool {
         self.blocks.iter().any(|b| b.may_contain(id))
+    }
+
+    fn newest_first(&self) -> Vec<Arc<BlockHandle>> {
+        self.blocks.iter().rev().cloned().collect()
     }
 
     fn candidates(&self, id: TraceId) -> Vec<Arc<BlockHandle>> {
@@ -777,23 +793,14 @@ impl Store {
     /// A trace as `BatchGetTraces` returns it: its documents, merged across blocks and live
     /// state, and whether some were dropped at its size limit; `None` if unknown.
     pub async fn trace(&self, id: TraceId) -> Result<Option<StoredTrace>, StoreError> {
-        let live = self.live_part(id);
-        let earlier = if live.in_blocks { self.newest_block_revision(id).await? } else { None };
+        let (live, blocks) = {
+            let catalog = self.inner.catalog.read().expect("catalog lock");
+            let live = LivePart::of(&self.inner.live.read().expect("live lock"), id);
+            let blocks = if live.in_blocks { catalog.candidates(id) } else { Vec::new() };
+            (live, blocks)
+        };
+        let earlier = self.newest_block_revisions(vec![id], blocks).await?.remove(&id);
         Ok(live.merged_with(earlier))
-    }
-
-    /// What live state holds of a trace, flushing or live.
-    fn live_part(&self, id: TraceId) -> LivePart {
-        let live = self.inner.live.read().expect("live lock");
-        let mut docs: Vec<Arc<StoredDocument>> = Vec::new();
-        let (mut seen, mut maybe, mut limit_exceeded) = (false, false, false);
-        for trace in live.holding(id) {
-            seen = true;
-            maybe |= trace.maybe_in_blocks;
-            limit_exceeded |= trace.limit_exceeded;
-            docs.extend(trace.docs.iter().cloned());
-        }
-        LivePart { docs: seen.then_some(docs), in_blocks: !seen || maybe, limit_exceeded }
     }
 
     /// Where each of these links comes from, read from the linked traces: those in `batch`
@@ -839,25 +846,22 @@ impl Store {
         Ok(Arc::new(resolved))
     }
 
-    /// The newest block revision of a trace.
-    async fn newest_block_revision(&self, id: TraceId) -> Result<Option<BlockRevision>, StoreError> {
-        Ok(self.newest_block_revisions(vec![id]).await?.remove(&id))
-    }
-
-    /// The newest block revision of each of these traces, read a block at a time: each index
-    /// page and chunk once for all the traces in it. A flush of many late segments read and
-    /// decompressed half a chunk for each of their traces, on a thread of its own each time.
+    /// The newest revision of each of these traces in `blocks` (newest first), read a block at
+    /// a time: each index page and chunk once for all the traces in it. A flush of many late
+    /// segments read and decompressed half a chunk for each of their traces, on a thread of its
+    /// own each time. A query takes `blocks` with live state, under both locks: a block added
+    /// in between holds documents that the query's live state still holds, as an earlier
+    /// revision they are not.
     async fn newest_block_revisions(
         &self,
         mut ids: Vec<TraceId>,
+        blocks: Vec<Arc<BlockHandle>>,
     ) -> Result<FastMap<TraceId, BlockRevision>, StoreError> {
         if ids.is_empty() {
             return Ok(FastMap::default());
         }
         ids.sort_unstable();
         ids.dedup();
-        let blocks: Vec<Arc<BlockHandle>> =
-            self.inner.catalog.read().expect("catalog lock").blocks.iter().rev().cloned().collect();
         // Newest block first: a trace's first read is its newest revision, and the number of
         // blocks holding it is its revision in blocks that do not record it (before version 3).
         let mut found: FastMap<TraceId, (BlockRead, u32)> = FastMap::default();
@@ -1014,7 +1018,10 @@ impl Store {
         // Traces held once whose block revision is to be merged in, with their versions: their
         // merged summaries are cached like any other.
         let mut late_versions = FastMap::default();
-        {
+        // What live state holds of the traces to merge, and the blocks to merge them with, as
+        // both were at one moment.
+        let (merge_later, blocks) = {
+            let catalog = self.inner.catalog.read().expect("catalog lock");
             let live = self.inner.live.read().expect("live lock");
             ids.reserve(live.flushing.len() + live.traces.len());
             summaries.reserve(live.flushing.len() + live.traces.len());
@@ -1036,16 +1043,18 @@ impl Store {
                     None => to_make.push((*id, trace.version(), trace.docs.to_vec())),
                 }
             }
-        }
+            twice.sort_unstable();
+            let mut merge_later: Vec<TraceId> = late_versions.keys().chain(&twice).copied().collect();
+            merge_later.sort_unstable();
+            merge_later.dedup();
+            let blocks = if merge_later.is_empty() { Vec::new() } else { catalog.newest_first() };
+            (merge_later.into_iter().map(|id| (id, LivePart::of(&live, id))).collect::<Vec<_>>(), blocks)
+        };
         in_blocks.sort_unstable();
         in_blocks.dedup();
-        twice.sort_unstable();
         // A trace held twice may have had its first summary pushed, or queued.
         summaries.retain(|s: &Arc<TraceSummary>| twice.binary_search(&s.trace_id).is_err());
         to_make.retain(|(id, _, _)| twice.binary_search(id).is_err());
-        let mut merge_later: Vec<TraceId> = late_versions.keys().copied().chain(twice).collect();
-        merge_later.sort_unstable();
-        merge_later.dedup();
         // Made without the lock, which appends wait for, and off the runtime's threads, which
         // serve them: the first query after a burst of ingest summarises every new trace.
         let mut made: Vec<(TraceId, u64, Arc<TraceSummary>)> = if to_make.is_empty() {
@@ -1067,11 +1076,12 @@ impl Store {
                 Err(_) => return Err(StoreError::Closed),
             }
         };
-        let mut earlier_revisions = self.newest_block_revisions(merge_later.clone()).await?;
-        for id in merge_later {
+        let late = merge_later.iter().map(|(id, _)| *id).collect();
+        let mut earlier_revisions = self.newest_block_revisions(late, blocks).await?;
+        for (id, live) in merge_later {
             let earlier = earlier_revisions.remove(&id);
             let revisions = earlier.as_ref().map_or(0, |r| r.revision);
-            let Some(trace) = self.live_part(id).merged_with(earlier) else { continue };
+            let Some(trace) = live.merged_with(earlier) else { continue };
             let parsed: Vec<&ParsedDocument> = trace.docs.iter().map(|d| &d.parsed).collect();
             let summary = Arc::new(summarize(id, &parsed, revisions + 1));
             match late_versions.get(&id) {
@@ -1249,9 +1259,9 @@ impl Store {
 
         let mut supersedes = Vec::new();
         let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
-        let mut earlier_revisions = self
-            .newest_block_revisions(due.iter().filter(|(_, _, _, late, ..)| *late).map(|(id, ..)| *id).collect())
-            .await?;
+        let late = due.iter().filter(|(_, _, _, late, ..)| *late).map(|(id, ..)| *id).collect();
+        let blocks = inner.catalog.read().expect("catalog lock").newest_first();
+        let mut earlier_revisions = self.newest_block_revisions(late, blocks).await?;
         for (id, docs, live_bytes, maybe_in_blocks, mut limit_exceeded, summary) in due {
             let earlier = earlier_revisions.remove(&id);
             if earlier.is_none() && maybe_in_blocks {
@@ -1373,11 +1383,13 @@ impl Store {
         stats.block_documents_written.fetch_add(handle.meta.document_count, Ordering::Relaxed);
         // The newest blocks are the most queried: keep their summaries rather than decode them again.
         self.cache_summaries(&handle.meta.id, Arc::new(summaries));
-        inner.catalog.write().expect("catalog lock").add(handle);
 
         // The block is durable: its traces leave memory, and WAL generations no live trace
-        // needs any more are deleted.
+        // needs any more are deleted. Readers see the traces live or in the block, never both:
+        // they take the catalog's lock before live state's, as appends do.
         let (keep_from, flushed) = {
+            let mut catalog = inner.catalog.write().expect("catalog lock");
+            catalog.add(handle);
             let mut live = inner.live.write().expect("live lock");
             let flushed = live.flushed();
             inner.held_bytes.store(live.bytes, Ordering::Relaxed);

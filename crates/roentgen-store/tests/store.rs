@@ -1134,3 +1134,47 @@ async fn a_damaged_block_loses_only_what_cannot_be_read() {
     assert_eq!(ids(&store.get_trace(damaged).await.unwrap().unwrap()), [2]);
     store.close().await.unwrap();
 }
+
+/// Queries running while a flush writes late traces' new revisions, which take documents again
+/// meanwhile, see every document once and each trace at the revision it has: before the block is
+/// added, merged with the earlier one, after it with the block's. A query that took live state
+/// and the blocks at different moments missed the documents being flushed, or counted a revision
+/// too many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_during_a_flush_of_late_traces_see_each_document_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(config(dir.path())).await.unwrap());
+    let traces: Vec<TraceId> = (0..2_000).map(trace).collect();
+    let append = |id: u64| store.append(traces.iter().map(|&t| complete(t, id)).collect());
+    append(1).await.unwrap();
+    store.flush_all().await.unwrap();
+    let generation = || store.stats().wal_generation.load(std::sync::atomic::Ordering::Relaxed);
+    for round in 1..5u32 {
+        append(u64::from(2 * round)).await.unwrap();
+        let cut_from = generation();
+        let flush = tokio::spawn({
+            let store = store.clone();
+            async move { store.flush_all().await.unwrap() }
+        });
+        while generation() == cut_from {
+            tokio::task::yield_now().await;
+        }
+        // Cut: each trace is now being flushed and live again.
+        append(u64::from(2 * round + 1)).await.unwrap();
+        let mut queries = 0;
+        while !flush.is_finished() || queries == 0 {
+            let page = store.summaries(&all_time()).await.unwrap();
+            assert_eq!(page.summaries.len(), traces.len());
+            for (summary, _) in &page.summaries {
+                let seen = (summary.document_count, summary.revision);
+                assert!(
+                    seen == (2 * round + 1, round + 1) || seen == (2 * round + 1, round + 2),
+                    "round {round}, query {queries}: {seen:?}"
+                );
+            }
+            queries += 1;
+        }
+        flush.await.unwrap();
+    }
+    Arc::into_inner(store).unwrap().close().await.unwrap();
+}
