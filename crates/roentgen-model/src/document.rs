@@ -254,8 +254,8 @@ fn parse_valid_text(text: &str) -> Result<ParsedDocument, DocumentError> {
 fn parse_with_serde(text: &str) -> Result<ParsedDocument, DocumentError> {
     Builder::with(Builder::clear);
     let value: MapOr<WireEntity> = serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
-    let Some(wire) = value.0 else { return Err(not_an_object()) };
-    document(wire)
+    let Some(mut wire) = value.0 else { return Err(not_an_object()) };
+    document(&mut wire)
 }
 
 pub(crate) fn not_an_object() -> DocumentError {
@@ -303,7 +303,7 @@ impl Subsegments {
     /// full: a malformed one (a duplicate field, a number out of range) makes the document
     /// invalid JSON, which is reported before any field's error. The document fails either way,
     /// so what they leave in the builder is never read.
-    pub(crate) fn push(&mut self, child: Option<WireEntity>) {
+    pub(crate) fn push(&mut self, child: Option<&mut WireEntity>) {
         if self.first.is_err() {
             return;
         }
@@ -327,8 +327,8 @@ impl<'de> Deserialize<'de> for Subsegments {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Subsegments, A::Error> {
                 let mut array = Subsegments::begin();
-                while let Some(MapOr(child)) = seq.next_element::<MapOr<WireEntity>>()? {
-                    array.push(child);
+                while let Some(MapOr(mut child)) = seq.next_element::<MapOr<WireEntity>>()? {
+                    array.push(child.as_mut());
                 }
                 Ok(array)
             }
@@ -521,7 +521,7 @@ fn fail(code: DocumentErrorCode, in_subsegment: bool, detail: String) -> Documen
     DocumentError { code, id: None, in_subsegment, detail }
 }
 
-pub(crate) fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentError> {
+pub(crate) fn document(wire: &mut WireEntity) -> Result<ParsedDocument, DocumentError> {
     // A 16-digit id is held inline: copied out as a `String` only for an error.
     let top_id = wire.id.clone();
     let mut dropped_annotations = 0;
@@ -572,7 +572,7 @@ pub(crate) fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentE
                 "an independent subsegment needs a parent_id".into(),
             ));
         }
-        entity(std::mem::take(&mut wire), false, &mut dropped_annotations)?;
+        entity(wire, false, &mut dropped_annotations)?;
         Ok(ParsedDocument { trace_id, parent_id, kind, dropped_annotations, tree: Builder::with(|b| b.finish()) })
     };
     checked().map_err(|e| DocumentError { id: top_id.as_str().map(str::to_owned), ..e })
@@ -581,7 +581,7 @@ pub(crate) fn document(mut wire: WireEntity) -> Result<ParsedDocument, DocumentE
 /// Validates one entity whose subsegments were validated as they were read: its own fields
 /// first, then the first error among its subsegments, as X-Ray reports them. A valid entity
 /// goes into the [`Builder`], after its subsegments.
-fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<(), DocumentError> {
+fn entity(wire: &mut WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<(), DocumentError> {
     let id = match &wire.id {
         s if s.is_missing() => return Err(fail(DocumentErrorCode::MissingId, sub, "id is missing".into())),
         Scalar::Str(s) => SegmentId::parse(s)
@@ -594,7 +594,7 @@ fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<
             ));
         }
     };
-    let name = match wire.name {
+    let name = match std::mem::take(&mut wire.name) {
         s if s.is_missing() => {
             return Err(fail(DocumentErrorCode::MissingName, sub, "name is missing".into()));
         }
@@ -623,7 +623,7 @@ fn entity(wire: WireEntity, sub: bool, dropped_annotations: &mut u32) -> Result<
             "end_time is missing and in_progress is not true".into(),
         ));
     }
-    let first_subsegment = wire.subsegments.first?;
+    let first_subsegment = std::mem::replace(&mut wire.subsegments.first, Ok(None))?;
     *dropped_annotations += wire.subsegments.dropped_annotations + wire.annotations.dropped;
     Builder::with(|b| {
         b.entity(EntityFields {

@@ -26,15 +26,14 @@ const MAX_DEPTH: u32 = 64;
 pub(crate) fn read(text: &str) -> Option<Result<ParsedDocument, DocumentError>> {
     let mut r = Reader { text, b: text.as_bytes(), i: 0, depth: 0 };
     r.ws();
-    let MapOr(top) = r.map_or(Reader::entity)?;
+    // Filled where it lies, as each subsegment is: an entity is too large to move cheaply.
+    let mut top = WireEntity::default();
+    let object = r.entity_or_skip(&mut top)?;
     r.ws();
     if r.i != r.b.len() {
         return None;
     }
-    Some(match top {
-        Some(wire) => document(wire),
-        None => Err(not_an_object()),
-    })
+    Some(if object { document(&mut top) } else { Err(not_an_object()) })
 }
 
 struct Reader<'a> {
@@ -438,8 +437,17 @@ impl<'a> Reader<'a> {
         Some(items)
     }
 
-    fn entity(&mut self) -> Option<WireEntity> {
-        let mut w = WireEntity::default();
+    /// An entity into `w`, as [`Reader::map_or`] reads one: whether it was an object.
+    fn entity_or_skip(&mut self, w: &mut WireEntity) -> Option<bool> {
+        if self.peek()? == b'{' {
+            self.entity(w)?;
+            return Some(true);
+        }
+        self.skip_own()?;
+        Some(false)
+    }
+
+    fn entity(&mut self, w: &mut WireEntity) -> Option<()> {
         let field = |key: &[u8]| {
             Some(match key {
                 b"id" => 0,
@@ -491,8 +499,7 @@ impl<'a> Reader<'a> {
                 _ => w.links = Links::of(r.items(Self::link)?),
             }
             Some(())
-        })?;
-        Some(w)
+        })
     }
 
     fn trace_id(&mut self) -> Option<WireTraceId> {
@@ -594,8 +601,9 @@ impl<'a> Reader<'a> {
         }
         let mut array = Subsegments::begin();
         self.members(|r| {
-            let MapOr(child) = r.map_or(Self::entity)?;
-            array.push(child);
+            let mut child = WireEntity::default();
+            let object = r.entity_or_skip(&mut child)?;
+            array.push(object.then_some(&mut child));
             Some(())
         })?;
         Some(array)
