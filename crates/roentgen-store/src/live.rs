@@ -264,12 +264,14 @@ impl LiveState {
         self.appended_since_cut = 0;
         let is_due =
             |t: &LiveTrace| now.duration_since(t.last_update) >= idle || now.duration_since(t.first_seen) >= max_live;
-        let mut due: Vec<TraceId> = self.traces.iter().filter(|(_, t)| is_due(t)).map(|(id, _)| *id).collect();
-        let due_bytes: u64 = due.iter().map(|id| self.traces[id].bytes).sum();
+        // Taken out in the pass that finds them, not looked up again one by one: each live
+        // trace is a cache miss.
+        let mut due: Vec<(TraceId, LiveTrace)> = self.traces.extract_if(|_, t| is_due(t)).collect();
+        let due_bytes: u64 = due.iter().map(|(_, t)| t.bytes).sum();
         if self.bytes.saturating_sub(due_bytes) > max_bytes {
             // Over the memory budget: flush the oldest of the rest until under it.
             let mut rest: Vec<(Instant, TraceId, u64)> =
-                self.traces.iter().filter(|(_, t)| !is_due(t)).map(|(id, t)| (t.first_seen, *id, t.bytes)).collect();
+                self.traces.iter().map(|(id, t)| (t.first_seen, *id, t.bytes)).collect();
             rest.sort_unstable_by_key(|(seen, id, _)| (*seen, *id));
             let mut remaining = self.bytes - due_bytes;
             for (_, id, bytes) in rest {
@@ -277,31 +279,31 @@ impl LiveState {
                     break;
                 }
                 remaining -= bytes;
-                due.push(id);
+                due.extend(self.traces.remove_entry(&id));
             }
         }
         // Sized once: grown from empty at every flush, the table was rehashed at each doubling.
         self.flushing.reserve(due.len());
-        for id in &due {
-            if let Some(trace) = self.traces.remove(id) {
-                self.bytes -= trace.bytes;
-                self.documents -= trace.docs.len() as u64;
-                match self.flushing.get_mut(id) {
-                    // Left by a flush that failed: the documents it holds are acknowledged too.
-                    Some(flushing) => {
-                        let before = flushing.bytes;
-                        self.changes += 1;
-                        flushing.absorb(trace, self.changes);
-                        self.flushing_bytes = self.flushing_bytes - before + flushing.bytes;
-                    }
-                    None => {
-                        self.flushing_bytes += trace.bytes;
-                        self.flushing.insert(*id, trace);
-                    }
+        let mut ids = Vec::with_capacity(due.len());
+        for (id, trace) in due {
+            ids.push(id);
+            self.bytes -= trace.bytes;
+            self.documents -= trace.docs.len() as u64;
+            match self.flushing.get_mut(&id) {
+                // Left by a flush that failed: the documents it holds are acknowledged too.
+                Some(flushing) => {
+                    let before = flushing.bytes;
+                    self.changes += 1;
+                    flushing.absorb(trace, self.changes);
+                    self.flushing_bytes = self.flushing_bytes - before + flushing.bytes;
+                }
+                None => {
+                    self.flushing_bytes += trace.bytes;
+                    self.flushing.insert(id, trace);
                 }
             }
         }
-        due
+        ids
     }
 
     /// The flushing traces are in a block now: they leave live state. Returned, so that the

@@ -138,9 +138,13 @@ impl BlockSummaries {
             summaries.sort_unstable_by_key(|s| s.trace_id);
         }
         let mut index = Self::default();
-        // Each index entry: a key (with a copy of its strings) and positions.
+        // Each index entry: a key (with a copy of its strings) and positions; and each summary,
+        // counted in the same pass: the flush's summaries are tens of megabytes, out of the cache
+        // by the time a second pass reads them again.
         let mut index_bytes = 0;
+        let mut summary_bytes = 0;
         for (i, s) in summaries.iter().enumerate() {
+            summary_bytes += 8 + s.approximate_bytes();
             let epoch = f64::from(s.trace_id.epoch());
             index.event_lateness.add(s.end_time, epoch);
             for &time in &s.segment_end_times {
@@ -195,7 +199,7 @@ impl BlockSummaries {
             .map(|(k, values)| 48 + k.len() + values.keys().map(|v| 48 + value_bytes(v)).sum::<usize>())
             .sum::<usize>();
         index_bytes += index.by_service.keys().map(|k| 64 + k.len()).sum::<usize>();
-        index.bytes = index_bytes + summaries.iter().map(|s| 8 + s.approximate_bytes()).sum::<usize>();
+        index.bytes = index_bytes + summary_bytes;
         index.summaries = summaries;
         index
     }
