@@ -206,6 +206,8 @@ pub(crate) struct LiveState {
     pub appended_since_cut: u64,
     /// Changes to traces so far: each change's number is the changed trace's version.
     changes: u64,
+    /// Traces the last cut took, what `flushing` is sized for at the next.
+    last_taken: usize,
 }
 
 impl LiveState {
@@ -264,45 +266,53 @@ impl LiveState {
         self.appended_since_cut = 0;
         let is_due =
             |t: &LiveTrace| now.duration_since(t.last_update) >= idle || now.duration_since(t.first_seen) >= max_live;
-        // Taken out in the pass that finds them, not looked up again one by one: each live
-        // trace is a cache miss.
-        let mut due: Vec<(TraceId, LiveTrace)> = self.traces.extract_if(|_, t| is_due(t)).collect();
-        let due_bytes: u64 = due.iter().map(|(_, t)| t.bytes).sum();
-        if self.bytes.saturating_sub(due_bytes) > max_bytes {
-            // Over the memory budget: flush the oldest of the rest until under it.
-            let mut rest: Vec<(Instant, TraceId, u64)> =
-                self.traces.iter().map(|(id, t)| (t.first_seen, *id, t.bytes)).collect();
-            rest.sort_unstable_by_key(|(seen, id, _)| (*seen, *id));
-            let mut remaining = self.bytes - due_bytes;
-            for (_, id, bytes) in rest {
-                if remaining <= max_bytes / 2 {
-                    break;
-                }
-                remaining -= bytes;
-                due.extend(self.traces.remove_entry(&id));
-            }
-        }
-        // Sized once: grown from empty at every flush, the table was rehashed at each doubling.
-        self.flushing.reserve(due.len());
-        let mut ids = Vec::with_capacity(due.len());
-        for (id, trace) in due {
+        // Due traces are taken out in the pass that finds them (each live trace is a cache miss,
+        // and they were looked up again one by one) and moved straight into `flushing`, sized
+        // once for as many as the last cut took: grown from empty, its table was rehashed at each
+        // doubling.
+        self.flushing.reserve(self.last_taken);
+        let mut ids = Vec::with_capacity(self.last_taken);
+        let (flushing, flushing_bytes, changes) = (&mut self.flushing, &mut self.flushing_bytes, &mut self.changes);
+        let mut take = |id: TraceId, trace: LiveTrace| {
             ids.push(id);
-            self.bytes -= trace.bytes;
-            self.documents -= trace.docs.len() as u64;
-            match self.flushing.get_mut(&id) {
+            match flushing.get_mut(&id) {
                 // Left by a flush that failed: the documents it holds are acknowledged too.
                 Some(flushing) => {
                     let before = flushing.bytes;
-                    self.changes += 1;
-                    flushing.absorb(trace, self.changes);
-                    self.flushing_bytes = self.flushing_bytes - before + flushing.bytes;
+                    *changes += 1;
+                    flushing.absorb(trace, *changes);
+                    *flushing_bytes = *flushing_bytes - before + flushing.bytes;
                 }
                 None => {
-                    self.flushing_bytes += trace.bytes;
-                    self.flushing.insert(id, trace);
+                    *flushing_bytes += trace.bytes;
+                    flushing.insert(id, trace);
+                }
+            }
+        };
+        let (mut bytes, mut documents) = (0, 0);
+        for (id, trace) in self.traces.extract_if(|_, t| is_due(t)) {
+            bytes += trace.bytes;
+            documents += trace.docs.len() as u64;
+            take(id, trace);
+        }
+        if self.bytes - bytes > max_bytes {
+            // Over the memory budget: flush the oldest of the rest until under it.
+            let mut rest: Vec<(Instant, TraceId)> = self.traces.iter().map(|(id, t)| (t.first_seen, *id)).collect();
+            rest.sort_unstable();
+            for (_, id) in rest {
+                if self.bytes - bytes <= max_bytes / 2 {
+                    break;
+                }
+                if let Some(trace) = self.traces.remove(&id) {
+                    bytes += trace.bytes;
+                    documents += trace.docs.len() as u64;
+                    take(id, trace);
                 }
             }
         }
+        self.bytes -= bytes;
+        self.documents -= documents;
+        self.last_taken = ids.len();
         ids
     }
 
