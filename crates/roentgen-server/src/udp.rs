@@ -18,6 +18,8 @@ use crate::metrics::DatagramError;
 const MAX_DATAGRAM: usize = 65_535;
 /// Documents handed to the store in one batch at most.
 const BATCH: usize = 512;
+/// Datagrams taken from the socket in one system call at most.
+const AT_ONCE: usize = 32;
 
 /// Binds the UDP socket with a receive buffer large enough to absorb bursts.
 pub fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -85,22 +87,22 @@ pub fn split_datagram(datagram: &[u8]) -> Result<&[u8], DatagramError> {
 /// Receives datagrams until the task is dropped. Bad datagrams are counted and logged at debug
 /// level at most once a second; they never stop the receiver.
 pub async fn serve(socket: UdpSocket, state: Arc<AppState>) {
-    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    let mut received = Received::new();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let received = match socket.recv_from(&mut buffer).await {
-            Ok((n, _)) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "udp receive failed");
-                continue;
-            }
-        };
-        handle(&buffer[..received], &state, &mut batch);
+        if let Err(e) = socket.readable().await {
+            tracing::warn!(error = %e, "udp receive failed");
+            continue;
+        }
         // Drain what is already queued so one store submission carries many documents.
         while batch.len() < BATCH {
-            match socket.try_recv_from(&mut buffer) {
-                Ok((n, _)) => handle(&buffer[..n], &state, &mut batch),
-                Err(_) => break,
+            match received.receive(&socket) {
+                Ok(()) => received.datagrams().for_each(|datagram| handle(datagram, &state, &mut batch)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "udp receive failed");
+                    break;
+                }
             }
         }
         if batch.is_empty() {
@@ -118,6 +120,48 @@ pub async fn serve(socket: UdpSocket, state: Arc<AppState>) {
                 return;
             }
         }
+    }
+}
+
+/// The datagrams of one receive, in buffers kept from one to the next.
+struct Received {
+    /// `AT_ONCE` buffers of `MAX_DATAGRAM` bytes, one after another.
+    buffers: Vec<u8>,
+    lengths: Vec<usize>,
+}
+
+impl Received {
+    fn new() -> Self {
+        Self { buffers: vec![0; AT_ONCE * MAX_DATAGRAM], lengths: Vec::with_capacity(AT_ONCE) }
+    }
+
+    fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+        self.lengths.iter().zip(self.buffers.chunks(MAX_DATAGRAM)).map(|(&n, buffer)| &buffer[..n])
+    }
+
+    /// Takes up to `AT_ONCE` of the datagrams queued on the socket in one system call: a call
+    /// for each took nearly a tenth of the server's CPU at 80,000 datagrams a second. `WouldBlock`
+    /// when none is queued.
+    #[cfg(target_os = "linux")]
+    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+        use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg};
+        socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut headers = MultiHeaders::<()>::preallocate(AT_ONCE, None);
+            let mut slices: Vec<[std::io::IoSliceMut<'_>; 1]> =
+                self.buffers.chunks_mut(MAX_DATAGRAM).map(|buffer| [std::io::IoSliceMut::new(buffer)]).collect();
+            let messages = recvmmsg(socket.as_raw_fd(), &mut headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
+            self.lengths.clear();
+            self.lengths.extend(messages.map(|message| message.bytes));
+            Ok(())
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+        let (n, _) = socket.try_recv_from(&mut self.buffers[..MAX_DATAGRAM])?;
+        self.lengths.clear();
+        self.lengths.push(n);
+        Ok(())
     }
 }
 

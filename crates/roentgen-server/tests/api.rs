@@ -361,6 +361,29 @@ async fn udp_datagrams_good_and_bad() {
     assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await, 2.0);
 }
 
+/// A burst of datagrams, several system calls' worth, each a segment: every one is stored.
+#[tokio::test]
+async fn udp_bursts_are_received_whole() {
+    let h = Harness::start().await;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = trace_id(7);
+    for id in 1..=100 {
+        let datagram = format!("{{\"format\":\"json\",\"version\":1}}\n{}", segment(&t, id, ""));
+        socket.send_to(datagram.as_bytes(), h.server().udp_address).unwrap();
+    }
+    let mut accepted = 0.0;
+    for _ in 0..100 {
+        accepted = h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await;
+        if accepted >= 100.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted, 100.0);
+    let (_, body) = h.post("/Traces", json!({"TraceIds": [t]})).await;
+    assert_eq!(body["Traces"][0]["Segments"].as_array().map(Vec::len), Some(100), "{body}");
+}
+
 /// A server whose disk stays under `store.min_free_bytes` holds segments back for a while, then
 /// refuses them: from the API with AWS's `ServiceUnavailable`, which the SDKs retry, and from
 /// UDP by counting them. It goes on answering reads, and its UDP receiver goes on receiving.
