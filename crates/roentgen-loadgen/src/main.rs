@@ -104,6 +104,10 @@ enum Command {
         /// the trade between bytes on disk and the CPU of a lookup.
         #[arg(long)]
         block_chunk_bytes: Option<u32>,
+        /// Blocks the store holds before the measured segments come, as a store weeks old holds
+        /// them: one a minute of trace ids, all older than the generator's hour.
+        #[arg(long, default_value_t = 0)]
+        blocks: u32,
     },
     /// Measure two codecs on the generator's documents, alternating each pair of variants
     /// round by round: reading `PutTraceSegments` bodies of 50 documents (roentgen's decoder
@@ -193,8 +197,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(filters(&address, &expressions, requests))?;
         }
         Command::Graph { address, requests, windows } => runtime.block_on(graph(&address, requests, &windows))?,
-        Command::Pipeline { segments, rounds, block_chunk_bytes } => {
-            runtime.block_on(pipeline(segments, rounds, block_chunk_bytes))?;
+        Command::Pipeline { segments, rounds, block_chunk_bytes, blocks } => {
+            runtime.block_on(pipeline(segments, rounds, block_chunk_bytes, blocks))?;
         }
         Command::Codecs { segments, rounds } => codecs(segments, rounds)?,
         Command::Fsync { dir, writes, bytes, rounds } => fsync(&dir, writes, bytes, rounds)?,
@@ -750,6 +754,20 @@ async fn compact_blocks(parts: &[&[String]], config: &roentgen_store::StoreConfi
 }
 
 /// A document parsed as `PutTraceSegments` parses it, ready for the store.
+/// `count` blocks of one small trace each, a minute of trace ids apart, the newest two hours old.
+async fn write_old_blocks(store: &roentgen_store::Store, count: u32) -> anyhow::Result<()> {
+    let newest = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as u32 - 7200;
+    for n in 1..=count {
+        let epoch = newest - (count - n) * 60;
+        let raw = format!(
+            r#"{{"trace_id":"1-{epoch:08x}-{n:024x}","id":"{n:016x}","name":"old","start_time":{epoch},"end_time":{epoch}.5}}"#
+        );
+        store.submit(vec![stored_document(&raw)?]).await?;
+        store.flush_all().await?;
+    }
+    Ok(())
+}
+
 fn stored_document(raw: &str) -> anyhow::Result<Arc<roentgen_store::StoredDocument>> {
     Ok(Arc::new(roentgen_store::StoredDocument {
         raw: raw.into(),
@@ -818,7 +836,7 @@ fn process_cpu() -> anyhow::Result<Duration> {
 /// Traces the pipeline reads back from its block once it is written.
 const LOOKUPS: usize = 2_000;
 
-async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) -> anyhow::Result<()> {
+async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>, blocks: u32) -> anyhow::Result<()> {
     let block_chunk_bytes = block_chunk_bytes.unwrap_or(roentgen_store::StoreConfig::default().block_chunk_bytes);
     let generator = Generator::new(3600);
     let mut documents = Vec::new();
@@ -858,6 +876,8 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
             ..Default::default()
         };
         let store = roentgen_store::Store::open(config_for(dir.clone())).await?;
+        write_old_blocks(&store, blocks).await?;
+        let old_block_bytes = self::block_bytes(&dir)?;
         let cpu = process_cpu()?;
         let mut parsed = Vec::with_capacity(documents.len());
         for raw in &documents {
@@ -881,7 +901,7 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
             }
         }
         let looked_up_at = process_cpu()?;
-        block_bytes = self::block_bytes(&dir)?;
+        block_bytes = self::block_bytes(&dir)? - old_block_bytes;
         let stats = store.stats();
         store.close().await?;
         std::fs::remove_dir_all(&dir)?;
@@ -908,6 +928,7 @@ async fn pipeline(segments: u64, rounds: usize, block_chunk_bytes: Option<u32>) 
         "compaction_cpu_us_per_segment": compaction,
         "compacted_block_bytes_per_segment": compacted_bytes as f64 / documents.len() as f64,
         "block_chunk_bytes": block_chunk_bytes,
+        "blocks_before": blocks,
         "block_bytes_per_segment": block_bytes as f64 / documents.len() as f64,
         "lookups": lookups.len(),
         "cpu_us_per_lookup": lookup,

@@ -81,6 +81,40 @@ async fn traces_survive_flush_and_restart() {
     store.close().await.unwrap();
 }
 
+/// Blocks whose traces' epochs overlap and come in no order: a late segment for a trace in
+/// any of them is found to be late (the catalog looks a new trace up among the blocks whose
+/// latest epoch reaches it), before and after a restart.
+#[tokio::test]
+async fn late_segments_find_their_block_whatever_the_order_of_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let blocks: [&[u32]; 4] = [&[5, 100], &[500], &[50], &[1, 900]];
+    for traces in blocks {
+        store.append(traces.iter().map(|&n| complete(trace(n), 1)).collect()).await.unwrap();
+        store.flush_all().await.unwrap();
+    }
+    let all: Vec<u32> = blocks.concat();
+    store.append(all.iter().map(|&n| complete(trace(n), 2)).collect()).await.unwrap();
+    for reopened in [false, true] {
+        let store = if reopened { Store::open(config(dir.path())).await.unwrap() } else { store.clone() };
+        let page = store.summaries(&all_time()).await.unwrap();
+        assert_eq!(page.summaries.len(), all.len());
+        for (summary, _) in &page.summaries {
+            assert_eq!(
+                (summary.revision, summary.document_count),
+                (2, 2),
+                "{} (reopened: {reopened})",
+                summary.trace_id
+            );
+        }
+        for &n in &all {
+            assert_eq!(ids(&store.get_trace(trace(n)).await.unwrap().unwrap()), [1, 2]);
+        }
+        assert!(store.get_trace(trace(300)).await.unwrap().is_none());
+        store.close().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn late_segments_make_a_new_revision_found_once() {
     let dir = tempfile::tempdir().unwrap();
