@@ -100,6 +100,19 @@ impl Harness {
             .parse()
             .unwrap()
     }
+
+    /// The metric once it reaches `at_least`, or as it is after 20 s.
+    async fn metric_reaching(&self, name: &str, at_least: f64) -> f64 {
+        let mut value = 0.0;
+        for _ in 0..200 {
+            value = self.metric(name).await;
+            if value >= at_least {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        value
+    }
 }
 
 fn trace_id(n: u32) -> String {
@@ -371,15 +384,7 @@ async fn udp_bursts_are_received_whole() {
         let datagram = format!("{{\"format\":\"json\",\"version\":1}}\n{}", segment(&t, id, ""));
         socket.send_to(datagram.as_bytes(), h.server().udp_address).unwrap();
     }
-    let mut accepted = 0.0;
-    for _ in 0..100 {
-        accepted = h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await;
-        if accepted >= 100.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(accepted, 100.0);
+    assert_eq!(h.metric_reaching("roentgen_segments_accepted_total{source=\"udp\"}", 100.0).await, 100.0);
     let (_, body) = h.post("/Traces", json!({"TraceIds": [t]})).await;
     assert_eq!(body["Traces"][0]["Segments"].as_array().map(Vec::len), Some(100), "{body}");
 }
@@ -400,14 +405,7 @@ async fn without_room_on_disk_segments_are_refused_and_reads_go_on() {
     assert!(message.contains("store.min_free_bytes") && message.contains("bytes free"), "{message}");
 
     socket.send_to(datagram.as_bytes(), h.server().udp_address).unwrap();
-    let mut refused = 0.0;
-    for _ in 0..200 {
-        refused = h.metric("roentgen_segments_refused_disk_full_total").await;
-        if refused >= 3.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = h.metric_reaching("roentgen_segments_refused_disk_full_total", 3.0).await;
     assert_eq!(refused, 3.0, "the API's segment and two datagrams refused");
     assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await, 0.0);
     assert!(h.metric("roentgen_disk_free_bytes").await > 0.0);
