@@ -295,12 +295,12 @@ impl LiveState {
             documents += trace.docs.len() as u64;
             take(id, trace);
         }
-        if self.bytes - bytes > max_bytes {
+        if self.bytes.saturating_sub(bytes) > max_bytes {
             // Over the memory budget: flush the oldest of the rest until under it.
             let mut rest: Vec<(Instant, TraceId)> = self.traces.iter().map(|(id, t)| (t.first_seen, *id)).collect();
             rest.sort_unstable();
             for (_, id) in rest {
-                if self.bytes - bytes <= max_bytes / 2 {
+                if self.bytes.saturating_sub(bytes) <= max_bytes / 2 {
                     break;
                 }
                 if let Some(trace) = self.traces.remove(&id) {
