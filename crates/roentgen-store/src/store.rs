@@ -457,16 +457,23 @@ impl Catalog {
         self.reaching(id).any(|b| b.may_contain(id))
     }
 
-    fn newest_first(&self) -> Vec<Arc<BlockHandle>> {
-        self.blocks.iter().rev().cloned().collect()
+    /// The blocks whose traces reach the earliest of `ids`' epochs, newest first: every block
+    /// that may hold one of them, and none for no ids.
+    fn reaching_any(&self, ids: &[TraceId]) -> Vec<Arc<BlockHandle>> {
+        // Trace ids order by their epochs first.
+        let Some(&earliest) = ids.iter().min() else { return Vec::new() };
+        newest_first(self.reaching(earliest).cloned().collect())
     }
 
     /// The blocks that may hold the trace, newest first.
     fn candidates(&self, id: TraceId) -> Vec<Arc<BlockHandle>> {
-        let mut candidates: Vec<Arc<BlockHandle>> = self.reaching(id).filter(|b| b.may_contain(id)).cloned().collect();
-        candidates.sort_unstable_by(|a, b| b.meta.id.cmp(&a.meta.id));
-        candidates
+        newest_first(self.reaching(id).filter(|b| b.may_contain(id)).cloned().collect())
     }
+}
+
+fn newest_first(mut blocks: Vec<Arc<BlockHandle>>) -> Vec<Arc<BlockHandle>> {
+    blocks.sort_unstable_by(|a, b| b.meta.id.cmp(&a.meta.id));
+    blocks
 }
 
 struct Inner {
@@ -1073,7 +1080,7 @@ impl Store {
             let mut merge_later: Vec<TraceId> = late_versions.keys().chain(&twice).copied().collect();
             merge_later.sort_unstable();
             merge_later.dedup();
-            let blocks = if merge_later.is_empty() { Vec::new() } else { catalog.newest_first() };
+            let blocks = catalog.reaching_any(&merge_later);
             (merge_later.into_iter().map(|id| (id, LivePart::of(&live, id))).collect::<Vec<_>>(), blocks)
         };
         in_blocks.sort_unstable();
@@ -1285,8 +1292,8 @@ impl Store {
 
         let mut supersedes = Vec::new();
         let mut merged: Vec<FlushTrace> = Vec::with_capacity(due.len());
-        let late = due.iter().filter(|(_, _, _, late, ..)| *late).map(|(id, ..)| *id).collect();
-        let blocks = inner.catalog.read().expect("catalog lock").newest_first();
+        let late: Vec<TraceId> = due.iter().filter(|(_, _, _, late, ..)| *late).map(|(id, ..)| *id).collect();
+        let blocks = inner.catalog.read().expect("catalog lock").reaching_any(&late);
         let mut earlier_revisions = self.newest_block_revisions(late, blocks).await?;
         for (id, docs, live_bytes, maybe_in_blocks, mut limit_exceeded, summary) in due {
             let earlier = earlier_revisions.remove(&id);
