@@ -224,7 +224,7 @@ impl Metrics {
             );
         }
 
-        let store_metrics: [(&str, &str, &str, &AtomicU64); 29] = [
+        let store_metrics: [(&str, &str, &str, &AtomicU64); 30] = [
             (
                 "roentgen_store_documents_appended_total",
                 "counter",
@@ -333,6 +333,12 @@ impl Metrics {
                 "gauge",
                 "Memory held by decoded block summaries (an estimate), at most store.summary_cache_bytes.",
                 &store.summary_cache_bytes,
+            ),
+            (
+                "roentgen_bloom_filter_bytes",
+                "gauge",
+                "Memory held by the blocks' bloom filters, at most store.bloom_filter_bytes: the newest blocks keep theirs.",
+                &store.bloom_filter_bytes,
             ),
         ];
         for (name, kind, help, value) in store_metrics {

@@ -700,18 +700,22 @@ impl Bloom {
     }
 }
 
-/// A block as kept in memory: its meta, bloom filter, fences and chunk table.
+/// A block as kept in memory: its meta, fences, chunk table and, unless the catalog has shed it,
+/// its bloom filter.
 #[derive(Debug)]
 pub(crate) struct BlockHandle {
     pub meta: BlockMeta,
     data_path: ObjectPath,
-    bloom: Bloom,
+    /// `None` once the catalog keeps no filter for this block (`Catalog::shed_blooms`): it may
+    /// then hold any trace of its epochs, and its index answers whether it does.
+    bloom: Option<Bloom>,
     fences: Fences,
     chunks: Vec<(u64, u32)>,
     /// The hour and day rollups and the index of the hourly ones, read at open (version 3 on).
     pub kept_rollups: Option<Arc<KeptRollups>>,
-    /// Part of the block failed its checks when it was read (`store::tolerate`).
-    pub damaged: AtomicBool,
+    /// Part of the block failed its checks when it was read (`store::tolerate`); shared with
+    /// the copy that [`BlockHandle::without_bloom`] makes.
+    pub damaged: Arc<AtomicBool>,
 }
 
 fn corrupt_block(meta: &BlockMeta, reason: &str) -> StoreError {
@@ -727,25 +731,27 @@ pub(crate) fn data_path(id: &str) -> ObjectPath {
 }
 
 impl BlockHandle {
-    /// A stored block, reading what a handle holds from its data.
-    pub async fn open(store: &dyn ObjectStore, meta: BlockMeta) -> Result<Self, StoreError> {
-        let ranges = Self::held_ranges(&meta)?;
+    /// A stored block, reading what a handle holds from its data: its bloom filter too when
+    /// `with_bloom`.
+    pub async fn open(store: &dyn ObjectStore, meta: BlockMeta, with_bloom: bool) -> Result<Self, StoreError> {
+        let ranges = Self::held_ranges(&meta, with_bloom)?;
         let parts = store.get_ranges(&data_path(&meta.id), &ranges).await?;
-        Self::from_parts(meta, parts.iter().map(|part| &part[..]))
+        Self::from_parts(meta, parts.iter().map(|part| &part[..]), with_bloom)
     }
 
     /// A block just built, from its data in memory: taken before the block is written, so that a
     /// block once written is never left out of the catalog for want of reading it back.
     pub fn from_data(meta: BlockMeta, data: &[u8]) -> Result<Self, StoreError> {
-        let ranges = Self::held_ranges(&meta)?;
+        let ranges = Self::held_ranges(&meta, true)?;
         let parts: Option<Vec<&[u8]>> =
             ranges.iter().map(|r| data.get(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?)).collect();
         let parts = parts.ok_or_else(|| corrupt_block(&meta, "a section lies past the data"))?;
-        Self::from_parts(meta, parts.into_iter())
+        Self::from_parts(meta, parts.into_iter(), true)
     }
 
-    /// The ranges of the data a handle holds: fences, chunk table, bloom filter and kept rollups.
-    fn held_ranges(meta: &BlockMeta) -> Result<Vec<std::ops::Range<u64>>, StoreError> {
+    /// The ranges of the data a handle holds: fences, chunk table, kept rollups (version 3 on)
+    /// and, `with_bloom`, the bloom filter.
+    fn held_ranges(meta: &BlockMeta, with_bloom: bool) -> Result<Vec<std::ops::Range<u64>>, StoreError> {
         let s = &meta.sections;
         let v3 = meta.format_version >= 3;
         if !READABLE_VERSIONS.contains(&meta.format_version)
@@ -756,17 +762,32 @@ impl BlockHandle {
         {
             return Err(corrupt_block(meta, &format!("format version {} is not supported", meta.format_version)));
         }
-        let mut ranges = vec![s.fences.clone(), s.chunks.clone(), s.bloom.clone()];
+        let mut ranges = vec![s.fences.clone(), s.chunks.clone()];
         ranges.extend(s.kept_rollups.clone());
+        ranges.extend(with_bloom.then(|| s.bloom.clone()));
         Ok(ranges)
     }
 
     /// The handle, from the data of [`BlockHandle::held_ranges`] in order.
-    fn from_parts<'d>(meta: BlockMeta, mut parts: impl Iterator<Item = &'d [u8]>) -> Result<Self, StoreError> {
+    fn from_parts<'d>(
+        meta: BlockMeta,
+        mut parts: impl Iterator<Item = &'d [u8]>,
+        with_bloom: bool,
+    ) -> Result<Self, StoreError> {
         let corrupt = |reason: &str| corrupt_block(&meta, reason);
-        let (Some(fences), Some(chunks), Some(bloom), kept) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(fences), Some(chunks)) = (parts.next(), parts.next()) else {
             return Err(corrupt("short read"));
+        };
+        let kept = if meta.sections.kept_rollups.is_some() {
+            Some(parts.next().ok_or_else(|| corrupt("short read"))?)
+        } else {
+            None
+        };
+        let bloom = if with_bloom {
+            let bytes = parts.next().ok_or_else(|| corrupt("short read"))?;
+            Some(Bloom::from_bytes(bytes).ok_or_else(|| corrupt("empty bloom filter"))?)
+        } else {
+            None
         };
         let kept_rollups = match kept {
             Some(frame) => Some(decode::<KeptRollups>(frame).map_err(|e| corrupt(&format!("rollups: {e}")))?),
@@ -783,21 +804,48 @@ impl BlockHandle {
                 (u64::from_le_bytes(c[..8].try_into().expect("8")), u32::from_le_bytes(c[8..].try_into().expect("4")))
             })
             .collect();
-        let bloom = Bloom::from_bytes(bloom).ok_or_else(|| corrupt("empty bloom filter"))?;
-        Ok(Self {
-            data_path: data_path(&meta.id),
-            meta,
-            bloom,
-            fences,
-            chunks,
-            kept_rollups,
-            damaged: AtomicBool::new(false),
-        })
+        Ok(Self { data_path: data_path(&meta.id), meta, bloom, fences, chunks, kept_rollups, damaged: Arc::default() })
     }
 
+    /// False only when the block holds no revision of the trace; without a bloom filter, true
+    /// for every trace of its epochs.
     pub fn may_contain(&self, id: TraceId) -> bool {
         let epoch = id.epoch();
-        epoch >= self.meta.min_epoch && epoch <= self.meta.max_epoch && self.bloom.may_contain(id)
+        epoch >= self.meta.min_epoch
+            && epoch <= self.meta.max_epoch
+            && self.bloom.as_ref().is_none_or(|bloom| bloom.may_contain(id))
+    }
+
+    /// The memory its bloom filter takes.
+    pub fn bloom_bytes(&self) -> usize {
+        self.bloom.as_ref().map_or(0, |bloom| bloom.words.len() * 8)
+    }
+
+    /// A handle of `meta` whose bloom filter holds `traces`, with no data behind it.
+    #[cfg(test)]
+    pub fn for_tests(meta: BlockMeta, traces: &[TraceId]) -> Self {
+        Self {
+            data_path: data_path(&meta.id),
+            meta,
+            bloom: Some(Bloom::build(traces.iter().copied(), traces.len())),
+            fences: Fences::default(),
+            chunks: Vec::new(),
+            kept_rollups: None,
+            damaged: Arc::default(),
+        }
+    }
+
+    /// The same block without its bloom filter.
+    pub fn without_bloom(&self) -> Self {
+        Self {
+            meta: self.meta.clone(),
+            data_path: self.data_path.clone(),
+            bloom: None,
+            fences: self.fences.clone(),
+            chunks: self.chunks.clone(),
+            kept_rollups: self.kept_rollups.clone(),
+            damaged: self.damaged.clone(),
+        }
     }
 
     fn corrupt(&self, reason: String) -> StoreError {
@@ -1261,7 +1309,7 @@ mod tests {
         let (data, meta) = build(&input, &[], &rollups, options).unwrap();
         let built = BlockHandle::from_data(meta.clone(), &data).unwrap();
         store.put(&data_path("b1"), PutPayload::from(data)).await.unwrap();
-        let opened = BlockHandle::open(store, meta).await.unwrap();
+        let opened = BlockHandle::open(store, meta, true).await.unwrap();
         // A handle from the data in memory and one read back hold the same.
         let held = |h: &BlockHandle| format!("{:?}", (&h.meta, &h.data_path, &h.bloom, &h.fences, &h.chunks));
         assert_eq!(held(&built), held(&opened));
@@ -1333,7 +1381,7 @@ mod tests {
             traces.iter().zip(&keep).filter(|(_, k)| **k).flat_map(|((_, docs), _)| docs).map(String::len).sum();
         assert_eq!((meta.document_count, meta.raw_document_bytes), (kept_docs as u64, kept_bytes as u64));
         store.put(&data_path("merged"), PutPayload::from(data)).await.unwrap();
-        let merged = BlockHandle::open(&store, meta).await.unwrap();
+        let merged = BlockHandle::open(&store, meta, true).await.unwrap();
         for (n, ((id, docs), keep)) in traces.iter().zip(&keep).enumerate() {
             let read = merged.get(&store, *id).await.unwrap();
             if *keep {
@@ -1431,7 +1479,7 @@ mod tests {
         let data = std::fs::read(dir.join("data")).unwrap();
         assert_eq!(&data[..8], BLOCK_MAGIC);
         store.put(&data_path(&meta.id), PutPayload::from(data)).await.unwrap();
-        let block = BlockHandle::open(&store, meta).await.unwrap();
+        let block = BlockHandle::open(&store, meta, true).await.unwrap();
         (store, block)
     }
 
@@ -1484,7 +1532,7 @@ mod tests {
                     let mut damaged = data.clone();
                     damaged[(section.start + at) as usize] = value;
                     store.put(&data_path(&meta.id), PutPayload::from(damaged)).await.unwrap();
-                    let Ok(block) = BlockHandle::open(&store, meta.clone()).await else { continue };
+                    let Ok(block) = BlockHandle::open(&store, meta.clone(), true).await else { continue };
                     for id in &ids {
                         let _ = block.get(&store, *id).await;
                     }
@@ -1499,7 +1547,7 @@ mod tests {
         }
         meta.trace_count = u64::MAX;
         store.put(&data_path(&meta.id), PutPayload::from(data)).await.unwrap();
-        let block = BlockHandle::open(&store, meta).await.unwrap();
+        let block = BlockHandle::open(&store, meta, true).await.unwrap();
         assert!(block.read_all(&store).await.is_ok(), "the index says how many traces there are");
         let _ = block.get(&store, ids[0]).await;
     }

@@ -55,6 +55,12 @@ pub struct StoreConfig {
     /// used longest ago leave first. By default an eighth of the memory the process may use,
     /// between 64 MiB and 2 GiB.
     pub summary_cache_bytes: u64,
+    /// Memory for the blocks' bloom filters, 1.25 bytes a trace, which spare a new trace's check
+    /// for an earlier revision and a lookup the read of an index page for each block that
+    /// does not hold the trace. The filters of the blocks with the newest traces are kept; a
+    /// block past the budget is looked up in its index. By default a 64th of the memory the
+    /// process may use, between 8 and 256 MiB (200 million traces).
+    pub bloom_filter_bytes: u64,
     /// A trace keeps documents up to this many bytes; later ones are dropped (and counted), and
     /// `BatchGetTraces` reports the trace with `LimitExceeded`. X-Ray's own limit is 100 to
     /// 500 KB; this one protects the store from a runaway trace id.
@@ -83,6 +89,7 @@ impl Default for StoreConfig {
             compaction_interval_seconds: 60.0,
             compaction_target_traces: 1_000_000,
             summary_cache_bytes: share_of_memory(2 << 30),
+            bloom_filter_bytes: share_of_memory(2 << 30) / 8,
             max_trace_bytes: 4 * 1024 * 1024,
             min_free_bytes: 128 * 1024 * 1024,
         }
@@ -227,5 +234,6 @@ mod tests {
         let config = StoreConfig::default();
         assert!((64 << 20..=512 << 20).contains(&config.max_live_bytes));
         assert!((64 << 20..=2 << 30).contains(&config.summary_cache_bytes));
+        assert!((8 << 20..=256 << 20).contains(&config.bloom_filter_bytes));
     }
 }

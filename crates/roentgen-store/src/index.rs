@@ -111,7 +111,7 @@ impl IndexWriter {
 }
 
 /// A block's fences, as kept in memory.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Fences {
     /// The first trace id of each page.
     ids: Vec<u128>,

@@ -57,4 +57,6 @@ pub struct StoreStats {
     pub disk_free_bytes: AtomicU64,
     /// Memory held by decoded block summaries (an estimate).
     pub summary_cache_bytes: AtomicU64,
+    /// Memory held by the blocks' bloom filters.
+    pub bloom_filter_bytes: AtomicU64,
 }

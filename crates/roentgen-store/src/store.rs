@@ -412,7 +412,7 @@ pub struct SummaryQuery {
     pub ordered: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Catalog {
     /// Oldest first.
     blocks: Vec<Arc<BlockHandle>>,
@@ -424,9 +424,22 @@ struct Catalog {
     /// Per block id, the traces a newer block holds a newer revision of.
     /// Shared, as every summaries page and graph reads a block's set.
     superseded: HashMap<String, Arc<HashSet<TraceId>>>,
+    /// The memory the blocks' bloom filters take, and the most they may (`bloom_filter_bytes`).
+    bloom_bytes: usize,
+    bloom_budget: usize,
 }
 
 impl Catalog {
+    fn new(bloom_budget: usize) -> Self {
+        Self {
+            blocks: Vec::new(),
+            by_latest_epoch: Vec::new(),
+            superseded: HashMap::new(),
+            bloom_bytes: 0,
+            bloom_budget,
+        }
+    }
+
     fn add(&mut self, handle: Arc<BlockHandle>) {
         for s in &handle.meta.supersedes {
             if let Ok(id) = TraceId::parse(&s.trace_id) {
@@ -436,12 +449,41 @@ impl Catalog {
         let latest = handle.meta.max_epoch;
         let at = self.by_latest_epoch.partition_point(|(epoch, _)| *epoch > latest);
         self.by_latest_epoch.insert(at, (latest, handle.clone()));
+        self.bloom_bytes += handle.bloom_bytes();
         let at = self.blocks.partition_point(|b| b.meta.id < handle.meta.id);
         self.blocks.insert(at, handle);
+        self.shed_blooms();
+    }
+
+    /// Drops the bloom filters of the blocks whose traces are the oldest until the rest fit
+    /// the budget. They take 1.25 bytes a trace, which a store months old counts in billions;
+    /// the filters that matter are the recent blocks', which every new trace is looked for in.
+    /// A lookup of an older trace reads the index page of each block reaching its epoch.
+    fn shed_blooms(&mut self) {
+        let mut at = self.by_latest_epoch.len();
+        while self.bloom_bytes > self.bloom_budget && at > 0 {
+            at -= 1;
+            let bytes = self.by_latest_epoch[at].1.bloom_bytes();
+            if bytes == 0 {
+                continue;
+            }
+            let shed = Arc::new(self.by_latest_epoch[at].1.without_bloom());
+            let in_blocks = self.blocks.partition_point(|b| b.meta.id < shed.meta.id);
+            self.blocks[in_blocks] = shed.clone();
+            self.by_latest_epoch[at].1 = shed;
+            self.bloom_bytes -= bytes;
+        }
     }
 
     fn retain(&mut self, keep: impl Fn(&BlockHandle) -> bool) {
-        self.blocks.retain(|b| keep(b));
+        let bloom_bytes = &mut self.bloom_bytes;
+        self.blocks.retain(|b| {
+            let kept = keep(b);
+            if !kept {
+                *bloom_bytes -= b.bloom_bytes();
+            }
+            kept
+        });
         self.by_latest_epoch.retain(|(_, b)| keep(b));
     }
 
@@ -573,7 +615,8 @@ impl Store {
         disk.look();
         let keep_free = disk.pressed_below();
 
-        let catalog = load_catalog(objects.as_ref(), Some(&blocks_dir), &stats).await?;
+        let bloom_budget = usize::try_from(config.bloom_filter_bytes).unwrap_or(usize::MAX);
+        let catalog = load_catalog(objects.as_ref(), Some(&blocks_dir), &stats, bloom_budget).await?;
         let recovered = read_wal(&wal_dir, &stats)?;
 
         // Replay what no block covers: a block covers its traces' documents up to its generation.
@@ -1741,6 +1784,7 @@ impl Inner {
         stats.block_bytes.store(catalog.blocks.iter().map(|b| b.meta.data_bytes).sum(), Ordering::Relaxed);
         stats.block_documents.store(catalog.blocks.iter().map(|b| b.meta.document_count).sum(), Ordering::Relaxed);
         stats.block_traces.store(catalog.blocks.iter().map(|b| b.meta.trace_count).sum(), Ordering::Relaxed);
+        stats.bloom_filter_bytes.store(catalog.bloom_bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -1937,6 +1981,7 @@ async fn load_catalog(
     objects: &dyn ObjectStore,
     local: Option<&Path>,
     stats: &StoreStats,
+    bloom_budget: usize,
 ) -> Result<Catalog, StoreError> {
     let listed: Vec<object_store::ObjectMeta> = objects.list(None).try_collect().await?;
     let mut metas = HashSet::new();
@@ -1951,7 +1996,7 @@ async fn load_catalog(
             };
         }
     }
-    let mut catalog = Catalog::default();
+    let mut catalog = Catalog::new(bloom_budget);
     for id in &datas {
         if !metas.contains(id) {
             delete_quietly(objects, &block::data_path(id)).await?;
@@ -1969,13 +2014,21 @@ async fn load_catalog(
         }
     }
     let compacted: HashSet<String> = parsed.iter().flat_map(|m| m.compacted_from.iter().cloned()).collect();
+    // The filters kept are the newest blocks', as `Catalog::shed_blooms` keeps them: the others
+    // are not read.
+    parsed.sort_unstable_by_key(|meta| std::cmp::Reverse(meta.max_epoch));
+    let mut bloom_bytes: usize = 0;
     for meta in parsed {
         if compacted.contains(&meta.id) {
             delete_block_files(objects, local, &meta.id).await?;
             continue;
         }
         let id = meta.id.clone();
-        match BlockHandle::open(objects, meta).await {
+        let bloom =
+            usize::try_from(meta.sections.bloom.end.saturating_sub(meta.sections.bloom.start)).unwrap_or(usize::MAX);
+        let with_bloom = bloom_bytes.saturating_add(bloom) <= bloom_budget;
+        bloom_bytes += if with_bloom { bloom } else { 0 };
+        match BlockHandle::open(objects, meta, with_bloom).await {
             Ok(handle) => catalog.add(Arc::new(handle)),
             Err(e) => {
                 tracing::error!(block = %id, error = %e, "skipping an unreadable block");
@@ -2227,6 +2280,43 @@ mod tests {
         assert_eq!(group(&vec![fifth.clone(); 2], 9), 0..0, "two fifths of the bytes: wait for more");
         assert_eq!(group(&vec![fifth.clone(); 3], 9), 0..3);
         assert_eq!(group(&vec![fifth; 6], 9), 0..5);
+    }
+
+    #[test]
+    fn the_catalog_keeps_the_bloom_filters_of_the_newest_traces() {
+        // Filters of 64 bytes (50 traces): room for two.
+        let mut catalog = Catalog::new(150);
+        let block = |id: &str, latest: u32| {
+            let traces: Vec<TraceId> = (0..50).map(|i| TraceId::from_parts(latest, i * 0x1_0000_0001 + 7)).collect();
+            let meta = BlockMeta { id: id.into(), min_epoch: 1, max_epoch: latest, ..meta(50, 1000, 1) };
+            (Arc::new(BlockHandle::for_tests(meta, &traces)), traces)
+        };
+        let blocks = [block("a", 10), block("b", 30), block("c", 20), block("d", 5)];
+        for (handle, _) in &blocks {
+            catalog.add(handle.clone());
+        }
+        let with_filters = |catalog: &Catalog| {
+            let ids: Vec<String> =
+                catalog.blocks.iter().filter(|b| b.bloom_bytes() > 0).map(|b| b.meta.id.clone()).collect();
+            // Both lists hold the same handles.
+            for (_, b) in &catalog.by_latest_epoch {
+                let at = catalog.blocks.partition_point(|other| other.meta.id < b.meta.id);
+                assert!(Arc::ptr_eq(b, &catalog.blocks[at]), "{}", b.meta.id);
+            }
+            let sum: usize = catalog.blocks.iter().map(|b| b.bloom_bytes()).sum();
+            assert_eq!(sum, catalog.bloom_bytes);
+            ids
+        };
+        assert_eq!(with_filters(&catalog), ["b", "c"]);
+        // A block without its filter may hold any trace of its epochs, and still none other.
+        let (_, in_a) = &blocks[0];
+        assert!(in_a.iter().all(|&id| catalog.may_hold(id)));
+        assert!(catalog.may_hold(TraceId::from_parts(10, 3)));
+        assert!(!catalog.may_hold(TraceId::from_parts(11, 3)), "epoch 11 is in no block");
+        catalog.retain(|b| b.meta.id != "b");
+        assert_eq!(with_filters(&catalog), ["c"]);
+        catalog.add(block("e", 40).0);
+        assert_eq!(with_filters(&catalog), ["c", "e"]);
     }
 
     #[test]

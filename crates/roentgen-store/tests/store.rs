@@ -126,6 +126,45 @@ async fn late_segments_find_their_block_whatever_the_order_of_epochs() {
     }
 }
 
+/// Past `bloom_filter_bytes`, the blocks whose traces are the oldest keep no bloom filter: their
+/// traces are still found, late segments for them still make new revisions, absent traces are
+/// not found, and a restart keeps the newest blocks' filters.
+#[tokio::test]
+async fn blocks_past_the_bloom_filter_budget_are_looked_up_in_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    // A block of 50 traces has a filter of 512 bits: room for two of them.
+    let small = || StoreConfig { bloom_filter_bytes: 150, ..config(dir.path()) };
+    let store = Store::open(small()).await.unwrap();
+    let traces = |block: u32| (0..50).map(move |i| trace(block * 100 + i));
+    // Written newest first: which filters go follows the traces' epochs, not the writes' order.
+    for block in [3, 1, 0, 2] {
+        store.append(traces(block).map(|id| complete(id, 1)).collect()).await.unwrap();
+        store.flush_all().await.unwrap();
+    }
+    let bloom_bytes = |store: &Store| store.stats().bloom_filter_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(bloom_bytes(&store), 128);
+    store.append(vec![complete(trace(7), 2), complete(trace(307), 2)]).await.unwrap();
+    for reopened in [false, true] {
+        let store = if reopened { Store::open(small()).await.unwrap() } else { store.clone() };
+        // Reopened, with the block of the two late traces' revisions (8 bytes of filter).
+        assert_eq!(bloom_bytes(&store), if reopened { 136 } else { 128 });
+        for id in (0..4).flat_map(traces) {
+            let late = id == trace(7) || id == trace(307);
+            let docs = store.get_trace(id).await.unwrap().unwrap();
+            assert_eq!(ids(&docs), if late { vec![1, 2] } else { vec![1] }, "{id} (reopened: {reopened})");
+        }
+        for absent in [60, 160, 260, 360] {
+            assert!(store.get_trace(trace(absent)).await.unwrap().is_none());
+        }
+        store.flush_all().await.unwrap();
+        let page = store.summaries(&all_time()).await.unwrap();
+        assert_eq!(page.summaries.len(), 200);
+        let revised: Vec<_> = page.summaries.iter().filter(|(s, _)| s.revision == 2).map(|(s, _)| s.trace_id).collect();
+        assert_eq!(revised.len(), 2, "{revised:?}");
+        store.close().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn late_segments_make_a_new_revision_found_once() {
     let dir = tempfile::tempdir().unwrap();
