@@ -1822,11 +1822,11 @@ impl PhaseTimer {
     }
 }
 
-/// The CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds on the
-/// CPU come first).
+/// The CPU time of the calling thread. One system call: reading it from
+/// `/proc/thread-self/schedstat`, an open, a read and a close, took 0.8% of the server's CPU
+/// under ingest, at two a WAL commit.
 fn thread_cpu_time() -> Option<Duration> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok().map(Duration::from)
 }
 
 fn fill_link_sources(summary: &mut TraceSummary, sources: &HashMap<Link, LinkSource>) {
