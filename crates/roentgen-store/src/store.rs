@@ -469,9 +469,12 @@ impl Catalog {
             }
             let shed = Arc::new(self.by_latest_epoch[at].1.without_bloom());
             let in_blocks = self.blocks.partition_point(|b| b.meta.id < shed.meta.id);
-            self.blocks[in_blocks] = shed.clone();
-            self.by_latest_epoch[at].1 = shed;
-            self.bloom_bytes -= bytes;
+            // Both lists hold the same blocks: the one by id has it where its id sorts.
+            if let Some(same) = self.blocks.get_mut(in_blocks).filter(|b| b.meta.id == shed.meta.id) {
+                *same = shed.clone();
+                self.by_latest_epoch[at].1 = shed;
+                self.bloom_bytes -= bytes;
+            }
         }
     }
 
