@@ -142,7 +142,9 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    let (live_mib, cache_mib) = (config.store.max_live_bytes >> 20, config.store.summary_cache_bytes >> 20);
+    let store = &config.store;
+    let (live_mib, cache_mib, bloom_mib) =
+        (store.max_live_bytes >> 20, store.summary_cache_bytes >> 20, store.bloom_filter_bytes >> 20);
     // Handlers go in before the listeners open, so a signal sent as soon as they are logged
     // still shuts down cleanly instead of killing the process.
     let signals = Signals::install()?;
@@ -151,6 +153,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         data_dir = %data_dir.display(),
         max_live_mib = live_mib,
         summary_cache_mib = cache_mib,
+        bloom_filter_mib = bloom_mib,
         "roentgen is ready"
     );
     signals.wait().await;
