@@ -753,7 +753,6 @@ async fn compact_blocks(parts: &[&[String]], config: &roentgen_store::StoreConfi
     Ok((spent, bytes))
 }
 
-/// A document parsed as `PutTraceSegments` parses it, ready for the store.
 /// `count` blocks of one small trace each, a minute of trace ids apart, the newest two hours old.
 async fn write_old_blocks(store: &roentgen_store::Store, count: u32) -> anyhow::Result<()> {
     let newest = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as u32 - 7200;
@@ -768,6 +767,7 @@ async fn write_old_blocks(store: &roentgen_store::Store, count: u32) -> anyhow::
     Ok(())
 }
 
+/// A document parsed as `PutTraceSegments` parses it, ready for the store.
 fn stored_document(raw: &str) -> anyhow::Result<Arc<roentgen_store::StoredDocument>> {
     Ok(Arc::new(roentgen_store::StoredDocument {
         raw: raw.into(),
