@@ -1756,10 +1756,12 @@ impl Store {
         // The inputs' summaries, now the merged block's: cached, they need no decoding.
         self.cache_summaries(&handle.meta.id, Arc::new(merged));
         {
-            // Readers see the inputs or the merged block, never both.
+            // Readers see the inputs or the merged block, never both. The inputs go first, so
+            // that their filters' memory is free before the merged block's counts against the
+            // budget, and no other block loses its filter for the swap.
             let mut catalog = inner.catalog.write().expect("catalog lock");
-            catalog.add(handle);
             catalog.retain(|b| !ids.contains(b.meta.id.as_str()));
+            catalog.add(handle);
         }
         let merged = group.len();
         inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
@@ -2017,10 +2019,11 @@ async fn load_catalog(
         }
     }
     let compacted: HashSet<String> = parsed.iter().flat_map(|m| m.compacted_from.iter().cloned()).collect();
-    // The filters kept are the newest blocks', as `Catalog::shed_blooms` keeps them: the others
-    // are not read.
+    // The filters kept are the newest blocks', up to the first that does not fit, as
+    // `Catalog::shed_blooms` keeps them: the others are not read.
     parsed.sort_unstable_by_key(|meta| std::cmp::Reverse(meta.max_epoch));
     let mut bloom_bytes: usize = 0;
+    let mut room = true;
     for meta in parsed {
         if compacted.contains(&meta.id) {
             delete_block_files(objects, local, &meta.id).await?;
@@ -2029,9 +2032,11 @@ async fn load_catalog(
         let id = meta.id.clone();
         let bloom =
             usize::try_from(meta.sections.bloom.end.saturating_sub(meta.sections.bloom.start)).unwrap_or(usize::MAX);
-        let with_bloom = bloom_bytes.saturating_add(bloom) <= bloom_budget;
-        bloom_bytes += if with_bloom { bloom } else { 0 };
-        match BlockHandle::open(objects, meta, with_bloom).await {
+        room &= bloom_bytes.saturating_add(bloom) <= bloom_budget;
+        if room {
+            bloom_bytes += bloom;
+        }
+        match BlockHandle::open(objects, meta, room).await {
             Ok(handle) => catalog.add(Arc::new(handle)),
             Err(e) => {
                 tracing::error!(block = %id, error = %e, "skipping an unreadable block");
