@@ -26,6 +26,23 @@ pub(crate) const FIRST_KEPT_LEVEL: usize = 2;
 const TRACES_PER_KEPT_NODE: usize = 16;
 const KEPT_NODES_ALWAYS: usize = 1024;
 
+/// [`Rollups`] made a trace at a time, in any order: the flush adds each summary as it makes
+/// it, while the summary is still in the processor's cache.
+#[derive(Debug, Default)]
+pub(crate) struct RollupBuilder {
+    minutes: BTreeMap<i64, ServiceGraph>,
+}
+
+impl RollupBuilder {
+    pub fn add(&mut self, summary: &TraceSummary) {
+        self.minutes.entry(minute(summary.end_time)).or_default().add(summary);
+    }
+
+    pub fn finish(self) -> Rollups {
+        Rollups::of_minutes(self.minutes)
+    }
+}
+
 /// Service graphs of the traces whose last activity falls in each aligned span of
 /// [`ROLLUP_MINUTES`] minutes: one map per span length, keyed by span number. A part of the
 /// levels may be empty (see [`Rollups::split`]).
@@ -40,10 +57,12 @@ pub(crate) struct Rollups {
 impl Rollups {
     /// The rollups of a block's traces.
     pub fn of<'a>(summaries: impl IntoIterator<Item = &'a TraceSummary>) -> Self {
-        let mut minutes: BTreeMap<i64, ServiceGraph> = BTreeMap::new();
-        for summary in summaries {
-            minutes.entry(minute(summary.end_time)).or_default().add(summary);
-        }
+        let mut rollups = RollupBuilder::default();
+        summaries.into_iter().for_each(|summary| rollups.add(summary));
+        rollups.finish()
+    }
+
+    fn of_minutes(minutes: BTreeMap<i64, ServiceGraph>) -> Self {
         // Each level from the one below it, whose spans tile its own: an hour is six merges,
         // not sixty.
         let levels = ROLLUP_MINUTES.windows(2).fold(vec![minutes], |mut levels, spans| {

@@ -35,8 +35,9 @@ pub struct StoreStats {
     pub appends_held_back: AtomicU64,
     /// Documents refused because the file systems had less than `min_free_bytes` free.
     pub documents_refused_disk_full: AtomicU64,
-    /// Time the flusher spent, in nanoseconds: summarizing traces, building and encoding their
-    /// service-graph rollups, and encoding the rest of the block.
+    /// Time the flusher spent, in nanoseconds: summarizing traces (each summary is added to
+    /// the service-graph rollups as it is made), building the rollups' coarser levels and
+    /// encoding them, and encoding the rest of the block.
     pub flush_summaries_nanos: AtomicU64,
     pub flush_rollups_nanos: AtomicU64,
     pub flush_encode_nanos: AtomicU64,

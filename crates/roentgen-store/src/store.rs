@@ -27,7 +27,7 @@ use crate::config::StoreConfig;
 use crate::disk::{DiskSpace, Room};
 use crate::error::StoreError;
 use crate::live::{Documents, LiveState, StoredDocument, Upsert};
-use crate::rollup::{FIRST_KEPT_LEVEL, KeptRollups, ROLLUP_MINUTES, Rollups, minute, tiles};
+use crate::rollup::{FIRST_KEPT_LEVEL, KeptRollups, ROLLUP_MINUTES, RollupBuilder, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
 use crate::{FastMap, FastSet};
@@ -1394,19 +1394,29 @@ impl Store {
         // Each summary goes into an `Arc` as it is made, to stay in the summary cache: moved by
         // value through the flush, their 496 bytes each made two vectors of tens of megabytes,
         // on fresh pages at every flush.
-        let (merged, mut summaries) = tokio::task::spawn_blocking(move || {
+        // Each summary goes into the rollups as soon as it is made, while it is in the cache:
+        // a pass over them all afterwards read every one back from memory. A trace with links
+        // goes in once its links' sources are known.
+        let (merged, mut summaries, mut rollups) = tokio::task::spawn_blocking(move || {
             let timer = PhaseTimer::start();
+            let mut rollups = RollupBuilder::default();
             let summaries: Vec<Arc<TraceSummary>> = merged
                 .iter()
-                .map(|t| match &t.summary {
-                    Some(made) => made.clone(),
-                    None => {
-                        Arc::new(summarize(t.id, &t.docs.iter().map(|d| &d.parsed).collect::<Vec<_>>(), t.revision))
+                .map(|t| {
+                    let summary = match &t.summary {
+                        Some(made) => made.clone(),
+                        None => {
+                            Arc::new(summarize(t.id, &t.docs.iter().map(|d| &d.parsed).collect::<Vec<_>>(), t.revision))
+                        }
+                    };
+                    if summary.links.is_empty() {
+                        rollups.add(&summary);
                     }
+                    summary
                 })
                 .collect();
             stats.flush_summaries_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
-            (merged, summaries)
+            (merged, summaries, rollups)
         })
         .await
         .map_err(builder_failed)?;
@@ -1415,8 +1425,9 @@ impl Store {
         let links: HashSet<Link> = summaries.iter().flat_map(|s| &s.links).map(|l| l.target).collect();
         if !links.is_empty() {
             let link_sources = self.link_sources(links, &merged).await?;
-            for summary in &mut summaries {
+            for summary in summaries.iter_mut().filter(|s| !s.links.is_empty()) {
                 fill_link_sources(Arc::make_mut(summary), &link_sources);
+                rollups.add(summary);
             }
         }
 
@@ -1441,7 +1452,7 @@ impl Store {
                     limit_exceeded: t.limit_exceeded,
                 })
                 .collect();
-            let (kept, fine) = Rollups::of(traces.iter().map(|t| t.summary)).split();
+            let (kept, fine) = rollups.finish().split();
             let rollups = RollupSections::encode(kept, &fine, traces.len(), &options)?;
             count_absent_rollups(&stats, &rollups);
             let rolled_up = timer.elapsed();
