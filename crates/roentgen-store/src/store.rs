@@ -1393,10 +1393,9 @@ impl Store {
         let stats = inner.stats.clone();
         // Each summary goes into an `Arc` as it is made, to stay in the summary cache: moved by
         // value through the flush, their 496 bytes each made two vectors of tens of megabytes,
-        // on fresh pages at every flush.
-        // Each summary goes into the rollups as soon as it is made, while it is in the cache:
-        // a pass over them all afterwards read every one back from memory. A trace with links
-        // goes in once its links' sources are known.
+        // on fresh pages at every flush. It also goes into the rollups as soon as it is made,
+        // while it is in the processor's cache: a pass over them all afterwards read every one
+        // back from memory. A trace with links goes in once its links' sources are known.
         let (merged, mut summaries, mut rollups) = tokio::task::spawn_blocking(move || {
             let timer = PhaseTimer::start();
             let mut rollups = RollupBuilder::default();
