@@ -364,7 +364,7 @@ impl Metrics {
             &mut out,
             name,
             "counter",
-            "CPU time compactions spent building merged blocks, their inputs' reads not counted (wall time where the OS does not say).",
+            "CPU time compactions spent decoding their inputs and building merged blocks, file reads and writes not counted (wall time where the OS does not say).",
         );
         let _ = writeln!(out, "{name} {}", get(&store.compaction_nanos) as f64 / 1e9);
         let wal_commit = [

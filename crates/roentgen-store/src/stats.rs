@@ -19,8 +19,8 @@ pub struct StoreStats {
     /// Compactions done, and the blocks they merged.
     pub compactions: AtomicU64,
     pub blocks_compacted: AtomicU64,
-    /// Documents the merged blocks hold, and the CPU time spent building those blocks, in
-    /// nanoseconds (their inputs' reads not counted).
+    /// Documents the merged blocks hold, and the CPU time spent decoding their inputs and
+    /// building them, in nanoseconds (the file reads and writes not counted).
     pub documents_compacted: AtomicU64,
     pub compaction_nanos: AtomicU64,
     pub corrupt_blocks: AtomicU64,

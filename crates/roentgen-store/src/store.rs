@@ -537,7 +537,11 @@ struct Inner {
     /// Blocks' minute and 10-minute rollups, an hour at a time, for the edges of graph windows.
     fine_rollups: Mutex<ByteBoundedCache<(String, i64), Rollups>>,
     writer: mpsc::Sender<Command>,
+    /// Held by a flush, by retention, and by a compaction while it chooses its group and while
+    /// it swaps the group for the merged block.
     flush_lock: tokio::sync::Mutex<()>,
+    /// Held by a compaction from start to end: one at a time.
+    compaction_lock: tokio::sync::Mutex<()>,
     /// Raw bytes of the documents in memory, live or flushing: what appends are held back on.
     held_bytes: AtomicU64,
     /// Wakes the flusher before its next tick: live documents passed `max_live_bytes`, or
@@ -674,6 +678,7 @@ impl Store {
             fine_rollups: Mutex::new(ByteBoundedCache::new(FINE_ROLLUP_CACHE_BYTES)),
             writer,
             flush_lock: tokio::sync::Mutex::new(()),
+            compaction_lock: tokio::sync::Mutex::new(()),
             held_bytes,
             flush_now: Arc::new(tokio::sync::Notify::new()),
             room: tokio::sync::Notify::new(),
@@ -1624,13 +1629,20 @@ impl Store {
     }
 
     /// [`Store::compact`], but for what a damaged input does.
+    ///
+    /// The flush lock is held only to choose the group and to swap it for the merged block:
+    /// held for the whole merge, it held back the flushes, then the appends, and the UDP
+    /// receiver's socket overflowed while a compaction took its share of the core.
     async fn merge_next_group(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
-        let _guard = inner.flush_lock.lock().await;
+        let _compacting = inner.compaction_lock.lock().await;
         self.delete_retired().await?;
         let current = inner.stats.wal_generation.load(Ordering::Relaxed);
         let wal_floor = wal::list_generations(&inner.wal_dir)?.first().copied().unwrap_or(current).min(current);
-        let (group, hidden) = {
+        // The merged block's id is taken with the group: it sorts after the blocks flushed
+        // before and before those flushed while it is built, which hold newer revisions.
+        let (group, hidden, merged_id) = {
+            let _flushing = inner.flush_lock.lock().await;
             let catalog = inner.catalog.read().expect("catalog lock");
             let sound: Vec<&Arc<BlockHandle>> =
                 catalog.blocks.iter().filter(|b| !b.damaged.load(Ordering::Relaxed)).collect();
@@ -1641,7 +1653,7 @@ impl Store {
                 .iter()
                 .filter_map(|b| catalog.superseded.get(&b.meta.id).map(|s| (b.meta.id.clone(), s.clone())))
                 .collect();
-            (group, hidden)
+            (group, hidden, new_block_id())
         };
         if group.len() < 2 {
             return Ok(0);
@@ -1653,6 +1665,75 @@ impl Store {
         if inner.disk.free() < inner.disk.reserve().saturating_add(input_bytes) {
             return Ok(0);
         }
+        // Reading, decoding and building take a runtime and a thread of their own, below every
+        // other thread's priority; the inputs' files are only read until the swap.
+        let (store, inputs, hide) = (self.clone(), group.clone(), hidden.clone());
+        let build = move || async move { store.build_merged(inputs, hide, merged_id).await };
+        let (data, mut meta, merged) = at_idle_priority(build).await.ok_or_else(|| StoreError::CorruptBlock {
+            block: "compacted".into(),
+            reason: "the compaction's thread could not start, or panicked".into(),
+        })??;
+        let ids: HashSet<&str> = group.iter().map(|b| b.meta.id.as_str()).collect();
+        meta.compacted_from = group.iter().map(|b| b.meta.id.clone()).collect();
+        let handle = Arc::new(BlockHandle::from_data(meta, &data)?);
+        self.write_block(data, &handle.meta).await?;
+        let documents = handle.meta.document_count;
+        let merged_id = handle.meta.id.clone();
+        let flushing = inner.flush_lock.lock().await;
+        let swapped = {
+            let mut catalog = inner.catalog.write().expect("catalog lock");
+            let present = |id: &str| catalog.blocks.binary_search_by(|b| b.meta.id.as_str().cmp(id)).is_ok();
+            let inputs_present = ids.iter().all(|id| present(id));
+            if inputs_present {
+                // Revisions flushed meanwhile supersede traces in the inputs, which the merged
+                // block holds now: it hides them instead, as a restart does from its
+                // `compacted_from`.
+                let mut newly_hidden = HashSet::new();
+                for block in &group {
+                    let Some(now) = catalog.superseded.get(&block.meta.id) else { continue };
+                    let before = hidden.get(&block.meta.id);
+                    newly_hidden.extend(now.iter().filter(|id| !before.is_some_and(|h| h.contains(id))).copied());
+                }
+                // Readers see the inputs or the merged block, never both. The inputs go first, so
+                // that their filters' memory is free before the merged block's counts against the
+                // budget, and no other block loses its filter for the swap.
+                catalog.retain(|b| !ids.contains(b.meta.id.as_str()));
+                catalog.add(handle);
+                if !newly_hidden.is_empty() {
+                    Arc::make_mut(catalog.superseded.entry(merged_id.clone()).or_default()).extend(newly_hidden);
+                }
+            }
+            inputs_present
+        };
+        drop(flushing);
+        if !swapped {
+            // Retention deleted an input meanwhile: what it expired stays deleted.
+            delete_block_files(inner.objects.as_ref(), inner.local_blocks.as_deref(), &merged_id).await?;
+            return Ok(0);
+        }
+        // The inputs' summaries, now the merged block's: cached, they need no decoding.
+        self.cache_summaries(&merged_id, Arc::new(merged));
+        let merged = group.len();
+        inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        inner.stats.blocks_compacted.fetch_add(merged as u64, Ordering::Relaxed);
+        inner.stats.documents_compacted.fetch_add(documents, Ordering::Relaxed);
+        for block in group {
+            self.delete_block(block).await?;
+        }
+        inner.publish_gauges();
+        Ok(merged)
+    }
+
+    /// The block merging `group`'s traces but those `hidden` (superseded, per block), with its
+    /// summaries, as block `id`.
+    async fn build_merged(
+        &self,
+        group: Vec<Arc<BlockHandle>>,
+        hidden: HashMap<String, Arc<HashSet<TraceId>>>,
+        id: String,
+    ) -> Result<(Vec<u8>, BlockMeta, BlockSummaries), StoreError> {
+        let inner = &self.inner;
+        let timer = PhaseTimer::start();
         let objects = inner.objects.as_ref();
         let mut indexes = Vec::with_capacity(group.len());
         let mut summaries = Vec::with_capacity(group.len());
@@ -1717,71 +1798,39 @@ impl Store {
             .cloned()
             .collect();
         let options = BuildOptions {
-            id: new_block_id(),
+            id,
             created_at: now_seconds(),
             wal_generation: group.iter().map(|b| b.meta.wal_generation).max().unwrap_or(0),
             chunk_bytes: inner.config.block_chunk_bytes as usize,
             level: inner.config.compression_level,
             supersedes,
         };
-        let stats = inner.stats.clone();
-        let (data, mut meta, merged) = tokio::task::spawn_blocking(move || {
-            let timer = PhaseTimer::start();
-            let merged: Vec<Arc<TraceSummary>> =
-                order.iter().map(|&(_, b, at)| summaries[b].summaries[at].clone()).collect();
-            let mut block_traces = Vec::with_capacity(order.len());
-            for (&(trace_id, b, at), summary) in order.iter().zip(&merged) {
-                let Some(docs) = &documents[b][at] else {
-                    let reason = format!("trace {trace_id} was kept but not read");
-                    return Err(StoreError::CorruptBlock { block: "compacted".into(), reason });
-                };
-                let docs = docs.to_block();
-                let limit_exceeded = indexes[b][at].1.limit_exceeded;
-                block_traces.push(BlockTrace { trace_id, docs, summary, limit_exceeded });
-            }
-            let rebuilt = order.iter().zip(&merged).filter(|((_, b, _), _)| !rolled[*b]).map(|(_, s)| &**s);
-            let mut rollups = Rollups::of(rebuilt);
-            for (kept, fine) in &rollup_parts {
-                rollups.merge(&kept.rollups);
-                fine.iter().for_each(|hour| rollups.merge(hour));
-            }
-            let (kept, fine) = rollups.split();
-            let rollups = RollupSections::encode(kept, &fine, block_traces.len(), &options)?;
-            count_absent_rollups(&stats, &rollups);
-            let (data, meta) = block::build(&block_traces, &frames, &rollups, options)?;
-            drop(block_traces);
-            let merged = BlockSummaries::new(merged);
-            stats.compaction_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
-            Ok((data, meta, merged))
-        })
-        .await
-        .map_err(|e| StoreError::CorruptBlock {
-            block: "compacted".into(),
-            reason: format!("compaction failed: {e}"),
-        })??;
-        meta.compacted_from = group.iter().map(|b| b.meta.id.clone()).collect();
-        let handle = Arc::new(BlockHandle::from_data(meta, &data)?);
-        self.write_block(data, &handle.meta).await?;
-        let documents = handle.meta.document_count;
-        // The inputs' summaries, now the merged block's: cached, they need no decoding.
-        self.cache_summaries(&handle.meta.id, Arc::new(merged));
-        {
-            // Readers see the inputs or the merged block, never both. The inputs go first, so
-            // that their filters' memory is free before the merged block's counts against the
-            // budget, and no other block loses its filter for the swap.
-            let mut catalog = inner.catalog.write().expect("catalog lock");
-            catalog.retain(|b| !ids.contains(b.meta.id.as_str()));
-            catalog.add(handle);
+        let merged: Vec<Arc<TraceSummary>> =
+            order.iter().map(|&(_, b, at)| summaries[b].summaries[at].clone()).collect();
+        let mut block_traces = Vec::with_capacity(order.len());
+        for (&(trace_id, b, at), summary) in order.iter().zip(&merged) {
+            let Some(docs) = &documents[b][at] else {
+                let reason = format!("trace {trace_id} was kept but not read");
+                return Err(StoreError::CorruptBlock { block: "compacted".into(), reason });
+            };
+            let docs = docs.to_block();
+            let limit_exceeded = indexes[b][at].1.limit_exceeded;
+            block_traces.push(BlockTrace { trace_id, docs, summary, limit_exceeded });
         }
-        let merged = group.len();
-        inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
-        inner.stats.blocks_compacted.fetch_add(merged as u64, Ordering::Relaxed);
-        inner.stats.documents_compacted.fetch_add(documents, Ordering::Relaxed);
-        for block in group {
-            self.delete_block(block).await?;
+        let rebuilt = order.iter().zip(&merged).filter(|((_, b, _), _)| !rolled[*b]).map(|(_, s)| &**s);
+        let mut rollups = Rollups::of(rebuilt);
+        for (kept, fine) in &rollup_parts {
+            rollups.merge(&kept.rollups);
+            fine.iter().for_each(|hour| rollups.merge(hour));
         }
-        inner.publish_gauges();
-        Ok(merged)
+        let (kept, fine) = rollups.split();
+        let rollups = RollupSections::encode(kept, &fine, block_traces.len(), &options)?;
+        count_absent_rollups(&inner.stats, &rollups);
+        let (data, meta) = block::build(&block_traces, &frames, &rollups, options)?;
+        drop(block_traces);
+        let merged = BlockSummaries::new(merged);
+        inner.stats.compaction_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
+        Ok((data, meta, merged))
     }
 }
 
@@ -2028,14 +2077,15 @@ async fn load_catalog(
             }
         }
     }
-    let compacted: HashSet<String> = parsed.iter().flat_map(|m| m.compacted_from.iter().cloned()).collect();
+    let compacted: HashMap<String, String> =
+        parsed.iter().flat_map(|m| m.compacted_from.iter().map(|input| (input.clone(), m.id.clone()))).collect();
     // The filters kept are the newest blocks', up to the first that does not fit, as
     // `Catalog::shed_blooms` keeps them: the others are not read.
     parsed.sort_unstable_by_key(|meta| std::cmp::Reverse(meta.max_epoch));
     let mut bloom_bytes: usize = 0;
     let mut room = true;
     for meta in parsed {
-        if compacted.contains(&meta.id) {
+        if compacted.contains_key(&meta.id) {
             delete_block_files(objects, local, &meta.id).await?;
             continue;
         }
@@ -2054,11 +2104,29 @@ async fn load_catalog(
             }
         }
     }
+    // A block flushed while a compaction was built (its id is the later) names the traces it
+    // supersedes in the compaction's inputs, which the merged block holds now. What blocks
+    // flushed before name there, the compaction left out.
+    let mut moved = Vec::new();
+    for block in &catalog.blocks {
+        for superseded in &block.meta.supersedes {
+            if let Some(merged) = compacted.get(&superseded.block)
+                && block.meta.id > *merged
+                && let Ok(id) = TraceId::parse(&superseded.trace_id)
+            {
+                moved.push((merged.clone(), id));
+            }
+        }
+    }
+    catalog.superseded.retain(|block, _| !compacted.contains_key(block));
+    for (merged, id) in moved {
+        Arc::make_mut(catalog.superseded.entry(merged).or_default()).insert(id);
+    }
     Ok(catalog)
 }
 
 fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal: WalFile) {
-    if let Err(e) = run_as_batch() {
+    if let Err(e) = run_as(Scheduling::Batch) {
         tracing::debug!(error = %e, "the write-ahead log's writer keeps the default scheduling policy");
     }
     let mut group = Group::default();
@@ -2094,29 +2162,66 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
     }
 }
 
-/// Puts the calling thread under `SCHED_BATCH`: at its priority (the same nice value), but a
-/// wakeup of it no longer preempts the thread that runs. Each append wakes the writer; where
-/// the runtime's threads share its core, the writer then took the core from the request being
-/// parsed at every append, to commit a request or two. As a batch thread it runs once the
-/// runtime's thread yields or its time slice ends, and commits what came in meanwhile: at
-/// 400,000 segments through `PutTraceSegments` on one core, a third of the group commits and
-/// of the context switches, and 0.95 times the server's CPU (BENCHMARKS.md). Where a core is
-/// free it runs at once, as before.
+/// The scheduling policies the store's own threads take.
+#[derive(Clone, Copy)]
+enum Scheduling {
+    /// At the thread's priority (the same nice value), but a wakeup of it no longer preempts
+    /// the thread that runs. Each append wakes the WAL writer; where the runtime's threads
+    /// share its core, the writer then took the core from the request being parsed at every
+    /// append, to commit a request or two. As a batch thread it runs once the runtime's thread
+    /// yields or its time slice ends, and commits what came in meanwhile: at 400,000 segments
+    /// through `PutTraceSegments` on one core, a third of the group commits and of the context
+    /// switches, and 0.95 times the server's CPU (BENCHMARKS.md). Where a core is free it runs
+    /// at once, as before.
+    Batch,
+    /// Below every other policy: any other thread preempts it as it wakes.
+    Idle,
+}
+
+/// Puts the calling thread under `policy`.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn run_as_batch() -> std::io::Result<()> {
+fn run_as(policy: Scheduling) -> std::io::Result<()> {
+    let policy = match policy {
+        Scheduling::Batch => libc::SCHED_BATCH,
+        Scheduling::Idle => libc::SCHED_IDLE,
+    };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `sched_setscheduler` only reads `param`, which outlives the call; pid 0 is the
     // calling thread.
-    match unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } {
+    match unsafe { libc::sched_setscheduler(0, policy, &param) } {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn run_as_batch() -> std::io::Result<()> {
+fn run_as(_: Scheduling) -> std::io::Result<()> {
     Ok(())
+}
+
+/// Runs the future `work` makes on a thread and a runtime of their own under `SCHED_IDLE`,
+/// which any other thread of the process preempts as it wakes; the runtime's blocking threads
+/// (file reads) inherit the policy. A compaction then takes the time the receivers, the WAL
+/// writer and the flushes leave, instead of an equal share of the core. At an equal share, a
+/// compaction during UDP at 70% of the core overflowed the socket's buffer in 6 runs of 10.
+/// `None` if the thread or its runtime could not start, or it panicked.
+async fn at_idle_priority<F>(work: impl FnOnce() -> F + Send + 'static) -> Option<F::Output>
+where
+    F: std::future::Future,
+    F::Output: Send + 'static,
+{
+    let (sent, result) = oneshot::channel();
+    let started = std::thread::Builder::new().name("roentgen-compact".into()).spawn(move || {
+        if let Err(e) = run_as(Scheduling::Idle) {
+            tracing::debug!(error = %e, "compaction keeps the default scheduling policy");
+        }
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let _ = sent.send(runtime.block_on(work()));
+        }
+    });
+    started.ok()?;
+    result.await.ok()
 }
 
 /// Documents waiting for the next group commit, with their records' headers. The documents
@@ -2258,10 +2363,22 @@ mod tests {
     fn the_writer_runs_as_a_batch_thread_and_only_it() {
         let before = scheduling_policy();
         let writer = std::thread::spawn(|| {
-            run_as_batch().unwrap();
+            run_as(Scheduling::Batch).unwrap();
             scheduling_policy()
         });
         assert_eq!(writer.join().unwrap(), "3");
+        assert_eq!(scheduling_policy(), before);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn compactions_run_as_idle_threads_their_file_reads_too() {
+        let before = scheduling_policy();
+        let policies = at_idle_priority(|| async {
+            let reads = tokio::task::spawn_blocking(scheduling_policy).await.unwrap();
+            (scheduling_policy(), reads)
+        });
+        assert_eq!(policies.await.unwrap(), ("5".to_owned(), "5".to_owned()));
         assert_eq!(scheduling_policy(), before);
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use roentgen_model::{TraceId, parse_document};
 use roentgen_query::TimeRangeType;
-use roentgen_store::{Source, Store, StoreConfig, StoreError, StoredDocument, SummaryQuery};
+use roentgen_store::{Source, Store, StoreConfig, StoreError, StoredDocument, SummaryPage, SummaryQuery};
 
 /// An hour ago: recent enough that the retention task started by `open` keeps it.
 fn epoch() -> u32 {
@@ -1012,6 +1012,82 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// The traces that blocks written after the merged block on disk name as superseded in one of
+/// its inputs: revisions flushed while it was built.
+fn superseded_in_compacted_inputs(blocks: &std::path::Path) -> Vec<String> {
+    let metas: Vec<serde_json::Value> = std::fs::read_dir(blocks)
+        .unwrap()
+        .map(|entry| serde_json::from_slice(&std::fs::read(entry.unwrap().path().join("meta.json")).unwrap()).unwrap())
+        .collect();
+    let merged = metas.iter().find(|m| m["compacted_from"].as_array().is_some_and(|from| !from.is_empty())).unwrap();
+    let inputs = merged["compacted_from"].as_array().unwrap();
+    metas
+        .iter()
+        .filter(|m| m["id"].as_str() > merged["id"].as_str())
+        .flat_map(|m| m["supersedes"].as_array().into_iter().flatten())
+        .filter(|s| inputs.contains(&s["block"]))
+        .map(|s| s["trace_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Flushes go on while a compaction is built: a late segment's new revision supersedes the
+/// trace in an input, which the merged block then holds. Each trace is found once, in its
+/// newest revision, before and after a restart.
+#[tokio::test]
+async fn revisions_flushed_during_a_compaction_supersede_the_merged_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        StoreConfig { compaction_target_traces: 100_000, compaction_interval_seconds: 3600.0, ..config(dir.path()) };
+    let store = Arc::new(Store::open(config.clone()).await.unwrap());
+    let traces: Vec<TraceId> =
+        (0..40_000u32).map(|n| TraceId::from_parts(epoch() + n % 3000, u128::from(n) * 0x1_0000_0001 + 11)).collect();
+    for half in traces.chunks(20_000) {
+        let pad = "p".repeat(200);
+        store
+            .append(
+                half.iter()
+                    .map(|&t| {
+                        doc(t, 1, &format!(r#""end_time":{}.5,"metadata":{{"default":{{"pad":"{pad}"}}}}"#, t.epoch()))
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        store.flush_all().await.unwrap();
+    }
+    let compaction = tokio::spawn({
+        let store = store.clone();
+        async move { store.compact().await.unwrap() }
+    });
+    let mut late = Vec::new();
+    while !compaction.is_finished() && late.len() < traces.len() / 7 {
+        let t = traces[late.len() * 7];
+        store.append(vec![complete(t, 2)]).await.unwrap();
+        store.flush_all().await.unwrap();
+        late.push(t);
+    }
+    assert_eq!(compaction.await.unwrap(), 2);
+    let superseded = superseded_in_compacted_inputs(&dir.path().join("blocks"));
+    assert!(!superseded.is_empty(), "no flush came while the compaction was built ({} flushes)", late.len());
+    let everything = SummaryQuery { limit: 100_000, ..all_time() };
+    let check = |page: SummaryPage, phase: &str| {
+        assert_eq!(page.summaries.len(), traces.len(), "{phase}: each trace once");
+        for (summary, _) in &page.summaries {
+            let expected = if late.contains(&summary.trace_id) { 2 } else { 1 };
+            assert_eq!(summary.revision, expected, "{phase}: {}", summary.trace_id);
+        }
+    };
+    check(store.summaries(&everything).await.unwrap(), "merged");
+    for &t in &late {
+        assert_eq!(ids(&store.get_trace(t).await.unwrap().unwrap()), [1, 2]);
+    }
+    Arc::into_inner(store).unwrap().close().await.unwrap();
+
+    let store = Store::open(config).await.unwrap();
+    check(store.summaries(&everything).await.unwrap(), "restarted");
+    store.close().await.unwrap();
 }
 
 #[tokio::test]
