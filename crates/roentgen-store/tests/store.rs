@@ -1014,6 +1014,61 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Two blocks of 20,000 traces each, which take a compaction long enough to act while it runs.
+async fn two_blocks_to_compact(store: &Store) -> Vec<TraceId> {
+    let traces: Vec<TraceId> =
+        (0..40_000u32).map(|n| TraceId::from_parts(epoch() + n % 3000, u128::from(n) * 0x1_0000_0001 + 11)).collect();
+    let pad = "p".repeat(200);
+    for half in traces.chunks(20_000) {
+        let padded = |t: &TraceId| {
+            doc(*t, 1, &format!(r#""end_time":{}.5,"metadata":{{"default":{{"pad":"{pad}"}}}}"#, t.epoch()))
+        };
+        store.append(half.iter().map(padded).collect()).await.unwrap();
+        store.flush_all().await.unwrap();
+    }
+    traces
+}
+
+/// Whether a thread of this process has this name, as Linux keeps it: its first 15 bytes.
+#[cfg(target_os = "linux")]
+fn thread_named(name: &str) -> bool {
+    let kept = &name[..name.len().min(15)];
+    std::fs::read_dir("/proc/self/task").unwrap().any(|task| {
+        std::fs::read_to_string(task.unwrap().path().join("comm")).is_ok_and(|comm| comm.trim_end() == kept)
+    })
+}
+
+/// Retention that deletes the inputs while the merged block is built wins: the compaction
+/// deletes its block instead of bringing the expired traces back.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_compaction_whose_inputs_expire_meanwhile_deletes_its_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        compaction_target_traces: 100_000,
+        compaction_interval_seconds: 3600.0,
+        retention_days: 1.0,
+        ..config(dir.path())
+    };
+    let store = Arc::new(Store::open(config).await.unwrap());
+    two_blocks_to_compact(&store).await;
+    let compaction = tokio::spawn({
+        let store = store.clone();
+        async move { store.compact().await.unwrap() }
+    });
+    // The build's thread starts once the group is chosen.
+    while !thread_named("roentgen-compact") {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(store.apply_retention(f64::from(epoch()) + 2.0 * 86_400.0).await.unwrap(), 2);
+    assert_eq!(compaction.await.unwrap(), 0, "nothing merged");
+    assert!(store.summaries(&all_time()).await.unwrap().summaries.is_empty());
+    // The inputs' files waited for the compaction to let them go; the next one deletes them.
+    assert_eq!(store.compact().await.unwrap(), 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("blocks")).unwrap().count(), 0, "the merged block is deleted");
+    Arc::into_inner(store).unwrap().close().await.unwrap();
+}
+
 /// The traces that blocks written after the merged block on disk name as superseded in one of
 /// its inputs: revisions flushed while it was built.
 fn superseded_in_compacted_inputs(blocks: &std::path::Path) -> Vec<String> {
@@ -1041,22 +1096,7 @@ async fn revisions_flushed_during_a_compaction_supersede_the_merged_block() {
     let config =
         StoreConfig { compaction_target_traces: 100_000, compaction_interval_seconds: 3600.0, ..config(dir.path()) };
     let store = Arc::new(Store::open(config.clone()).await.unwrap());
-    let traces: Vec<TraceId> =
-        (0..40_000u32).map(|n| TraceId::from_parts(epoch() + n % 3000, u128::from(n) * 0x1_0000_0001 + 11)).collect();
-    for half in traces.chunks(20_000) {
-        let pad = "p".repeat(200);
-        store
-            .append(
-                half.iter()
-                    .map(|&t| {
-                        doc(t, 1, &format!(r#""end_time":{}.5,"metadata":{{"default":{{"pad":"{pad}"}}}}"#, t.epoch()))
-                    })
-                    .collect(),
-            )
-            .await
-            .unwrap();
-        store.flush_all().await.unwrap();
-    }
+    let traces = two_blocks_to_compact(&store).await;
     let compaction = tokio::spawn({
         let store = store.clone();
         async move { store.compact().await.unwrap() }
