@@ -490,6 +490,29 @@ impl Catalog {
         self.by_latest_epoch.retain(|(_, b)| keep(b));
     }
 
+    /// Hides in each merged block (of `merged_into`, input to merged block) what blocks flushed
+    /// while it was built (their ids sort after its) supersede in its inputs: it holds those
+    /// traces now. What blocks flushed before name there, the compaction left out.
+    fn hide_in_merged_blocks(&mut self, merged_into: &HashMap<String, String>) {
+        let Some(first) = merged_into.values().min() else { return };
+        let later = self.blocks.partition_point(|b| b.meta.id <= *first);
+        let mut moved = Vec::new();
+        for block in &self.blocks[later..] {
+            for superseded in &block.meta.supersedes {
+                if let Some(merged) = merged_into.get(&superseded.block)
+                    && block.meta.id > *merged
+                    && let Ok(id) = TraceId::parse(&superseded.trace_id)
+                {
+                    moved.push((merged.clone(), id));
+                }
+            }
+        }
+        self.superseded.retain(|block, _| !merged_into.contains_key(block));
+        for (merged, id) in moved {
+            Arc::make_mut(self.superseded.entry(merged).or_default()).insert(id);
+        }
+    }
+
     /// The blocks whose traces reach `id`'s epoch, in no particular order.
     fn reaching(&self, id: TraceId) -> impl Iterator<Item = &Arc<BlockHandle>> {
         let epoch = id.epoch();
@@ -1667,8 +1690,8 @@ impl Store {
         }
         // Reading, decoding and building take a runtime and a thread of their own, below every
         // other thread's priority; the inputs' files are only read until the swap.
-        let (store, inputs, hide) = (self.clone(), group.clone(), hidden.clone());
-        let build = move || async move { store.build_merged(inputs, hide, merged_id).await };
+        let (store, inputs) = (self.clone(), group.clone());
+        let build = move || async move { store.build_merged(inputs, hidden, merged_id).await };
         let (data, mut meta, merged) = at_idle_priority(build).await.ok_or_else(|| StoreError::CorruptBlock {
             block: "compacted".into(),
             reason: "the compaction's thread could not start, or panicked".into(),
@@ -1685,23 +1708,15 @@ impl Store {
             let present = |id: &str| catalog.blocks.binary_search_by(|b| b.meta.id.as_str().cmp(id)).is_ok();
             let inputs_present = ids.iter().all(|id| present(id));
             if inputs_present {
-                // Revisions flushed meanwhile supersede traces in the inputs, which the merged
-                // block holds now: it hides them instead, as a restart does from its
-                // `compacted_from`.
-                let mut newly_hidden = HashSet::new();
-                for block in &group {
-                    let Some(now) = catalog.superseded.get(&block.meta.id) else { continue };
-                    let before = hidden.get(&block.meta.id);
-                    newly_hidden.extend(now.iter().filter(|id| !before.is_some_and(|h| h.contains(id))).copied());
-                }
                 // Readers see the inputs or the merged block, never both. The inputs go first, so
                 // that their filters' memory is free before the merged block's counts against the
-                // budget, and no other block loses its filter for the swap.
+                // budget, and no other block loses its filter for the swap. Revisions flushed
+                // meanwhile supersede traces in the inputs: the merged block hides them instead,
+                // as a restart does from its `compacted_from`.
                 catalog.retain(|b| !ids.contains(b.meta.id.as_str()));
                 catalog.add(handle);
-                if !newly_hidden.is_empty() {
-                    Arc::make_mut(catalog.superseded.entry(merged_id.clone()).or_default()).extend(newly_hidden);
-                }
+                let merged_into = ids.iter().map(|&input| (input.to_owned(), merged_id.clone())).collect();
+                catalog.hide_in_merged_blocks(&merged_into);
             }
             inputs_present
         };
@@ -2104,24 +2119,7 @@ async fn load_catalog(
             }
         }
     }
-    // A block flushed while a compaction was built (its id is the later) names the traces it
-    // supersedes in the compaction's inputs, which the merged block holds now. What blocks
-    // flushed before name there, the compaction left out.
-    let mut moved = Vec::new();
-    for block in &catalog.blocks {
-        for superseded in &block.meta.supersedes {
-            if let Some(merged) = compacted.get(&superseded.block)
-                && block.meta.id > *merged
-                && let Ok(id) = TraceId::parse(&superseded.trace_id)
-            {
-                moved.push((merged.clone(), id));
-            }
-        }
-    }
-    catalog.superseded.retain(|block, _| !compacted.contains_key(block));
-    for (merged, id) in moved {
-        Arc::make_mut(catalog.superseded.entry(merged).or_default()).insert(id);
-    }
+    catalog.hide_in_merged_blocks(&compacted);
     Ok(catalog)
 }
 
