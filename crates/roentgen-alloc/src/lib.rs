@@ -1,6 +1,6 @@
 //! The global allocator of roentgen's binaries: mimalloc, called the way the standard library
 //! calls a C `malloc`, with the options the server wants. All the workspace's `unsafe` code but
-//! the store's threads' scheduling policies (CODE_STYLE.md).
+//! the store's threads' scheduling policies and the model's AVX-512 (CODE_STYLE.md).
 //!
 //! The `mimalloc` crate passes every allocation to `mi_malloc_aligned`. mimalloc takes its fast
 //! path there only while the size class's current page has a free block; when it has none, as

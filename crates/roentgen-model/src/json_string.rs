@@ -4,23 +4,26 @@
 //! predict and two calls; here a block of 64 bytes is classified at once
 //! ([`byte_classes`](crate::byte_classes)). A block whose only escapes are `\"` (nearly every
 //! block of a document) has each backslash dropped, the runs between them copied up to 32 bytes
-//! at once; any other block has its escapes taken one by one, in order, from a bit mask.
+//! at once, or with AVX-512 all 64 bytes in one instruction; any other block has its escapes
+//! taken one by one, in order, from a bit mask.
 //!
 //! Anything unusual (a lone surrogate, a control character, an unknown escape, invalid UTF-8,
 //! an unterminated string) makes the decoder give up, and the caller decodes with serde_json,
 //! whose answer, error or not, is the one that counts.
 
-use crate::byte_classes::{BLOCK, Classes};
+use crate::byte_classes::{Avx512, BLOCK, Classes};
 
 /// A block and the 32 bytes after it.
 const WINDOW: usize = BLOCK + 32;
 
 /// The classes of the 64 bytes from `at`; bytes past the end count as control characters, so an
 /// unterminated string stops there.
-fn classes_at(s: &[u8], at: usize) -> Classes {
-    match s.get(at..at + BLOCK) {
-        Some(block) => Classes::of(block.try_into().expect("a block")),
-        None => classes_of_tail(s, at),
+#[inline(always)]
+fn classes_at(s: &[u8], at: usize, wide: Option<Avx512>) -> Classes {
+    match (s.get(at..at + BLOCK), wide) {
+        (Some(block), Some(avx512)) => avx512.classes(block.try_into().expect("a block")),
+        (Some(block), None) => Classes::of(block.try_into().expect("a block")),
+        (None, _) => classes_of_tail(s, at),
     }
 }
 
@@ -40,6 +43,40 @@ pub(crate) struct Scratch(Vec<u8>);
 /// Returns the decoded text and the index just after the closing quote, or `None` when the
 /// string is one to leave to serde_json.
 pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Option<(&'a str, usize)> {
+    match Avx512::detect() {
+        Some(avx512) => decode_avx512(avx512, s, start, scratch),
+        None => decode_with(None, s, start, scratch),
+    }
+}
+
+/// [`decode_with`] compiled with AVX-512 enabled, so that its instructions are inlined in the
+/// loop instead of called block by block.
+#[cfg(target_arch = "x86_64")]
+fn decode_avx512<'a>(avx512: Avx512, s: &[u8], start: usize, scratch: &'a mut Scratch) -> Option<(&'a str, usize)> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+    fn compiled_for_avx512<'a>(
+        avx512: Avx512,
+        s: &[u8],
+        start: usize,
+        scratch: &'a mut Scratch,
+    ) -> Option<(&'a str, usize)> {
+        decode_with(Some(avx512), s, start, scratch)
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `avx512` exists, so the processor has the features.
+    unsafe {
+        compiled_for_avx512(avx512, s, start, scratch)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn decode_avx512<'a>(avx512: Avx512, s: &[u8], start: usize, scratch: &'a mut Scratch) -> Option<(&'a str, usize)> {
+    decode_with(Some(avx512), s, start, scratch)
+}
+
+/// [`decode`], with AVX-512 where `wide` says the processor has it.
+#[inline(always)]
+fn decode_with<'a>(wide: Option<Avx512>, s: &[u8], start: usize, scratch: &'a mut Scratch) -> Option<(&'a str, usize)> {
     let out = &mut scratch.0;
     let mut d = 0;
     let mut last = start;
@@ -53,7 +90,7 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
         if out.len() < room {
             out.resize(room.max(2 * out.len()).max(4096), 0);
         }
-        let classes = classes_at(s, at);
+        let classes = classes_at(s, at, wide);
         let backslashes = classes.backslashes;
         // A block plain but for escaped quotes: no control character, and exactly the bytes
         // after its backslashes (and its first, if escaped) are quotes. A backslash in the last
@@ -62,40 +99,55 @@ pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Op
             && classes.quotes == (backslashes << 1 | escaped_first)
             && (backslashes >> 63 == 0 || s.get(at + BLOCK) == Some(&b'"'))
         {
-            let mut mask = backslashes;
-            // The first run may reach back into earlier blocks; the others lie within this one,
-            // copied between fixed windows, 32 bytes at once when they are that short.
-            if mask != 0 {
-                let p = at + mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                d += copy_run(out, d, s, last, p)?;
-                last = p + 1;
-            }
-            let src: Option<&[u8; WINDOW]> = s.get(at..at + WINDOW).and_then(|w| w.try_into().ok());
-            if let Some(src) = src
-                && mask != 0
-            {
-                let dst: &mut [u8; WINDOW] = out.get_mut(d..d + WINDOW).and_then(|w| w.try_into().ok())?;
-                let (mut from, mut written) = (last - at, 0);
-                while mask != 0 {
-                    let p = mask.trailing_zeros() as usize;
-                    mask &= mask - 1;
-                    let run = p.checked_sub(from)?;
-                    match src.get(from..from + 32) {
-                        Some(chunk) if run <= 32 => dst.get_mut(written..written + 32)?.copy_from_slice(chunk),
-                        _ => dst.get_mut(written..written + run)?.copy_from_slice(src.get(from..p)?),
+            if let (Some(avx512), Some(block)) = (wide, s.get(at..at + BLOCK)) {
+                // Bytes before `last` were written already: an escape at the end of the block
+                // before reached into this one.
+                let drop = match last.checked_sub(at) {
+                    Some(written) => backslashes | 1u64.checked_shl(written as u32).map_or(u64::MAX, |bit| bit - 1),
+                    None => {
+                        d += copy_run(out, d, s, last, at)?;
+                        backslashes
                     }
-                    written += run;
-                    from = p + 1;
+                };
+                let dst: &mut [u8; BLOCK] = out.get_mut(d..d + BLOCK)?.try_into().ok()?;
+                d += avx512.drop_bytes(block.try_into().ok()?, drop, dst);
+                last = at + BLOCK;
+            } else {
+                let mut mask = backslashes;
+                // The first run may reach back into earlier blocks; the others lie within this one,
+                // copied between fixed windows, 32 bytes at once when they are that short.
+                if mask != 0 {
+                    let p = at + mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    d += copy_run(out, d, s, last, p)?;
+                    last = p + 1;
                 }
-                d += written;
-                last = at + from;
-            }
-            while mask != 0 {
-                let p = at + mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                d += copy_run(out, d, s, last, p)?;
-                last = p + 1;
+                let src: Option<&[u8; WINDOW]> = s.get(at..at + WINDOW).and_then(|w| w.try_into().ok());
+                if let Some(src) = src
+                    && mask != 0
+                {
+                    let dst: &mut [u8; WINDOW] = out.get_mut(d..d + WINDOW).and_then(|w| w.try_into().ok())?;
+                    let (mut from, mut written) = (last - at, 0);
+                    while mask != 0 {
+                        let p = mask.trailing_zeros() as usize;
+                        mask &= mask - 1;
+                        let run = p.checked_sub(from)?;
+                        match src.get(from..from + 32) {
+                            Some(chunk) if run <= 32 => dst.get_mut(written..written + 32)?.copy_from_slice(chunk),
+                            _ => dst.get_mut(written..written + run)?.copy_from_slice(src.get(from..p)?),
+                        }
+                        written += run;
+                        from = p + 1;
+                    }
+                    d += written;
+                    last = at + from;
+                }
+                while mask != 0 {
+                    let p = at + mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    d += copy_run(out, d, s, last, p)?;
+                    last = p + 1;
+                }
             }
             escaped_first = backslashes >> 63;
         } else {
@@ -177,9 +229,18 @@ mod tests {
 
     use super::*;
 
-    fn decoded(json: &str) -> Option<(String, usize)> {
+    /// What [`decode`] gives for the string that starts at `s[1]`, after checking that the
+    /// portable code gives the same.
+    fn decoded_bytes(s: &[u8]) -> Option<(String, usize)> {
         let mut scratch = Scratch::default();
-        decode(json.as_bytes(), 1, &mut scratch).map(|(text, end)| (text.to_owned(), end))
+        let portable = decode_with(None, s, 1, &mut scratch).map(|(text, end)| (text.to_owned(), end));
+        let fastest = decode(s, 1, &mut scratch).map(|(text, end)| (text.to_owned(), end));
+        assert_eq!(portable, fastest, "{}", String::from_utf8_lossy(s));
+        fastest
+    }
+
+    fn decoded(json: &str) -> Option<(String, usize)> {
+        decoded_bytes(json.as_bytes())
     }
 
     #[test]
@@ -202,8 +263,7 @@ mod tests {
         for json in [r#""open"#, r#""\ud800""#, r#""\x""#, "\"tab\there\"", r#""\u12""#, r#""ends\"#] {
             assert_eq!(decoded(json), None, "{json}");
         }
-        let mut scratch = Scratch::default();
-        assert_eq!(decode(b"\"\xff\"", 1, &mut scratch), None);
+        assert_eq!(decoded_bytes(b"\"\xff\""), None);
     }
 
     #[test]
@@ -226,9 +286,7 @@ mod tests {
             for shift in 0..2 * BLOCK {
                 let text = format!("{}{document}", " ".repeat(shift));
                 let body = format!("{},", serde_json::to_string(&text).unwrap());
-                let mut scratch = Scratch::default();
-                let got = decode(body.as_bytes(), 1, &mut scratch).map(|(text, end)| (text.to_owned(), end));
-                assert_eq!(got, Some((text, body.len() - 1)), "{shift}");
+                assert_eq!(decoded(&body), Some((text, body.len() - 1)), "{shift}");
             }
         }
     }
