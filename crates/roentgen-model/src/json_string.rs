@@ -44,8 +44,9 @@ pub(crate) struct Scratch(Vec<u8>);
 /// string is one to leave to serde_json.
 pub(crate) fn decode<'a>(s: &[u8], start: usize, scratch: &'a mut Scratch) -> Option<(&'a str, usize)> {
     match Avx512::detect() {
+        #[cfg(target_arch = "x86_64")]
         Some(avx512) => decode_avx512(avx512, s, start, scratch),
-        None => decode_with(None, s, start, scratch),
+        wide => decode_with(wide, s, start, scratch),
     }
 }
 
@@ -67,11 +68,6 @@ fn decode_avx512<'a>(avx512: Avx512, s: &[u8], start: usize, scratch: &'a mut Sc
     unsafe {
         compiled_for_avx512(avx512, s, start, scratch)
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn decode_avx512<'a>(avx512: Avx512, s: &[u8], start: usize, scratch: &'a mut Scratch) -> Option<(&'a str, usize)> {
-    decode_with(Some(avx512), s, start, scratch)
 }
 
 /// [`decode`], with AVX-512 where `wide` says the processor has it.
