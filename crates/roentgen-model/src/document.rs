@@ -191,6 +191,12 @@ impl ParsedDocument {
         self.tree.len()
     }
 
+    /// Starts loading the records a summary reads (the entities, their blocks and strings), for
+    /// a pass that reaches this document soon; `self` should be loaded or on its way.
+    pub fn prefetch(&self) {
+        self.tree.prefetch();
+    }
+
     /// True when this document or any subsegment in it is still in progress.
     pub fn any_in_progress(&self) -> bool {
         let mut any = false;

@@ -10,6 +10,7 @@ mod byte_classes;
 mod document;
 mod ids;
 mod json_string;
+pub mod prefetch;
 mod reader;
 mod tree;
 mod wire;

@@ -134,6 +134,16 @@ impl Tree {
         self.nodes.len()
     }
 
+    pub(crate) fn prefetch(&self) {
+        use crate::prefetch::lines;
+        // A document of the load generator's mean size: 7 lines of entities, 5 of strings.
+        lines(&self.nodes, 16);
+        lines(&self.http, 2);
+        lines(&self.aws, 2);
+        lines(&self.annotations, 2);
+        lines(self.text.as_bytes(), 8);
+    }
+
     pub(crate) fn top(&self) -> Entity<'_> {
         self.entity(0)
     }

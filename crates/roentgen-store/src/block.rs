@@ -48,7 +48,7 @@ use std::sync::atomic::AtomicBool;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use roentgen_model::TraceId;
+use roentgen_model::{TraceId, prefetch};
 use roentgen_query::{LinkFact, TraceFacts, TraceSummary};
 use serde::{Deserialize, Serialize};
 
@@ -303,7 +303,11 @@ pub(crate) fn build(
         Ok::<(), StoreError>(())
     };
 
-    for trace in traces {
+    for (i, trace) in traces.iter().enumerate() {
+        // The documents were parsed seconds ago and left the processor's caches since.
+        if let Some(TraceDocuments::Text(next)) = traces.get(i + 1).map(|t| &t.docs) {
+            next.iter().for_each(|d| prefetch::lines(d.as_bytes(), 32));
+        }
         let revision = Some(trace.summary.revision);
         let limit_exceeded = trace.limit_exceeded;
         let docs = match &trace.docs {

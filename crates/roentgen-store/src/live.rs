@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use roentgen_model::{ParsedDocument, SegmentId, TraceId};
+use roentgen_model::{ParsedDocument, SegmentId, TraceId, prefetch};
 use roentgen_query::TraceSummary;
 
 use crate::FastMap;
@@ -20,6 +20,42 @@ pub struct StoredDocument {
 impl StoredDocument {
     pub fn id(&self) -> SegmentId {
         self.parsed.id()
+    }
+}
+
+/// What a pass over many traces' documents reads of each, for [`prefetch_documents`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reads {
+    /// The document itself: its count of references, or where its text is.
+    References,
+    /// What it points to: its parsed records and its text, read by a summary or freed.
+    Records,
+}
+
+/// Starts loading what a pass over traces, a trace at a time, will read of the documents of
+/// the traces in `next` (those after the current one): `distance` traces ahead for the records,
+/// and as much again for each level of pointers before them (each document, the list of them).
+///
+/// A flush reads documents parsed seconds before, long gone from the processor's caches:
+/// without the hints each trace waits for memory a level at a time, for every document.
+pub(crate) fn prefetch_documents<T>(
+    next: &[T],
+    docs: impl Fn(&T) -> &[Arc<StoredDocument>],
+    reads: Reads,
+    distance: usize,
+) {
+    let ahead = |steps: usize| (steps * distance).checked_sub(1).and_then(|at| next.get(at)).map(&docs);
+    let mut steps = 1;
+    if reads == Reads::Records {
+        for doc in ahead(1).unwrap_or_default() {
+            prefetch::lines(doc.raw.as_bytes(), 1);
+            doc.parsed.prefetch();
+        }
+        steps = 2;
+    }
+    ahead(steps).unwrap_or_default().iter().for_each(|doc| prefetch::line(&**doc));
+    if let Some(list) = ahead(steps + 1) {
+        prefetch::lines(list, 2);
     }
 }
 
@@ -343,6 +379,23 @@ mod tests {
         );
         let parsed = parse_document(raw.as_bytes(), MAX_DOCUMENT_BYTES).unwrap();
         Arc::new(StoredDocument { raw: raw.into(), parsed, source: Source::Api })
+    }
+
+    /// Hints change nothing, and a pass near its end (fewer traces left than the distance, or
+    /// traces without documents) asks for what there is.
+    #[test]
+    fn prefetching_ahead_reads_only_what_is_there() {
+        let traces: Vec<Vec<Arc<StoredDocument>>> = (0..6)
+            .map(|n| (0..n % 3).map(|k| doc(&format!("{:016x}", n * 3 + k + 1), "\"end_time\":2")).collect())
+            .collect();
+        for left in 0..=traces.len() {
+            for reads in [Reads::References, Reads::Records] {
+                for distance in 0..=3 {
+                    prefetch_documents(&traces[traces.len() - left..], |t| t, reads, distance);
+                }
+            }
+        }
+        assert!(traces.iter().flatten().all(|d| Arc::strong_count(d) == 1));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::block::{
 use crate::config::StoreConfig;
 use crate::disk::{DiskSpace, Room};
 use crate::error::StoreError;
-use crate::live::{Documents, LiveState, StoredDocument, Upsert};
+use crate::live::{Documents, LiveState, Reads, StoredDocument, Upsert, prefetch_documents};
 use crate::rollup::{FIRST_KEPT_LEVEL, KeptRollups, ROLLUP_MINUTES, RollupBuilder, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
@@ -1353,13 +1353,17 @@ impl Store {
         // Traces left in `flushing` by a failed attempt go into this block too.
         let due: Vec<_> = {
             let live = inner.live.read().expect("live lock");
-            live.flushing
+            let flushing: Vec<_> = live.flushing.iter().collect();
+            flushing
                 .iter()
+                .enumerate()
                 // A late trace's cached summary counts the block revision a query merged it with,
                 // which the flush reads again.
-                .map(|(id, t)| {
+                .map(|(i, (id, t))| {
+                    // Each document's count of references is written.
+                    prefetch_documents(&flushing[i + 1..], |(_, t)| &t.docs, Reads::References, 2);
                     let summary = t.cached_summary().filter(|_| !t.maybe_in_blocks);
-                    (*id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded, summary)
+                    (**id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded, summary)
                 })
                 .collect()
         };
@@ -1429,7 +1433,9 @@ impl Store {
             let mut rollups = RollupBuilder::default();
             let summaries: Vec<Arc<TraceSummary>> = merged
                 .iter()
-                .map(|t| {
+                .enumerate()
+                .map(|(i, t)| {
+                    prefetch_documents(&merged[i + 1..], |t| &t.docs, Reads::Records, 1);
                     let summary = match &t.summary {
                         Some(made) => made.clone(),
                         None => {
@@ -1472,11 +1478,15 @@ impl Store {
             let traces: Vec<BlockTrace<'_>> = merged
                 .iter()
                 .zip(&summaries)
-                .map(|(t, summary)| BlockTrace {
-                    trace_id: t.id,
-                    docs: TraceDocuments::Text(t.docs.iter().map(|d| &*d.raw).collect()),
-                    summary,
-                    limit_exceeded: t.limit_exceeded,
+                .enumerate()
+                .map(|(i, (t, summary))| {
+                    prefetch_documents(&merged[i + 1..], |t| &t.docs, Reads::References, 1);
+                    BlockTrace {
+                        trace_id: t.id,
+                        docs: TraceDocuments::Text(t.docs.iter().map(|d| &*d.raw).collect()),
+                        summary,
+                        limit_exceeded: t.limit_exceeded,
+                    }
                 })
                 .collect();
             let (kept, fine) = rollups.finish().split();
@@ -1487,6 +1497,7 @@ impl Store {
             drop(traces);
             stats.flush_rollups_nanos.fetch_add(nanos(rolled_up), Ordering::Relaxed);
             stats.flush_encode_nanos.fetch_add(nanos(timer.elapsed().saturating_sub(rolled_up)), Ordering::Relaxed);
+            release_documents(merged);
             let summaries = BlockSummaries::new(summaries);
             Ok::<_, StoreError>((data, meta, summaries))
         })
@@ -1517,9 +1528,13 @@ impl Store {
         // mimalloc frees a block into its own thread's page at a fraction of the cost of handing
         // it back to another thread's. A thousand traces at a time, about 2 ms, between requests.
         tokio::spawn(async move {
-            for (n, trace) in flushed.into_values().enumerate() {
+            let mut traces = flushed.into_values().collect::<Vec<_>>().into_iter();
+            let mut n = 0;
+            while let Some(trace) = traces.next() {
+                prefetch_documents(traces.as_slice(), |t| &t.docs, Reads::Records, 2);
                 drop(trace);
-                if n % 1024 == 1023 {
+                n += 1;
+                if n % 1024 == 0 {
                     tokio::task::yield_now().await;
                 }
             }
@@ -2303,6 +2318,15 @@ fn commit(
             }
             Err(e) => Err(StoreError::Io { path: PathBuf::from("wal"), source: std::io::Error::other(e.to_string()) }),
         });
+    }
+}
+
+/// Drops the flush's references to its documents, whose counts of references are written.
+fn release_documents(traces: Vec<FlushTrace>) {
+    let mut traces = traces.into_iter();
+    while let Some(trace) = traces.next() {
+        prefetch_documents(traces.as_slice(), |t| &t.docs, Reads::References, 2);
+        drop(trace);
     }
 }
 

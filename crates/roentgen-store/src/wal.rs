@@ -34,6 +34,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::StoreError;
+use roentgen_model::prefetch;
 
 mod zeros;
 
@@ -441,7 +442,12 @@ impl WalFile {
         let padded = len.next_multiple_of(PAGE);
         let (mut at, page_offset) = (direct.tail, direct.page_offset);
         let buffer = direct.buffer(padded);
-        for piece in pieces {
+        for (i, piece) in pieces.iter().enumerate() {
+            // A group's documents were decoded while the ones before them waited for this
+            // thread, and some have left the processor's caches since.
+            if let Some(next) = pieces.get(i + 2) {
+                prefetch::lines(next, 32);
+            }
             buffer[at..at + piece.len()].copy_from_slice(piece);
             at += piece.len();
         }
