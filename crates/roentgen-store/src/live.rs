@@ -1,5 +1,6 @@
 //! Traces still being assembled in memory, before they are written into a block.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,18 +34,18 @@ pub(crate) enum Reads {
 }
 
 /// Starts loading what a pass over traces, a trace at a time, will read of the documents of
-/// the traces in `next` (those after the current one): `distance` traces ahead for the records,
-/// and as much again for each level of pointers before them (each document, the list of them).
+/// the traces after the current one (`next(k)`: those of the trace `k + 1` places on):
+/// `distance` traces ahead for the records, and as much again for each level of pointers before
+/// them (each document, the list of them).
 ///
 /// A flush reads documents parsed seconds before, long gone from the processor's caches:
 /// without the hints each trace waits for memory a level at a time, for every document.
-pub(crate) fn prefetch_documents<T>(
-    next: &[T],
-    docs: impl Fn(&T) -> &[Arc<StoredDocument>],
+pub(crate) fn prefetch_documents<'a>(
+    next: impl Fn(usize) -> Option<&'a [Arc<StoredDocument>]>,
     reads: Reads,
     distance: usize,
 ) {
-    let ahead = |steps: usize| (steps * distance).checked_sub(1).and_then(|at| next.get(at)).map(&docs);
+    let ahead = |steps: usize| (steps * distance).checked_sub(1).and_then(&next);
     let mut steps = 1;
     if reads == Reads::Records {
         for doc in ahead(1).unwrap_or_default() {
@@ -56,6 +57,31 @@ pub(crate) fn prefetch_documents<T>(
     ahead(steps).unwrap_or_default().iter().for_each(|doc| prefetch::line(&**doc));
     if let Some(list) = ahead(steps + 1) {
         prefetch::lines(list, 2);
+    }
+}
+
+/// An iterator's items one at a time with the next few in view, for a pass that asks ahead
+/// for the memory it will read without first collecting the items (a flush's traces are
+/// hundreds of thousands).
+pub(crate) struct Lookahead<I: Iterator> {
+    rest: I,
+    next: VecDeque<I::Item>,
+    depth: usize,
+}
+
+impl<I: Iterator> Lookahead<I> {
+    pub fn new(mut rest: I, depth: usize) -> Self {
+        let next = rest.by_ref().take(depth).collect();
+        Self { rest, next, depth }
+    }
+
+    /// The next item, and the `depth` after it while there are as many.
+    pub fn pop(&mut self) -> Option<(I::Item, &VecDeque<I::Item>)> {
+        if self.next.len() <= self.depth {
+            self.next.extend(self.rest.next());
+        }
+        let item = self.next.pop_front()?;
+        Some((item, &self.next))
     }
 }
 
@@ -391,11 +417,26 @@ mod tests {
         for left in 0..=traces.len() {
             for reads in [Reads::References, Reads::Records] {
                 for distance in 0..=3 {
-                    prefetch_documents(&traces[traces.len() - left..], |t| t, reads, distance);
+                    let next = &traces[traces.len() - left..];
+                    prefetch_documents(|k| next.get(k).map(|t| &t[..]), reads, distance);
                 }
             }
         }
         assert!(traces.iter().flatten().all(|d| Arc::strong_count(d) == 1));
+    }
+
+    #[test]
+    fn lookahead_gives_every_item_once_with_those_after_it() {
+        for depth in 0..4 {
+            let mut items = Lookahead::new(0..6, depth);
+            let mut seen = Vec::new();
+            while let Some((item, next)) = items.pop() {
+                let expected: Vec<i32> = (item + 1..6).take(depth).collect();
+                assert_eq!(next.iter().copied().collect::<Vec<_>>(), expected);
+                seen.push(item);
+            }
+            assert_eq!(seen, (0..6).collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::block::{
 use crate::config::StoreConfig;
 use crate::disk::{DiskSpace, Room};
 use crate::error::StoreError;
-use crate::live::{Documents, LiveState, Reads, StoredDocument, Upsert, prefetch_documents};
+use crate::live::{Documents, LiveState, Lookahead, Reads, StoredDocument, Upsert, prefetch_documents};
 use crate::rollup::{FIRST_KEPT_LEVEL, KeptRollups, ROLLUP_MINUTES, RollupBuilder, Rollups, minute, tiles};
 use crate::stats::StoreStats;
 use crate::wal::{self, Record, Source, WalFile};
@@ -1353,19 +1353,17 @@ impl Store {
         // Traces left in `flushing` by a failed attempt go into this block too.
         let due: Vec<_> = {
             let live = inner.live.read().expect("live lock");
-            let flushing: Vec<_> = live.flushing.iter().collect();
-            flushing
-                .iter()
-                .enumerate()
+            let mut due = Vec::with_capacity(live.flushing.len());
+            let mut flushing = Lookahead::new(live.flushing.iter(), 4);
+            while let Some(((id, t), next)) = flushing.pop() {
+                // Each document's count of references is written.
+                prefetch_documents(|k| next.get(k).map(|&(_, t)| &t.docs[..]), Reads::References, 2);
                 // A late trace's cached summary counts the block revision a query merged it with,
                 // which the flush reads again.
-                .map(|(i, (id, t))| {
-                    // Each document's count of references is written.
-                    prefetch_documents(&flushing[i + 1..], |(_, t)| &t.docs, Reads::References, 2);
-                    let summary = t.cached_summary().filter(|_| !t.maybe_in_blocks);
-                    (**id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded, summary)
-                })
-                .collect()
+                let summary = t.cached_summary().filter(|_| !t.maybe_in_blocks);
+                due.push((*id, t.docs.to_vec(), t.bytes, t.maybe_in_blocks, t.limit_exceeded, summary));
+            }
+            due
         };
 
         let mut supersedes = Vec::new();
@@ -1435,7 +1433,7 @@ impl Store {
                 .iter()
                 .enumerate()
                 .map(|(i, t)| {
-                    prefetch_documents(&merged[i + 1..], |t| &t.docs, Reads::Records, 1);
+                    prefetch_documents(|k| merged.get(i + 1 + k).map(|t| &t.docs[..]), Reads::Records, 1);
                     let summary = match &t.summary {
                         Some(made) => made.clone(),
                         None => {
@@ -1480,7 +1478,7 @@ impl Store {
                 .zip(&summaries)
                 .enumerate()
                 .map(|(i, (t, summary))| {
-                    prefetch_documents(&merged[i + 1..], |t| &t.docs, Reads::References, 1);
+                    prefetch_documents(|k| merged.get(i + 1 + k).map(|t| &t.docs[..]), Reads::References, 1);
                     BlockTrace {
                         trace_id: t.id,
                         docs: TraceDocuments::Text(t.docs.iter().map(|d| &*d.raw).collect()),
@@ -1528,10 +1526,10 @@ impl Store {
         // mimalloc frees a block into its own thread's page at a fraction of the cost of handing
         // it back to another thread's. A thousand traces at a time, about 2 ms, between requests.
         tokio::spawn(async move {
-            let mut traces = flushed.into_values().collect::<Vec<_>>().into_iter();
+            let mut traces = Lookahead::new(flushed.into_values(), 6);
             let mut n = 0;
-            while let Some(trace) = traces.next() {
-                prefetch_documents(traces.as_slice(), |t| &t.docs, Reads::Records, 2);
+            while let Some((trace, next)) = traces.pop() {
+                prefetch_documents(|k| next.get(k).map(|t| &t.docs[..]), Reads::Records, 2);
                 drop(trace);
                 n += 1;
                 if n % 1024 == 0 {
@@ -2325,7 +2323,8 @@ fn commit(
 fn release_documents(traces: Vec<FlushTrace>) {
     let mut traces = traces.into_iter();
     while let Some(trace) = traces.next() {
-        prefetch_documents(traces.as_slice(), |t| &t.docs, Reads::References, 2);
+        let next = traces.as_slice();
+        prefetch_documents(|k| next.get(k).map(|t| &t.docs[..]), Reads::References, 2);
         drop(trace);
     }
 }
