@@ -16,7 +16,8 @@ pub fn line<T>(value: &T) {
     let _ = value;
 }
 
-/// Starts loading the first `max` cache lines of `items` at most.
+/// Starts loading `items` from their start: a hint a cache line's worth of them (a hint an item,
+/// at its start, for items larger than a line), `max` hints at most.
 #[inline]
 pub fn lines<T>(items: &[T], max: usize) {
     let stride = (LINE / std::mem::size_of::<T>().max(1)).max(1);
