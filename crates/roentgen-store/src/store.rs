@@ -2140,7 +2140,8 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
     if let Err(e) = run_as(Scheduling::Batch) {
         tracing::debug!(error = %e, "the write-ahead log's writer keeps the default scheduling policy");
     }
-    let mut group = Group::default();
+    // Documents staged in the log for its next group commit.
+    let mut group: Vec<Arc<StoredDocument>> = Vec::new();
     let mut acks: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
     while let Some(first) = commands.blocking_recv() {
         let mut next = Some(first);
@@ -2148,9 +2149,8 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
             match command {
                 Command::Append { docs, ack } => {
                     for doc in docs {
-                        group.headers.push(wal::document_header(wal.generation(), doc.source, doc.raw.as_bytes()));
-                        group.bytes += std::mem::size_of::<wal::DocumentHeader>() + doc.raw.len();
-                        group.docs.push(doc);
+                        wal.stage(doc.source, doc.raw.as_bytes());
+                        group.push(doc);
                     }
                     acks.extend(ack);
                 }
@@ -2165,7 +2165,7 @@ fn run_writer(inner: Arc<Inner>, mut commands: mpsc::Receiver<Command>, mut wal:
                     return;
                 }
             }
-            if group.bytes < GROUP_COMMIT_BYTES {
+            if wal.staged() < GROUP_COMMIT_BYTES {
                 next = commands.try_recv().ok();
             }
         }
@@ -2235,48 +2235,38 @@ where
     result.await.ok()
 }
 
-/// Documents waiting for the next group commit, with their records' headers. The documents
-/// stay where they are until the log copies each after its header into its write buffer.
-#[derive(Default)]
-struct Group {
-    headers: Vec<wal::DocumentHeader>,
-    docs: Vec<Arc<StoredDocument>>,
-    bytes: usize,
-}
-
 /// Writes and fsyncs the group, applies it to live state, then answers every waiting sender.
 fn commit(
     inner: &Inner,
     wal: &mut WalFile,
-    group: &mut Group,
+    pending: &mut Vec<Arc<StoredDocument>>,
     acks: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
 ) {
     let disk = &inner.disk;
     let before = disk.room();
-    let room = if group.docs.is_empty() { before } else { disk.look() };
+    let room = if pending.is_empty() { before } else { disk.look() };
     if room > before {
         inner.flush_now.notify_one();
     }
-    let result = if group.docs.is_empty() {
+    let bytes = wal.staged();
+    let result = if pending.is_empty() {
         Ok(())
     } else if disk.free() < disk.reserve() / 2 {
-        inner.stats.documents_refused_disk_full.fetch_add(group.docs.len() as u64, Ordering::Relaxed);
+        inner.stats.documents_refused_disk_full.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        wal.discard_staged();
         Err(disk.full_error())
     } else {
-        let pieces: Vec<&[u8]> =
-            group.headers.iter().zip(&group.docs).flat_map(|(h, d)| [&h[..], d.raw.as_bytes()]).collect();
         let timer = PhaseTimer::start();
-        let written = wal.commit(&pieces);
+        let written = wal.commit();
         let stats = &inner.stats;
         stats.wal_commit_cpu_nanos.fetch_add(nanos(timer.elapsed()), Ordering::Relaxed);
         stats.wal_commit_wall_nanos.fetch_add(nanos(timer.wall.elapsed()), Ordering::Relaxed);
         written
     };
-    let pending = &mut group.docs;
     match &result {
         Ok(()) => {
             let stats = &inner.stats;
-            stats.wal_bytes.fetch_add(group.bytes as u64, Ordering::Relaxed);
+            stats.wal_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             if !pending.is_empty() {
                 stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
             }
@@ -2306,8 +2296,6 @@ fn commit(
             pending.clear();
         }
     }
-    group.headers.clear();
-    group.bytes = 0;
     for ack in acks.drain(..) {
         let _ = ack.send(match &result {
             Ok(()) => Ok(()),

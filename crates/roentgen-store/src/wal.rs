@@ -18,9 +18,9 @@
 //! What the file held before ends the log, because its records check against another generation.
 //! As in PostgreSQL's recycled segments and RocksDB's recyclable log format.
 //!
-//! The log is written around the page cache (`O_DIRECT`) where the file system allows it: a
-//! group commit is copied into one aligned buffer and written in whole pages, from the start of
-//! the page the log ends in, so that page is written again with what follows it, as PostgreSQL
+//! The log is written around the page cache (`O_DIRECT`) where the file system allows it: each
+//! record of a group commit is copied into one aligned buffer as it arrives, and the group
+//! written in whole pages, from the start of the page the log ends in, so that page is written again with what follows it, as PostgreSQL
 //! writes its last WAL page again. What is written is read only at recovery: going through the
 //! page cache cost the copy into it and the cache's own bookkeeping, and filled the cache with
 //! log that pushed out the blocks queries read. The file's last page is padded with zeros, which
@@ -29,12 +29,11 @@
 //! Format 1, read only: the magic `RGNWAL01`, then records whose CRC covers the payload alone.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::StoreError;
-use roentgen_model::prefetch;
 
 mod zeros;
 
@@ -92,24 +91,6 @@ const KIND_CHECKPOINT: u8 = 2;
 pub(crate) enum Record {
     Document { source: Source, bytes: Vec<u8> },
     Checkpoint,
-}
-
-/// What precedes a document in its record: the frame (length and CRC) and the payload's kind
-/// and source. The document's bytes follow.
-pub(crate) type DocumentHeader = [u8; RECORD_HEADER + 2];
-
-/// The header of `doc`'s record in generation `generation`.
-pub(crate) fn document_header(generation: u64, source: Source, doc: &[u8]) -> DocumentHeader {
-    let mut header = [0; RECORD_HEADER + 2];
-    header[..4].copy_from_slice(&((2 + doc.len()) as u32).to_le_bytes());
-    header[RECORD_HEADER] = KIND_DOCUMENT;
-    header[RECORD_HEADER + 1] = source as u8;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&generation.to_le_bytes());
-    crc.update(&header[RECORD_HEADER..]);
-    crc.update(doc);
-    header[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
-    header
 }
 
 fn file_header(generation: u64, previous: u64) -> [u8; FILE_HEADER] {
@@ -290,36 +271,69 @@ pub(crate) struct WalFile {
     file: File,
     path: PathBuf,
     generation: u64,
-    /// Present while the file is written around the page cache.
-    direct: Option<Direct>,
+    /// Opened with `O_DIRECT`: writes go around the page cache.
+    direct: bool,
     /// Zeros written ahead of a direct log (`zeros`).
     zeros: Option<zeros::Zeros>,
-    /// Where the log ends, when written through the page cache.
-    buffered_end: u64,
-}
-
-/// A log written with `O_DIRECT`: the bytes of its last, partly written page, and where that
-/// page starts, so the next group commit writes whole pages from there.
-#[derive(Debug)]
-struct Direct {
-    /// Memory whose part from `start` on is aligned to [`PAGE`].
-    memory: Vec<u8>,
-    start: usize,
-    /// The log's bytes from `page_offset`, at the start of the aligned part.
+    /// The log from the start of the page it ends in: that page's bytes already written
+    /// (`tail` of them), then the records staged for the next commit.
+    pending: Aligned,
     tail: usize,
+    /// Where `pending` starts in the file, a multiple of [`PAGE`].
     page_offset: u64,
 }
 
-impl Direct {
-    /// Room for `len` aligned bytes, the tail kept in front.
-    fn buffer(&mut self, len: usize) -> &mut [u8] {
-        if self.memory.len() - self.start < len {
-            let mut memory = vec![0; len + PAGE];
-            let start = memory.as_ptr().align_offset(PAGE);
-            memory[start..start + self.tail].copy_from_slice(&self.memory[self.start..self.start + self.tail]);
-            (self.memory, self.start) = (memory, start);
+/// Bytes in memory aligned to [`PAGE`], as direct writes want them.
+#[derive(Debug, Default)]
+struct Aligned {
+    memory: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn bytes(&self) -> &[u8] {
+        &self.memory[self.start..self.start + self.len]
+    }
+
+    /// Room for `additional` more bytes; growing keeps the bytes and doubles the room, so that
+    /// a group commit staged record by record is copied a bounded number of times.
+    fn reserve(&mut self, additional: usize) {
+        let room = self.memory.len() - self.start;
+        if room - self.len >= additional {
+            return;
         }
-        &mut self.memory[self.start..self.start + len]
+        let capacity = (self.len + additional).max(2 * room).next_multiple_of(PAGE);
+        let mut memory = vec![0; capacity + PAGE];
+        let start = memory.as_ptr().align_offset(PAGE);
+        memory[start..start + self.len].copy_from_slice(self.bytes());
+        (self.memory, self.start) = (memory, start);
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        let at = self.start + self.len;
+        self.memory[at..at + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// The bytes followed by zeros to the next multiple of [`PAGE`].
+    fn padded(&mut self) -> &[u8] {
+        let padded = self.len.next_multiple_of(PAGE);
+        self.reserve(padded - self.len);
+        self.memory[self.start + self.len..self.start + padded].fill(0);
+        &self.memory[self.start..self.start + padded]
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Drops the first `count` bytes.
+    fn consume(&mut self, count: usize) {
+        let start = self.start;
+        self.memory.copy_within(start + count..start + self.len, start);
+        self.len -= count;
     }
 }
 
@@ -371,7 +385,7 @@ impl WalFile {
             }
         };
         sync_dir(dir)?;
-        Self::open(path, generation, &header, keep_free)
+        Self::open(path, generation, &header, 0, keep_free)
     }
 
     /// Reopens an existing generation of the current format for appending, cutting what follows
@@ -384,155 +398,131 @@ impl WalFile {
         let page_offset = good_len / PAGE as u64 * PAGE as u64;
         let mut last_page = vec![0; (good_len - page_offset) as usize];
         file.read_exact_at(&mut last_page, page_offset).map_err(StoreError::io(&path))?;
-        let mut wal = Self::open(path, generation, &[], keep_free)?;
-        match &mut wal.direct {
-            Some(direct) => {
-                direct.buffer(last_page.len()).copy_from_slice(&last_page);
-                (direct.tail, direct.page_offset) = (last_page.len(), page_offset);
-            }
-            None => {
-                wal.file.seek(SeekFrom::Start(good_len)).map_err(StoreError::io(&wal.path))?;
-                wal.buffered_end = good_len;
-            }
-        }
-        Ok(wal)
+        Self::open(path, generation, &last_page, page_offset, keep_free)
     }
 
-    /// The file at `path`, whose log so far is `log`, opened to append to it: directly where
-    /// the file system allows it.
-    fn open(path: PathBuf, generation: u64, log: &[u8], keep_free: u64) -> Result<Self, StoreError> {
-        let buffered_end = log.len() as u64;
-        if let Some(file) = open_direct(&path) {
-            let mut direct = Direct { memory: Vec::new(), start: 0, tail: 0, page_offset: 0 };
-            direct.buffer(log.len()).copy_from_slice(log);
-            direct.tail = log.len();
-            let len = file.metadata().map_err(StoreError::io(&path))?.len();
-            let zeros = zeros::Zeros::start(&file, len, keep_free);
-            return Ok(Self { file, path, generation, direct: Some(direct), zeros, buffered_end });
-        }
-        let mut file = OpenOptions::new().write(true).open(&path).map_err(StoreError::io(&path))?;
-        file.seek(SeekFrom::Start(buffered_end)).map_err(StoreError::io(&path))?;
-        Ok(Self { file, path, generation, direct: None, zeros: None, buffered_end })
+    /// The file at `path`, whose log ends in `last_page`, the page at `page_offset`, opened to
+    /// append to it: directly where the file system allows it.
+    fn open(
+        path: PathBuf,
+        generation: u64,
+        last_page: &[u8],
+        page_offset: u64,
+        keep_free: u64,
+    ) -> Result<Self, StoreError> {
+        let mut pending = Aligned::default();
+        pending.push(last_page);
+        let (file, direct, zeros) = match open_direct(&path) {
+            Some(file) => {
+                let len = file.metadata().map_err(StoreError::io(&path))?.len();
+                let zeros = zeros::Zeros::start(&file, len, keep_free);
+                (file, true, zeros)
+            }
+            None => (OpenOptions::new().write(true).open(&path).map_err(StoreError::io(&path))?, false, None),
+        };
+        Ok(Self { file, path, generation, direct, zeros, pending, tail: last_page.len(), page_offset })
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// Appends bytes given in pieces (a record's header, its document, the next header...) and
-    /// makes them durable. If either fails, the file is cut back to where the log ended, so
-    /// that the next commit follows the last good record: a write cut short would otherwise
-    /// leave part of a record there, where replay stops, and what was acknowledged after it
-    /// would be lost; and records refused here must not come back at replay.
-    pub fn commit(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
-        if let Err(e) = self.append(pieces).and_then(|()| self.sync()) {
+    /// Adds a document's record to the next commit. It is copied once, into the buffer the
+    /// commit writes, and its checksum taken over the copy: the document is read while the
+    /// thread that parsed it has just handed it over, not again at the commit, by when a group's
+    /// first documents have left the processor's caches.
+    pub fn stage(&mut self, source: Source, doc: &[u8]) {
+        let at = self.pending.len;
+        self.pending.reserve(RECORD_HEADER + 2 + doc.len());
+        self.pending.push(&((2 + doc.len()) as u32).to_le_bytes());
+        self.pending.push(&[0; 4]);
+        self.pending.push(&[KIND_DOCUMENT, source as u8]);
+        self.pending.push(doc);
+        let start = self.pending.start + at;
+        let record = &mut self.pending.memory[start..start + RECORD_HEADER + 2 + doc.len()];
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&self.generation.to_le_bytes());
+        crc.update(&record[RECORD_HEADER..]);
+        record[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    }
+
+    /// Bytes staged for the next commit.
+    pub fn staged(&self) -> usize {
+        self.pending.len - self.tail
+    }
+
+    /// Forgets the records staged since the last commit.
+    pub fn discard_staged(&mut self) {
+        self.pending.truncate(self.tail);
+    }
+
+    /// Writes the staged records after the log and makes them durable. If either fails, they
+    /// are dropped and the file is cut back to where the log ended, so that the next commit
+    /// follows the last good record: a write cut short would otherwise leave part of a record
+    /// there, where replay stops, and what was acknowledged after it would be lost; and
+    /// records refused here must not come back at replay.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if self.staged() == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.write().and_then(|()| self.sync()) {
+            self.discard_staged();
             if let Err(cut) = self.cut_back() {
                 tracing::error!(error = %cut, "a failed write-ahead log commit could not be taken back");
             }
             return Err(e);
         }
-        self.advance(pieces.iter().map(|piece| piece.len()).sum());
+        self.advance();
         Ok(())
     }
 
-    /// Writes the pieces after the log, without moving its end.
-    fn append(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
-        let Some(direct) = &mut self.direct else { return self.append_buffered(pieces) };
-        let len = direct.tail + pieces.iter().map(|piece| piece.len()).sum::<usize>();
-        let padded = len.next_multiple_of(PAGE);
-        let (mut at, page_offset) = (direct.tail, direct.page_offset);
-        let buffer = direct.buffer(padded);
-        for (i, piece) in pieces.iter().enumerate() {
-            // A group's documents were decoded while the ones before them waited for this
-            // thread, and some have left the processor's caches since.
-            if let Some(next) = pieces.get(i + 2) {
-                prefetch::lines(next, 32);
-            }
-            buffer[at..at + piece.len()].copy_from_slice(piece);
-            at += piece.len();
-        }
-        buffer[len..].fill(0);
-        let end = page_offset + padded as u64;
-        if let Some(zeros) = &self.zeros {
+    /// Writes the pending bytes in whole pages from the page the log ends in, without moving
+    /// its end.
+    fn write(&mut self) -> Result<(), StoreError> {
+        let end = self.page_offset + self.pending.len.next_multiple_of(PAGE) as u64;
+        let zeros = self.zeros.as_ref();
+        if let Some(zeros) = zeros {
             zeros.before_write(end);
         }
-        match self.file.write_all_at(buffer, page_offset) {
+        match self.file.write_all_at(self.pending.padded(), self.page_offset) {
             Ok(()) => {
-                if let Some(zeros) = &self.zeros {
+                if let Some(zeros) = zeros {
                     zeros.after_write(end);
                 }
                 Ok(())
             }
-            Err(e) if refused_as_direct(&e) => {
+            Err(e) if self.direct && refused_as_direct(&e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "the file system refuses direct writes; the write-ahead log goes through the page cache");
                 self.leave_direct_io()?;
-                self.append_buffered(pieces)
+                self.write()
             }
             Err(e) => Err(StoreError::io(&self.path)(e)),
         }
     }
 
-    /// Goes on through the page cache, from where the log ends.
+    /// Goes on through the page cache. The next write starts at the page the log ends in, as
+    /// a direct one does, so a refused write that left part of that page is written over.
     fn leave_direct_io(&mut self) -> Result<(), StoreError> {
-        let Some(direct) = self.direct.take() else { return Ok(()) };
         self.zeros = None;
-        let io = || StoreError::io(&self.path);
-        let mut file = OpenOptions::new().write(true).open(&self.path).map_err(io())?;
-        // The last page as it should be, in case a refused write left part of it.
-        let tail = &direct.memory[direct.start..direct.start + direct.tail];
-        file.write_all_at(tail, direct.page_offset).map_err(io())?;
-        self.buffered_end = direct.page_offset + direct.tail as u64;
-        file.seek(SeekFrom::Start(self.buffered_end)).map_err(io())?;
-        self.file = file;
+        self.file = OpenOptions::new().write(true).open(&self.path).map_err(StoreError::io(&self.path))?;
+        self.direct = false;
         Ok(())
     }
 
-    /// After a commit: the log ends `added` bytes further on.
-    fn advance(&mut self, added: usize) {
-        match &mut self.direct {
-            Some(direct) => {
-                let len = direct.tail + added;
-                let whole = len / PAGE * PAGE;
-                let start = direct.start;
-                direct.memory.copy_within(start + whole..start + len, start);
-                direct.tail = len - whole;
-                direct.page_offset += whole as u64;
-            }
-            None => self.buffered_end += added as u64,
-        }
+    /// After a commit: the log ends after what was staged, and the page it ends in is kept.
+    fn advance(&mut self) {
+        let whole = self.pending.len / PAGE * PAGE;
+        self.pending.consume(whole);
+        self.tail = self.pending.len;
+        self.page_offset += whole as u64;
     }
 
     /// After a failed commit: the file ends where the log does. Zeros are no longer written
     /// ahead of it, which would grow it again.
     fn cut_back(&mut self) -> Result<(), StoreError> {
         self.zeros = None;
-        let end = match &self.direct {
-            Some(direct) => direct.page_offset + direct.tail as u64,
-            None => self.buffered_end,
-        };
-        self.file.set_len(end).map_err(StoreError::io(&self.path))?;
-        if self.direct.is_none() {
-            self.file.seek(SeekFrom::Start(end)).map_err(StoreError::io(&self.path))?;
-        }
-        Ok(())
-    }
-
-    /// Appends through the page cache, without first copying the pieces into one buffer.
-    fn append_buffered(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
-        // One writev takes at most IOV_MAX (1,024 on Linux) pieces.
-        for chunk in pieces.chunks(1024) {
-            let mut slices: Vec<IoSlice<'_>> = chunk.iter().map(|piece| IoSlice::new(piece)).collect();
-            let mut rest = &mut slices[..];
-            while !rest.is_empty() {
-                match self.file.write_vectored(rest) {
-                    Ok(0) => return Err(StoreError::io(&self.path)(std::io::ErrorKind::WriteZero.into())),
-                    Ok(n) => IoSlice::advance_slices(&mut rest, n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(StoreError::io(&self.path)(e)),
-                }
-            }
-        }
-        Ok(())
+        let end = self.page_offset + self.tail as u64;
+        self.file.set_len(end).map_err(StoreError::io(&self.path))
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -575,20 +565,20 @@ mod tests {
             .collect()
     }
 
+    fn commit_document(wal: &mut WalFile, source: Source, doc: &[u8]) {
+        wal.stage(source, doc);
+        wal.commit().unwrap();
+    }
+
     /// Writes `records` as generation `generation` with the writer, over a spare when `dir` has
     /// one, and returns the file's bytes.
     fn write(dir: &Path, generation: u64, records: &[Record]) -> Vec<u8> {
         let mut wal = WalFile::create(dir, generation, 0).unwrap();
-        let docs: Vec<(Source, &[u8])> = records
-            .iter()
-            .map(|r| match r {
-                Record::Document { source, bytes } => (*source, &bytes[..]),
-                Record::Checkpoint => panic!("the writer writes documents"),
-            })
-            .collect();
-        let headers: Vec<DocumentHeader> = docs.iter().map(|(s, d)| document_header(generation, *s, d)).collect();
-        let pieces: Vec<&[u8]> = headers.iter().zip(&docs).flat_map(|(h, (_, d))| [&h[..], d]).collect();
-        wal.commit(&pieces).unwrap();
+        for record in records {
+            let Record::Document { source, bytes } = record else { panic!("the writer writes documents") };
+            wal.stage(*source, bytes);
+        }
+        wal.commit().unwrap();
         fs::read(dir.join(file_name(generation))).unwrap()
     }
 
@@ -669,7 +659,7 @@ mod tests {
         // Reopened after a restart, the file is cut after its records and appended to.
         let mut wal = WalFile::reopen(dir.path(), 2, decoded.good_len, 0).unwrap();
         let more = b"{\"more\":1}";
-        wal.commit(&[&document_header(2, Source::Api, more), more]).unwrap();
+        commit_document(&mut wal, Source::Api, more);
         let decoded = decode(&fs::read(dir.path().join(file_name(2))).unwrap(), 2);
         assert_eq!(decoded.records.len(), 2);
         assert_log_ends_at(&fs::read(dir.path().join(file_name(2))).unwrap(), decoded.good_len);
@@ -685,10 +675,10 @@ mod tests {
             (0..3).map(|n| Record::Document { source: Source::Api, bytes: vec![b'x'; 3000 * n + 5] }).collect();
         for (n, record) in records.iter().enumerate() {
             let Record::Document { source, bytes } = record else { unreachable!() };
-            wal.commit(&[&document_header(GENERATION, *source, bytes), bytes]).unwrap();
+            commit_document(&mut wal, *source, bytes);
             if n == 1 {
                 wal.leave_direct_io().unwrap();
-                assert!(wal.direct.is_none());
+                assert!(!wal.direct);
             }
         }
         let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
@@ -711,20 +701,25 @@ mod tests {
             let records: Vec<Record> = (0..3)
                 .map(|n| Record::Document { source: Source::Api, bytes: vec![b'a' + n; 2500 * n as usize + 7] })
                 .collect();
-            let pieces = |record: &Record| match record {
-                Record::Document { source, bytes } => (document_header(GENERATION, *source, bytes), bytes.clone()),
+            let document = |record: &Record| match record {
+                Record::Document { source, bytes } => (*source, bytes.clone()),
                 Record::Checkpoint => unreachable!(),
             };
-            let (header, bytes) = pieces(&records[0]);
-            wal.commit(&[&header, &bytes]).unwrap();
+            let (source, bytes) = document(&records[0]);
+            commit_document(&mut wal, source, &bytes);
             // Written, and then its fsync failed; or written in part, when the write failed.
-            let (header, bytes) = pieces(&records[2]);
-            wal.append(&[&header, &bytes]).unwrap();
+            let (source, bytes) = document(&records[2]);
+            wal.stage(source, &bytes);
+            wal.write().unwrap();
+            wal.discard_staged();
             wal.cut_back().unwrap();
-            wal.append(&[&header, &bytes[..bytes.len() / 2]]).unwrap();
+            wal.stage(source, &bytes);
+            wal.pending.truncate(wal.tail + RECORD_HEADER + bytes.len() / 2);
+            wal.write().unwrap();
+            wal.discard_staged();
             wal.cut_back().unwrap();
-            let (header, bytes) = pieces(&records[1]);
-            wal.commit(&[&header, &bytes]).unwrap();
+            let (source, bytes) = document(&records[1]);
+            commit_document(&mut wal, source, &bytes);
             let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
             let decoded = decode(&data, GENERATION);
             assert_eq!(decoded.records, records[..2], "page cache: {through_page_cache}");
@@ -747,7 +742,7 @@ mod tests {
                 continue;
             }
             let doc = vec![b'a' + n as u8; size];
-            wal.commit(&[&document_header(GENERATION, Source::Udp, &doc), &doc]).unwrap();
+            commit_document(&mut wal, Source::Udp, &doc);
             expected.push(Record::Document { source: Source::Udp, bytes: doc });
             let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
             let decoded = decode(&data, GENERATION);
@@ -767,10 +762,10 @@ mod tests {
         let mut expected = Vec::new();
         for n in 0..50 {
             let doc = vec![b'a' + (n % 26) as u8; 60_000 + n];
-            wal.commit(&[&document_header(GENERATION, Source::Api, &doc), &doc]).unwrap();
+            commit_document(&mut wal, Source::Api, &doc);
             expected.push(Record::Document { source: Source::Api, bytes: doc });
         }
-        assert_eq!(wal.zeros.is_some(), wal.direct.is_some());
+        assert_eq!(wal.zeros.is_some(), wal.direct);
         if let Some(zeros) = &wal.zeros {
             zeros.settle();
             assert_eq!(zeros.len(), fs::metadata(&path).unwrap().len());
@@ -780,7 +775,7 @@ mod tests {
         assert_eq!(decoded.records, expected);
         assert_eq!(decoded.torn_bytes, 0);
         assert!(data[decoded.good_len as usize..].iter().all(|&b| b == 0));
-        if wal.direct.is_some() {
+        if wal.direct {
             let ahead = data.len() as u64 - decoded.good_len;
             assert!(ahead >= zeros::MIN_STEP / 2, "{ahead} bytes ahead of the log");
         }
@@ -788,7 +783,7 @@ mod tests {
 
         let mut wal = WalFile::reopen(dir.path(), GENERATION, decoded.good_len, 0).unwrap();
         let more = b"{\"more\":1}";
-        wal.commit(&[&document_header(GENERATION, Source::Udp, more), more]).unwrap();
+        commit_document(&mut wal, Source::Udp, more);
         let data = fs::read(&path).unwrap();
         let decoded = decode(&data, GENERATION);
         assert_eq!(decoded.records.len(), expected.len() + 1);
@@ -831,9 +826,10 @@ mod tests {
         assert_eq!(list(dir.path(), "spare").unwrap(), [3], "generation 5 took the longest spare, 1's");
     }
 
-    /// Records appended as pieces, more of them than one writev takes, read back whole.
+    /// A group commit of many records, staged into a buffer that grows several times over,
+    /// reads back whole.
     #[test]
-    fn appended_pieces_replay() {
+    fn a_large_group_commit_replays() {
         let dir = tempfile::tempdir().unwrap();
         let records = documents(1500);
         let decoded = decode(&write(dir.path(), GENERATION, &records), GENERATION);
