@@ -481,7 +481,7 @@ pub(crate) enum SectionError {
 /// A section's encoding in postcard's format, compressed into a frame each time it holds
 /// `frame_bytes`. Values are written either through serde ([`SectionWriter::serialize`]) or, for
 /// the columns that make most of the summaries and facts, straight from their numbers and
-/// strings: postcard hands every varint over as a slice, copied with a call to `memcpy`, and
+/// strings ([`Postcard`]): postcard hands every varint over as a slice, copied with a call to `memcpy`, and
 /// checks the frame after every byte, which took the most of encoding those columns.
 pub(crate) struct SectionWriter<'a> {
     buffer: &'a mut Vec<u8>,
@@ -492,32 +492,38 @@ pub(crate) struct SectionWriter<'a> {
     out: &'a mut Vec<u8>,
 }
 
-impl SectionWriter<'_> {
+/// Values appended to an encoding as postcard writes them, straight from their numbers and
+/// strings: to a section as it goes ([`SectionWriter`]), or to a column encoded apart first.
+pub(crate) trait Postcard {
+    /// The encoding the values are appended to.
+    fn encoding(&mut self) -> &mut Vec<u8>;
+
     #[inline]
-    pub(crate) fn byte(&mut self, byte: u8) {
-        self.buffer.push(byte);
+    fn byte(&mut self, byte: u8) {
+        self.encoding().push(byte);
     }
 
     /// An unsigned integer as postcard writes every one wider than a byte: seven bits a byte,
     /// the lowest first, the high bit set on all but the last.
     #[inline]
-    pub(crate) fn varint(&mut self, mut value: u64) {
+    fn varint(&mut self, mut value: u64) {
+        let encoding = self.encoding();
         while value >= 0x80 {
-            self.buffer.push(value as u8 | 0x80);
+            encoding.push(value as u8 | 0x80);
             value >>= 7;
         }
-        self.buffer.push(value as u8);
+        encoding.push(value as u8);
     }
 
     /// A signed integer, zigzagged first so that small negative numbers stay short.
     #[inline]
-    pub(crate) fn signed(&mut self, value: i64) {
+    fn signed(&mut self, value: i64) {
         self.varint(((value << 1) ^ (value >> 63)) as u64);
     }
 
     /// An optional integer: a byte saying whether it is there, then the integer.
     #[inline]
-    pub(crate) fn option_varint(&mut self, value: Option<u64>) {
+    fn option_varint(&mut self, value: Option<u64>) {
         match value {
             None => self.byte(0),
             Some(value) => {
@@ -529,13 +535,13 @@ impl SectionWriter<'_> {
 
     /// A string: its length, then its bytes.
     #[inline]
-    pub(crate) fn str(&mut self, value: &str) {
+    fn str(&mut self, value: &str) {
         self.varint(value.len() as u64);
-        self.buffer.extend_from_slice(value.as_bytes());
+        self.encoding().extend_from_slice(value.as_bytes());
     }
 
     #[inline]
-    pub(crate) fn option_str(&mut self, value: Option<&str>) {
+    fn option_str(&mut self, value: Option<&str>) {
         match value {
             None => self.byte(0),
             Some(value) => {
@@ -545,10 +551,24 @@ impl SectionWriter<'_> {
         }
     }
 
-    pub(crate) fn f64(&mut self, value: f64) {
-        self.buffer.extend_from_slice(&value.to_le_bytes());
+    fn f64(&mut self, value: f64) {
+        self.encoding().extend_from_slice(&value.to_le_bytes());
     }
+}
 
+impl Postcard for Vec<u8> {
+    fn encoding(&mut self) -> &mut Vec<u8> {
+        self
+    }
+}
+
+impl Postcard for SectionWriter<'_> {
+    fn encoding(&mut self) -> &mut Vec<u8> {
+        self.buffer
+    }
+}
+
+impl SectionWriter<'_> {
     /// A sequence: its length, then each item as `write` writes it.
     pub(crate) fn seq<T>(
         &mut self,
@@ -563,6 +583,23 @@ impl SectionWriter<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A sequence of `count` items encoded apart beforehand, into `encoded`.
+    pub(crate) fn encoded_seq(&mut self, count: usize, mut encoded: &[u8]) -> Result<(), SectionError> {
+        self.varint(count as u64);
+        loop {
+            let room = self.frame_bytes.saturating_sub(self.buffer.len());
+            let (now, rest) = encoded.split_at(room.min(encoded.len()));
+            self.buffer.extend_from_slice(now);
+            encoded = rest;
+            if self.buffer.len() >= self.frame_bytes {
+                self.drain()?;
+            }
+            if encoded.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     /// A sequence of values written through serde.
@@ -1668,6 +1705,35 @@ mod tests {
         let streamed = zstd::stream::encode_all(&encoded[..], SECTION_LEVEL).unwrap();
         assert_eq!(decompressed_size(&streamed), None, "a stream records no size");
         assert_eq!(decompress(&streamed).unwrap(), encoded);
+    }
+
+    /// A column encoded apart is the sequence `seq` writes, across however many frames it
+    /// falls into.
+    #[test]
+    fn a_column_encoded_apart_is_the_sequence_seq_writes() {
+        let items: Vec<u64> = (0..40_000u64).map(|i| i * 7919).collect();
+        let mut column = Vec::new();
+        items.iter().for_each(|&i| column.varint(i));
+        let frame_bytes = 4 << 10;
+        let mut out = Vec::new();
+        let mut buffers = SectionBuffers::new(frame_bytes, 0);
+        compressed_in_frames(&test_options(), &mut out, &mut buffers, ("column", SECTION_LEVEL), |section| {
+            section.byte(7);
+            section.encoded_seq(items.len(), &column)
+        })
+        .unwrap();
+        let (mut frames, mut rest) = (0, &out[..]);
+        while !rest.is_empty() {
+            rest = &rest[zstd::zstd_safe::find_frame_compressed_size(rest).unwrap()..];
+            frames += 1;
+        }
+        assert!(frames > column.len() / frame_bytes, "{frames} frames");
+        let expected = encoded(|w| {
+            w.byte(7);
+            w.seq(items.iter(), |w, &i| w.varint(i))
+        });
+        assert_eq!(decompress(&out).unwrap(), expected);
+        assert_eq!(decode::<(u8, Vec<u64>)>(&out).unwrap(), (7, items));
     }
 
     #[test]
