@@ -481,8 +481,9 @@ pub(crate) enum SectionError {
 /// A section's encoding in postcard's format, compressed into a frame each time it holds
 /// `frame_bytes`. Values are written either through serde ([`SectionWriter::serialize`]) or, for
 /// the columns that make most of the summaries and facts, straight from their numbers and
-/// strings ([`Postcard`]): postcard hands every varint over as a slice, copied with a call to `memcpy`, and
-/// checks the frame after every byte, which took the most of encoding those columns.
+/// strings ([`Postcard`]): postcard hands every varint over as a slice, copied with a call to
+/// `memcpy`, and checks the frame after every byte, which took the most of encoding those
+/// columns.
 pub(crate) struct SectionWriter<'a> {
     buffer: &'a mut Vec<u8>,
     frame_bytes: usize,

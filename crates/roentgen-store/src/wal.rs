@@ -20,11 +20,12 @@
 //!
 //! The log is written around the page cache (`O_DIRECT`) where the file system allows it: each
 //! record of a group commit is copied into one aligned buffer as it arrives, and the group
-//! written in whole pages, from the start of the page the log ends in, so that page is written again with what follows it, as PostgreSQL
-//! writes its last WAL page again. What is written is read only at recovery: going through the
-//! page cache cost the copy into it and the cache's own bookkeeping, and filled the cache with
-//! log that pushed out the blocks queries read. The file's last page is padded with zeros, which
-//! end the log at replay like any record that does not check.
+//! written in whole pages, from the start of the page the log ends in, so that page is written
+//! again with what follows it, as PostgreSQL writes its last WAL page again. What is written is
+//! read only at recovery: going through the page cache cost the copy into it and the cache's
+//! own bookkeeping, and filled the cache with log that pushed out the blocks queries read. The
+//! file's last page is padded with zeros, which end the log at replay like any record that does
+//! not check. Through the page cache, where it must be, the log is written the same way.
 //!
 //! Format 1, read only: the magic `RGNWAL01`, then records whose CRC covers the payload alone.
 
@@ -427,10 +428,9 @@ impl WalFile {
         self.generation
     }
 
-    /// Adds a document's record to the next commit. It is copied once, into the buffer the
-    /// commit writes, and its checksum taken over the copy: the document is read while the
-    /// thread that parsed it has just handed it over, not again at the commit, by when a group's
-    /// first documents have left the processor's caches.
+    /// Adds a document's record to the next commit: copied into the buffer the commit writes,
+    /// its checksum taken over the copy. The document is read once, as it arrives, and not
+    /// again at the commit, by when a group's first documents have left the processor's caches.
     pub fn stage(&mut self, source: Source, doc: &[u8]) {
         let at = self.pending.len;
         self.pending.reserve(RECORD_HEADER + 2 + doc.len());
