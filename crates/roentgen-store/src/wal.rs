@@ -728,6 +728,31 @@ mod tests {
         }
     }
 
+    /// Records staged and then discarded (a group refused for want of disk room) are neither
+    /// written by the next commit nor replayed; what was staged after them is.
+    #[test]
+    fn discarded_records_never_reach_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalFile::create(dir.path(), GENERATION, 0).unwrap();
+        commit_document(&mut wal, Source::Api, b"{\"kept\":1}");
+        wal.stage(Source::Api, b"{\"refused\":1}");
+        wal.stage(Source::Udp, &[b'r'; 5000]);
+        assert!(wal.staged() > 5000);
+        wal.discard_staged();
+        assert_eq!(wal.staged(), 0);
+        wal.commit().unwrap();
+        commit_document(&mut wal, Source::Udp, b"{\"kept\":2}");
+        let data = fs::read(dir.path().join(file_name(GENERATION))).unwrap();
+        let decoded = decode(&data, GENERATION);
+        let kept: Vec<Record> = [(Source::Api, &b"{\"kept\":1}"[..]), (Source::Udp, &b"{\"kept\":2}"[..])]
+            .into_iter()
+            .map(|(source, bytes)| Record::Document { source, bytes: bytes.to_vec() })
+            .collect();
+        assert_eq!(decoded.records, kept);
+        assert_eq!(decoded.torn_bytes, 0);
+        assert_log_ends_at(&data, decoded.good_len);
+    }
+
     /// Group commits of every size, each ending anywhere in a page, and a reopen between them:
     /// each commit writes again the page the log ended in, and the log reads back whole.
     #[test]
