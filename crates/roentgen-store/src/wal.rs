@@ -432,18 +432,18 @@ impl WalFile {
     /// its checksum taken over the copy. The document is read once, as it arrives, and not
     /// again at the commit, by when a group's first documents have left the processor's caches.
     pub fn stage(&mut self, source: Source, doc: &[u8]) {
+        let mut header = [0; RECORD_HEADER + 2];
+        header[..4].copy_from_slice(&((2 + doc.len()) as u32).to_le_bytes());
+        header[RECORD_HEADER..].copy_from_slice(&[KIND_DOCUMENT, source as u8]);
         let at = self.pending.len;
-        self.pending.reserve(RECORD_HEADER + 2 + doc.len());
-        self.pending.push(&((2 + doc.len()) as u32).to_le_bytes());
-        self.pending.push(&[0; 4]);
-        self.pending.push(&[KIND_DOCUMENT, source as u8]);
+        self.pending.reserve(header.len() + doc.len());
+        self.pending.push(&header);
         self.pending.push(doc);
-        let start = self.pending.start + at;
-        let record = &mut self.pending.memory[start..start + RECORD_HEADER + 2 + doc.len()];
         let mut crc = crc32fast::Hasher::new();
         crc.update(&self.generation.to_le_bytes());
-        crc.update(&record[RECORD_HEADER..]);
-        record[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        crc.update(&self.pending.bytes()[at + RECORD_HEADER..]);
+        let crc_at = self.pending.start + at + 4;
+        self.pending.memory[crc_at..crc_at + 4].copy_from_slice(&crc.finalize().to_le_bytes());
     }
 
     /// Bytes staged for the next commit.
