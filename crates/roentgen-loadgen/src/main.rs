@@ -114,7 +114,7 @@ enum Command {
     /// against serde_json alone), parsing each document (against serde_json stepping over it
     /// and building a `Value` of it), and zstd level 1 on 512 KiB chunks of documents in
     /// trace-id order, as blocks hold them (zstd's own hash table against the 4Ki entries
-    /// blocks use).
+    /// blocks use). First, the resident memory of the documents held as live ones, parsed.
     Codecs {
         #[arg(long, default_value_t = 60_000)]
         segments: u64,
@@ -133,6 +133,13 @@ enum Command {
         bytes: usize,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Measure what this machine takes to touch memory: `megabytes` the process never had,
+    /// then the same amount again once freed, as a flush's memory is taken again by the next
+    /// seconds of ingest. Where the first is dear, a server's peak memory is its cost.
+    Pages {
+        #[arg(long, default_value_t = 2048)]
+        megabytes: usize,
     },
     /// Measure read latency against what `ingest` wrote.
     Query {
@@ -202,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Codecs { segments, rounds } => codecs(segments, rounds)?,
         Command::Fsync { dir, writes, bytes, rounds } => fsync(&dir, writes, bytes, rounds)?,
+        Command::Pages { megabytes } => pages(megabytes)?,
         Command::Query { address, trace_ids, requests } => {
             let ids: Vec<String> = std::fs::read_to_string(&trace_ids)?.lines().map(str::to_owned).collect();
             if ids.is_empty() {
@@ -655,6 +663,13 @@ fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
         Ok((start.elapsed().as_secs_f64(), out))
     };
     let documents: Vec<&str> = traces.iter().flat_map(|(_, docs)| docs.iter().map(String::as_str)).collect();
+    // Measured first, while the heap has nothing freed to hand out again: what a live document
+    // holds while it waits for its block, each a fresh page's worth on this machine (BENCHMARKS.md).
+    let resident = resident_bytes()?;
+    let live = documents.iter().map(|doc| stored_document(doc)).collect::<anyhow::Result<Vec<_>>>()?;
+    let live_bytes_per_document = (resident_bytes()? - resident) as f64 / live.len() as f64;
+    let text_bytes: usize = documents.iter().map(|doc| doc.len()).sum();
+    drop(live);
     let (mut serde, mut fast, mut zstd_default, mut zstd_small) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
     let (mut parse, mut skip, mut tree) = (f64::MAX, f64::MAX, f64::MAX);
     let (mut default_bytes, mut small_bytes) = (0, 0);
@@ -709,6 +724,8 @@ fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
         "segments": count,
         "rounds": rounds,
         "put_body_us_per_document": { "serde_json": per_document(serde), "roentgen": per_document(fast), "ratio": fast / serde },
+        // A live document's resident memory, its text's and its parsed form's together.
+        "live_document_bytes": { "text": text_bytes as f64 / count as f64, "resident": live_bytes_per_document },
         // The whole parse (read, validate, the parsed form) against serde_json only stepping
         // over the same document, which no JSON reader can beat by much, and building a tree.
         "document_us": {
@@ -819,6 +836,41 @@ fn fsync(dir: &std::path::Path, writes: usize, bytes: usize, rounds: usize) -> a
         "wall_ratio": recycled.1 / new.1,
     }));
     Ok(())
+}
+
+fn pages(megabytes: usize) -> anyhow::Result<()> {
+    let bytes = megabytes << 20;
+    let touch = || -> anyhow::Result<(f64, u64)> {
+        let faults = minor_faults()?;
+        let start = std::time::Instant::now();
+        let memory = vec![1u8; bytes];
+        let seconds = start.elapsed().as_secs_f64();
+        drop(std::hint::black_box(memory));
+        Ok((seconds, minor_faults()? - faults))
+    };
+    let (fresh, fresh_faults) = touch()?;
+    let (again, again_faults) = touch()?;
+    let pages = (bytes / 4096) as f64;
+    emit(json!({
+        "megabytes": megabytes,
+        "new_memory": { "us_per_page": fresh * 1e6 / pages, "page_faults": fresh_faults },
+        "freed_and_taken_again": { "us_per_page": again * 1e6 / pages, "page_faults": again_faults },
+    }));
+    Ok(())
+}
+
+/// Pages this process has touched for the first time.
+fn minor_faults() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields = stat.rsplit_once(')').context("stat has no command")?.1;
+    Ok(fields.split_whitespace().nth(7).context("stat has no minflt field")?.parse()?)
+}
+
+/// This process's resident memory (`statm` counts 4 KiB pages on x86-64 Linux).
+fn resident_bytes() -> anyhow::Result<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: i64 = statm.split_whitespace().nth(1).context("statm has no resident field")?.parse()?;
+    Ok(pages * 4096)
 }
 
 /// CPU time of this process so far, its ended threads' included: a compaction builds on a
