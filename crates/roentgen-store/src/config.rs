@@ -36,7 +36,10 @@ pub struct StoreConfig {
     pub flush_interval_seconds: f64,
     /// Live data above this many bytes is flushed at the next check, oldest traces first, and
     /// appends wait while twice this much is held. By default an eighth of the memory the
-    /// process may use (the machine's, or its cgroup's limit), between 64 and 512 MiB.
+    /// process may use (the machine's, or its cgroup's limit), between 64 and 512 MiB. Less
+    /// holds less memory, and where new pages are dear less CPU too (BENCHMARKS.md), but under
+    /// heavy ingest writes traces out younger: a segment that comes after its trace was written
+    /// makes a new revision of it.
     pub max_live_bytes: u64,
     /// Uncompressed size of one compressed chunk of documents in a block. A lookup decompresses
     /// one chunk: 512 KiB takes a fraction of a millisecond, and stores 2% fewer bytes a segment
@@ -98,8 +101,8 @@ impl Default for StoreConfig {
 
 /// An eighth of the memory this process may use, between 64 MiB and `most`: a server on a small
 /// machine or in a container with a memory limit is not killed for want of memory its
-/// defaults took (live documents take about 1.7 times their bytes with their parsed form, up
-/// to twice `max_live_bytes` of them).
+/// defaults took (live documents take about 1.9 times their bytes in memory with their parsed
+/// form, as `roentgen-loadgen codecs` measures it, up to twice `max_live_bytes` of them).
 fn share_of_memory(most: u64) -> u64 {
     static MEMORY: OnceLock<Option<u64>> = OnceLock::new();
     let memory = *MEMORY.get_or_init(memory_limit);
