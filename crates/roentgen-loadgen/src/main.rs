@@ -663,8 +663,8 @@ fn codecs(segments: u64, rounds: usize) -> anyhow::Result<()> {
         Ok((start.elapsed().as_secs_f64(), out))
     };
     let documents: Vec<&str> = traces.iter().flat_map(|(_, docs)| docs.iter().map(String::as_str)).collect();
-    // Measured first, while the heap has nothing freed to hand out again: what a live document
-    // holds while it waits for its block, each a fresh page's worth on this machine (BENCHMARKS.md).
+    // Measured first, while the heap has nothing freed to hand out again: the memory a live
+    // document holds while it waits for its block (BENCHMARKS.md).
     let resident = resident_bytes()?;
     let live = documents.iter().map(|doc| stored_document(doc)).collect::<anyhow::Result<Vec<_>>>()?;
     let live_bytes_per_document = (resident_bytes()? - resident) as f64 / live.len() as f64;
@@ -838,6 +838,7 @@ fn fsync(dir: &std::path::Path, writes: usize, bytes: usize, rounds: usize) -> a
     Ok(())
 }
 
+/// Times filling `megabytes` of memory twice, with the page faults each time took.
 fn pages(megabytes: usize) -> anyhow::Result<()> {
     let bytes = megabytes << 20;
     let touch = || -> anyhow::Result<(f64, u64)> {

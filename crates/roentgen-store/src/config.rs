@@ -36,10 +36,10 @@ pub struct StoreConfig {
     pub flush_interval_seconds: f64,
     /// Live data above this many bytes is flushed at the next check, oldest traces first, and
     /// appends wait while twice this much is held. By default an eighth of the memory the
-    /// process may use (the machine's, or its cgroup's limit), between 64 and 512 MiB. Less
-    /// holds less memory, and where new pages are dear less CPU too (BENCHMARKS.md), but under
-    /// heavy ingest writes traces out younger: a segment that comes after its trace was written
-    /// makes a new revision of it.
+    /// process may use (the machine's, or its cgroup's limit), between 64 and 512 MiB. A smaller
+    /// budget holds less memory, and where new pages are dear takes less CPU too (BENCHMARKS.md),
+    /// but under heavy ingest writes traces out younger: a segment that comes after its trace was
+    /// written makes a new revision of it.
     pub max_live_bytes: u64,
     /// Uncompressed size of one compressed chunk of documents in a block. A lookup decompresses
     /// one chunk: 512 KiB takes a fraction of a millisecond, and stores 2% fewer bytes a segment
