@@ -840,11 +840,13 @@ fn fsync(dir: &std::path::Path, writes: usize, bytes: usize, rounds: usize) -> a
 
 /// Times filling `megabytes` of memory twice, with the page faults each time took.
 fn pages(megabytes: usize) -> anyhow::Result<()> {
-    let bytes = megabytes << 20;
+    let bytes = megabytes.checked_mul(1 << 20).filter(|&b| b > 0).context("--megabytes must be from 1 to 2^44")?;
     let touch = || -> anyhow::Result<(f64, u64)> {
         let faults = minor_faults()?;
         let start = std::time::Instant::now();
-        let memory = vec![1u8; bytes];
+        let mut memory = Vec::new();
+        memory.try_reserve_exact(bytes).with_context(|| format!("{megabytes} MiB could not be had"))?;
+        memory.resize(bytes, 1u8);
         let seconds = start.elapsed().as_secs_f64();
         drop(std::hint::black_box(memory));
         Ok((seconds, minor_faults()? - faults))
