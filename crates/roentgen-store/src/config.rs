@@ -34,8 +34,9 @@ pub struct StoreConfig {
     /// How often the flusher looks for traces to write into a block; it also looks whenever an
     /// eighth of `max_live_bytes` has come in since it last did.
     pub flush_interval_seconds: f64,
-    /// Live data above this many bytes is flushed at the next check, oldest traces first, and
-    /// appends wait while twice this much is held. By default an eighth of the memory the
+    /// Live documents whose text passes this many bytes are flushed at the next check, oldest
+    /// traces first, and appends wait while twice this much is held; with their parsed form
+    /// they take about 1.9 times their text in memory. By default an eighth of the memory the
     /// process may use (the machine's, or its cgroup's limit), between 64 and 512 MiB. A smaller
     /// budget holds less memory, and where new pages are dear takes less CPU too (BENCHMARKS.md),
     /// but under heavy ingest writes traces out younger: a segment that comes after its trace was
