@@ -19,15 +19,32 @@ const SOURCES: [Source; 3] = [Source::Api, Source::Udp, Source::Otlp];
 pub enum DatagramError {
     MissingHeader,
     InvalidHeader,
+    /// A header line with nothing after it: a sender that writes the header and the document
+    /// in two writes (a shell's `printf` into `/dev/udp`) sends them as two datagrams.
+    MissingDocument,
 }
 
 impl DatagramError {
-    const ALL: [DatagramError; 2] = [Self::MissingHeader, Self::InvalidHeader];
+    const ALL: [DatagramError; 3] = [Self::MissingHeader, Self::InvalidHeader, Self::MissingDocument];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::MissingHeader => "missing_header",
             Self::InvalidHeader => "invalid_header",
+            Self::MissingDocument => "missing_document",
+        }
+    }
+
+    /// What the sender should change, for the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::MissingHeader => {
+                r#"no header line: a datagram is {"format":"json","version":1}, a newline, then one segment document"#
+            }
+            Self::InvalidHeader => r#"the header line is not {"format":"json","version":1}"#,
+            Self::MissingDocument => {
+                "a header with no document after it: the header and its document go in one datagram"
+            }
         }
     }
 }
@@ -48,7 +65,7 @@ pub struct Metrics {
     accepted: [AtomicU64; 3],
     rejected: [[AtomicU64; DocumentErrorCode::ALL.len()]; 3],
     dropped_annotations: AtomicU64,
-    datagrams_dropped: [AtomicU64; 2],
+    datagrams_dropped: [AtomicU64; DatagramError::ALL.len()],
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     daemon: [AtomicU64; 10],

@@ -71,17 +71,21 @@ pub fn split_datagram(datagram: &[u8]) -> Result<&[u8], DatagramError> {
     let newline = datagram.iter().position(|&b| b == b'\n').ok_or(DatagramError::MissingHeader)?;
     let (header, body) = (&datagram[..newline], &datagram[newline + 1..]);
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(DatagramError::MissingHeader);
+        // A document and a newline, or a header sent apart from its document.
+        return Err(if is_header(header) { DatagramError::MissingDocument } else { DatagramError::MissingHeader });
     }
-    if SDK_HEADERS.contains(&header) {
-        return Ok(body);
+    if is_header(header) { Ok(body) } else { Err(DatagramError::InvalidHeader) }
+}
+
+fn is_header(line: &[u8]) -> bool {
+    if SDK_HEADERS.contains(&line) {
+        return true;
     }
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|_| DatagramError::InvalidHeader)?;
+    let Ok(header) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line) else { return false };
     let field = |name: &str| header.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
     let format_ok = field("format").and_then(|v| v.as_str()).is_some_and(|f| f.eq_ignore_ascii_case("json"));
     let version_ok = field("version").and_then(|v| v.as_i64()) == Some(1);
-    if format_ok && version_ok { Ok(body) } else { Err(DatagramError::InvalidHeader) }
+    format_ok && version_ok
 }
 
 /// Receives datagrams until the task is dropped. Bad datagrams are counted and logged at debug
@@ -170,7 +174,7 @@ fn handle(datagram: &[u8], state: &AppState, batch: &mut Vec<Arc<StoredDocument>
         Ok(body) => body,
         Err(reason) => {
             state.metrics.datagram_dropped(reason);
-            debug_rate_limited(format_args!("dropping a udp datagram: {reason:?}"));
+            debug_rate_limited(format_args!("dropping a udp datagram: {}", reason.describe()));
             return;
         }
     };
@@ -238,9 +242,11 @@ mod tests {
     }
 
     #[test]
-    fn bad_headers() {
+    fn datagrams_that_are_not_a_header_and_a_document() {
         assert_eq!(split_datagram(b"{}"), Err(DatagramError::MissingHeader));
-        assert_eq!(split_datagram(b"{\"format\":\"json\",\"version\":1}\n"), Err(DatagramError::MissingHeader));
+        assert_eq!(split_datagram(b"{\"format\":\"json\",\"version\":1}\n"), Err(DatagramError::MissingDocument));
+        assert_eq!(split_datagram(b"{\"format\": \"json\", \"version\": 1}\n \n"), Err(DatagramError::MissingDocument));
+        assert_eq!(split_datagram(b"{\"name\":\"a document\"}\n"), Err(DatagramError::MissingHeader));
         assert_eq!(split_datagram(b"{\"format\":\"json\",\"version\":2}\n{}"), Err(DatagramError::InvalidHeader));
         assert_eq!(split_datagram(b"{\"format\":\"xml\",\"version\":1}\n{}"), Err(DatagramError::InvalidHeader));
         assert_eq!(split_datagram(b"garbage\n{}"), Err(DatagramError::InvalidHeader));

@@ -358,6 +358,7 @@ async fn udp_datagrams_good_and_bad() {
     let header = "{\"format\":\"json\",\"version\":1}\n";
     let bad: Vec<Vec<u8>> = vec![
         b"no header at all".to_vec(),
+        header.as_bytes().to_vec(),
         format!("{{\"format\":\"json\",\"version\":2}}\n{}", segment(&t, 9, "")).into_bytes(),
         format!("{header}{{\"truncated\":").into_bytes(),
         [header.as_bytes(), &[0xff, 0xfe, 0x00]].concat(),
@@ -375,6 +376,7 @@ async fn udp_datagrams_good_and_bad() {
     assert_eq!(h.segments_reaching(&t, 2).await, 2);
     assert_eq!(h.metric("roentgen_udp_datagrams_dropped_total{reason=\"missing_header\"}").await, 2.0);
     assert_eq!(h.metric("roentgen_udp_datagrams_dropped_total{reason=\"invalid_header\"}").await, 1.0);
+    assert_eq!(h.metric("roentgen_udp_datagrams_dropped_total{reason=\"missing_document\"}").await, 1.0);
     assert_eq!(h.metric("roentgen_segments_rejected_total{source=\"udp\",reason=\"InvalidSegment\"}").await, 2.0);
     assert_eq!(h.metric("roentgen_segments_rejected_total{source=\"udp\",reason=\"InvalidName\"}").await, 1.0);
     assert_eq!(h.metric("roentgen_segments_accepted_total{source=\"udp\"}").await, 2.0);
